@@ -1,0 +1,1 @@
+"""The four fusion networks built on xscan (installed as ``xscan.models``)."""

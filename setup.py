@@ -1,0 +1,55 @@
+"""Build xscan: the C++ CPU extension always, the CUDA extension when the installed torch has CUDA.
+
+    pip install -e . --no-build-isolation     # builds against the torch already installed
+
+Environment: XSCAN_SKIP_CUDA=1 skips the CUDA extension; TORCH_CUDA_ARCH_LIST overrides the CUDA
+architectures (default "8.0;9.0"); XSCAN_CPU_FLAGS overrides the CPU tuning flags (default
+"-march=native").
+"""
+import glob
+import os
+
+from setuptools import setup
+
+try:
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+except ImportError as e:  # build isolation hides the installed torch
+    raise SystemExit("xscan compiles against the installed PyTorch: install torch first, then run "
+                     "`pip install -e . --no-build-isolation`") from e
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+INCLUDE = [os.path.join(ROOT, "csrc", "include")]
+
+
+def sources(pattern):
+    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
+
+def cpu_extension():
+    tuning = os.environ.get("XSCAN_CPU_FLAGS", "-march=native").split()
+    return CppExtension(
+        "xscan._C", sources("csrc/cpu/*.cpp"), include_dirs=INCLUDE,
+        extra_compile_args={"cxx": ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno", *tuning]},
+        extra_link_args=["-fopenmp"])
+
+
+def cuda_extension():
+    if os.environ.get("XSCAN_SKIP_CUDA") == "1" or torch.version.cuda is None or CUDA_HOME is None:
+        return None
+    files = sources("csrc/cuda/*.cu") + sources("csrc/cuda/*.cpp")
+    if not files:
+        return None
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    return CUDAExtension(
+        "xscan._C_cuda", files, include_dirs=INCLUDE,
+        extra_compile_args={"cxx": ["-O3", "-std=c++17"],
+                            "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]})
+
+
+setup(
+    packages=["xscan", "xscan.ops", "xscan.reference", "xscan.backends", "xscan.triton_kernels", "xscan.models"],
+    package_dir={"xscan.triton_kernels": "triton_kernels", "xscan.models": "models"},
+    ext_modules=[e for e in (cpu_extension(), cuda_extension()) if e is not None],
+    cmdclass={"build_ext": BuildExtension},
+)

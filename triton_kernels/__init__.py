@@ -1,0 +1,1 @@
+"""Triton kernels for the xscan scans (installed as ``xscan.triton_kernels``)."""

@@ -1,0 +1,98 @@
+"""Backends, their availability, and the per-op implementation table.
+
+A backend module registers, per op, a forward (the op's positional arguments -> its outputs) and a
+backward (``(grad_outputs, *args) -> one gradient per tensor argument, None where absent``). The
+``torch.library`` custom ops in ``xscan.ops`` look the pair up by the backend name they were called with.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+BACKENDS = ("reference", "cpu", "triton", "cuda")
+# Fastest first, per device type.
+PREFERENCE = {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")}
+
+
+@dataclass
+class Backend:
+    name: str
+    devices: tuple[str, ...] = ()
+    reason: Optional[str] = "not loaded"  # None when available
+    forwards: dict[str, Callable] = field(default_factory=dict)
+    backwards: dict[str, Callable] = field(default_factory=dict)
+    # op -> check(*args) raising ValueError for inputs this backend cannot take (d_state limits, ...)
+    limits: dict[str, Callable] = field(default_factory=dict)
+
+
+_backends = {name: Backend(name) for name in BACKENDS}
+_override = threading.local()
+
+
+def backend(name: str) -> Backend:
+    return _backends[name]
+
+
+def set_available(name: str, devices: tuple[str, ...], reason: Optional[str] = None) -> None:
+    b = _backends[name]
+    b.devices, b.reason = devices, reason
+
+
+def register(name: str, op: str, forward: Callable, backward: Callable, limits: Callable = None) -> None:
+    b = _backends[name]
+    b.forwards[op], b.backwards[op] = forward, backward
+    if limits is not None:
+        b.limits[op] = limits
+
+
+def backends() -> dict[str, object]:
+    """Backend name -> True if it can run, else the reason it cannot."""
+    return {n: True if b.reason is None else b.reason for n, b in _backends.items()}
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Run every xscan op inside the block on backend ``name`` (an error if it cannot)."""
+    if name not in _backends:
+        raise ValueError(f"xscan.use_backend: unknown backend {name!r}; expected one of {BACKENDS}")
+    b = _backends[name]
+    if b.reason is not None:
+        raise RuntimeError(f"xscan.use_backend: backend {name!r} is not available: {b.reason}")
+    previous = getattr(_override, "name", None)
+    _override.name = name
+    try:
+        yield
+    finally:
+        _override.name = previous
+
+
+def _runs(b: Backend, op: str, device_type: str) -> bool:
+    return b.reason is None and (device_type in b.devices or "*" in b.devices) and op in b.forwards
+
+
+def select(op: str, device: torch.device, args: tuple = ()) -> str:
+    """The backend that runs ``op`` on ``device``: the ``use_backend`` override, else the fastest
+    available. ``args`` go to the backend's limit check, which raises a clear error."""
+    name = getattr(_override, "name", None)
+    if name is not None:
+        b = _backends[name]
+        if not _runs(b, op, device.type):
+            why = b.reason or (f"it has no {op!r} kernel" if op not in b.forwards
+                               else f"it runs on {', '.join(b.devices)} tensors, not {device.type}")
+            raise RuntimeError(f"xscan.{op}: backend {name!r} (from use_backend) cannot run here: {why}")
+    else:
+        name = next((n for n in PREFERENCE.get(device.type, ("reference",))
+                     if _runs(_backends[n], op, device.type)), "reference")
+    check = _backends[name].limits.get(op)
+    if check is not None and args:
+        check(*args)
+    return name
+
+
+def selected_backend(op: str = "selective_scan", device="cpu") -> str:
+    """Which backend an op would run on for tensors on ``device`` (honours ``use_backend``)."""
+    return select(op, torch.device(device))

@@ -1,0 +1,33 @@
+"""``xscan.cross_ss2d.cross_ss2d``: S4Fusion's interleaved two-modality scan (SPEC section 3)."""
+from __future__ import annotations
+
+from .. import _registry
+from .._checks import Checker
+from ._define import define
+from .ss2d import PARAMS, check_params, check_tokens
+
+ARGS = (("u0", "Tensor"), ("u1", "Tensor"), ("dt0", "Tensor"), ("dt1", "Tensor"), ("B0", "Tensor"),
+        ("B1", "Tensor"), ("C0", "Tensor"), ("C1", "Tensor")) + PARAMS
+
+_op = define("cross_ss2d", ARGS, 2, lambda u0, u1, *rest: (u0.new_empty(u0.shape), u1.new_empty(u1.shape)))
+
+
+def cross_ss2d(u0, u1, dt0, dt1, B0, B1, C0, C1, A, D=None, delta_bias=None, delta_softplus=True):
+    """Cross SS2D (S4Fusion Algorithm 1) without building the interleaved copies.
+
+    Route k (hf, vf, hb, vb) runs over 2L positions ``I_1, V_1, I_2, V_2, ...``: position p takes
+    modality ``p % 2`` at the route's ``p // 2``-th token, scanned with that modality's own dt, B, C;
+    one hidden state runs through both modalities. Each output is the sum over routes at that
+    modality's positions (Recover).
+
+    u0, u1: (Bt, Dm, H, W) (patch-marked); dt0, dt1: (Bt, 4, Dm, L); B0, B1, C0, C1: (Bt, 4, N, L)
+    (spatial order, L = H*W); shared A: (4, Dm, N); D, delta_bias: (4, Dm). Returns (y0, y1)."""
+    c = Checker("cross_ss2d")
+    c.tensor("u0", u0, "Bt Dm H W")
+    c.tensor("u1", u1, "Bt Dm H W")
+    c.dims["L"] = c.dims["H"] * c.dims["W"]
+    check_tokens(c, "0", dt0, B0, C0)
+    check_tokens(c, "1", dt1, B1, C1)
+    check_params(c, A, D, delta_bias)
+    args = (u0, u1, dt0, dt1, B0, B1, C0, C1, A, D, delta_bias, bool(delta_softplus))
+    return _op(*args, _registry.select("cross_ss2d", u0.device, args))

@@ -1,0 +1,47 @@
+"""``xscan.interleave_ss2d``: SS2D over DIFF-MF's realigned pair of maps (SPEC section 5)."""
+from __future__ import annotations
+
+from .. import _registry
+from .._checks import Checker
+from ..reference.realign import AXES, MODES
+from ._define import define
+from .ss2d import PARAMS, check_params, check_tokens
+
+ARGS = (("u0", "Tensor"), ("u1", "Tensor"), ("dt", "Tensor"), ("B", "Tensor"), ("C", "Tensor")) + PARAMS + (
+    ("mode", "str"), ("axis", "str"))
+
+
+def realigned_shape(shape, mode: str, axis: str) -> tuple[int, int, int, int]:
+    """Shape of ``realign(m0, m1, mode, axis)`` for two maps of ``shape`` (Bt, C, H, W)."""
+    Bt, C, H, W = shape
+    if axis == "width" and mode != "concat":
+        return Bt, C, H, 2 * W
+    return Bt, 2 * C, H, W
+
+
+def _fake(u0, u1, dt, B, C, A, D, delta_bias, delta_softplus, mode, axis):
+    return u0.new_empty(realigned_shape(u0.shape, mode, axis))
+
+
+_op = define("interleave_ss2d", ARGS, 1, _fake)
+
+
+def interleave_ss2d(u0, u1, dt, B, C, A, D=None, delta_bias=None, delta_softplus=True, mode="column",
+                    axis="channel"):
+    """SS2D over ``xscan.realign(u0, u1, mode, axis)``, reading u0 and u1 where they lie.
+
+    u0, u1: (Bt, C, H, W). The realigned map R is (Bt, Dr, Hr, Wr): (Bt, 2C, H, W) on the channel axis
+    (and for ``concat``), (Bt, C, H, 2W) on the width axis. dt: (Bt, 4, Dr, Lr); B, C: (Bt, 4, N, Lr)
+    in R's spatial order (Lr = Hr*Wr); A: (4, Dr, N); D, delta_bias: (4, Dr). Returns y in R's layout,
+    equal to ``xscan.ss2d(realign(u0, u1, mode, axis), ...)``."""
+    c = Checker("interleave_ss2d")
+    c.choice("mode", mode, MODES)
+    c.choice("axis", axis, AXES)
+    c.tensor("u0", u0, "Bt C H W")
+    c.tensor("u1", u1, "Bt C H W")
+    _, c.dims["Dr"], Hr, Wr = realigned_shape(u0.shape, mode, axis)
+    c.dims["Lr"] = Hr * Wr
+    check_tokens(c, "", dt, B, C, dm="Dr", length="Lr")
+    check_params(c, A, D, delta_bias, dm="Dr")
+    args = (u0, u1, dt, B, C, A, D, delta_bias, bool(delta_softplus), mode, axis)
+    return _op(*args, _registry.select("interleave_ss2d", u0.device, args))
