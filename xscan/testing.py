@@ -129,3 +129,38 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     if a.shape != b.shape:
         return float("inf")
     return ((a - b).abs().max() / (b.abs().max() + 1e-6)).item()
+
+
+def load_mamba_selective_scan():
+    """``mamba_ssm.ops.selective_scan_interface`` (``selective_scan_fn``, ``selective_scan_ref``), or
+    None when mamba-ssm is not installed. Where its CUDA extension is missing (a CPU install), the
+    package ``__init__`` would fail on it, so the module is loaded with the package body skipped and
+    ``selective_scan_cuda`` stubbed: ``selective_scan_ref`` works, ``selective_scan_fn`` does not."""
+    import importlib
+    import importlib.util
+    import sys
+    import types
+
+    try:
+        return importlib.import_module("mamba_ssm.ops.selective_scan_interface")
+    except ImportError:
+        pass
+    spec = importlib.util.find_spec("mamba_ssm") if "mamba_ssm" not in sys.modules else None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    package = types.ModuleType("mamba_ssm")
+    package.__path__ = list(spec.submodule_search_locations)
+    sys.modules["mamba_ssm"] = package
+    sys.modules.setdefault("selective_scan_cuda", types.ModuleType("selective_scan_cuda"))
+    try:
+        return importlib.import_module("mamba_ssm.ops.selective_scan_interface")
+    except ImportError:
+        return None
+
+
+def non_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """The same values as ``t`` in a non-contiguous view (every dimension strided by 2 in memory)."""
+    padded = t.new_zeros([2 * s for s in t.shape])
+    view = padded[tuple(slice(None, None, 2) for _ in t.shape)]
+    view.copy_(t)
+    return view

@@ -60,7 +60,7 @@ def define(name: str, args: Sequence[tuple[str, str]], outputs: int, fake: Calla
     qualname = f"xscan::{name}"
     _lib.impl(name, forward, "CompositeExplicitAutograd")
     _lib.impl(f"{name}_backward", backward, "CompositeExplicitAutograd")
-    torch.library.register_fake(qualname, fake, lib=_lib)
+    torch.library.register_fake(qualname, lambda *a: fake(*a[:-1]), lib=_lib)
     torch.library.register_fake(f"{qualname}_backward", fake_backward, lib=_lib)
     torch.library.register_autograd(qualname, autograd, setup_context=setup_context, lib=_lib)
     return getattr(torch.ops.xscan, name)
