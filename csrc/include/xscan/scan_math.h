@@ -1,0 +1,185 @@
+// The maths every xscan kernel shares (CPU C++ and CUDA): discretisation, gating, and the index maths
+// that turns a scan position into the token it reads, so that no backend materialises flipped,
+// transposed, interleaved or realigned copies. Plain C++17, no torch/ATen: include it from .cpp and
+// .cu files alike. Every index is int64_t. The definitions mirror xscan/routes.py and the reference
+// ops (SPEC sections 1-5); the tests compare every backend against those.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#ifdef __CUDACC__
+#define XSCAN_HD __host__ __device__ __forceinline__
+#else
+#define XSCAN_HD inline
+#endif
+
+namespace xscan {
+
+// ---------------------------------------------------------------------------------------------
+// Elementary functions, overloaded for float and double (the accumulation types).
+
+XSCAN_HD float exp_acc(float x) {
+#ifdef __CUDA_ARCH__
+  return __expf(x);
+#else
+  return std::exp(x);
+#endif
+}
+XSCAN_HD double exp_acc(double x) { return std::exp(x); }
+XSCAN_HD float log1p_acc(float x) { return log1pf(x); }
+XSCAN_HD double log1p_acc(double x) { return std::log1p(x); }
+
+// torch.nn.functional.softplus with beta=1, threshold=20 (what mamba and the reference use).
+template <typename T>
+XSCAN_HD T softplus(T x) {
+  return x > T(20) ? x : log1p_acc(exp_acc(x));
+}
+
+// d softplus(x) / dx = sigmoid(x), 1 above the threshold.
+template <typename T>
+XSCAN_HD T softplus_grad(T x) {
+  return x > T(20) ? T(1) : T(1) / (T(1) + exp_acc(-x));
+}
+
+template <typename T>
+XSCAN_HD T sigmoid(T x) {
+  return T(1) / (T(1) + exp_acc(-x));
+}
+
+// silu(z) = z * sigmoid(z): the output gate of selective_scan.
+template <typename T>
+XSCAN_HD T silu(T z) {
+  return z * sigmoid(z);
+}
+
+// d silu(z) / dz = sigmoid(z) * (1 + z * (1 - sigmoid(z))).
+template <typename T>
+XSCAN_HD T silu_grad(T z) {
+  const T s = sigmoid(z);
+  return s * (T(1) + z * (T(1) - s));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Discretisation (zero-order hold of A, Euler for B, as in Mamba):
+//   dt = softplus?(delta + delta_bias);  h_t = exp(dt A) h_{t-1} + dt B_t u_t.
+
+// The step size from the raw delta (bias already known: pass 0 when absent).
+template <typename T>
+XSCAN_HD T step_size(T delta, T delta_bias, bool delta_softplus) {
+  const T raw = delta + delta_bias;
+  return delta_softplus ? softplus(raw) : raw;
+}
+
+// d dt / d delta at the raw value delta + delta_bias.
+template <typename T>
+XSCAN_HD T step_size_grad(T delta, T delta_bias, bool delta_softplus) {
+  return delta_softplus ? softplus_grad(delta + delta_bias) : T(1);
+}
+
+// exp(dt * A[n]): the state decay of one step.
+template <typename T>
+XSCAN_HD T decay(T dt, T a) {
+  return exp_acc(dt * a);
+}
+
+// Vectorisable exp for float (CPU inner loops over N: std::exp does not vectorise without
+// -ffast-math). exp(x) = 2^k * exp(r), |r| <= ln2/2, exp(r) by Cephes' degree-7 polynomial: relative error
+// below 2e-7 on [-87, 88]; inputs below -87 give 0 (the decay of a long step), above 88 saturate.
+XSCAN_HD float exp_poly(float x) {
+  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  const float k = std::floor(x * 1.44269504088896341f + 0.5f);
+  const float r = x - k * 0.693359375f + k * 2.12194440e-4f;  // ln2 split in two for exact k*ln2
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  // 2^k by building the float's exponent field (k in [-126, 127] after the clamp)
+  union {
+    int32_t i;
+    float f;
+  } scale;
+  scale.i = (static_cast<int32_t>(k) + 127) << 23;
+  return x <= -87.0f ? 0.0f : p * scale.f;
+}
+XSCAN_HD double exp_poly(double x) { return std::exp(x); }
+
+// ---------------------------------------------------------------------------------------------
+// Routes over an H x W map (row-major spatial index s = h * W + w).
+
+// SS2D route k in VMamba order (0 hf row-major, 1 vf column-major, 2 hb, 3 vb reversed): the
+// spatial index visited at route position j in [0, H*W).
+XSCAN_HD int64_t cross_route(int64_t k, int64_t j, int64_t H, int64_t W) {
+  const int64_t L = H * W;
+  const int64_t i = k >= 2 ? L - 1 - j : j;
+  return (k & 1) ? (i % H) * W + i / H : i;
+}
+
+// ES2D (atrous) sub-lattice size of an H x W map zero-padded to even H and W.
+XSCAN_HD int64_t atrous_extent(int64_t n) { return (n + 1) / 2; }
+
+// ES2D route k: origin (h0, w0) of its stride-2 sub-lattice and whether it walks column-major.
+// k = 0 (0,0) row-major, 1 (1,0) column-major, 2 (0,1) row-major, 3 (1,1) column-major.
+XSCAN_HD int64_t atrous_h0(int64_t k) { return k & 1; }
+XSCAN_HD int64_t atrous_w0(int64_t k) { return k >> 1; }
+XSCAN_HD bool atrous_column_major(int64_t k) { return (k & 1) != 0; }
+
+// ES2D route k at position j in [0, Hq*Wq): the token index q = i * Wq + w' inside the sub-lattice
+// (row-major, the order of es2d's per-token tensors).
+XSCAN_HD int64_t atrous_route(int64_t k, int64_t j, int64_t Hq, int64_t Wq) {
+  return atrous_column_major(k) ? (j % Hq) * Wq + j / Hq : j;
+}
+
+// The padded-map pixel of sub-lattice token q of route k. Returns false for padding (h >= H or
+// w >= W): the scan reads u = 0 there and its output is dropped.
+XSCAN_HD bool atrous_pixel(int64_t k, int64_t q, int64_t H, int64_t W, int64_t Wq, int64_t* h,
+                           int64_t* w) {
+  *h = 2 * (q / Wq) + atrous_h0(k);
+  *w = 2 * (q % Wq) + atrous_w0(k);
+  return *h < H && *w < W;
+}
+
+// cross_ss2d route position p in [0, 2L): modality p % 2 at the route's (p / 2)-th token, so route k
+// reads I_1, V_1, I_2, V_2, ... (modality 0 first in every pair, also on the reversed routes).
+XSCAN_HD int cross_pair_modality(int64_t p) { return static_cast<int>(p & 1); }
+XSCAN_HD int64_t cross_pair_spatial(int64_t k, int64_t p, int64_t H, int64_t W) {
+  return cross_route(k, p >> 1, H, W);
+}
+
+// ---------------------------------------------------------------------------------------------
+// DIFF-MF realignment (SPEC section 5): the realigned map R of two (C, H, W) maps M_0, M_1.
+//   axis channel: R is (2C, H, W); column: channel r = 2c + m; row (= concat): r = m * C + c.
+//   axis width:   R is (C, H, 2W); column: column r = 2w + m;  row: r = m * W + w.
+// "concat" realigns on the channel axis whatever the axis says.
+
+enum RealignMode : int32_t { kRealignColumn = 0, kRealignRow = 1, kRealignConcat = 2 };
+enum RealignAxis : int32_t { kRealignChannel = 0, kRealignWidth = 1 };
+
+struct RealignSource {
+  int m;          // which map, 0 or 1
+  int64_t c, w;   // its channel and column (the row is the realigned row)
+};
+
+// Realigned channel r and column wr -> the map, channel and column they are read from. C and W are
+// the channels and width of each input map.
+XSCAN_HD RealignSource realign_source(int32_t mode, int32_t axis, int64_t C, int64_t W, int64_t r,
+                                      int64_t wr) {
+  RealignSource src;
+  if (mode == kRealignConcat || axis == kRealignChannel) {
+    const bool column = mode == kRealignColumn;
+    src.m = static_cast<int>(column ? (r & 1) : r / C);
+    src.c = column ? (r >> 1) : r % C;
+    src.w = wr;
+  } else {
+    const bool column = mode == kRealignColumn;
+    src.m = static_cast<int>(column ? (wr & 1) : wr / W);
+    src.c = r;
+    src.w = column ? (wr >> 1) : wr % W;
+  }
+  return src;
+}
+
+}  // namespace xscan
