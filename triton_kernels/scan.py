@@ -1,0 +1,333 @@
+"""Chunked selective scan (Mamba-1 recurrence, per-channel state of N) over any route, forward and
+backward, in three passes so that short sequences still fill the GPU:
+
+1. ``chunk_summary``: per (sequence, channel block, chunk), the chunk's local end state (from h = 0)
+   and its summed dt (the chunk's decay is exp(A * sum dt)); for the backward also the local adjoint
+   that the chunk sends to its predecessor.
+2. ``chunk_carry``: sequential over chunks, N-wide: the state entering each chunk (forward) or the
+   adjoint entering each chunk from its successors (backward, reverse order).
+3. ``scan_forward`` / ``scan_backward``: recompute each chunk with an associative scan over time,
+   starting from its carried state, and write outputs / gradients.
+
+A "sequence" is (batch b, route k). The route maps position p to the token index of dt/B/C and to a
+position (h, w) of the scanned map (``routes.route_tokens``); ``routes.source_of`` maps the scanned
+map to the inputs u0/u1 (realignment). Every tensor is read through its own strides with 64-bit
+offsets. Results that several programs contribute to (dB, dC across channel blocks, dA, dD,
+d(delta_bias) across batch and chunks, the routes summed in SS2D) are written as partials that the
+host reduces, so the backward is deterministic without atomics.
+
+Stride tuples: u (b, c, h, w) on the source maps; z and gradient-of-output (b, d, h, w) on the
+scanned map; dt (b, k, d, token); B/C (b, row, n, token) with row = k + group; A (k, d, n);
+D, delta_bias (k, d).
+"""
+import triton
+import triton.language as tl
+
+from .routes import route_tokens, source_of
+
+
+@triton.jit
+def combine(a1, b1, a2, b2):
+    """Compose h -> a1 h + b1 then h -> a2 h + b2."""
+    return a1 * a2, b1 * a2 + b2
+
+
+@triton.jit
+def softplus(x):
+    # torch's threshold; exp(x) for very negative x where log(1 + exp(x)) would round to 0
+    return tl.where(x > 20.0, x, tl.where(x < -15.0, tl.exp(x), tl.log(1.0 + tl.exp(x))))
+
+
+@triton.jit
+def sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def load_pair(ptr0, ptr1, off0, off1, m, mask, TWO: tl.constexpr, ACC: tl.constexpr):
+    """Value from input 0 where m == 0, from input 1 where m == 1 (TWO), in ACC."""
+    x = tl.load(ptr0 + off0, mask=mask & (m == 0), other=0.0).to(ACC)
+    if TWO:
+        x += tl.load(ptr1 + off1, mask=mask & (m == 1), other=0.0).to(ACC)
+    return x
+
+
+@triton.jit
+def program_block(K, Dr, Lseq, SEG, BPS, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr):
+    """Program ids -> (b, k, channel block index, channels d (BLOCK_D,), their mask, chunk c,
+    positions p (CHUNK,), their mask). Channel blocks never straddle a segment of SEG channels, so a
+    block reads a single B group and a single C group."""
+    seq = tl.program_id(0).to(tl.int64)
+    blk = tl.program_id(1).to(tl.int64)
+    c = tl.program_id(2).to(tl.int64)
+    b = seq // K
+    k = seq % K
+    seg = blk // BPS
+    d = seg * SEG + (blk % BPS) * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
+    dmask = (d < (seg + 1) * SEG) & (d < Dr)
+    p = c * CHUNK + tl.arange(0, CHUNK).to(tl.int64)
+    return b, k, blk, d, dmask, c, p, p < Lseq
+
+
+@triton.jit
+def load_dt(dt0, dt1, s_dt0, s_dt1, bias, s_bias, b, k, d, dmask, p, pmask, H, W,
+            ROUTE: tl.constexpr, TWO_TOK: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+            ACC: tl.constexpr):
+    """dt at channels d (BLOCK_D,) and positions p (T,) -> (dt, pre-softplus value), (BLOCK_D, T),
+    dt = 0 where masked (an identity step of the recurrence)."""
+    tok, mt, h, w = route_tokens(p, k, H, W, ROUTE)
+    mask = dmask[:, None] & pmask[None, :]
+    off0 = b * s_dt0[0] + k * s_dt0[1] + d[:, None] * s_dt0[2] + tok[None, :] * s_dt0[3]
+    off1 = b * s_dt1[0] + k * s_dt1[1] + d[:, None] * s_dt1[2] + tok[None, :] * s_dt1[3]
+    raw = load_pair(dt0, dt1, off0, off1, mt[None, :], mask, TWO_TOK, ACC)
+    if HAS_BIAS:
+        raw += tl.load(bias + k * s_bias[0] + d * s_bias[1], mask=dmask, other=0.0).to(ACC)[:, None]
+    dt = raw
+    if SOFTPLUS:
+        dt = softplus(raw)
+    return tl.where(mask, dt, 0.0), raw
+
+
+@triton.jit
+def load_bc(X0, X1, s0, s1, b, row, tok, mt, pmask, N, BLOCK_N: tl.constexpr, TWO_TOK: tl.constexpr,
+            ACC: tl.constexpr):
+    """B or C of one row (route or group) at tokens tok: (T, BLOCK_N)."""
+    n = tl.arange(0, BLOCK_N).to(tl.int64)
+    mask = pmask[:, None] & (n < N)[None, :]
+    off0 = b * s0[0] + row * s0[1] + n[None, :] * s0[2] + tok[:, None] * s0[3]
+    off1 = b * s1[0] + row * s1[1] + n[None, :] * s1[2] + tok[:, None] * s1[3]
+    return load_pair(X0, X1, off0, off1, mt[:, None], mask, TWO_TOK, ACC)
+
+
+@triton.jit
+def load_u(u0, u1, s_u0, s_u1, b, d, h, w, mt, valid, C, Ws, SOURCE: tl.constexpr, TWO_U: tl.constexpr,
+           ACC: tl.constexpr):
+    """u of the scanned map at channels d (BLOCK_D,) and map positions (h, w) (T,), read from u0/u1
+    where they lie. Returns (u, m, c, hs, ws) with the source coordinates for the gradient."""
+    m, c, hs, ws = source_of(d[:, None], h[None, :], w[None, :], mt[None, :], C, Ws, SOURCE)
+    off0 = b * s_u0[0] + c * s_u0[1] + hs * s_u0[2] + ws * s_u0[3]
+    off1 = b * s_u1[0] + c * s_u1[1] + hs * s_u1[2] + ws * s_u1[3]
+    return load_pair(u0, u1, off0, off1, m, valid, TWO_U, ACC), m, c, hs, ws
+
+
+@triton.jit
+def map_offset(s, b, d, h, w):
+    """Offset of (b, d, h, w) with strides s = (b, d, h, w): d (BLOCK_D,), h and w (T,)."""
+    return b * s[0] + d[:, None] * s[1] + h[None, :] * s[2] + w[None, :] * s[3]
+
+
+@triton.jit
+def chunk_summary(
+        u0, u1, s_u0, s_u1, z, s_z, gy0, gy1, s_gy0, s_gy1,
+        dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, C0, C1, s_C0, s_C1,
+        A, s_A, bias, s_bias,
+        states, adjoints, dt_sums,
+        K, Dr, N, Lseq, H, W, C, Ws, SEG, BPS, SB, SC, n_chunks,
+        ROUTE: tl.constexpr, SOURCE: tl.constexpr, TWO_U: tl.constexpr, TWO_TOK: tl.constexpr,
+        HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BACKWARD: tl.constexpr,
+        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, ACC: tl.constexpr):
+    """Pass 1. states[seq, d, c, n] = the chunk's end state from a zero start; dt_sums[seq, d, c];
+    with BACKWARD, adjoints[seq, d, c, n] = sum_t exp(A cum_t) gy_t C_t, the adjoint the chunk
+    passes to the state before it (cum_t: dt summed over the chunk up to t, inclusive)."""
+    b, k, blk, d, dmask, c, p, pmask = program_block(K, Dr, Lseq, SEG, BPS, BLOCK_D, CHUNK)
+    n = tl.arange(0, BLOCK_N).to(tl.int64)
+    nmask = n < N
+    tok, mt, h, w = route_tokens(p, k, H, W, ROUTE)
+    in_map = pmask & (h < H) & (w < W)
+    valid = dmask[:, None] & in_map[None, :]
+    dt, raw = load_dt(dt0, dt1, s_dt0, s_dt1, bias, s_bias, b, k, d, dmask, p, pmask, H, W,
+                      ROUTE, TWO_TOK, HAS_BIAS, SOFTPLUS, ACC)
+    u, m, cs, hs, ws = load_u(u0, u1, s_u0, s_u1, b, d, h, w, mt, valid, C, Ws, SOURCE, TWO_U, ACC)
+    first = (blk // BPS) * SEG  # first channel of the block's segment: picks the B and C group
+    Bm = load_bc(B0, B1, s_B0, s_B1, b, k + first // SB, tok, mt, pmask, N, BLOCK_N, TWO_TOK, ACC)
+    An = tl.load(A + k * s_A[0] + d[:, None] * s_A[1] + n[None, :] * s_A[2],
+                 mask=dmask[:, None] & nmask[None, :], other=0.0).to(ACC)
+    cum = tl.cumsum(dt, axis=1)
+    total = tl.sum(dt, axis=1)
+    decay_to_end = tl.exp(An[:, None, :] * (total[:, None, None] - cum[:, :, None]))
+    end_state = tl.sum(decay_to_end * (dt * u)[:, :, None] * Bm[None, :, :], axis=1)
+    row = (b * K + k) * Dr + d
+    smask = dmask[:, None] & nmask[None, :]
+    tl.store(states + (row[:, None] * n_chunks + c) * N + n[None, :], end_state, mask=smask)
+    tl.store(dt_sums + row * n_chunks + c, total, mask=dmask)
+    if BACKWARD:
+        gy = load_pair(gy0, gy1, map_offset(s_gy0, b, d, h, w), map_offset(s_gy1, b, d, h, w),
+                       mt[None, :], valid, TWO_TOK, ACC)
+        if HAS_Z:
+            zv = tl.load(z + map_offset(s_z, b, d, h, w), mask=valid, other=0.0).to(ACC)
+            gy = gy * zv * sigmoid(zv)
+        Cm = load_bc(C0, C1, s_C0, s_C1, b, k + first // SC, tok, mt, pmask, N, BLOCK_N, TWO_TOK, ACC)
+        adjoint = tl.sum(tl.exp(An[:, None, :] * cum[:, :, None]) * gy[:, :, None] * Cm[None, :, :], axis=1)
+        tl.store(adjoints + (row[:, None] * n_chunks + c) * N + n[None, :], adjoint, mask=smask)
+
+
+@triton.jit
+def chunk_carry(carry_io, dt_sums, A, s_carry, s_sum, s_A, last, s_last, K, rows, N, n_chunks,
+                REVERSE: tl.constexpr, HAS_LAST: tl.constexpr, HAS_INIT: tl.constexpr, BLOCK_R: tl.constexpr,
+                BLOCK_N: tl.constexpr):
+    """Pass 2, one program per (sequence, row block), sequential over chunks: replaces each chunk's
+    local contribution carry_io[seq, r, c, :] with the carry entering it, carry <- exp(A S_c) carry
+    + local_c, S_c = dt_sums[seq, r, c]; in REVERSE order for the adjoint. The decay exponent is
+    A[k, r, n] (strides s_A; k = seq % K); strides s_carry = (seq, r, c, n), s_sum = (seq, r, c) may
+    broadcast (stride 0). HAS_LAST: the final carry goes to last[seq, r, n]; HAS_INIT: the carry
+    starts from last[seq, r, n] instead of 0 (the gradient of the last state, for the adjoint)."""
+    seq = tl.program_id(0).to(tl.int64)
+    r = tl.program_id(1).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+    n = tl.arange(0, BLOCK_N).to(tl.int64)
+    rmask = r < rows
+    mask = rmask[:, None] & (n < N)[None, :]
+    An = tl.load(A + (seq % K) * s_A[0] + r[:, None] * s_A[1] + n[None, :] * s_A[2], mask=mask,
+                 other=0.0).to(carry_io.dtype.element_ty)
+    base = seq * s_carry[0] + r[:, None] * s_carry[1] + n[None, :] * s_carry[3]
+    sum_base = seq * s_sum[0] + r * s_sum[1]
+    last_off = seq * s_last[0] + r[:, None] * s_last[1] + n[None, :] * s_last[2]
+    carry = tl.zeros((BLOCK_R, BLOCK_N), dtype=carry_io.dtype.element_ty)
+    if HAS_INIT:
+        carry += tl.load(last + last_off, mask=mask, other=0.0).to(carry_io.dtype.element_ty)
+    for i in range(n_chunks):
+        c = n_chunks - 1 - i if REVERSE else i
+        local = tl.load(carry_io + base + c * s_carry[2], mask=mask, other=0.0)
+        total = tl.load(dt_sums + sum_base + c * s_sum[2], mask=rmask, other=0.0)
+        tl.store(carry_io + base + c * s_carry[2], carry, mask=mask)
+        carry = tl.exp(An * total[:, None]) * carry + local
+    if HAS_LAST:
+        tl.store(last + last_off, carry, mask=mask)
+
+
+@triton.jit
+def chunk_states(b, k, d, dmask, c, p, pmask, dt, u, Bm, An, states, K, Dr, N, n_chunks,
+                 BLOCK_N: tl.constexpr):
+    """h_t for the chunk's positions, (BLOCK_D, T, BLOCK_N), from the carried start state.
+    Also returns a_t = exp(dt_t A)."""
+    n = tl.arange(0, BLOCK_N).to(tl.int64)
+    row = (b * K + k) * Dr + d
+    start = tl.load(states + (row[:, None] * n_chunks + c) * N + n[None, :],
+                    mask=dmask[:, None] & (n < N)[None, :], other=0.0)
+    a = tl.exp(dt[:, :, None] * An[:, None, :])
+    inputs = (dt * u)[:, :, None] * Bm[None, :, :]
+    decay, local = tl.associative_scan((a, inputs), axis=1, combine_fn=combine)
+    return local + decay * start[:, None, :], a
+
+
+@triton.jit
+def scan_forward(
+        u0, u1, s_u0, s_u1, z, s_z, y, s_y, s_yk, s_ym,
+        dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, C0, C1, s_C0, s_C1,
+        A, s_A, Dp, s_D, bias, s_bias, states,
+        K, Dr, N, Lseq, H, W, C, Ws, SEG, BPS, SB, SC, n_chunks,
+        ROUTE: tl.constexpr, SOURCE: tl.constexpr, TWO_U: tl.constexpr, TWO_TOK: tl.constexpr,
+        HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, ACC: tl.constexpr):
+    """Pass 3: y at the scanned map position of each token: y + k * s_yk + mt * s_ym + (b, d, h, w)
+    with strides s_y (per-route slabs when the routes are summed afterwards)."""
+    b, k, blk, d, dmask, c, p, pmask = program_block(K, Dr, Lseq, SEG, BPS, BLOCK_D, CHUNK)
+    n = tl.arange(0, BLOCK_N).to(tl.int64)
+    tok, mt, h, w = route_tokens(p, k, H, W, ROUTE)
+    in_map = pmask & (h < H) & (w < W)
+    valid = dmask[:, None] & in_map[None, :]
+    dt, raw = load_dt(dt0, dt1, s_dt0, s_dt1, bias, s_bias, b, k, d, dmask, p, pmask, H, W,
+                      ROUTE, TWO_TOK, HAS_BIAS, SOFTPLUS, ACC)
+    u, m, cs, hs, ws = load_u(u0, u1, s_u0, s_u1, b, d, h, w, mt, valid, C, Ws, SOURCE, TWO_U, ACC)
+    first = (blk // BPS) * SEG
+    Bm = load_bc(B0, B1, s_B0, s_B1, b, k + first // SB, tok, mt, pmask, N, BLOCK_N, TWO_TOK, ACC)
+    Cm = load_bc(C0, C1, s_C0, s_C1, b, k + first // SC, tok, mt, pmask, N, BLOCK_N, TWO_TOK, ACC)
+    An = tl.load(A + k * s_A[0] + d[:, None] * s_A[1] + n[None, :] * s_A[2],
+                 mask=dmask[:, None] & (n < N)[None, :], other=0.0).to(ACC)
+    h_t, a = chunk_states(b, k, d, dmask, c, p, pmask, dt, u, Bm, An, states, K, Dr, N, n_chunks, BLOCK_N)
+    out = tl.sum(h_t * Cm[None, :, :], axis=2)
+    if HAS_D:
+        out += tl.load(Dp + k * s_D[0] + d * s_D[1], mask=dmask, other=0.0).to(ACC)[:, None] * u
+    if HAS_Z:
+        zv = tl.load(z + map_offset(s_z, b, d, h, w), mask=valid, other=0.0).to(ACC)
+        out = out * zv * sigmoid(zv)
+    off = k * s_yk + mt[None, :] * s_ym + map_offset(s_y, b, d, h, w)
+    tl.store(y + off, out.to(y.dtype.element_ty), mask=valid)
+
+
+@triton.jit
+def scan_backward(
+        u0, u1, s_u0, s_u1, z, s_z, gy0, gy1, s_gy0, s_gy1,
+        dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, C0, C1, s_C0, s_C1,
+        A, s_A, Dp, s_D, bias, s_bias, states, adjoints,
+        g_u, s_gu, s_guk, s_gum, g_z, s_gz, g_dt, s_gdt, s_gdtm, g_B, g_C, s_gbc, g_A, g_D, g_bias,
+        K, Dr, N, Lseq, H, W, C, Ws, SEG, BPS, SB, SC, n_chunks,
+        ROUTE: tl.constexpr, SOURCE: tl.constexpr, TWO_U: tl.constexpr, TWO_TOK: tl.constexpr,
+        HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, ACC: tl.constexpr):
+    """Pass 3 of the backward. The adjoint g_t = dL/dh_t runs backwards: g_t = gy_t C_t + a_{t+1}
+    g_{t+1}; within the chunk a reverse associative scan with coefficients a_{t+1} (dt re-read one
+    position ahead; 1 at the chunk's end) plus the carried adjoint of the chunk's end state.
+
+    Writes: g_u at the source position (+ k * s_guk + m * s_gum, strides s_gu over (b, c, h, w));
+    g_z (b, d, h, w); g_dt[mt, b, k, d, tok] (strides s_gdt, s_gdtm); partial g_B, g_C
+    [blk, mt, b, k, n, tok] (strides s_gbc); partial g_A [b, c, k, d, n], g_D and g_bias [b, c, k, d]
+    (contiguous)."""
+    b, k, blk, d, dmask, c, p, pmask = program_block(K, Dr, Lseq, SEG, BPS, BLOCK_D, CHUNK)
+    n = tl.arange(0, BLOCK_N).to(tl.int64)
+    nmask = n < N
+    tok, mt, h, w = route_tokens(p, k, H, W, ROUTE)
+    in_map = pmask & (h < H) & (w < W)
+    valid = dmask[:, None] & in_map[None, :]
+    dt, raw = load_dt(dt0, dt1, s_dt0, s_dt1, bias, s_bias, b, k, d, dmask, p, pmask, H, W,
+                      ROUTE, TWO_TOK, HAS_BIAS, SOFTPLUS, ACC)
+    ahead = (tl.arange(0, CHUNK) < CHUNK - 1) & (p + 1 < Lseq)
+    dt_next, _ = load_dt(dt0, dt1, s_dt0, s_dt1, bias, s_bias, b, k, d, dmask, p + 1, ahead, H, W,
+                         ROUTE, TWO_TOK, HAS_BIAS, SOFTPLUS, ACC)
+    u, m, cs, hs, ws = load_u(u0, u1, s_u0, s_u1, b, d, h, w, mt, valid, C, Ws, SOURCE, TWO_U, ACC)
+    first = (blk // BPS) * SEG
+    Bm = load_bc(B0, B1, s_B0, s_B1, b, k + first // SB, tok, mt, pmask, N, BLOCK_N, TWO_TOK, ACC)
+    Cm = load_bc(C0, C1, s_C0, s_C1, b, k + first // SC, tok, mt, pmask, N, BLOCK_N, TWO_TOK, ACC)
+    smask = dmask[:, None] & nmask[None, :]
+    An = tl.load(A + k * s_A[0] + d[:, None] * s_A[1] + n[None, :] * s_A[2], mask=smask, other=0.0).to(ACC)
+    h_t, a = chunk_states(b, k, d, dmask, c, p, pmask, dt, u, Bm, An, states, K, Dr, N, n_chunks, BLOCK_N)
+
+    gout = load_pair(gy0, gy1, map_offset(s_gy0, b, d, h, w), map_offset(s_gy1, b, d, h, w),
+                     mt[None, :], valid, TWO_TOK, ACC)
+    gy = gout
+    if HAS_Z:
+        zv = tl.load(z + map_offset(s_z, b, d, h, w), mask=valid, other=0.0).to(ACC)
+        gate = sigmoid(zv)
+        gy = gout * zv * gate
+    row = (b * K + k) * Dr + d
+    after = tl.load(adjoints + (row[:, None] * n_chunks + c) * N + n[None, :], mask=smask, other=0.0)
+    a_next = tl.exp(dt_next[:, :, None] * An[:, None, :])
+    to_end, local = tl.associative_scan((a_next, gy[:, :, None] * Cm[None, :, :]), axis=1,
+                                        combine_fn=combine, reverse=True)
+    g = local + to_end * after[:, None, :]
+
+    Bu = Bm[None, :, :] * u[:, :, None]
+    a_h_prev = h_t - dt[:, :, None] * Bu  # a_t h_{t-1}
+    g_dt_raw = tl.sum(g * (Bu + An[:, None, :] * a_h_prev), axis=2)
+    if SOFTPLUS:
+        g_dt_raw = g_dt_raw * sigmoid(raw)
+    pd_mask = dmask[:, None] & pmask[None, :]
+    g_dt_raw = tl.where(pd_mask, g_dt_raw, 0.0)
+    g_u_t = tl.sum(g * dt[:, :, None] * Bm[None, :, :], axis=2)
+    if HAS_D:
+        Dv = tl.load(Dp + k * s_D[0] + d * s_D[1], mask=dmask, other=0.0).to(ACC)
+        g_u_t += Dv[:, None] * gy
+    if HAS_Z:
+        y_pre = tl.sum(h_t * Cm[None, :, :], axis=2)
+        if HAS_D:
+            y_pre += Dv[:, None] * u
+        g_zv = gout * y_pre * gate * (1.0 + zv * (1.0 - gate))
+        tl.store(g_z + map_offset(s_gz, b, d, h, w), g_zv.to(g_z.dtype.element_ty), mask=valid)
+
+    gu_off = k * s_guk + m * s_gum + b * s_gu[0] + cs * s_gu[1] + hs * s_gu[2] + ws * s_gu[3]
+    tl.store(g_u + gu_off, g_u_t.to(g_u.dtype.element_ty), mask=valid)
+    gdt_off = mt[None, :] * s_gdtm + b * s_gdt[0] + k * s_gdt[1] + d[:, None] * s_gdt[2] + tok[None, :] * s_gdt[3]
+    tl.store(g_dt + gdt_off, g_dt_raw.to(g_dt.dtype.element_ty), mask=pd_mask)
+
+    bc_off = (blk * s_gbc[0] + mt[:, None] * s_gbc[1] + b * s_gbc[2] + k * s_gbc[3]
+              + n[None, :] * s_gbc[4] + tok[:, None] * s_gbc[5])
+    bc_mask = pmask[:, None] & nmask[None, :]
+    tl.store(g_B + bc_off, tl.sum(g * (dt * u)[:, :, None], axis=0), mask=bc_mask)
+    tl.store(g_C + bc_off, tl.sum(gy[:, :, None] * h_t, axis=0), mask=bc_mask)
+
+    part = (b * n_chunks + c) * K + k  # one slot per (batch, chunk) program, reduced on the host
+    tl.store(g_A + (part * Dr + d[:, None]) * N + n[None, :],
+             tl.sum(g * dt[:, :, None] * a_h_prev, axis=1), mask=smask)
+    if HAS_D:
+        tl.store(g_D + part * Dr + d, tl.sum(gy * u, axis=1), mask=dmask)
+    if HAS_BIAS:
+        tl.store(g_bias + part * Dr + d, tl.sum(g_dt_raw, axis=1), mask=dmask)

@@ -1,0 +1,178 @@
+"""Host side of the chunked Mamba-1 scan (``scan.py``): one ``ScanProblem`` describes where every
+operand of a routed scan lies; ``forward`` and ``backward`` launch the three passes and reduce the
+partials."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import triton
+
+from . import scan
+from .tiles import Tiles, acc_dtype, autotuned, scan_tiles
+
+_KEY = ["BLOCK_D", "BLOCK_N", "CHUNK"]
+_summary = autotuned(_KEY)(scan.chunk_summary)
+_forward = autotuned(_KEY)(scan.scan_forward)
+_backward = autotuned(_KEY)(scan.scan_backward)
+CARRY_ROWS = 16  # rows per program of the (cheap, N-wide) sequential pass over chunks
+
+
+@dataclass
+class ScanProblem:
+    """A batch of routed scans: sequences (b, k), Dr scanned channels, d_state N, Lseq positions.
+
+    u: (u0, u1) with (b, c, h, w) strides on the source maps (C channels, width Ws); dt, B, C: pairs
+    (modality 0, 1) with (b, k, d, token) and (b, row, n, token) strides over Ltok tokens; A (k, d, n),
+    D and delta_bias (k, d) strides; z (b, d, h, w) on the scanned map. H, W: the scanned map (the
+    route's grid). seg, sb, sc: channels per segment / per B group / per C group (seg divides both)."""
+    route: int
+    source: int
+    two_u: bool    # u1 is read (positions or channels of modality 1)
+    two_tok: bool  # dt1, B1, C1 are read (positions of modality 1)
+    Bt: int
+    K: int
+    Dr: int
+    N: int
+    Lseq: int
+    Ltok: int
+    H: int
+    W: int
+    C: int
+    Ws: int
+    u: tuple
+    s_u: tuple
+    dt: tuple
+    s_dt: tuple
+    B: tuple
+    s_B: tuple
+    Cm: tuple
+    s_C: tuple
+    A: torch.Tensor
+    s_A: tuple
+    D: Optional[torch.Tensor]
+    s_D: tuple
+    bias: Optional[torch.Tensor]
+    s_bias: tuple
+    softplus: bool
+    z: Optional[torch.Tensor] = None
+    s_z: tuple = (0, 0, 0, 0)
+    sb: int = 0
+    sc: int = 0
+    seg: int = 0
+
+    def __post_init__(self):
+        self.sb, self.sc = self.sb or self.Dr, self.sc or self.Dr
+        self.seg = math.gcd(self.sb, self.sc)
+        self.tiles: Tiles = scan_tiles(self.N)
+        self.per_seg = triton.cdiv(self.seg, self.tiles.block_d)
+        self.n_blocks = (self.Dr // self.seg) * self.per_seg
+        self.n_chunks = max(1, triton.cdiv(self.Lseq, self.tiles.chunk))
+        self.acc, self.acc_torch = acc_dtype(self.u[0].dtype)
+        self.device = self.u[0].device
+
+    # ---- launch helpers -------------------------------------------------------------------------
+    def _common(self):
+        t = self.tiles
+        placeholder = self.u[0]
+        return dict(
+            u0=self.u[0], u1=self.u[1], s_u0=self.s_u[0], s_u1=self.s_u[1],
+            z=placeholder if self.z is None else self.z, s_z=self.s_z,
+            dt0=self.dt[0], dt1=self.dt[1], s_dt0=self.s_dt[0], s_dt1=self.s_dt[1],
+            B0=self.B[0], B1=self.B[1], s_B0=self.s_B[0], s_B1=self.s_B[1],
+            C0=self.Cm[0], C1=self.Cm[1], s_C0=self.s_C[0], s_C1=self.s_C[1],
+            A=self.A, s_A=self.s_A, bias=placeholder if self.bias is None else self.bias, s_bias=self.s_bias,
+            K=self.K, Dr=self.Dr, N=self.N, Lseq=self.Lseq, H=self.H, W=self.W, C=self.C, Ws=self.Ws,
+            SEG=self.seg, BPS=self.per_seg, SB=self.sb, SC=self.sc, n_chunks=self.n_chunks,
+            ROUTE=self.route, SOURCE=self.source, TWO_U=self.two_u,
+            TWO_TOK=self.two_tok, HAS_Z=self.z is not None, HAS_BIAS=self.bias is not None,
+            SOFTPLUS=self.softplus, BLOCK_D=t.block_d, BLOCK_N=t.block_n, CHUNK=t.chunk, ACC=self.acc)
+
+    def _grid(self):
+        return (self.Bt * self.K, self.n_blocks, self.n_chunks)
+
+    def _chunk_buffers(self, backward: bool):
+        rows = self.Bt * self.K * self.Dr
+        new = lambda *s: torch.empty(*s, device=self.device, dtype=self.acc_torch)  # noqa: E731
+        states = new(rows, self.n_chunks, self.N)
+        adjoints = new(rows, self.n_chunks, self.N) if backward else states
+        return states, adjoints, new(rows, self.n_chunks)
+
+    def _carry(self, io, dt_sums, reverse: bool, last=None, init=None):
+        """Pass 2 over chunk buffers (Bt*K*Dr, n_chunks, N) in place; the final carry into ``last``,
+        or the carry starting from ``init`` (both (Bt*K, Dr, N), contiguous)."""
+        s_io = (self.Dr * self.n_chunks * self.N, self.n_chunks * self.N, self.N, 1)
+        s_sum = (self.Dr * self.n_chunks, self.n_chunks, 1)
+        grid = (self.Bt * self.K, triton.cdiv(self.Dr, CARRY_ROWS))
+        scan.chunk_carry[grid](
+            io, dt_sums, self.A, s_io, s_sum, self.s_A, next((t for t in (last, init) if t is not None), io),
+            (self.Dr * self.N, self.N, 1), self.K, self.Dr, self.N, self.n_chunks,
+            REVERSE=reverse, HAS_LAST=last is not None, HAS_INIT=init is not None, BLOCK_R=CARRY_ROWS, BLOCK_N=self.tiles.block_n)
+
+    def _states(self, gy=None, g_last=None):
+        """Passes 1 and 2: start state of every chunk, the last states (Bt*K, Dr, N), and with gy the
+        adjoint entering every chunk from its successors (starting from g_last, the gradient of the
+        last states, if given)."""
+        states, adjoints, dt_sums = self._chunk_buffers(gy is not None)
+        args = self._common()
+        gy = gy or ((self.u[0], (0, 0, 0, 0)),) * 2
+        _summary[self._grid()](**args, gy0=gy[0][0], gy1=gy[1][0], s_gy0=gy[0][1], s_gy1=gy[1][1],
+                               states=states, adjoints=adjoints, dt_sums=dt_sums, BACKWARD=adjoints is not states)
+        last = torch.empty(self.Bt * self.K, self.Dr, self.N, device=self.device, dtype=self.acc_torch)
+        self._carry(states, dt_sums, reverse=False, last=last)
+        if adjoints is not states:
+            self._carry(adjoints, dt_sums, reverse=True, init=g_last)
+        return states, adjoints, last
+
+    # ---- public -----------------------------------------------------------------------------------
+    def forward(self, y: torch.Tensor, s_y: tuple, s_yk: int = 0, s_ym: int = 0) -> torch.Tensor:
+        """Write the outputs into y at (k * s_yk + mt * s_ym + (b, d, h, w) . s_y); returns the last
+        states (Bt*K, Dr, N) in the accumulation dtype."""
+        states, _, last = self._states()
+        _forward[self._grid()](**self._common(), y=y, s_y=s_y, s_yk=s_yk, s_ym=s_ym,
+                               Dp=self.u[0] if self.D is None else self.D, s_D=self.s_D,
+                               states=states, HAS_D=self.D is not None)
+        return last
+
+    def backward(self, gy: tuple, g_u: torch.Tensor, s_gu: tuple, s_guk: int, s_gum: int,
+                 g_z: Optional[torch.Tensor] = None, s_gz: tuple = (0, 0, 0, 0),
+                 g_last: Optional[torch.Tensor] = None) -> dict:
+        """gy: ((tensor, (b, d, h, w) strides) per output modality). u's gradient goes into g_u at
+        k * s_guk + m * s_gum + (b, c, h, w) . s_gu; g_last: gradient of the last states
+        (Bt*K, Dr, N), contiguous, in the accumulation dtype. Returns the other gradients:
+        dt (M, Bt, K, Dr, Ltok) in dt's dtype; B, C per block (n_blocks, M, Bt, K, N, Ltok); A (K, Dr, N);
+        D, delta_bias (K, Dr) (None where absent); accumulation dtype unless said."""
+        states, adjoints, _ = self._states(gy, g_last)
+        M = 2 if self.two_tok else 1
+        new = lambda *s, dtype=self.acc_torch: torch.empty(*s, device=self.device, dtype=dtype)  # noqa: E731
+        g_dt = new(M, self.Bt, self.K, self.Dr, self.Ltok, dtype=self.dt[0].dtype)
+        g_B = new(self.n_blocks, M, self.Bt, self.K, self.N, self.Ltok)
+        g_C = new(self.n_blocks, M, self.Bt, self.K, self.N, self.Ltok)
+        parts = self.Bt * self.n_chunks * self.K
+        g_A = new(parts, self.Dr, self.N)
+        g_D = new(parts, self.Dr) if self.D is not None else None
+        g_bias = new(parts, self.Dr) if self.bias is not None else None
+        placeholder = g_A
+        _backward[self._grid()](
+            **self._common(), gy0=gy[0][0], gy1=gy[1][0], s_gy0=gy[0][1], s_gy1=gy[1][1],
+            Dp=self.u[0] if self.D is None else self.D, s_D=self.s_D, states=states, adjoints=adjoints,
+            g_u=g_u, s_gu=s_gu, s_guk=s_guk, s_gum=s_gum,
+            g_z=placeholder if g_z is None else g_z, s_gz=s_gz,
+            g_dt=g_dt, s_gdt=g_dt.stride()[1:], s_gdtm=g_dt.stride(0), g_B=g_B, g_C=g_C, s_gbc=g_B.stride(),
+            g_A=g_A, g_D=placeholder if g_D is None else g_D, g_bias=placeholder if g_bias is None else g_bias,
+            HAS_D=self.D is not None)
+        shape = (self.Bt * self.n_chunks, self.K, self.Dr)
+        return dict(
+            dt=g_dt, B=g_B, C=g_C, A=g_A.view(*shape, self.N).sum(0),
+            D=None if g_D is None else g_D.view(shape).sum(0),
+            bias=None if g_bias is None else g_bias.view(shape).sum(0))
+
+
+def group_sum(partial: torch.Tensor, problem: ScanProblem, per_group: int) -> torch.Tensor:
+    """Channel-block partials (n_blocks, Bt, N, L) -> per-group sums (Bt, G, N, L) for groups of
+    ``per_group`` channels (blocks are ordered by channel, none straddles a group)."""
+    n_blocks, Bt, N, L = partial.shape
+    G = problem.Dr // per_group
+    return partial.view(G, n_blocks // G, Bt, N, L).sum(1).transpose(0, 1)

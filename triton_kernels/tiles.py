@@ -1,0 +1,66 @@
+"""Tile sizes and launch settings, chosen from (d_state, dtype) only: never from L, H or W, so a new
+image size reuses the compiled kernels. ``override`` pins them (tests use small chunks so that short
+sequences still cross several chunk boundaries)."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from . import interpreting
+
+# Elements of one (channels x chunk x d_state) register tile: 4096 fp32 = 32 per thread at 4 warps.
+TILE_ELEMENTS = 4096
+_pinned: dict = {}
+
+
+@dataclass(frozen=True)
+class Tiles:
+    chunk: int    # time steps per chunk (a power of 2)
+    block_d: int  # channels (Mamba-1) per program
+    block_n: int  # d_state, padded to a power of 2
+
+
+def acc_dtype(dtype: torch.dtype):
+    """fp32 accumulation; fp64 inputs (gradcheck) stay fp64."""
+    return (tl.float64, torch.float64) if dtype == torch.float64 else (tl.float32, torch.float32)
+
+
+def scan_tiles(N: int) -> Tiles:
+    """Mamba-1 tiles for d_state N."""
+    block_n = triton.next_power_of_2(N)
+    chunk = _pinned.get("chunk") or (64 if block_n <= 16 else 32 if block_n <= 64 else 16)
+    block_d = _pinned.get("block_d") or max(1, TILE_ELEMENTS // (chunk * block_n))
+    return Tiles(chunk, block_d, block_n)
+
+
+def ssd_chunk() -> int:
+    """Time steps per SSD chunk (the intra-chunk matmuls are chunk x chunk; >= 16 for tl.dot)."""
+    return max(16, _pinned.get("chunk") or 64)
+
+
+@contextlib.contextmanager
+def override(chunk: Optional[int] = None, block_d: Optional[int] = None):
+    """Pin the chunk length and channel block inside the block (powers of 2)."""
+    previous = dict(_pinned)
+    _pinned.update({k: v for k, v in (("chunk", chunk), ("block_d", block_d)) if v is not None})
+    try:
+        yield
+    finally:
+        _pinned.clear()
+        _pinned.update(previous)
+
+
+def autotuned(key):
+    """A few warp counts, keyed on the tile constexprs (and, by the autotuner, the dtypes). The
+    interpreter has no warps: kernels run as they are there."""
+    def wrap(kernel):
+        if interpreting():
+            return kernel
+        configs = [triton.Config({}, num_warps=w) for w in (2, 4, 8)]
+        return triton.autotune(configs=configs, key=key)(kernel)
+    return wrap
