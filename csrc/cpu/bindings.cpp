@@ -1,10 +1,29 @@
-// Python bindings of the CPU scan kernels (xscan._C).
+// Python bindings of the CPU scan kernels (xscan._C). xscan/backends/cpu.py builds the strided views
+// (see scan_engine.h for their layouts) and the zeroed fp32/fp64 output and gradient buffers.
 #include <torch/extension.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
-static int max_threads() {
+#include "scan_dispatch.h"
+
+namespace xscan {
+namespace cpu {
+void scan_forward(int64_t kind, const std::vector<int64_t>& geometry, const ScanInputs& in, const Tensors& y,
+                  const OptTensor& last_state);
+void scan_backward(int64_t kind, const std::vector<int64_t>& geometry, const ScanInputs& in, const Tensors& dy,
+                   const OptTensor& dlast, const Tensors& du, const Tensors& ddt, const Tensors& dB,
+                   const Tensors& dC, const OptTensor& dz, const at::Tensor& dA, const OptTensor& dD,
+                   const OptTensor& dbias);
+}  // namespace cpu
+}  // namespace xscan
+
+namespace {
+
+using xscan::cpu::OptTensor;
+using xscan::cpu::Tensors;
+
+int max_threads() {
 #ifdef _OPENMP
   return omp_get_max_threads();
 #else
@@ -12,6 +31,39 @@ static int max_threads() {
 #endif
 }
 
+xscan::cpu::ScanInputs inputs(Tensors u, Tensors dt, Tensors B, Tensors C, OptTensor z, at::Tensor A, OptTensor D,
+                              OptTensor bias, bool delta_softplus) {
+  for (const auto* list : {&u, &dt, &B, &C})
+    for (const auto& t : *list) TORCH_CHECK(t.device().is_cpu(), "xscan._C: CPU tensors only");
+  return {std::move(u), std::move(dt), std::move(B), std::move(C), std::move(z), std::move(A), std::move(D),
+          std::move(bias), delta_softplus};
+}
+
+void scan_forward(int64_t kind, std::vector<int64_t> geometry, Tensors u, Tensors dt, Tensors B, Tensors C,
+                  OptTensor z, at::Tensor A, OptTensor D, OptTensor bias, bool delta_softplus, Tensors y,
+                  OptTensor last_state) {
+  const auto in = inputs(std::move(u), std::move(dt), std::move(B), std::move(C), std::move(z), std::move(A),
+                         std::move(D), std::move(bias), delta_softplus);
+  xscan::cpu::scan_forward(kind, geometry, in, y, last_state);
+}
+
+void scan_backward(int64_t kind, std::vector<int64_t> geometry, Tensors u, Tensors dt, Tensors B, Tensors C,
+                   OptTensor z, at::Tensor A, OptTensor D, OptTensor bias, bool delta_softplus, Tensors dy,
+                   OptTensor dlast, Tensors du, Tensors ddt, Tensors dB, Tensors dC, OptTensor dz, at::Tensor dA,
+                   OptTensor dD, OptTensor dbias) {
+  const auto in = inputs(std::move(u), std::move(dt), std::move(B), std::move(C), std::move(z), std::move(A),
+                         std::move(D), std::move(bias), delta_softplus);
+  xscan::cpu::scan_backward(kind, geometry, in, dy, dlast, du, ddt, dB, dC, dz, dA, dD, dbias);
+}
+
+}  // namespace
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("max_threads", &max_threads, "OpenMP threads the CPU kernels use");
+  m.def("scan_forward", &scan_forward,
+        "Forward of a scan: accumulates into the y views, writes last_state (route kind, geometry, "
+        "u, dt, B, C, z, A, D, delta_bias, delta_softplus, y, last_state)");
+  m.def("scan_backward", &scan_backward,
+        "Backward of a scan: accumulates every gradient into its zeroed view (route kind, geometry, inputs "
+        "as scan_forward, dy, dlast, du, ddt, dB, dC, dz, dA, dD, ddelta_bias)");
 }

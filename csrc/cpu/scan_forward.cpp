@@ -1,0 +1,20 @@
+// Forward of every scan (one instantiation per route family and dtype).
+#include "scan_dispatch.h"
+
+namespace xscan {
+namespace cpu {
+
+void scan_forward(int64_t kind, const std::vector<int64_t>& geometry, const ScanInputs& in, const Tensors& y,
+                  const OptTensor& last_state) {
+  with_dtype(in.u[0].scalar_type(), [&](auto scalar_tag, auto acc_tag) {
+    using scalar_t = decltype(scalar_tag);
+    using acc_t = decltype(acc_tag);
+    ScanViews<scalar_t, acc_t> v = input_views<scalar_t, acc_t>(in);
+    for (size_t m = 0; m < y.size(); ++m) v.y[m] = strided<acc_t>(y[m]);
+    v.last_state = strided<acc_t>(last_state);
+    with_route(kind, geometry, [&](const auto& route) { run_forward(v, route); });
+  });
+}
+
+}  // namespace cpu
+}  // namespace xscan
