@@ -1,10 +1,319 @@
-def ssd_exchange_forward(*args):
-    raise NotImplementedError
+"""ssd_exchange: the chunked Mamba-2 (SSD) scan, both exchange directions in one launch.
+
+Direction 0 scans x0 with dt0 and modality 1's B, C (-> y0); direction 1 scans x1 with dt0's twin
+dt1 and modality 0's B, C (-> y1). Per (direction, batch, head) the state is P x N with a scalar
+decay exp(dt A). Within a chunk of T steps everything is matmuls (cs = A * cumsum(dt)):
+
+    y = ((C B^T) o Lmat) (dt x) + exp(cs) (C S0^T) + D x,  Lmat[t, s] = exp(cs_t - cs_s) [s <= t]
+    chunk end state = exp(cs_end) S0 + (x o w)^T B,        w_s = exp(cs_end - cs_s) dt_s
+
+and the start states S0 pass between chunks with ``scan.chunk_carry`` (a row per channel p). The
+backward runs the same structure on the adjoint of the state, dL/dS, in reverse.
+
+Strides: x (b, t, head, p); dt (b, t, head); B, C (b, t, group, n).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .scan import chunk_carry, load_pair, sigmoid, softplus
+from .tiles import acc_dtype, autotuned, ssd_chunk
 
 
-def ssd_exchange_backward(grads, *args):
-    raise NotImplementedError
+@triton.jit
+def ssd_program(Bt, nh, L, CHUNK: tl.constexpr):
+    """Program ids -> (sequence, direction, b, head, chunk c, positions t, their mask)."""
+    seq = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1).to(tl.int64)
+    head = seq % nh
+    b = (seq // nh) % Bt
+    direction = seq // (nh * Bt)
+    t = c * CHUNK + tl.arange(0, CHUNK).to(tl.int64)
+    return seq, direction, b, head, c, t, t < L
 
 
-def check_limits(*args):
-    pass
+@triton.jit
+def ssd_tiles(x0, x1, s_x0, s_x1, dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, C0, C1, s_C0, s_C1,
+              bias, s_bias, direction, b, head, t, tmask, nh, G, P, N,
+              HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+              ACC: tl.constexpr):
+    """x (T, BLOCK_P), dt and its pre-softplus value (T,), B and C (T, BLOCK_N) of one direction:
+    x, dt of modality `direction`, B, C of the other one. dt = 0 past the end."""
+    direction = direction + t * 0  # a vector: masks need tensors on both sides
+    p = tl.arange(0, BLOCK_P).to(tl.int64)
+    n = tl.arange(0, BLOCK_N).to(tl.int64)
+    xmask = tmask[:, None] & (p < P)[None, :]
+    x = load_pair(x0, x1, b * s_x0[0] + t[:, None] * s_x0[1] + head * s_x0[2] + p[None, :] * s_x0[3],
+                  b * s_x1[0] + t[:, None] * s_x1[1] + head * s_x1[2] + p[None, :] * s_x1[3],
+                  direction[:, None], xmask, True, ACC)
+    raw = load_pair(dt0, dt1, b * s_dt0[0] + t * s_dt0[1] + head * s_dt0[2],
+                    b * s_dt1[0] + t * s_dt1[1] + head * s_dt1[2], direction, tmask, True, ACC)
+    if HAS_BIAS:
+        raw += tl.load(bias + head * s_bias).to(ACC)
+    dt = raw
+    if SOFTPLUS:
+        dt = softplus(raw)
+    dt = tl.where(tmask, dt, 0.0)
+    g = head // (nh // G)
+    nmask = tmask[:, None] & (n < N)[None, :]
+    # direction 0 reads modality 1's B and C: swap the roles in load_pair
+    Bm = load_pair(B1, B0, b * s_B1[0] + t[:, None] * s_B1[1] + g * s_B1[2] + n[None, :] * s_B1[3],
+                   b * s_B0[0] + t[:, None] * s_B0[1] + g * s_B0[2] + n[None, :] * s_B0[3],
+                   direction[:, None], nmask, True, ACC)
+    Cm = load_pair(C1, C0, b * s_C1[0] + t[:, None] * s_C1[1] + g * s_C1[2] + n[None, :] * s_C1[3],
+                   b * s_C0[0] + t[:, None] * s_C0[1] + g * s_C0[2] + n[None, :] * s_C0[3],
+                   direction[:, None], nmask, True, ACC)
+    return x, dt, raw, Bm, Cm
+
+
+@triton.jit
+def causal_decay(cs, CHUNK: tl.constexpr):
+    """Lmat[t, s] = exp(cs_t - cs_s) for s <= t, else 0 (never exponentiating the s > t growth)."""
+    i = tl.arange(0, CHUNK)
+    causal = i[None, :] <= i[:, None]
+    return tl.where(causal, tl.exp(tl.where(causal, cs[:, None] - cs[None, :], 0.0)), 0.0)
+
+
+@triton.jit
+def dot(a, b):
+    return tl.dot(a, b, input_precision="ieee")
+
+
+@triton.jit
+def ssd_state_offsets(seq, c, n_chunks, P, N, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+    p = tl.arange(0, BLOCK_P).to(tl.int64)
+    n = tl.arange(0, BLOCK_N).to(tl.int64)
+    return ((seq * P + p[:, None]) * n_chunks + c) * N + n[None, :], (p < P)[:, None] & (n < N)[None, :]
+
+
+@triton.jit
+def ssd_summary(x0, x1, s_x0, s_x1, dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, C0, C1, s_C0, s_C1,
+                A, s_A, bias, s_bias, gy0, gy1, s_gy0, s_gy1, states, adjoints, dt_sums,
+                Bt, nh, G, L, P, N, n_chunks,
+                HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BACKWARD: tl.constexpr,
+                CHUNK: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr):
+    """Pass 1: the chunk's end state from a zero start, (x o w)^T B; its summed dt; with BACKWARD
+    the adjoint it sends to its start state, (gy o exp(cs))^T C."""
+    seq, direction, b, head, c, t, tmask = ssd_program(Bt, nh, L, CHUNK)
+    x, dt, raw, Bm, Cm = ssd_tiles(x0, x1, s_x0, s_x1, dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, C0, C1,
+                                   s_C0, s_C1, bias, s_bias, direction, b, head, t, tmask, nh, G, P, N,
+                                   HAS_BIAS, SOFTPLUS, BLOCK_P, BLOCK_N, ACC)
+    a = tl.load(A + head * s_A).to(ACC)
+    cs = a * tl.cumsum(dt, axis=0)
+    total = tl.sum(dt, axis=0)
+    w = tl.exp(a * total - cs) * dt
+    off, mask = ssd_state_offsets(seq, c, n_chunks, P, N, BLOCK_P, BLOCK_N)
+    tl.store(states + off, dot(tl.trans(x * w[:, None]), Bm), mask=mask)
+    tl.store(dt_sums + seq * n_chunks + c, total)
+    if BACKWARD:
+        p = tl.arange(0, BLOCK_P).to(tl.int64)
+        gmask = tmask[:, None] & (p < P)[None, :]
+        gy = load_pair(gy0, gy1, b * s_gy0[0] + t[:, None] * s_gy0[1] + head * s_gy0[2] + p[None, :] * s_gy0[3],
+                       b * s_gy1[0] + t[:, None] * s_gy1[1] + head * s_gy1[2] + p[None, :] * s_gy1[3],
+                       (direction + t * 0)[:, None], gmask, True, ACC)
+        tl.store(adjoints + off, dot(tl.trans(gy * tl.exp(cs)[:, None]), Cm), mask=mask)
+
+
+@triton.jit
+def ssd_forward(x0, x1, s_x0, s_x1, dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, C0, C1, s_C0, s_C1,
+                A, s_A, bias, s_bias, Dp, s_D, y, s_y, states,
+                Bt, nh, G, L, P, N, n_chunks,
+                HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                CHUNK: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr):
+    """Pass 3: y[direction, b, t, head, p] (strides s_y over those five)."""
+    seq, direction, b, head, c, t, tmask = ssd_program(Bt, nh, L, CHUNK)
+    x, dt, raw, Bm, Cm = ssd_tiles(x0, x1, s_x0, s_x1, dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, C0, C1,
+                                   s_C0, s_C1, bias, s_bias, direction, b, head, t, tmask, nh, G, P, N,
+                                   HAS_BIAS, SOFTPLUS, BLOCK_P, BLOCK_N, ACC)
+    a = tl.load(A + head * s_A).to(ACC)
+    cs = a * tl.cumsum(dt, axis=0)
+    off, mask = ssd_state_offsets(seq, c, n_chunks, P, N, BLOCK_P, BLOCK_N)
+    start = tl.load(states + off, mask=mask, other=0.0)
+    mixing = dot(Cm, tl.trans(Bm)) * causal_decay(cs, CHUNK)
+    out = dot(mixing, x * dt[:, None]) + tl.exp(cs)[:, None] * dot(Cm, tl.trans(start))
+    if HAS_D:
+        out += tl.load(Dp + head * s_D).to(ACC) * x
+    p = tl.arange(0, BLOCK_P).to(tl.int64)
+    y_off = direction * s_y[0] + b * s_y[1] + t[:, None] * s_y[2] + head * s_y[3] + p[None, :] * s_y[4]
+    tl.store(y + y_off, out.to(y.dtype.element_ty), mask=tmask[:, None] & (p < P)[None, :])
+
+
+@triton.jit
+def ssd_backward(x0, x1, s_x0, s_x1, dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, C0, C1, s_C0, s_C1,
+                 A, s_A, bias, s_bias, Dp, s_D, gy0, gy1, s_gy0, s_gy1, states, adjoints,
+                 g_x, s_gx, g_dt, s_gdt, g_B, g_C, s_gbc, g_A, g_D, g_bias,
+                 Bt, nh, G, L, P, N, n_chunks,
+                 HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                 CHUNK: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr):
+    """Pass 3 of the backward, with S0 the chunk's start state and Gs = dL/d(end state) from the
+    chunks after it. Writes g_x[direction, b, t, head, p], g_dt[direction, b, t, head], per-head
+    g_B, g_C[direction, b, t, head, n] (summed over a group's heads on the host) and per-program
+    g_A, g_D, g_bias[(direction, b, c), head]."""
+    seq, direction, b, head, c, t, tmask = ssd_program(Bt, nh, L, CHUNK)
+    x, dt, raw, Bm, Cm = ssd_tiles(x0, x1, s_x0, s_x1, dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, C0, C1,
+                                   s_C0, s_C1, bias, s_bias, direction, b, head, t, tmask, nh, G, P, N,
+                                   HAS_BIAS, SOFTPLUS, BLOCK_P, BLOCK_N, ACC)
+    p = tl.arange(0, BLOCK_P).to(tl.int64)
+    n = tl.arange(0, BLOCK_N).to(tl.int64)
+    xmask = tmask[:, None] & (p < P)[None, :]
+    gy = load_pair(gy0, gy1, b * s_gy0[0] + t[:, None] * s_gy0[1] + head * s_gy0[2] + p[None, :] * s_gy0[3],
+                   b * s_gy1[0] + t[:, None] * s_gy1[1] + head * s_gy1[2] + p[None, :] * s_gy1[3],
+                   (direction + t * 0)[:, None], xmask, True, ACC)
+    a = tl.load(A + head * s_A).to(ACC)
+    cs = a * tl.cumsum(dt, axis=0)
+    cs_end = a * tl.sum(dt, axis=0)
+    off, mask = ssd_state_offsets(seq, c, n_chunks, P, N, BLOCK_P, BLOCK_N)
+    start = tl.load(states + off, mask=mask, other=0.0)
+    after = tl.load(adjoints + off, mask=mask, other=0.0)
+
+    decay = causal_decay(cs, CHUNK)
+    mixing = dot(Cm, tl.trans(Bm)) * decay             # [t, s]
+    gy_x = dot(gy, tl.trans(x))                         # [t, s] = gy_t . x_s
+    weighted = gy_x * decay
+    to_end = tl.exp(cs_end - cs)                        # [s]
+    x_after = dot(x, after)                             # [s, n] = (x_s^T Gs)_n
+    g_x_t = dt[:, None] * (dot(tl.trans(mixing), gy) + to_end[:, None] * dot(Bm, tl.trans(after)))
+    if HAS_D:
+        Dv = tl.load(Dp + head * s_D).to(ACC)
+        g_x_t += Dv * gy
+    g_B_t = dt[:, None] * (dot(tl.trans(weighted), Cm) + to_end[:, None] * x_after)
+    from_start = tl.exp(cs)[:, None] * dot(Cm, tl.trans(start))  # y's part from the start state
+    g_C_t = dot(weighted * dt[None, :], Bm) + tl.exp(cs)[:, None] * dot(gy, start)
+
+    # gradient w.r.t. the log-decays cs, then w.r.t. each step's increment a dt_s (reverse cumsum)
+    pair = mixing * gy_x
+    terms = pair * dt[None, :]
+    into_end = to_end * tl.sum(x_after * Bm, axis=1)   # d<Gs, end state>/d dt_s, direct
+    g_cs = tl.sum(terms, axis=1) - tl.sum(terms, axis=0) + tl.sum(gy * from_start, axis=1) - dt * into_end
+    i = tl.arange(0, CHUNK)
+    g_cs += tl.where(i == CHUNK - 1, tl.exp(cs_end) * tl.sum(after * start) + tl.sum(dt * into_end), 0.0)
+    g_increment = tl.sum(g_cs, axis=0) - tl.cumsum(g_cs, axis=0) + g_cs
+    g_dt_t = tl.sum(pair, axis=0) + into_end + a * g_increment
+    if SOFTPLUS:
+        g_dt_t = g_dt_t * sigmoid(raw)
+    g_dt_t = tl.where(tmask, g_dt_t, 0.0)
+
+    tl.store(g_x + direction * s_gx[0] + b * s_gx[1] + t[:, None] * s_gx[2] + head * s_gx[3] + p[None, :] * s_gx[4],
+             g_x_t.to(g_x.dtype.element_ty), mask=xmask)
+    tl.store(g_dt + direction * s_gdt[0] + b * s_gdt[1] + t * s_gdt[2] + head * s_gdt[3],
+             g_dt_t.to(g_dt.dtype.element_ty), mask=tmask)
+    bc_off = direction * s_gbc[0] + b * s_gbc[1] + t[:, None] * s_gbc[2] + head * s_gbc[3] + n[None, :] * s_gbc[4]
+    bc_mask = tmask[:, None] & (n < N)[None, :]
+    tl.store(g_B + bc_off, g_B_t, mask=bc_mask)
+    tl.store(g_C + bc_off, g_C_t, mask=bc_mask)
+    part = ((direction * Bt + b) * n_chunks + c) * nh + head
+    tl.store(g_A + part, tl.sum(dt * g_increment, axis=0))
+    if HAS_D:
+        tl.store(g_D + part, tl.sum(tl.sum(gy * x, axis=1), axis=0))
+    if HAS_BIAS:
+        tl.store(g_bias + part, tl.sum(g_dt_t, axis=0))
+
+
+_KEY = ["CHUNK", "BLOCK_P", "BLOCK_N"]
+_summary = autotuned(_KEY)(ssd_summary)
+_forward = autotuned(_KEY)(ssd_forward)
+_backward = autotuned(_KEY)(ssd_backward)
+MAX_TILE = 128  # P and N per program (padded to a power of 2, at least 16 for tl.dot)
+
+
+def check_limits(x0, x1, dt0, dt1, A, B0, B1, C0, C1, D, dt_bias, dt_softplus):
+    for name, size in (("head dim P", x0.shape[3]), ("d_state N", B0.shape[3])):
+        if size > MAX_TILE:
+            raise ValueError(f"xscan.ssd_exchange: the triton backend takes {name} <= {MAX_TILE}, got {size}")
+
+
+class SSDProblem:
+    """Both directions of ssd_exchange: 2 * Bt * nh sequences of L steps."""
+
+    def __init__(self, x0, x1, dt0, dt1, A, B0, B1, C0, C1, D, dt_bias, dt_softplus):
+        self.Bt, self.L, self.nh, self.P = x0.shape
+        self.G, self.N = B0.shape[2:]
+        self.chunk = ssd_chunk()
+        self.n_chunks = max(1, triton.cdiv(self.L, self.chunk))
+        self.acc, self.acc_torch = acc_dtype(x0.dtype)
+        self.device = x0.device
+        self.D, self.bias = D, dt_bias
+        self.args = dict(
+            x0=x0, x1=x1, s_x0=x0.stride(), s_x1=x1.stride(), dt0=dt0, dt1=dt1, s_dt0=dt0.stride(),
+            s_dt1=dt1.stride(), B0=B0, B1=B1, s_B0=B0.stride(), s_B1=B1.stride(), C0=C0, C1=C1,
+            s_C0=C0.stride(), s_C1=C1.stride(), A=A, s_A=A.stride(0),
+            bias=x0 if dt_bias is None else dt_bias, s_bias=0 if dt_bias is None else dt_bias.stride(0),
+            Bt=self.Bt, nh=self.nh, G=self.G, L=self.L, P=self.P, N=self.N, n_chunks=self.n_chunks,
+            HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, CHUNK=self.chunk,
+            BLOCK_P=max(16, triton.next_power_of_2(self.P)), BLOCK_N=max(16, triton.next_power_of_2(self.N)),
+            ACC=self.acc)
+        self.A = A
+        self.grid = (2 * self.Bt * self.nh, self.n_chunks)
+
+    def _d_args(self):
+        return dict(Dp=self.args["x0"] if self.D is None else self.D, s_D=0 if self.D is None else self.D.stride(0),
+                    HAS_D=self.D is not None)
+
+    def _carry(self, io, dt_sums, reverse):
+        seqs = 2 * self.Bt * self.nh
+        chunk_carry[(seqs, triton.cdiv(self.P, 16))](
+            io, dt_sums, self.A, (self.P * self.n_chunks * self.N, self.n_chunks * self.N, self.N, 1),
+            (self.n_chunks, 0, 1), (self.A.stride(0), 0, 0), io, (0, 0, 0), self.nh, self.P, self.N,
+            self.n_chunks, REVERSE=reverse, HAS_LAST=False, HAS_INIT=False, BLOCK_R=16,
+            BLOCK_N=triton.next_power_of_2(self.N))
+
+    def _states(self, gy=None):
+        seqs = 2 * self.Bt * self.nh
+        new = lambda *s: torch.empty(*s, device=self.device, dtype=self.acc_torch)  # noqa: E731
+        states = new(seqs, self.P, self.n_chunks, self.N)
+        adjoints = new(seqs, self.P, self.n_chunks, self.N) if gy is not None else states
+        dt_sums = new(seqs, self.n_chunks)
+        gy = gy or (self.args["x0"], self.args["x0"])
+        _summary[self.grid](**self.args, gy0=gy[0], gy1=gy[1], s_gy0=gy[0].stride(), s_gy1=gy[1].stride(),
+                            states=states, adjoints=adjoints, dt_sums=dt_sums, BACKWARD=adjoints is not states)
+        self._carry(states, dt_sums, reverse=False)
+        if adjoints is not states:
+            self._carry(adjoints, dt_sums, reverse=True)
+        return states, adjoints
+
+    def forward(self):
+        states, _ = self._states()
+        x0, x1 = self.args["x0"], self.args["x1"]
+        y = torch.empty(2, *x0.shape, device=self.device, dtype=x0.dtype)
+        _forward[self.grid](**self.args, **self._d_args(), y=y, s_y=y.stride(), states=states)
+        return y[0], y[1].to(x1.dtype)
+
+    def backward(self, gy0, gy1):
+        states, adjoints = self._states((gy0, gy1))
+        x0, dt0 = self.args["x0"], self.args["dt0"]
+        new = lambda *s, dtype=self.acc_torch: torch.empty(*s, device=self.device, dtype=dtype)  # noqa: E731
+        g_x = new(2, *x0.shape, dtype=x0.dtype)
+        g_dt = new(2, *dt0.shape, dtype=dt0.dtype)
+        g_B = new(2, self.Bt, self.L, self.nh, self.N)
+        g_C = new(2, self.Bt, self.L, self.nh, self.N)
+        parts = 2 * self.Bt * self.n_chunks * self.nh
+        g_A, g_D, g_bias = new(parts), new(parts), new(parts)
+        _backward[self.grid](**self.args, **self._d_args(), gy0=gy0, gy1=gy1, s_gy0=gy0.stride(),
+                             s_gy1=gy1.stride(), states=states, adjoints=adjoints, g_x=g_x, s_gx=g_x.stride(),
+                             g_dt=g_dt, s_gdt=g_dt.stride(), g_B=g_B, g_C=g_C, s_gbc=g_B.stride(), g_A=g_A,
+                             g_D=g_D, g_bias=g_bias)
+
+        def per_group(g):  # heads of a group share B and C
+            return g.view(2, self.Bt, self.L, self.G, self.nh // self.G, self.N).sum(4)
+
+        def per_head(g):
+            return g.view(-1, self.nh).sum(0)
+
+        return g_x, g_dt, per_group(g_B), per_group(g_C), per_head(g_A), per_head(g_D), per_head(g_bias)
+
+
+def ssd_exchange_forward(x0, x1, dt0, dt1, A, B0, B1, C0, C1, D, dt_bias, dt_softplus):
+    return SSDProblem(x0, x1, dt0, dt1, A, B0, B1, C0, C1, D, dt_bias, dt_softplus).forward()
+
+
+def ssd_exchange_backward(grads, x0, x1, dt0, dt1, A, B0, B1, C0, C1, D, dt_bias, dt_softplus):
+    gy0 = torch.zeros_like(x0) if grads[0] is None else grads[0]
+    gy1 = torch.zeros_like(x1) if len(grads) < 2 or grads[1] is None else grads[1]
+    problem = SSDProblem(x0, x1, dt0, dt1, A, B0, B1, C0, C1, D, dt_bias, dt_softplus)
+    g_x, g_dt, g_B, g_C, g_A, g_D, g_bias = problem.backward(gy0, gy1)
+    # direction 0 read modality 1's B and C
+    return [g_x[0], g_x[1].to(x1.dtype), g_dt[0], g_dt[1].to(dt1.dtype), g_A.to(A.dtype),
+            g_B[1].to(B0.dtype), g_B[0].to(B1.dtype), g_C[1].to(C0.dtype), g_C[0].to(C1.dtype),
+            None if D is None else g_D.to(D.dtype), None if dt_bias is None else g_bias.to(dt_bias.dtype)]
