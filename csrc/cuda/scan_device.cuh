@@ -1,0 +1,358 @@
+// The scan kernels, templated on the per-token input type (float, __half, __nv_bfloat16) and on the
+// number of states each lane holds. Plain CUDA: no torch headers (the CPU torch wheel has none).
+//
+// Work split: a block owns one (batch b, route k, tile of channels); each channel is scanned by a
+// group of `lanes_per_channel` lanes of one warp, each lane holding `kStatesPerLane` of the N states;
+// C.h is summed over the group with warp shuffles. Time runs sequentially inside the block. All
+// accumulation is fp32; outputs and gradients are fp32 (the caller casts them).
+//
+// Backward: the forward is rerun with the state saved at the start of every kChunkLength positions;
+// the backward walks the chunks in reverse, recomputes the states of one chunk into registers and runs
+// the adjoint recurrence through it. dB and dC (shared by the channels of a group) are summed over the
+// block's channels in shared memory in a fixed order and written as per-tile partials that the caller
+// sums: no float atomics anywhere, so the backward is deterministic.
+//
+// Under nvcc this is plain CUDA. Without nvcc (the host emulation in tests/backends/cuda_emulator/)
+// the includer first defines threadIdx, blockIdx, __shfl_xor_sync, __syncthreads and dynamic_shared(),
+// and runs each kernel once per emulated thread.
+#pragma once
+
+#include "scan_params.h"
+#include "xscan/scan_math.h"
+
+#ifdef __CUDACC__
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#define XSCAN_DEVICE __device__ __forceinline__
+#define XSCAN_KERNEL __global__ void __launch_bounds__(kThreadsPerBlock)
+#else
+#define XSCAN_DEVICE inline
+#define XSCAN_KERNEL void
+#endif
+
+namespace xscan {
+namespace cuda {
+
+XSCAN_DEVICE float to_float(float x) { return x; }
+#ifdef __CUDACC__
+XSCAN_DEVICE float to_float(__half x) { return __half2float(x); }
+XSCAN_DEVICE float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+// The backward's dynamic shared memory.
+XSCAN_DEVICE float* dynamic_shared() {
+  extern __shared__ float shared[];
+  return shared;
+}
+#endif
+
+// Where route position p of sequence (b, k, d) reads and writes.
+struct Position {
+  int modality;        // modality of the token (dt, B, C) and of the output
+  int64_t token;       // index into the per-token tensors' token axis
+  int u_modality;      // which input map u comes from (interleave_ss2d reads u0 or u1)
+  int u_channel;       // channel of that map
+  int64_t u_spatial;   // flattened spatial index in that map
+  bool in_map;         // false on es2d's zero padding: u = 0 there and the output is cropped
+  int64_t out_spatial; // flattened spatial index of the output (the realigned map's for interleave)
+};
+
+XSCAN_DEVICE Position locate(const ScanParams& P, int k, int d, int64_t p) {
+  Position pos{0, p, 0, d, p, true, p};
+  switch (P.kind) {
+    case ScanKind::kSelectiveScan:
+      break;
+    case ScanKind::kSS2D:
+      pos.token = pos.u_spatial = pos.out_spatial = cross_route(k, p, P.height, P.width);
+      break;
+    case ScanKind::kCrossSS2D:
+      pos.modality = pos.u_modality = cross_pair_modality(p);
+      pos.token = pos.u_spatial = pos.out_spatial = cross_pair_spatial(k, p, P.height, P.width);
+      break;
+    case ScanKind::kES2D: {
+      int64_t h, w;
+      pos.token = atrous_route(k, p, P.sub_height, P.sub_width);
+      pos.in_map = atrous_pixel(k, pos.token, P.height, P.width, P.sub_width, &h, &w);
+      pos.u_spatial = pos.out_spatial = pos.in_map ? h * P.width + w : 0;
+      break;
+    }
+    case ScanKind::kInterleave: {
+      const int64_t s = cross_route(k, p, P.height, P.width);  // over the realigned map
+      const RealignSource src =
+          realign_source(P.realign_mode, P.realign_axis, P.u_channels, P.u_width, d, s % P.width);
+      pos.token = pos.out_spatial = s;
+      pos.u_modality = src.m;
+      pos.u_channel = static_cast<int>(src.c);
+      pos.u_spatial = (s / P.width) * P.u_width + src.w;
+      break;
+    }
+  }
+  return pos;
+}
+
+template <typename T>
+XSCAN_DEVICE float load(const TokenTensor& t, int m, int b, int k, int64_t c, int64_t tok) {
+  const T* base = static_cast<const T*>(t.data[m]);
+  return to_float(base[b * t.stride_b + k * t.stride_k + c * t.stride_c + tok * t.stride_t]);
+}
+
+template <typename T>
+XSCAN_DEVICE float load_state(const TokenTensor& t, int m, int b, int k, int group, int n,
+                                            int64_t tok) {
+  const T* base = static_cast<const T*>(t.data[m]);
+  return to_float(base[b * t.stride_b + k * t.stride_k + group * t.stride_c + n * t.stride_n + tok * t.stride_t]);
+}
+
+// Sum over the `width` lanes (a power of two) of a channel's group; every lane gets the sum.
+XSCAN_DEVICE float group_sum(float x, int width) {
+  for (int offset = width >> 1; offset > 0; offset >>= 1) x += __shfl_xor_sync(0xffffffffu, x, offset, width);
+  return x;
+}
+
+// The thread's place in the launch: its channel, lane in the channel's group, groups of B and C.
+struct Lane {
+  int b, k, tile, local_channel, lane, d, group_B, group_C;
+  bool active;  // false for lanes past the tile's last channel: they compute on channel 0 and write nothing
+};
+
+XSCAN_DEVICE Lane lane_of(const ScanParams& P) {
+  Lane l;
+  l.tile = blockIdx.x;
+  l.k = blockIdx.y;
+  l.b = blockIdx.z;
+  l.local_channel = threadIdx.x / P.lanes_per_channel;
+  l.lane = threadIdx.x % P.lanes_per_channel;
+  const int group_tile = l.tile / P.tiles_per_group;
+  const int in_group = (l.tile % P.tiles_per_group) * P.channels_per_tile + l.local_channel;
+  const int channels_per_group_tile = P.channels / P.group_tiles;
+  l.active = l.local_channel < P.channels_per_tile && in_group < channels_per_group_tile;
+  l.d = l.active ? group_tile * channels_per_group_tile + in_group : 0;
+  l.group_B = l.d / (P.channels / P.groups_B);
+  l.group_C = l.d / (P.channels / P.groups_C);
+  return l;
+}
+
+struct TokenStep {
+  Position pos;
+  float delta_raw;  // delta + delta_bias, before softplus
+  float dt;         // the step size used
+  float u;
+};
+
+template <typename T>
+XSCAN_DEVICE TokenStep load_step(const ScanParams& P, const Lane& l, float bias, int64_t p) {
+  TokenStep s;
+  s.pos = locate(P, l.k, l.d, p);
+  s.delta_raw = load<T>(P.delta, s.pos.modality, l.b, l.k, l.d / P.delta_channel_divisor, s.pos.token) + bias;
+  s.dt = P.delta_softplus ? softplus(s.delta_raw) : s.delta_raw;
+  s.u = s.pos.in_map ? load<T>(P.u, s.pos.u_modality, l.b, 0, s.pos.u_channel, s.pos.u_spatial) : 0.f;
+  return s;
+}
+
+template <typename T, int kStatesPerLane>
+XSCAN_KERNEL scan_forward_kernel(const ScanParams P) {
+  const Lane l = lane_of(P);
+  const int64_t seq = (static_cast<int64_t>(l.b) * P.routes + l.k) * P.channels + l.d;
+  float A[kStatesPerLane], h[kStatesPerLane];
+#pragma unroll
+  for (int i = 0; i < kStatesPerLane; ++i) {
+    const int n = l.lane + i * P.lanes_per_channel;
+    A[i] = n < P.dstate ? P.A[(static_cast<int64_t>(l.k) * P.channels + l.d) * P.dstate + n] : 0.f;
+    h[i] = 0.f;
+  }
+  const int64_t param = static_cast<int64_t>(l.k) * P.channels + l.d;
+  const float bias = P.delta_bias ? P.delta_bias[param] : 0.f;
+  const float skip = P.D ? P.D[param] : 0.f;
+
+  for (int64_t p = 0; p < P.length; ++p) {
+    if (P.chunk_states && p % kChunkLength == 0 && l.active) {
+#pragma unroll
+      for (int i = 0; i < kStatesPerLane; ++i) {
+        const int n = l.lane + i * P.lanes_per_channel;
+        if (n < P.dstate) P.chunk_states[(seq * P.chunks + p / kChunkLength) * P.dstate + n] = h[i];
+      }
+    }
+    const TokenStep s = load_step<T>(P, l, bias, p);
+    float readout = 0.f;
+#pragma unroll
+    for (int i = 0; i < kStatesPerLane; ++i) {
+      const int n = l.lane + i * P.lanes_per_channel;
+      if (n < P.dstate) {
+        const float Bn = load_state<T>(P.B, s.pos.modality, l.b, l.k, l.group_B, n, s.pos.token);
+        const float Cn = load_state<T>(P.C, s.pos.modality, l.b, l.k, l.group_C, n, s.pos.token);
+        h[i] = decay(s.dt, A[i]) * h[i] + s.dt * Bn * s.u;
+        readout += Cn * h[i];
+      }
+    }
+    readout = group_sum(readout, P.lanes_per_channel);
+    if (P.y[0] && l.active && l.lane == 0 && s.pos.in_map) {
+      float y = readout + skip * s.u;
+      if (P.z.data[0]) y *= silu(load<T>(P.z, 0, l.b, 0, l.d, s.pos.token));
+      P.y[s.pos.modality][l.b * P.y_stride_b + l.k * P.y_stride_k + l.d * P.y_stride_c +
+                          s.pos.out_spatial * P.y_stride_t] = y;
+    }
+  }
+  if (P.last_state && l.active) {
+#pragma unroll
+    for (int i = 0; i < kStatesPerLane; ++i) {
+      const int n = l.lane + i * P.lanes_per_channel;
+      if (n < P.dstate) P.last_state[(static_cast<int64_t>(l.b) * P.channels + l.d) * P.dstate + n] = h[i];
+    }
+  }
+}
+
+template <typename T, int kStatesPerLane>
+XSCAN_KERNEL scan_backward_kernel(const ScanParams P) {
+  float* shared = dynamic_shared();
+  const Lane l = lane_of(P);
+  const int N = P.dstate;
+  const int tiles = P.group_tiles * P.tiles_per_group;
+  // Per-chunk contributions of this block's channels to dB and dC: [channel][n][position in chunk].
+  float* dB_shared = shared;
+  float* dC_shared = shared + P.channels_per_tile * N * kChunkLength;
+
+  const int64_t seq = (static_cast<int64_t>(l.b) * P.routes + l.k) * P.channels + l.d;
+  const int64_t param = static_cast<int64_t>(l.k) * P.channels + l.d;
+  const float bias = P.delta_bias ? P.delta_bias[param] : 0.f;
+  const float skip = P.D ? P.D[param] : 0.f;
+  float A[kStatesPerLane], adjoint[kStatesPerLane], dA[kStatesPerLane];
+#pragma unroll
+  for (int i = 0; i < kStatesPerLane; ++i) {
+    const int n = l.lane + i * P.lanes_per_channel;
+    A[i] = n < N ? P.A[param * N + n] : 0.f;
+    // dLoss/dh_t from positions after t, already multiplied by their decay; at the end, dLoss/dlast_state
+    adjoint[i] = P.dlast_state && n < N ? P.dlast_state[(static_cast<int64_t>(l.b) * P.channels + l.d) * N + n] : 0.f;
+    dA[i] = 0.f;
+  }
+  float dskip = 0.f, dbias = 0.f;
+
+  for (int chunk = P.chunks - 1; chunk >= 0; --chunk) {
+    const int64_t start = static_cast<int64_t>(chunk) * kChunkLength;
+    float h_start[kStatesPerLane], hs[kStatesPerLane][kChunkLength];
+#pragma unroll
+    for (int i = 0; i < kStatesPerLane; ++i) {
+      const int n = l.lane + i * P.lanes_per_channel;
+      h_start[i] = n < N ? P.chunk_states[(seq * P.chunks + chunk) * N + n] : 0.f;
+    }
+    // Recompute the chunk's states.
+#pragma unroll
+    for (int t = 0; t < kChunkLength; ++t) {
+      if (start + t < P.length) {
+        const TokenStep s = load_step<T>(P, l, bias, start + t);
+#pragma unroll
+        for (int i = 0; i < kStatesPerLane; ++i) {
+          const int n = l.lane + i * P.lanes_per_channel;
+          const float prev = t == 0 ? h_start[i] : hs[i][t > 0 ? t - 1 : 0];
+          const float Bn = n < N ? load_state<T>(P.B, s.pos.modality, l.b, l.k, l.group_B, n, s.pos.token) : 0.f;
+          hs[i][t] = decay(s.dt, A[i]) * prev + s.dt * Bn * s.u;
+        }
+      }
+    }
+    // The adjoint recurrence through the chunk, last position first.
+#pragma unroll
+    for (int t = kChunkLength - 1; t >= 0; --t) {
+      if (start + t < P.length) {
+        const TokenStep s = load_step<T>(P, l, bias, start + t);
+        float dout = 0.f;
+        if (s.pos.in_map)
+          dout = P.dout[s.pos.modality][l.b * P.dout_stride_b + l.d * P.dout_stride_c +
+                                        s.pos.out_spatial * P.dout_stride_t];
+        float Bn[kStatesPerLane], Cn[kStatesPerLane];
+        float readout = 0.f;
+#pragma unroll
+        for (int i = 0; i < kStatesPerLane; ++i) {
+          const int n = l.lane + i * P.lanes_per_channel;
+          Bn[i] = n < N ? load_state<T>(P.B, s.pos.modality, l.b, l.k, l.group_B, n, s.pos.token) : 0.f;
+          Cn[i] = n < N ? load_state<T>(P.C, s.pos.modality, l.b, l.k, l.group_C, n, s.pos.token) : 0.f;
+          readout += Cn[i] * hs[i][t];
+        }
+        float dy = dout;
+        if (P.z.data[0]) {  // selective_scan only: y = (C.h + D u) * silu(z)
+          const float y = group_sum(readout, P.lanes_per_channel) + skip * s.u;
+          const float z = load<T>(P.z, 0, l.b, 0, l.d, s.pos.token);
+          dy = dout * silu(z);
+          if (l.active && l.lane == 0)
+            P.dz[l.b * P.ddelta_stride_b + l.d * P.ddelta_stride_c + s.pos.token * P.ddelta_stride_t] =
+                dout * y * silu_grad(z);
+        }
+        float du = 0.f, ddt = 0.f;
+#pragma unroll
+        for (int i = 0; i < kStatesPerLane; ++i) {
+          const int n = l.lane + i * P.lanes_per_channel;
+          const float prev = t == 0 ? h_start[i] : hs[i][t > 0 ? t - 1 : 0];
+          const float a = decay(s.dt, A[i]);
+          adjoint[i] += Cn[i] * dy;
+          du += adjoint[i] * s.dt * Bn[i];
+          ddt += adjoint[i] * (Bn[i] * s.u + A[i] * a * prev);
+          dA[i] += adjoint[i] * s.dt * a * prev;
+          if (n < N) {
+            const int cell = (l.local_channel * N + n) * kChunkLength + t;
+            dB_shared[cell] = l.active ? adjoint[i] * s.dt * s.u : 0.f;
+            dC_shared[cell] = l.active ? dy * hs[i][t] : 0.f;
+          }
+          adjoint[i] *= a;
+        }
+        du = group_sum(du, P.lanes_per_channel) + skip * dy;
+        ddt = group_sum(ddt, P.lanes_per_channel);
+        const float ddelta = P.delta_softplus ? ddt * softplus_grad(s.delta_raw) : ddt;
+        dskip += dy * s.u;
+        dbias += ddelta;
+        if (l.active && l.lane == 0) {
+          if (s.pos.in_map)
+            P.du[s.pos.modality][l.b * P.y_stride_b + l.k * P.y_stride_k + l.d * P.y_stride_c + s.pos.out_spatial * P.y_stride_t] = du;
+          P.ddelta[s.pos.modality][l.b * P.ddelta_stride_b + l.k * P.ddelta_stride_k + l.d * P.ddelta_stride_c +
+                                   s.pos.token * P.ddelta_stride_t] = ddelta;
+        }
+      }
+    }
+    // dB, dC of this chunk: sum the block's channels in a fixed order, one partial per tile.
+    __syncthreads();
+    const int cells = N * kChunkLength;
+    for (int cell = threadIdx.x; cell < cells; cell += kThreadsPerBlock) {
+      const int n = cell / kChunkLength, t = cell % kChunkLength;
+      if (start + t >= P.length) continue;
+      float sum_B = 0.f, sum_C = 0.f;
+      for (int c = 0; c < P.channels_per_tile; ++c) {
+        sum_B += dB_shared[(c * N + n) * kChunkLength + t];
+        sum_C += dC_shared[(c * N + n) * kChunkLength + t];
+      }
+      const Position pos = locate(P, l.k, 0, start + t);
+      const int64_t at = (((static_cast<int64_t>(l.b) * P.routes + l.k) * tiles + l.tile) * N + n) *
+                             (static_cast<int64_t>(P.modalities) * P.tokens) +
+                         static_cast<int64_t>(pos.modality) * P.tokens + pos.token;
+      P.dB_part[at] = sum_B;
+      P.dC_part[at] = sum_C;
+    }
+    __syncthreads();
+  }
+  if (l.active) {
+#pragma unroll
+    for (int i = 0; i < kStatesPerLane; ++i) {
+      const int n = l.lane + i * P.lanes_per_channel;
+      if (n < N) P.dA_part[seq * N + n] = dA[i];
+    }
+    if (l.lane == 0) {
+      if (P.dD_part) P.dD_part[seq] = dskip;
+      if (P.ddelta_bias_part) P.ddelta_bias_part[seq] = dbias;
+    }
+  }
+}
+
+// Launch rules shared by the CUDA launchers and the host emulation.
+
+// N <= 32: one state per lane (lanes_per_channel >= N); 32 < N <= 64: two states per lane.
+inline bool two_states_per_lane(const ScanParams& P) { return P.lanes_per_channel < P.dstate; }
+
+inline size_t backward_shared_bytes(const ScanParams& P) {
+  return 2 * sizeof(float) * static_cast<size_t>(P.channels_per_tile) * P.dstate * kChunkLength;
+}
+
+// The backward first reruns the forward with only the chunk start states as output.
+inline ScanParams state_saving_pass(const ScanParams& P) {
+  ScanParams saving = P;
+  saving.y[0] = saving.y[1] = nullptr;
+  saving.last_state = nullptr;
+  return saving;
+}
+
+}  // namespace cuda
+}  // namespace xscan
