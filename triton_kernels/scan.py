@@ -197,8 +197,8 @@ def chunk_carry(carry_io, dt_sums, A, s_carry, s_sum, s_A, last, s_last, K, rows
 @triton.jit
 def chunk_states(b, k, d, dmask, c, p, pmask, dt, u, Bm, An, states, K, Dr, N, n_chunks,
                  BLOCK_N: tl.constexpr):
-    """h_t for the chunk's positions, (BLOCK_D, T, BLOCK_N), from the carried start state.
-    Also returns a_t = exp(dt_t A)."""
+    """h_t for the chunk's positions, (BLOCK_D, T, BLOCK_N), from the carried start state, for the
+    inputs (dt, u, B) of each step. Also returns a_t = exp(dt_t A)."""
     n = tl.arange(0, BLOCK_N).to(tl.int64)
     row = (b * K + k) * Dr + d
     start = tl.load(states + (row[:, None] * n_chunks + c) * N + n[None, :],
@@ -279,7 +279,21 @@ def scan_backward(
     Cm = load_bc(C0, C1, s_C0, s_C1, b, k + first // SC, tok, mt, pmask, N, BLOCK_N, TWO_TOK, ACC)
     smask = dmask[:, None] & nmask[None, :]
     An = tl.load(A + k * s_A[0] + d[:, None] * s_A[1] + n[None, :] * s_A[2], mask=smask, other=0.0).to(ACC)
-    h_t, a = chunk_states(b, k, d, dmask, c, p, pmask, dt, u, Bm, An, states, K, Dr, N, n_chunks, BLOCK_N)
+    # h_{t-1} by scanning the inputs shifted one step (the chunk's first step starts from the
+    # carried state), so that a_t h_{t-1} does not come from the cancellation h_t - dt_t B_t u_t
+    behind = (tl.arange(0, CHUNK) > 0) & pmask
+    dt_prev, _ = load_dt(dt0, dt1, s_dt0, s_dt1, bias, s_bias, b, k, d, dmask, p - 1, behind, H, W,
+                         ROUTE, TWO_TOK, HAS_BIAS, SOFTPLUS, ACC)
+    tok_prev, mt_prev, h_prev_map, w_prev_map = route_tokens(p - 1, k, H, W, ROUTE)
+    valid_prev = dmask[:, None] & (behind & (h_prev_map < H) & (w_prev_map < W))[None, :]
+    u_prev, _m, _c, _h, _w = load_u(u0, u1, s_u0, s_u1, b, d, h_prev_map, w_prev_map, mt_prev, valid_prev, C, Ws,
+                                    SOURCE, TWO_U, ACC)
+    B_prev = load_bc(B0, B1, s_B0, s_B1, b, k + first // SB, tok_prev, mt_prev, behind, N, BLOCK_N, TWO_TOK, ACC)
+    h_prev, _a = chunk_states(b, k, d, dmask, c, p, pmask, dt_prev, u_prev, B_prev, An, states, K, Dr, N,
+                              n_chunks, BLOCK_N)
+    Bu = Bm[None, :, :] * u[:, :, None]
+    a_h_prev = tl.exp(dt[:, :, None] * An[:, None, :]) * h_prev
+    h_t = a_h_prev + dt[:, :, None] * Bu
 
     gout = load_pair(gy0, gy1, map_offset(s_gy0, b, d, h, w), map_offset(s_gy1, b, d, h, w),
                      mt[None, :], valid, TWO_TOK, ACC)
@@ -295,8 +309,6 @@ def scan_backward(
                                         combine_fn=combine, reverse=True)
     g = local + to_end * after[:, None, :]
 
-    Bu = Bm[None, :, :] * u[:, :, None]
-    a_h_prev = h_t - dt[:, :, None] * Bu  # a_t h_{t-1}
     g_dt_raw = tl.sum(g * (Bu + An[:, None, :] * a_h_prev), axis=2)
     if SOFTPLUS:
         g_dt_raw = g_dt_raw * sigmoid(raw)
