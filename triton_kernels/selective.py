@@ -66,12 +66,15 @@ class ScanProblem:
     def __post_init__(self):
         self.sb, self.sc = self.sb or self.Dr, self.sc or self.Dr
         self.seg = math.gcd(self.sb, self.sc)
-        self.tiles: Tiles = scan_tiles(self.N)
+        self.acc, self.acc_torch = acc_dtype(self.u[0].dtype)
+        self.device = self.u[0].device
+
+    def _plan(self, backward: bool):
+        """Tiles (the backward holds more per-step tiles: smaller ones), channel blocks, chunks."""
+        self.tiles: Tiles = scan_tiles(self.N, backward)
         self.per_seg = triton.cdiv(self.seg, self.tiles.block_d)
         self.n_blocks = (self.Dr // self.seg) * self.per_seg
         self.n_chunks = max(1, triton.cdiv(self.Lseq, self.tiles.chunk))
-        self.acc, self.acc_torch = acc_dtype(self.u[0].dtype)
-        self.device = self.u[0].device
 
     # ---- launch helpers -------------------------------------------------------------------------
     def _common(self):
@@ -130,6 +133,7 @@ class ScanProblem:
     def forward(self, y: torch.Tensor, s_y: tuple, s_yk: int = 0, s_ym: int = 0) -> torch.Tensor:
         """Write the outputs into y at (k * s_yk + mt * s_ym + (b, d, h, w) . s_y); returns the last
         states (Bt*K, Dr, N) in the accumulation dtype."""
+        self._plan(backward=False)
         states, _, last = self._states()
         _forward[self._grid()](**self._common(), y=y, s_y=s_y, s_yk=s_yk, s_ym=s_ym,
                                Dp=self.u[0] if self.D is None else self.D, s_D=self.s_D,
@@ -144,6 +148,7 @@ class ScanProblem:
         (Bt*K, Dr, N), contiguous, in the accumulation dtype. Returns the other gradients:
         dt (M, Bt, K, Dr, Ltok) in dt's dtype; B, C per block (n_blocks, M, Bt, K, N, Ltok); A (K, Dr, N);
         D, delta_bias (K, Dr) (None where absent); accumulation dtype unless said."""
+        self._plan(backward=True)
         states, adjoints, _ = self._states(gy, g_last)
         M = 2 if self.two_tok else 1
         new = lambda *s, dtype=self.acc_torch: torch.empty(*s, device=self.device, dtype=dtype)  # noqa: E731

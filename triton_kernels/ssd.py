@@ -227,10 +227,10 @@ def check_limits(x0, x1, dt0, dt1, A, B0, B1, C0, C1, D, dt_bias, dt_softplus):
 class SSDProblem:
     """Both directions of ssd_exchange: 2 * Bt * nh sequences of L steps."""
 
-    def __init__(self, x0, x1, dt0, dt1, A, B0, B1, C0, C1, D, dt_bias, dt_softplus):
+    def __init__(self, x0, x1, dt0, dt1, A, B0, B1, C0, C1, D, dt_bias, dt_softplus, backward=False):
         self.Bt, self.L, self.nh, self.P = x0.shape
         self.G, self.N = B0.shape[2:]
-        self.chunk = ssd_chunk()
+        self.chunk = ssd_chunk(backward)
         self.n_chunks = max(1, triton.cdiv(self.L, self.chunk))
         self.acc, self.acc_torch = acc_dtype(x0.dtype)
         self.device = x0.device
@@ -311,7 +311,7 @@ def ssd_exchange_forward(x0, x1, dt0, dt1, A, B0, B1, C0, C1, D, dt_bias, dt_sof
 def ssd_exchange_backward(grads, x0, x1, dt0, dt1, A, B0, B1, C0, C1, D, dt_bias, dt_softplus):
     gy0 = torch.zeros_like(x0) if grads[0] is None else grads[0]
     gy1 = torch.zeros_like(x1) if len(grads) < 2 or grads[1] is None else grads[1]
-    problem = SSDProblem(x0, x1, dt0, dt1, A, B0, B1, C0, C1, D, dt_bias, dt_softplus)
+    problem = SSDProblem(x0, x1, dt0, dt1, A, B0, B1, C0, C1, D, dt_bias, dt_softplus, backward=True)
     g_x, g_dt, g_B, g_C, g_A, g_D, g_bias = problem.backward(gy0, gy1)
     # direction 0 read modality 1's B and C
     return [g_x[0], g_x[1].to(x1.dtype), g_dt[0], g_dt[1].to(dt1.dtype), g_A.to(A.dtype),

@@ -30,17 +30,20 @@ def acc_dtype(dtype: torch.dtype):
     return (tl.float64, torch.float64) if dtype == torch.float64 else (tl.float32, torch.float32)
 
 
-def scan_tiles(N: int) -> Tiles:
-    """Mamba-1 tiles for d_state N."""
+def scan_tiles(N: int, backward: bool = False) -> Tiles:
+    """Mamba-1 tiles for d_state N; the backward keeps about twice as many tiles live (state,
+    adjoint, their inputs), so it takes half as many channels per program."""
     block_n = triton.next_power_of_2(N)
     chunk = _pinned.get("chunk") or (64 if block_n <= 16 else 32 if block_n <= 64 else 16)
-    block_d = _pinned.get("block_d") or max(1, TILE_ELEMENTS // (chunk * block_n))
+    budget = TILE_ELEMENTS // 2 if backward else TILE_ELEMENTS
+    block_d = _pinned.get("block_d") or max(1, budget // (chunk * block_n))
     return Tiles(chunk, block_d, block_n)
 
 
-def ssd_chunk() -> int:
-    """Time steps per SSD chunk (the intra-chunk matmuls are chunk x chunk; >= 16 for tl.dot)."""
-    return max(16, _pinned.get("chunk") or 64)
+def ssd_chunk(backward: bool = False) -> int:
+    """Time steps per SSD chunk (the intra-chunk matmuls are chunk x chunk; >= 16 for tl.dot). The
+    backward holds six chunk x chunk tiles: shorter chunks."""
+    return max(16, _pinned.get("chunk") or (32 if backward else 64))
 
 
 @contextlib.contextmanager
@@ -56,11 +59,12 @@ def override(chunk: Optional[int] = None, block_d: Optional[int] = None):
 
 
 def autotuned(key):
-    """A few warp counts, keyed on the tile constexprs (and, by the autotuner, the dtypes). The
-    interpreter has no warps: kernels run as they are there."""
+    """Two warp counts (compile_check: fewer warps spill the backward's registers), keyed on the
+    tile constexprs (and, by the autotuner, the dtypes). The interpreter has no warps: kernels run
+    as they are there."""
     def wrap(kernel):
         if interpreting():
             return kernel
-        configs = [triton.Config({}, num_warps=w) for w in (2, 4, 8)]
+        configs = [triton.Config({}, num_warps=w) for w in (4, 8)]
         return triton.autotune(configs=configs, key=key)(kernel)
     return wrap

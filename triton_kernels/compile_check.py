@@ -1,0 +1,106 @@
+"""Compile every kernel variant the ops launch for a GPU target, on a machine without a GPU.
+
+    TRITON_INTERPRET=0 python -m xscan.triton_kernels.compile_check [--arch 90]
+
+Runs each op's forward and backward on small CPU tensors with the Triton launches replaced by an
+ahead-of-time compile to PTX/cubin for ``sm_<arch>`` (nothing is launched, the numbers are not
+computed): it catches what the interpreter does not check (types, layouts, unsupported ops,
+register-tile shapes). Prints one line per compiled variant and exits non-zero on the first error.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import time
+
+
+def resource_usage(cubin: bytes) -> str:
+    """Registers, stack (spills) and shared memory of a cubin, from the cuobjdump bundled with triton."""
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        try:
+            out = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+        except OSError:
+            return "resource usage unavailable"
+    found = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+)", out)
+    return f"{found[1]} regs, stack {found[2]} B, shared {found[3]} B" if found else "resource usage unavailable"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 80 or 90")
+    parser.add_argument("--dtypes", default="float32,bfloat16", help="input dtypes, comma separated")
+    parser.add_argument("--warps", type=int, default=None, help="num_warps (default: the launch's own)")
+    opts = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        print("compile_check: unset TRITON_INTERPRET (the kernels must be decorated for compilation)")
+        return 2
+
+    import torch
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, compile, make_backend
+    from triton.runtime import jit
+
+    from . import tiles
+    tiles.autotuned = lambda key: (lambda kernel: kernel)  # no benchmarking without a GPU
+    target = GPUTarget("cuda", opts.arch, 32)
+    backend = make_backend(target)
+    seen = set()
+
+    def compile_instead_of_launch(self, *args, grid, warmup, **kwargs):
+        if opts.warps:
+            kwargs["num_warps"] = opts.warps
+        binder = jit.create_function_from_signature(self.signature, self.params, backend)
+        bound, specialization, options = binder(*args, **kwargs)
+        options, signature, constexprs, attrs = self._pack_args(backend, kwargs, bound, specialization, options)
+        key = (self.fn.__name__, str(sorted(signature.items())), str(sorted(constexprs.items())))
+        if key in seen:
+            return None
+        seen.add(key)
+        start = time.time()
+        kernel = compile(ASTSource(self, signature, constexprs, attrs), target=target, options=options.__dict__)
+        print(f"  {self.fn.__name__}: sm_{opts.arch} ok, {kernel.metadata.num_warps} warps, "
+              f"{resource_usage(kernel.asm['cubin'])}, {time.time() - start:.1f}s", flush=True)
+        return None
+
+    jit.JITFunction.run = compile_instead_of_launch
+
+    from ..testing import make_inputs
+    from . import ops
+
+    cases = [("selective_scan", dict(Bt=1, Dm=4, N=16, L=8, G=2)), ("ss2d", dict(Bt=1, Dm=4, N=16, H=3, W=3)),
+             ("es2d", dict(Bt=1, Dm=4, N=16, H=3, W=3)), ("cross_ss2d", dict(Bt=1, Dm=4, N=16, H=3, W=3)),
+             ("interleave_ss2d", dict(Bt=1, Dm=4, N=16, H=3, W=3)), ("ssd_exchange", dict(Bt=1, L=8, nh=2, P=16, N=16))]
+    for dtype in opts.dtypes.split(","):
+        for op, shape in cases:
+            args, kwargs = make_inputs(op, dtype=getattr(torch, dtype), **shape)
+            names = [n for n, _ in importlib.import_module(f"xscan.ops.{op}").ARGS]
+            values = dict(zip(names, args), **kwargs)
+            positional = [values[n] for n in names]
+            if op == "selective_scan":  # the custom op always receives grouped 4-D B and C
+                for i in (3, 4):
+                    positional[i] = positional[i].unsqueeze(1) if positional[i].dim() == 3 else positional[i]
+            print(f"{op} ({dtype})", flush=True)
+            try:
+                forward, backward = ops.OPS[op]
+                outs = forward(*positional)
+                outs = outs if isinstance(outs, tuple) else (outs,)
+                backward([torch.zeros_like(o) for o in outs], *positional)
+            except Exception as e:  # report which op and variant failed
+                print(f"FAILED {op} ({dtype}): {type(e).__name__}: {e}")
+                return 1
+    print(f"compiled {len(seen)} kernel variants for sm_{opts.arch}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
