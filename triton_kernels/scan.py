@@ -53,20 +53,23 @@ def load_pair(ptr0, ptr1, off0, off1, m, mask, TWO: tl.constexpr, ACC: tl.conste
 
 
 @triton.jit
-def program_block(K, Dr, Lseq, SEG, BPS, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr):
-    """Program ids -> (b, k, channel block index, channels d (BLOCK_D,), their mask, chunk c,
-    positions p (CHUNK,), their mask). Channel blocks never straddle a segment of SEG channels, so a
-    block reads a single B group and a single C group."""
+def program_block(K, Lseq, SEG, BPS, WIDTH: tl.constexpr, CHUNK: tl.constexpr):
+    """Program ids -> (b, k, channel block index, its first channel, the end of its segment, chunk c,
+    positions p (CHUNK,), their mask). A block is WIDTH channels; blocks never straddle a segment of
+    SEG channels, so a block reads a single B group and a single C group."""
     seq = tl.program_id(0).to(tl.int64)
     blk = tl.program_id(1).to(tl.int64)
     c = tl.program_id(2).to(tl.int64)
-    b = seq // K
-    k = seq % K
     seg = blk // BPS
-    d = seg * SEG + (blk % BPS) * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
-    dmask = (d < (seg + 1) * SEG) & (d < Dr)
     p = c * CHUNK + tl.arange(0, CHUNK).to(tl.int64)
-    return b, k, blk, d, dmask, c, p, p < Lseq
+    return seq // K, seq % K, blk, seg * SEG + (blk % BPS) * WIDTH, (seg + 1) * SEG, c, p, p < Lseq
+
+
+@triton.jit
+def channels(first, seg_end, Dr, BLOCK_D: tl.constexpr):
+    """BLOCK_D channels from `first` and their mask."""
+    d = first + tl.arange(0, BLOCK_D).to(tl.int64)
+    return d, (d < seg_end) & (d < Dr)
 
 
 @triton.jit
@@ -129,7 +132,8 @@ def chunk_summary(
     """Pass 1. states[seq, d, c, n] = the chunk's end state from a zero start; dt_sums[seq, d, c];
     with BACKWARD, adjoints[seq, d, c, n] = sum_t exp(A cum_t) gy_t C_t, the adjoint the chunk
     passes to the state before it (cum_t: dt summed over the chunk up to t, inclusive)."""
-    b, k, blk, d, dmask, c, p, pmask = program_block(K, Dr, Lseq, SEG, BPS, BLOCK_D, CHUNK)
+    b, k, blk, first_d, seg_end, c, p, pmask = program_block(K, Lseq, SEG, BPS, BLOCK_D, CHUNK)
+    d, dmask = channels(first_d, seg_end, Dr, BLOCK_D)
     n = tl.arange(0, BLOCK_N).to(tl.int64)
     nmask = n < N
     tok, mt, h, w = route_tokens(p, k, H, W, ROUTE)
@@ -220,7 +224,8 @@ def scan_forward(
         BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, ACC: tl.constexpr):
     """Pass 3: y at the scanned map position of each token: y + k * s_yk + mt * s_ym + (b, d, h, w)
     with strides s_y (per-route slabs when the routes are summed afterwards)."""
-    b, k, blk, d, dmask, c, p, pmask = program_block(K, Dr, Lseq, SEG, BPS, BLOCK_D, CHUNK)
+    b, k, blk, first_d, seg_end, c, p, pmask = program_block(K, Lseq, SEG, BPS, BLOCK_D, CHUNK)
+    d, dmask = channels(first_d, seg_end, Dr, BLOCK_D)
     n = tl.arange(0, BLOCK_N).to(tl.int64)
     tok, mt, h, w = route_tokens(p, k, H, W, ROUTE)
     in_map = pmask & (h < H) & (w < W)
@@ -253,42 +258,78 @@ def scan_backward(
         K, Dr, N, Lseq, H, W, C, Ws, SEG, BPS, SB, SC, n_chunks,
         ROUTE: tl.constexpr, SOURCE: tl.constexpr, TWO_U: tl.constexpr, TWO_TOK: tl.constexpr,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, ACC: tl.constexpr):
-    """Pass 3 of the backward. The adjoint g_t = dL/dh_t runs backwards: g_t = gy_t C_t + a_{t+1}
+        BLOCK_D: tl.constexpr, SUB: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+        ACC: tl.constexpr):
+    """Pass 3 of the backward, SUB blocks of BLOCK_D channels per program (their g_B, g_C add up in
+    registers: fewer partials to write and reduce). The adjoint g_t = dL/dh_t runs backwards: g_t = gy_t C_t + a_{t+1}
     g_{t+1}; within the chunk a reverse associative scan with coefficients a_{t+1} (dt re-read one
     position ahead; 1 at the chunk's end) plus the carried adjoint of the chunk's end state.
 
     Writes: g_u at the source position (+ k * s_guk + m * s_gum, strides s_gu over (b, c, h, w));
-    g_z (b, d, h, w); g_dt[mt, b, k, d, tok] (strides s_gdt, s_gdtm); partial g_B, g_C
+    g_z (b, d, h, w); g_dt[mt, b, k, d, tok] (strides s_gdt, s_gdtm); per-program partial g_B, g_C
     [blk, mt, b, k, n, tok] (strides s_gbc); partial g_A [b, c, k, d, n], g_D and g_bias [b, c, k, d]
     (contiguous)."""
-    b, k, blk, d, dmask, c, p, pmask = program_block(K, Dr, Lseq, SEG, BPS, BLOCK_D, CHUNK)
+    b, k, blk, first_d, seg_end, c, p, pmask = program_block(K, Lseq, SEG, BPS, BLOCK_D * SUB, CHUNK)
     n = tl.arange(0, BLOCK_N).to(tl.int64)
     nmask = n < N
+    # per chunk, shared by the channel sub-blocks: route, B and C (now and one step behind)
     tok, mt, h, w = route_tokens(p, k, H, W, ROUTE)
     in_map = pmask & (h < H) & (w < W)
+    ahead = (tl.arange(0, CHUNK) < CHUNK - 1) & (p + 1 < Lseq)
+    behind = (tl.arange(0, CHUNK) > 0) & pmask
+    tok_prev, mt_prev, h_prev_map, w_prev_map = route_tokens(p - 1, k, H, W, ROUTE)
+    in_map_prev = behind & (h_prev_map < H) & (w_prev_map < W)
+    group = (blk // BPS) * SEG
+    Bm = load_bc(B0, B1, s_B0, s_B1, b, k + group // SB, tok, mt, pmask, N, BLOCK_N, TWO_TOK, ACC)
+    Cm = load_bc(C0, C1, s_C0, s_C1, b, k + group // SC, tok, mt, pmask, N, BLOCK_N, TWO_TOK, ACC)
+    B_prev = load_bc(B0, B1, s_B0, s_B1, b, k + group // SB, tok_prev, mt_prev, behind, N, BLOCK_N, TWO_TOK, ACC)
+    g_B_acc = tl.zeros((CHUNK, BLOCK_N), dtype=ACC)
+    g_C_acc = tl.zeros((CHUNK, BLOCK_N), dtype=ACC)
+    part = (b * n_chunks + c) * K + k  # one slot per (batch, chunk, route), reduced on the host
+    for sub in range(SUB):
+        d, dmask = channels(first_d + sub * BLOCK_D, seg_end, Dr, BLOCK_D)
+        g_B_t, g_C_t = channel_block_backward(
+            u0, u1, s_u0, s_u1, z, s_z, gy0, gy1, s_gy0, s_gy1, dt0, dt1, s_dt0, s_dt1, A, s_A, Dp, s_D,
+            bias, s_bias, states, adjoints, g_u, s_gu, s_guk, s_gum, g_z, s_gz, g_dt, s_gdt, s_gdtm,
+            g_A, g_D, g_bias, part, b, k, d, dmask, c, p, pmask, tok, mt, h, w, in_map, ahead, behind,
+            mt_prev, h_prev_map, w_prev_map, in_map_prev, Bm, Cm, B_prev,
+            K, Dr, N, H, W, C, Ws, n_chunks, ROUTE, SOURCE, TWO_U, TWO_TOK, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS,
+            BLOCK_N, CHUNK, ACC)
+        g_B_acc += g_B_t
+        g_C_acc += g_C_t
+    bc_off = (blk * s_gbc[0] + mt[:, None] * s_gbc[1] + b * s_gbc[2] + k * s_gbc[3]
+              + n[None, :] * s_gbc[4] + tok[:, None] * s_gbc[5])
+    bc_mask = pmask[:, None] & nmask[None, :]
+    tl.store(g_B + bc_off, g_B_acc, mask=bc_mask)
+    tl.store(g_C + bc_off, g_C_acc, mask=bc_mask)
+
+
+@triton.jit
+def channel_block_backward(
+        u0, u1, s_u0, s_u1, z, s_z, gy0, gy1, s_gy0, s_gy1, dt0, dt1, s_dt0, s_dt1, A, s_A, Dp, s_D,
+        bias, s_bias, states, adjoints, g_u, s_gu, s_guk, s_gum, g_z, s_gz, g_dt, s_gdt, s_gdtm,
+        g_A, g_D, g_bias, part, b, k, d, dmask, c, p, pmask, tok, mt, h, w, in_map, ahead, behind,
+        mt_prev, h_prev_map, w_prev_map, in_map_prev, Bm, Cm, B_prev,
+        K, Dr, N, H, W, C, Ws, n_chunks, ROUTE: tl.constexpr, SOURCE: tl.constexpr, TWO_U: tl.constexpr,
+        TWO_TOK: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+        SOFTPLUS: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, ACC: tl.constexpr):
+    """The backward of BLOCK_D channels d over one chunk: writes their per-channel gradients and
+    returns their contributions to g_B and g_C, (CHUNK, BLOCK_N) each."""
+    n = tl.arange(0, BLOCK_N).to(tl.int64)
+    smask = dmask[:, None] & (n < N)[None, :]
     valid = dmask[:, None] & in_map[None, :]
     dt, raw = load_dt(dt0, dt1, s_dt0, s_dt1, bias, s_bias, b, k, d, dmask, p, pmask, H, W,
                       ROUTE, TWO_TOK, HAS_BIAS, SOFTPLUS, ACC)
-    ahead = (tl.arange(0, CHUNK) < CHUNK - 1) & (p + 1 < Lseq)
     dt_next, _ = load_dt(dt0, dt1, s_dt0, s_dt1, bias, s_bias, b, k, d, dmask, p + 1, ahead, H, W,
                          ROUTE, TWO_TOK, HAS_BIAS, SOFTPLUS, ACC)
     u, m, cs, hs, ws = load_u(u0, u1, s_u0, s_u1, b, d, h, w, mt, valid, C, Ws, SOURCE, TWO_U, ACC)
-    first = (blk // BPS) * SEG
-    Bm = load_bc(B0, B1, s_B0, s_B1, b, k + first // SB, tok, mt, pmask, N, BLOCK_N, TWO_TOK, ACC)
-    Cm = load_bc(C0, C1, s_C0, s_C1, b, k + first // SC, tok, mt, pmask, N, BLOCK_N, TWO_TOK, ACC)
-    smask = dmask[:, None] & nmask[None, :]
     An = tl.load(A + k * s_A[0] + d[:, None] * s_A[1] + n[None, :] * s_A[2], mask=smask, other=0.0).to(ACC)
     # h_{t-1} by scanning the inputs shifted one step (the chunk's first step starts from the
     # carried state), so that a_t h_{t-1} does not come from the cancellation h_t - dt_t B_t u_t
-    behind = (tl.arange(0, CHUNK) > 0) & pmask
     dt_prev, _ = load_dt(dt0, dt1, s_dt0, s_dt1, bias, s_bias, b, k, d, dmask, p - 1, behind, H, W,
                          ROUTE, TWO_TOK, HAS_BIAS, SOFTPLUS, ACC)
-    tok_prev, mt_prev, h_prev_map, w_prev_map = route_tokens(p - 1, k, H, W, ROUTE)
-    valid_prev = dmask[:, None] & (behind & (h_prev_map < H) & (w_prev_map < W))[None, :]
-    u_prev, _m, _c, _h, _w = load_u(u0, u1, s_u0, s_u1, b, d, h_prev_map, w_prev_map, mt_prev, valid_prev, C, Ws,
-                                    SOURCE, TWO_U, ACC)
-    B_prev = load_bc(B0, B1, s_B0, s_B1, b, k + first // SB, tok_prev, mt_prev, behind, N, BLOCK_N, TWO_TOK, ACC)
+    u_prev, _m, _c, _h, _w = load_u(u0, u1, s_u0, s_u1, b, d, h_prev_map, w_prev_map, mt_prev,
+                                    dmask[:, None] & in_map_prev[None, :], C, Ws, SOURCE, TWO_U, ACC)
     h_prev, _a = chunk_states(b, k, d, dmask, c, p, pmask, dt_prev, u_prev, B_prev, An, states, K, Dr, N,
                               n_chunks, BLOCK_N)
     Bu = Bm[None, :, :] * u[:, :, None]
@@ -330,16 +371,10 @@ def scan_backward(
     gdt_off = mt[None, :] * s_gdtm + b * s_gdt[0] + k * s_gdt[1] + d[:, None] * s_gdt[2] + tok[None, :] * s_gdt[3]
     tl.store(g_dt + gdt_off, g_dt_raw.to(g_dt.dtype.element_ty), mask=pd_mask)
 
-    bc_off = (blk * s_gbc[0] + mt[:, None] * s_gbc[1] + b * s_gbc[2] + k * s_gbc[3]
-              + n[None, :] * s_gbc[4] + tok[:, None] * s_gbc[5])
-    bc_mask = pmask[:, None] & nmask[None, :]
-    tl.store(g_B + bc_off, tl.sum(g * (dt * u)[:, :, None], axis=0), mask=bc_mask)
-    tl.store(g_C + bc_off, tl.sum(gy[:, :, None] * h_t, axis=0), mask=bc_mask)
-
-    part = (b * n_chunks + c) * K + k  # one slot per (batch, chunk) program, reduced on the host
     tl.store(g_A + (part * Dr + d[:, None]) * N + n[None, :],
              tl.sum(g * dt[:, :, None] * a_h_prev, axis=1), mask=smask)
     if HAS_D:
         tl.store(g_D + part * Dr + d, tl.sum(gy * u, axis=1), mask=dmask)
     if HAS_BIAS:
         tl.store(g_bias + part * Dr + d, tl.sum(g_dt_raw, axis=1), mask=dmask)
+    return tl.sum(g * (dt * u)[:, :, None], axis=0), tl.sum(gy[:, :, None] * h_t, axis=0)

@@ -18,6 +18,7 @@ _summary = autotuned(_KEY)(scan.chunk_summary)
 _forward = autotuned(_KEY)(scan.scan_forward)
 _backward = autotuned(_KEY)(scan.scan_backward)
 CARRY_ROWS = 16  # rows per program of the (cheap, N-wide) sequential pass over chunks
+BACKWARD_SUB = 8  # channel blocks per backward program
 
 
 @dataclass
@@ -70,14 +71,19 @@ class ScanProblem:
         self.device = self.u[0].device
 
     def _plan(self, backward: bool):
-        """Tiles (the backward holds more per-step tiles: smaller ones), channel blocks, chunks."""
+        """Tiles (the backward holds more per-step tiles: smaller ones) and chunks. The backward's
+        programs loop over up to BACKWARD_SUB channel blocks, so that few partial dB/dC remain."""
         self.tiles: Tiles = scan_tiles(self.N, backward)
-        self.per_seg = triton.cdiv(self.seg, self.tiles.block_d)
-        self.n_blocks = (self.Dr // self.seg) * self.per_seg
         self.n_chunks = max(1, triton.cdiv(self.Lseq, self.tiles.chunk))
+        self.sub = min(BACKWARD_SUB, triton.cdiv(self.seg, self.tiles.block_d)) if backward else 1
+
+    def _blocks(self, sub: int = 1):
+        """(blocks per segment, blocks) for programs of sub * block_d channels."""
+        per_seg = triton.cdiv(self.seg, self.tiles.block_d * sub)
+        return per_seg, (self.Dr // self.seg) * per_seg
 
     # ---- launch helpers -------------------------------------------------------------------------
-    def _common(self):
+    def _common(self, sub: int = 1):
         t = self.tiles
         placeholder = self.u[0]
         return dict(
@@ -88,13 +94,13 @@ class ScanProblem:
             C0=self.Cm[0], C1=self.Cm[1], s_C0=self.s_C[0], s_C1=self.s_C[1],
             A=self.A, s_A=self.s_A, bias=placeholder if self.bias is None else self.bias, s_bias=self.s_bias,
             K=self.K, Dr=self.Dr, N=self.N, Lseq=self.Lseq, H=self.H, W=self.W, C=self.C, Ws=self.Ws,
-            SEG=self.seg, BPS=self.per_seg, SB=self.sb, SC=self.sc, n_chunks=self.n_chunks,
+            SEG=self.seg, BPS=self._blocks(sub)[0], SB=self.sb, SC=self.sc, n_chunks=self.n_chunks,
             ROUTE=self.route, SOURCE=self.source, TWO_U=self.two_u,
             TWO_TOK=self.two_tok, HAS_Z=self.z is not None, HAS_BIAS=self.bias is not None,
             SOFTPLUS=self.softplus, BLOCK_D=t.block_d, BLOCK_N=t.block_n, CHUNK=t.chunk, ACC=self.acc)
 
-    def _grid(self):
-        return (self.Bt * self.K, self.n_blocks, self.n_chunks)
+    def _grid(self, sub: int = 1):
+        return (self.Bt * self.K, self._blocks(sub)[1], self.n_chunks)
 
     def _chunk_buffers(self, backward: bool):
         rows = self.Bt * self.K * self.Dr
@@ -146,22 +152,23 @@ class ScanProblem:
         """gy: ((tensor, (b, d, h, w) strides) per output modality). u's gradient goes into g_u at
         k * s_guk + m * s_gum + (b, c, h, w) . s_gu; g_last: gradient of the last states
         (Bt*K, Dr, N), contiguous, in the accumulation dtype. Returns the other gradients:
-        dt (M, Bt, K, Dr, Ltok) in dt's dtype; B, C per block (n_blocks, M, Bt, K, N, Ltok); A (K, Dr, N);
+        dt (M, Bt, K, Dr, Ltok) in dt's dtype; B, C per program's channel block (blocks, M, Bt, K, N, Ltok); A (K, Dr, N);
         D, delta_bias (K, Dr) (None where absent); accumulation dtype unless said."""
         self._plan(backward=True)
         states, adjoints, _ = self._states(gy, g_last)
         M = 2 if self.two_tok else 1
         new = lambda *s, dtype=self.acc_torch: torch.empty(*s, device=self.device, dtype=dtype)  # noqa: E731
         g_dt = new(M, self.Bt, self.K, self.Dr, self.Ltok, dtype=self.dt[0].dtype)
-        g_B = new(self.n_blocks, M, self.Bt, self.K, self.N, self.Ltok)
-        g_C = new(self.n_blocks, M, self.Bt, self.K, self.N, self.Ltok)
+        n_blocks = self._blocks(self.sub)[1]
+        g_B = new(n_blocks, M, self.Bt, self.K, self.N, self.Ltok)
+        g_C = new(n_blocks, M, self.Bt, self.K, self.N, self.Ltok)
         parts = self.Bt * self.n_chunks * self.K
         g_A = new(parts, self.Dr, self.N)
         g_D = new(parts, self.Dr) if self.D is not None else None
         g_bias = new(parts, self.Dr) if self.bias is not None else None
         placeholder = g_A
-        _backward[self._grid()](
-            **self._common(), gy0=gy[0][0], gy1=gy[1][0], s_gy0=gy[0][1], s_gy1=gy[1][1],
+        _backward[self._grid(self.sub)](
+            **self._common(self.sub), SUB=self.sub, gy0=gy[0][0], gy1=gy[1][0], s_gy0=gy[0][1], s_gy1=gy[1][1],
             Dp=self.u[0] if self.D is None else self.D, s_D=self.s_D, states=states, adjoints=adjoints,
             g_u=g_u, s_gu=s_gu, s_guk=s_guk, s_gum=s_gum,
             g_z=placeholder if g_z is None else g_z, s_gz=s_gz,

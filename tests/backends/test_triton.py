@@ -66,6 +66,11 @@ def test_selective_scan_grouped(groups):
     check("selective_scan", Bt=2, Dm=4, N=2, L=9, G=groups, block_d=4)
 
 
+def test_selective_scan_many_channel_blocks():
+    """More channels than one backward program covers (8 blocks of 1): partial dB/dC per program."""
+    check("selective_scan", Bt=1, Dm=10, N=2, L=5, block_d=1)
+
+
 def test_selective_scan_grouped_unequal_b_c():
     """B with 2 groups, C with 1: channel blocks follow both groupings."""
     def split_c(args, kwargs):
