@@ -73,10 +73,12 @@ struct ScanParams {
   float* chunk_states = nullptr;
   int32_t chunks = 0;
 
-  // Backward. dout: per-modality output gradients, fp32, y's strides. Gradient outputs, fp32:
-  // du like y (per-route partials for the summing ops); ddelta, dz like delta, z (written through
-  // their own strides below); dB, dC per-tile partials (Bt, K, tiles, N, modalities * tokens);
-  // dA_part (Bt, K, Dm, N); dD_part, ddelta_bias_part (Bt, K, Dm).
+  // Backward. dout: per-modality output gradients, fp32, (b, channel, spatial) strides (no route
+  // axis: every route reads the same gradient of the summed output). Gradient outputs, fp32: du at
+  // y's place with y's strides (per-route partials for the summing ops); ddelta per modality with the
+  // ddelta strides (per channel, even when delta_channel_divisor > 1: the caller sums); dz (only
+  // selective_scan, shaped like delta) with the same strides; dB, dC per-tile partials
+  // (Bt, K, tiles, N, modalities * tokens); dA_part (Bt, K, Dm, N); dD_part, ddelta_bias_part (Bt, K, Dm).
   const float* dout[2] = {nullptr, nullptr};
   const float* dlast_state = nullptr;  // (Bt, Dm, N) or null
   int64_t dout_stride_b = 0, dout_stride_c = 0, dout_stride_t = 0;

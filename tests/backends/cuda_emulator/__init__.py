@@ -14,4 +14,4 @@ def build():
         name="xscan_cuda_host_emulation",
         sources=[os.path.join(ROOT, "csrc", "cuda", "bindings.cpp"), os.path.join(os.path.dirname(__file__), "emulator.cpp")],
         extra_include_paths=[os.path.join(ROOT, "csrc", "cuda"), os.path.join(ROOT, "csrc", "include")],
-        extra_cflags=["-O1", "-std=c++17", "-pthread"], extra_ldflags=["-pthread"], verbose=False)
+        extra_cflags=["-O1", "-std=c++17"], verbose=False)

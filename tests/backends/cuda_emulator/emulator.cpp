@@ -1,66 +1,116 @@
 // Host emulation of the CUDA scan kernels, for machines without a GPU: the kernel bodies of
-// csrc/cuda/scan_device.cuh compiled by the host compiler, each CUDA thread of a block run as an OS
-// thread, __syncthreads as a barrier, __shfl_xor_sync through a per-block exchange array. Linked with
-// csrc/cuda/bindings.cpp it is a drop-in for xscan._C_cuda on CPU tensors (float32 only). It checks
-// the kernels' index maths, recurrences and reductions; it cannot check anything the hardware does
+// csrc/cuda/scan_device.cuh compiled by the host compiler, the threads of a block run as cooperative
+// fibers (ucontext) on one OS thread, __syncthreads as a barrier that yields to the next fiber,
+// __shfl_xor_sync through a per-block exchange array. Blocks run one after the other. Linked with
+// csrc/cuda/bindings.cpp it is a drop-in for xscan._C_cuda on CPU tensors (float32 only). It checks the
+// kernels' index maths, recurrences and reductions; it cannot check anything the hardware does
 // (memory model, occupancy, fp16/bf16 loads, launch limits).
-#include <condition_variable>
+#include <ucontext.h>
+
 #include <cstdint>
-#include <mutex>
-#include <thread>
+#include <functional>
 #include <vector>
 
 #include "scan_params.h"
 
 namespace {
 
+constexpr int kThreads = xscan::cuda::kThreadsPerBlock;
+constexpr size_t kFiberStack = 256 * 1024;
+
 struct Dim3 {
   unsigned x = 0, y = 0, z = 0;
 };
 
-class Barrier {
+Dim3 threadIdx, blockIdx;
+
+// One block's threads as fibers, scheduled round-robin; a fiber runs until it waits at a barrier or
+// finishes.
+class Block {
  public:
-  explicit Barrier(int count) : count_(count) {}
-  void wait() {
-    std::unique_lock<std::mutex> lock(mutex_);
-    const int64_t generation = generation_;
-    if (++arrived_ == count_) {
-      arrived_ = 0;
-      ++generation_;
-      cv_.notify_all();
-    } else {
-      cv_.wait(lock, [&] { return generation_ != generation; });
-    }
+  explicit Block(size_t shared_floats) : exchange(kThreads), shared(shared_floats), stacks_(kThreads) {
+    for (auto& stack : stacks_) stack.resize(kFiberStack);
   }
 
+  void run(const std::function<void()>& body) {
+    body_ = &body;
+    finished_ = arrived_ = 0;
+    generation_ = 0;
+    done_.assign(kThreads, false);
+    fibers_.resize(kThreads);
+    for (int t = 0; t < kThreads; ++t) {
+      getcontext(&fibers_[t]);
+      fibers_[t].uc_stack.ss_sp = stacks_[t].data();
+      fibers_[t].uc_stack.ss_size = stacks_[t].size();
+      fibers_[t].uc_link = &scheduler_;
+      makecontext(&fibers_[t], &Block::entry, 0);
+    }
+    current_ = 0;
+    threadIdx.x = 0;
+    swapcontext(&scheduler_, &fibers_[0]);
+  }
+
+  void barrier() {
+    const int64_t generation = generation_;
+    if (++arrived_ == kThreads) {
+      arrived_ = 0;
+      ++generation_;
+    }
+    while (generation_ == generation) yield();
+  }
+
+  std::vector<float> exchange, shared;
+
  private:
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  int count_, arrived_ = 0;
+  static void entry();
+
+  void yield() {
+    const int from = current_;
+    int next = from;
+    do next = (next + 1) % kThreads;
+    while (done_[next] && next != from);
+    if (next == from) return;
+    current_ = next;
+    threadIdx.x = next;
+    swapcontext(&fibers_[from], &fibers_[next]);
+    threadIdx.x = from;  // resumed
+    current_ = from;
+  }
+
+  const std::function<void()>* body_ = nullptr;
+  std::vector<std::vector<char>> stacks_;
+  std::vector<ucontext_t> fibers_;
+  std::vector<bool> done_;
+  ucontext_t scheduler_;
+  int current_ = 0, finished_ = 0, arrived_ = 0;
   int64_t generation_ = 0;
+
+  friend Block*& running_block();
 };
 
-struct Block {
-  explicit Block(size_t shared_floats)
-      : barrier(xscan::cuda::kThreadsPerBlock), exchange(xscan::cuda::kThreadsPerBlock), shared(shared_floats) {}
-  Barrier barrier;
-  std::vector<float> exchange;
-  std::vector<float> shared;
-};
+Block*& running_block() {
+  static Block* block = nullptr;
+  return block;
+}
 
-thread_local Dim3 threadIdx, blockIdx;
-thread_local Block* current_block = nullptr;
+void Block::entry() {
+  Block& b = *running_block();
+  (*b.body_)();
+  b.done_[b.current_] = true;
+  if (++b.finished_ == kThreads) return;  // uc_link: back to the scheduler
+  b.yield();  // never returns here: this fiber is done and is skipped from now on
+}
 
-void __syncthreads() { current_block->barrier.wait(); }
+void __syncthreads() { running_block()->barrier(); }
 
 // Every call site in the kernels is reached by all threads of the block together, so a block-wide
 // exchange is a faithful (stricter) stand-in for the warp shuffle.
 float __shfl_xor_sync(unsigned /*mask*/, float value, int lane_mask, int /*width*/) {
-  Block& block = *current_block;
+  Block& block = *running_block();
   block.exchange[threadIdx.x] = value;
-  block.barrier.wait();
+  block.barrier();
   const float other = block.exchange[threadIdx.x ^ lane_mask];
-  block.barrier.wait();
+  block.barrier();
   return other;
 }
 
@@ -68,7 +118,7 @@ float __shfl_xor_sync(unsigned /*mask*/, float value, int lane_mask, int /*width
 
 namespace xscan {
 namespace cuda {
-inline float* dynamic_shared() { return current_block->shared.data(); }
+inline float* dynamic_shared() { return running_block()->shared.data(); }
 }  // namespace cuda
 }  // namespace xscan
 
@@ -80,20 +130,16 @@ namespace {
 
 void run_grid(void (*kernel)(ScanParams), const ScanParams& P, size_t shared_bytes) {
   const unsigned tiles = P.group_tiles * P.tiles_per_group;
+  Block block(shared_bytes / sizeof(float));
+  running_block() = &block;
+  const std::function<void()> body = [&] { kernel(P); };
   for (unsigned z = 0; z < static_cast<unsigned>(P.batch); ++z)
     for (unsigned y = 0; y < static_cast<unsigned>(P.routes); ++y)
       for (unsigned x = 0; x < tiles; ++x) {
-        Block block(shared_bytes / sizeof(float));
-        std::vector<std::thread> threads;
-        for (unsigned t = 0; t < static_cast<unsigned>(kThreadsPerBlock); ++t)
-          threads.emplace_back([&, t] {
-            threadIdx = Dim3{t, 0, 0};
-            blockIdx = Dim3{x, y, z};
-            current_block = &block;
-            kernel(P);
-          });
-        for (auto& thread : threads) thread.join();
+        blockIdx = Dim3{x, y, z};
+        block.run(body);
       }
+  running_block() = nullptr;
 }
 
 }  // namespace
