@@ -13,6 +13,7 @@ non-contiguous inputs, deterministic repeats):
 GPU-only tests: fp16/bf16 inputs, the fp32-output option, a 2L = 65536 cross scan and element offsets
 beyond 2^31.
 """
+import importlib.util
 import os
 
 import pytest
@@ -30,7 +31,8 @@ NO_OPTIONS = dict(D=False, z=False, delta_bias=False, softplus=False)
 
 GPU_REASON = ("no CUDA device" if not torch.cuda.is_available()
               else None if xscan.backends()["cuda"] is True else f"cuda backend: {xscan.backends()['cuda']}")
-needs_gpu = pytest.mark.skipif(GPU_REASON is not None, reason=str(GPU_REASON))
+def needs_gpu(test):
+    return pytest.mark.gpu(pytest.mark.skipif(GPU_REASON is not None, reason=str(GPU_REASON))(test))
 
 
 def _emulation_skip_reason():
@@ -44,8 +46,10 @@ def emulator():
     reason = _emulation_skip_reason()
     if reason:
         pytest.skip(reason)
-    import cuda_emulator  # tests/backends is on sys.path (rootdir-relative import by pytest)
-
+    path = os.path.join(os.path.dirname(__file__), "cuda_emulator", "__init__.py")
+    spec = importlib.util.spec_from_file_location("xscan_tests_cuda_emulator", path)
+    cuda_emulator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cuda_emulator)
     try:
         return cuda_emulator.build()
     except Exception as e:  # no host compiler: say so instead of failing every test
@@ -309,12 +313,14 @@ def test_fp32_output_option(monkeypatch):
     torch.testing.assert_close(y32, reference.ss2d(*args, **kwargs).float(), rtol=HALF_TOL, atol=HALF_TOL)
 
 
+@pytest.mark.slow
 @needs_gpu
 def test_cross_ss2d_route_of_65536_positions():
     # H * W = 32768, so each route runs 2L = 65536 positions through one hidden state
     assert_matches_reference("cross_ss2d", "cuda", tol=1e-3, Bt=1, Dm=1, N=2, H=128, W=256)
 
 
+@pytest.mark.slow
 @needs_gpu
 def test_element_offsets_beyond_2_pow_31():
     # (Bt, Dm, L) = (2, 16384, 65600) holds 2.15e9 > 2^31 elements per per-token tensor (fp16: 4.3 GB
