@@ -225,3 +225,16 @@ def test_reference_training_step_reaches_every_used_parameter(model):
         assert (name in grads) == expect, name
         if expect:
             assert torch.isfinite(grads[name]).all(), name
+
+
+# ---- throughput helper (timing values are not asserted, only that it runs and reports) ----
+
+def test_throughput_runs_inference_and_training_steps():
+    from xscan.models.throughput import build, model_rows, throughput
+    net = S4Fusion(dims=(8, 16, 32))
+    for train in (False, True):
+        assert throughput("s4fusion", "reference", "cpu", 16, train=train, iters=1, warmup=0, model=net) > 0
+    with pytest.raises(ValueError, match="model_name must be one of"):
+        build("NoSuchNet")
+    rows = model_rows("cpu", ["cuda"], models=["S4Fusion"], size=16, warmup=0, modes=("infer",))
+    assert rows[0]["images_per_s"] is None and "cuda" in rows[0]["note"]
