@@ -10,7 +10,6 @@ import torch
 
 from . import routes, ssd
 from .selective import ScanProblem, group_sum
-from .tiles import acc_dtype
 
 NO_STRIDES = (0, 0, 0, 0)
 
@@ -33,10 +32,6 @@ def _pair(*tensors):
 
 def _grad(g, like):
     return torch.zeros_like(like) if g is None else g
-
-
-def _acc(t):
-    return acc_dtype(t.dtype)[1]
 
 
 # ---- selective_scan ------------------------------------------------------------------------------
@@ -164,8 +159,8 @@ def interleave_ss2d_forward(u0, u1, dt, B, C, A, D, delta_bias, delta_softplus, 
 
 def interleave_ss2d_backward(grads, u0, u1, dt, B, C, A, D, delta_bias, delta_softplus, mode, axis):
     problem, shape = _interleave_problem(u0, u1, dt, B, C, A, D, delta_bias, delta_softplus, mode, axis)
-    return _map_backward(problem, [_grad(grads[0], torch.empty(shape, device=u0.device, dtype=u0.dtype))],
-                         (u0, u1), (A, D, delta_bias, dt, B, C))
+    g_y = grads[0] if grads[0] is not None else torch.zeros(shape, device=u0.device, dtype=u0.dtype)
+    return _map_backward(problem, [g_y], (u0, u1), (A, D, delta_bias, dt, B, C))
 
 
 # ---- cross_ss2d: two modalities interleaved along each route ------------------------------------
