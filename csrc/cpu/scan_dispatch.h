@@ -30,13 +30,13 @@ template <typename F>
 void with_route(int64_t kind, const std::vector<int64_t>& g, F&& f) {
   auto need = [&](size_t n) { TORCH_CHECK(g.size() == n, "xscan._C: route ", kind, " takes ", n, " sizes"); };
   switch (kind) {
-    case kCross: need(2); return f(CrossRoutes{g[0], g[1]});
+    case kCross: need(2); return f(CrossRoutes(g[0], g[1]));
     case kAtrous: need(2); return f(AtrousRoutes(g[0], g[1]));
-    case kCrossPair: need(2); return f(CrossPairRoutes{g[0], g[1]});
+    case kCrossPair: need(2); return f(CrossPairRoutes(g[0], g[1]));
     case kRealign:
       need(6);
       return f(RealignRoutes{g[0], g[1], g[2], g[3], static_cast<int32_t>(g[4]), static_cast<int32_t>(g[5])});
-    case kHeads: need(2); return f(HeadRoutes{g[0], g[1]});
+    case kHeads: need(2); return f(HeadRoutes(g[0], g[1]));
     default: TORCH_CHECK(false, "xscan._C: unknown route kind ", kind);
   }
 }
@@ -56,7 +56,10 @@ ScanViews<scalar_t, acc_t> input_views(const ScanInputs& in) {
                   in.C.size() == in.u.size(),
               "xscan._C: one or two modalities of u, dt, B, C");
   const auto acc = c10::CppTypeToScalarType<acc_t>::value;
-  TORCH_CHECK(in.A.scalar_type() == acc, "xscan._C: A must be ", acc);
+  TORCH_CHECK(in.A.scalar_type() == acc && in.A.dim() == 3, "xscan._C: A must be (K, Dm, N) ", acc);
+  for (const OptTensor* p : {&in.D, &in.bias})
+    TORCH_CHECK(!p->has_value() || ((*p)->scalar_type() == acc && (*p)->dim() == 2), "xscan._C: D and delta_bias must be (K, Dm) ", acc);
+  TORCH_CHECK(!in.z.has_value() || in.z->dim() == 4, "xscan._C: z must be a 4-D pixel view");
   ScanViews<scalar_t, acc_t> v;
   v.batch = in.u[0].size(0);
   v.routes = in.dt[0].size(1);
@@ -69,6 +72,8 @@ ScanViews<scalar_t, acc_t> input_views(const ScanInputs& in) {
     for (const at::Tensor* t : {&in.u[m], &in.dt[m], &in.B[m], &in.C[m]})
       TORCH_CHECK(t->scalar_type() == c10::CppTypeToScalarType<scalar_t>::value,
                   "xscan._C: per-token tensors must share one dtype");
+    TORCH_CHECK(in.u[m].dim() == 4 && in.dt[m].dim() == 4 && in.B[m].dim() == 5 && in.C[m].dim() == 5,
+                "xscan._C: u, dt must be 4-D and B, C 5-D views");
     v.u[m] = strided<const scalar_t>(in.u[m]);
     v.dt[m] = strided<const scalar_t>(in.dt[m]);
     v.B[m] = strided<const scalar_t>(in.B[m]);

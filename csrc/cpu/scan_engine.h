@@ -6,8 +6,8 @@
 // engine reads through strided views, so nothing is flipped, transposed, interleaved or copied into
 // route order.
 //
-// Work is split over (batch b, channel d) items with OpenMP; one thread runs all K routes of its
-// item, so it owns y, du, ddelta, dz of that item and the route sums need no atomics. Gradients of
+// Work is split over (batch b, block of channels) items with OpenMP; one thread runs all K routes of
+// its item, so it owns y, du, ddelta, dz of those channels and the route sums need no atomics. Gradients of
 // tensors shared between items (B, C of a group; A, D, delta_bias across the batch) go to per-thread
 // partial buffers summed afterwards in thread order: deterministic for a given thread count.
 //
@@ -51,6 +51,7 @@ struct Strided {
 
 template <typename T>
 Strided<T> strided(const at::Tensor& t) {
+  TORCH_CHECK(t.dim() <= 5, "xscan._C: views have at most 5 dimensions, got ", t.dim());
   Strided<T> s;
   s.data = static_cast<T*>(t.data_ptr());
   for (int64_t i = 0; i < t.dim(); ++i) s.stride[i] = t.stride(i);
@@ -62,13 +63,15 @@ Strided<T> strided(const c10::optional<at::Tensor>& t) {
   return t.has_value() ? strided<T>(*t) : Strided<T>();
 }
 
-// The token at one route position, as a route policy returns it.
+// The token at one route position, as a route policy returns it: route.at(k, j) fills what is the
+// same for every channel, route.source(d, token) the channel-dependent part (uc, yc; for the
+// realignment also m and uw).
 struct Token {
-  int m;              // modality (0 or 1): which of the per-modality tensors it reads
-  int64_t e;          // index along the per-token tensors' last axis
+  int m;               // modality (0 or 1): which of the per-modality tensors it reads
+  int64_t e;           // index along the per-token tensors' last axis
   int64_t uc, ur, uw;  // its pixel in u (channel, row, column)
   int64_t yc, yr, yw;  // where its output goes in y
-  bool pad;           // padding: u reads 0, no output
+  bool pad;            // padding: u reads 0, no output
 };
 
 // Views of one call. Per-token tensors are scalar_t; parameters, outputs and gradients acc_t.
@@ -87,37 +90,50 @@ struct ScanViews {
   Strided<acc_t> du[2], ddt[2], dz;  // dB, dC, dA, dD, dbias: see run_backward
 };
 
-// One thread's scratch: the current chunk's tokens and a few N-vectors.
+// Channels per work item: a block of channels shares the route's tokens and B, C rows (loaded once
+// per chunk), so it never straddles a B or C group.
+inline int64_t channel_block(int64_t channels, int64_t groups_B, int64_t groups_C) {
+  int64_t a = channels / groups_B, b = channels / groups_C;
+  while (b) {
+    const int64_t r = a % b;
+    a = b, b = r;
+  }
+  for (int64_t block = std::min<int64_t>(a, 16); block > 1; --block)
+    if (a % block == 0) return block;
+  return 1;
+}
+
+// One thread's scratch. Shared by the block: tokens, B and C rows of one chunk and their gradient
+// tiles. Per channel: the state, its adjoint, chunk-start states and parameter gradients.
 template <typename acc_t>
 struct Workspace {
   int64_t N;
   std::vector<Token> tok;
-  std::vector<acc_t> dt, raw, u, gate_in, Bc, Cc, decay, states, h, dh, a, dA, chunk_start;
+  std::vector<acc_t> Bc, Cc, dBc, dCc;                        // (chunk, N)
+  std::vector<acc_t> dt, raw, dsp, u, gate_in, decay, states;  // one channel's chunk
+  std::vector<acc_t> a, h, dh, dA, dD, dbias, chunk_start;     // per channel of the block
 
-  Workspace(int64_t N_, int64_t max_chunks)
-      : N(N_), tok(kChunk), dt(kChunk), raw(kChunk), u(kChunk), gate_in(kChunk), Bc(kChunk * N_),
-        Cc(kChunk * N_), decay(kChunk * N_), states(kChunk * N_), h(N_), dh(N_), a(N_), dA(N_),
-        chunk_start(max_chunks * N_) {}
+  Workspace(int64_t N_, int64_t block, int64_t chunks)
+      : N(N_), tok(kChunk), Bc(kChunk * N_), Cc(kChunk * N_), dBc(kChunk * N_), dCc(kChunk * N_), dt(kChunk),
+        raw(kChunk), dsp(kChunk), u(kChunk), gate_in(kChunk), decay(kChunk * N_), states(kChunk * N_),
+        a(block * N_), h(block * N_), dh(block * N_), dA(block * N_), dD(block), dbias(block),
+        chunk_start(block * chunks * N_) {}
 };
 
 template <typename scalar_t, typename acc_t, typename Route>
 struct Engine {
   const ScanViews<scalar_t, acc_t>& v;
   const Route& route;
+  int64_t block;  // channels per item
 
   int64_t group(int64_t d, int64_t groups) const { return d / (v.channels / groups); }
 
-  // Loads positions [j0, j0 + n) of route k into the workspace: token, step size, u, B and C rows.
-  void load_chunk(Workspace<acc_t>& ws, int64_t b, int64_t k, int64_t d, int64_t j0, int64_t n,
-                  acc_t bias) const {
-    const int64_t N = v.dstate, gB = group(d, v.groups_B), gC = group(d, v.groups_C);
+  // Tokens and B, C rows of positions [j0, j0 + n) of route k, for the block starting at d0.
+  void load_tokens(Workspace<acc_t>& ws, int64_t b, int64_t k, int64_t d0, int64_t j0, int64_t n) const {
+    const int64_t N = v.dstate, gB = group(d0, v.groups_B), gC = group(d0, v.groups_C);
     for (int64_t i = 0; i < n; ++i) {
-      const Token t = route.at(k, d, j0 + i);
+      const Token t = route.at(k, j0 + i);
       ws.tok[i] = t;
-      const acc_t raw = static_cast<acc_t>(v.dt[t.m](b, k, d, t.e)) + bias;
-      ws.raw[i] = raw;
-      ws.dt[i] = v.delta_softplus ? softplus(raw) : raw;
-      ws.u[i] = t.pad ? acc_t(0) : static_cast<acc_t>(v.u[t.m](b, t.uc, t.ur, t.uw));
       const scalar_t* Bp = v.B[t.m].at5(b, k, gB, 0, t.e);
       const scalar_t* Cp = v.C[t.m].at5(b, k, gC, 0, t.e);
       const int64_t sB = v.B[t.m].stride[3], sC = v.C[t.m].stride[3];
@@ -130,8 +146,27 @@ struct Engine {
     }
   }
 
-  void load_A(Workspace<acc_t>& ws, int64_t k, int64_t d) const {
-    for (int64_t s = 0; s < v.dstate; ++s) ws.a[s] = v.A(k, d, s, 0);
+  // Channel d's step sizes (and d softplus / d raw) and inputs over the loaded chunk.
+  void load_channel(Workspace<acc_t>& ws, int64_t b, int64_t k, int64_t d, int64_t n, acc_t bias) const {
+    for (int64_t i = 0; i < n; ++i) {
+      Token t = ws.tok[i];
+      route.source(d, t);
+      ws.raw[i] = static_cast<acc_t>(v.dt[t.m](b, k, d, t.e)) + bias;
+      ws.u[i] = t.pad ? acc_t(0) : static_cast<acc_t>(v.u[t.m](b, t.uc, t.ur, t.uw));
+    }
+    if (v.delta_softplus) {
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) {
+        ws.dt[i] = softplus_vec(ws.raw[i]);
+        ws.dsp[i] = sigmoid_vec(ws.raw[i]);
+      }
+    } else {
+      for (int64_t i = 0; i < n; ++i) ws.dt[i] = ws.raw[i], ws.dsp[i] = acc_t(1);
+    }
+  }
+
+  void load_A(acc_t* a, int64_t k, int64_t d) const {
+    for (int64_t s = 0; s < v.dstate; ++s) a[s] = v.A(k, d, s, 0);
   }
 
   acc_t param(const Strided<const acc_t>& p, int64_t k, int64_t d) const {
@@ -148,41 +183,54 @@ struct Engine {
       for (int64_t s = 0; s < N; ++s) {
         h[s] = g * h[s] + dtu * Bn[s];
         y += Cn[s] * h[s];
-        if (decay) decay[s] = g;
       }
-    } else {
+      if (decay)
+        for (int64_t s = 0; s < N; ++s) decay[s] = g;
+    } else if (decay) {
 #pragma omp simd reduction(+ : y)
       for (int64_t s = 0; s < N; ++s) {
         const acc_t g = exp_poly(dt * a[s]);
         h[s] = g * h[s] + dtu * Bn[s];
         y += Cn[s] * h[s];
-        if (decay) decay[s] = g;
+        decay[s] = g;
+      }
+    } else {
+#pragma omp simd reduction(+ : y)
+      for (int64_t s = 0; s < N; ++s) {
+        h[s] = exp_poly(dt * a[s]) * h[s] + dtu * Bn[s];
+        y += Cn[s] * h[s];
       }
     }
     return y;
   }
 
-  // The forward of one (b, k, d) sequence: accumulates into y, writes last_state.
-  void forward(Workspace<acc_t>& ws, int64_t b, int64_t k, int64_t d) const {
+  // Forward of channels [d0, d0 + block) of batch b along route k: accumulates into y.
+  void forward(Workspace<acc_t>& ws, int64_t b, int64_t k, int64_t d0) const {
     const int64_t N = v.dstate, len = route.length();
-    const acc_t bias = param(v.bias, k, d), Dk = param(v.D, k, d);
-    load_A(ws, k, d);
-    acc_t* h = ws.h.data();
+    for (int64_t c = 0; c < block; ++c) load_A(&ws.a[c * N], k, d0 + c);
     std::fill(ws.h.begin(), ws.h.end(), acc_t(0));
     for (int64_t j0 = 0; j0 < len; j0 += kChunk) {
       const int64_t n = std::min(kChunk, len - j0);
-      load_chunk(ws, b, k, d, j0, n, bias);
-      for (int64_t i = 0; i < n; ++i) {
-        const acc_t dt = ws.dt[i], u = ws.u[i];
-        acc_t y = step(N, ws.a.data(), dt, dt * u, &ws.Bc[i * N], &ws.Cc[i * N], h, nullptr) + Dk * u;
-        const Token& t = ws.tok[i];
-        if (t.pad) continue;
-        if (v.z) y *= silu(static_cast<acc_t>(v.z(b, t.uc, t.ur, t.uw)));
-        v.y[t.m](b, t.yc, t.yr, t.yw) += y;
+      load_tokens(ws, b, k, d0, j0, n);
+      for (int64_t c = 0; c < block; ++c) {
+        const int64_t d = d0 + c;
+        const acc_t Dk = param(v.D, k, d);
+        load_channel(ws, b, k, d, n, param(v.bias, k, d));
+        acc_t* h = &ws.h[c * N];
+        for (int64_t i = 0; i < n; ++i) {
+          const acc_t dt = ws.dt[i], u = ws.u[i];
+          acc_t y = step(N, &ws.a[c * N], dt, dt * u, &ws.Bc[i * N], &ws.Cc[i * N], h, nullptr) + Dk * u;
+          Token t = ws.tok[i];
+          if (t.pad) continue;
+          route.source(d, t);
+          if (v.z) y *= silu(static_cast<acc_t>(v.z(b, t.uc, t.ur, t.uw)));
+          v.y[t.m](b, t.yc, t.yr, t.yw) += y;
+        }
       }
     }
     if (v.last_state)
-      for (int64_t s = 0; s < N; ++s) v.last_state(b, k, d, s) = h[s];
+      for (int64_t c = 0; c < block; ++c)
+        for (int64_t s = 0; s < N; ++s) v.last_state(b, k, d0 + c, s) = ws.h[c * N + s];
   }
 
   // Where one thread's gradients of shared tensors go (its partial buffers, or the real ones).
@@ -191,84 +239,118 @@ struct Engine {
     Strided<acc_t> slot[kSlots];
   };
 
-  // The backward of one (b, k, d) sequence.
-  void backward(Workspace<acc_t>& ws, const Sinks& out, int64_t b, int64_t k, int64_t d) const {
+  // Backward of channels [d0, d0 + block) of batch b along route k.
+  void backward(Workspace<acc_t>& ws, const Sinks& out, int64_t b, int64_t k, int64_t d0) const {
     const int64_t N = v.dstate, len = route.length();
     const int64_t chunks = (len + kChunk - 1) / kChunk;
-    const int64_t gB = group(d, v.groups_B), gC = group(d, v.groups_C);
-    const acc_t bias = param(v.bias, k, d), Dk = param(v.D, k, d);
-    load_A(ws, k, d);
-    const acc_t* a = ws.a.data();
-    acc_t* h = ws.h.data();
+    const int64_t gB = group(d0, v.groups_B), gC = group(d0, v.groups_C);
+    for (int64_t c = 0; c < block; ++c) load_A(&ws.a[c * N], k, d0 + c);
 
-    // Pass 1: the state at every chunk start.
+    // Pass 1: every channel's state at every chunk start.
     std::fill(ws.h.begin(), ws.h.end(), acc_t(0));
-    for (int64_t c = 0; c < chunks; ++c) {
-      std::copy(ws.h.begin(), ws.h.end(), ws.chunk_start.begin() + c * N);
-      const int64_t j0 = c * kChunk, n = std::min(kChunk, len - j0);
-      load_chunk(ws, b, k, d, j0, n, bias);
-      for (int64_t i = 0; i < n; ++i)
-        step(N, a, ws.dt[i], ws.dt[i] * ws.u[i], &ws.Bc[i * N], &ws.Cc[i * N], h, nullptr);
+    for (int64_t ch = 0; ch < chunks; ++ch) {
+      const int64_t j0 = ch * kChunk, n = std::min(kChunk, len - j0);
+      load_tokens(ws, b, k, d0, j0, n);
+      for (int64_t c = 0; c < block; ++c) {
+        acc_t* h = &ws.h[c * N];
+        std::copy(h, h + N, &ws.chunk_start[(c * chunks + ch) * N]);
+        load_channel(ws, b, k, d0 + c, n, param(v.bias, k, d0 + c));
+        for (int64_t i = 0; i < n; ++i)
+          step(N, &ws.a[c * N], ws.dt[i], ws.dt[i] * ws.u[i], &ws.Bc[i * N], &ws.Cc[i * N], h, nullptr);
+      }
     }
 
-    // Pass 2, last chunk first: recompute the chunk's states, then run the adjoint recurrence
-    //   dh_{t-1} = exp(dt_t A) (dh_t)  with dh_t += C_t gy_t at each output.
-    acc_t* dh = ws.dh.data();
-    for (int64_t s = 0; s < N; ++s) dh[s] = v.dlast ? v.dlast(b, k, d, s) : acc_t(0);
+    // Pass 2, last chunk first: per channel, recompute the chunk's states from its start, then run
+    // the adjoint recurrence dh_{t-1} = exp(dt_t A) dh_t, with dh_t += C_t gy_t at each output.
+    for (int64_t c = 0; c < block; ++c)
+      for (int64_t s = 0; s < N; ++s) ws.dh[c * N + s] = v.dlast ? v.dlast(b, k, d0 + c, s) : acc_t(0);
     std::fill(ws.dA.begin(), ws.dA.end(), acc_t(0));
-    acc_t dD = 0, dbias = 0;
-    for (int64_t c = chunks - 1; c >= 0; --c) {
-      const int64_t j0 = c * kChunk, n = std::min(kChunk, len - j0);
-      load_chunk(ws, b, k, d, j0, n, bias);
-      std::copy(ws.chunk_start.begin() + c * N, ws.chunk_start.begin() + (c + 1) * N, ws.h.begin());
+    std::fill(ws.dD.begin(), ws.dD.end(), acc_t(0));
+    std::fill(ws.dbias.begin(), ws.dbias.end(), acc_t(0));
+    for (int64_t ch = chunks - 1; ch >= 0; --ch) {
+      const int64_t j0 = ch * kChunk, n = std::min(kChunk, len - j0);
+      load_tokens(ws, b, k, d0, j0, n);
+      std::fill(ws.dBc.begin(), ws.dBc.begin() + n * N, acc_t(0));
+      std::fill(ws.dCc.begin(), ws.dCc.begin() + n * N, acc_t(0));
+      for (int64_t c = 0; c < block; ++c) backward_chunk(ws, b, k, d0 + c, c, ch, chunks, n);
+      // the block's B, C gradients of this chunk, summed over its channels
       for (int64_t i = 0; i < n; ++i) {
-        ws.gate_in[i] = step(N, a, ws.dt[i], ws.dt[i] * ws.u[i], &ws.Bc[i * N], &ws.Cc[i * N], h,
-                             &ws.decay[i * N]) + Dk * ws.u[i];
-        std::copy(ws.h.begin(), ws.h.end(), ws.states.begin() + i * N);
-      }
-      for (int64_t i = n - 1; i >= 0; --i) {
         const Token& t = ws.tok[i];
-        const acc_t dt = ws.dt[i], u = ws.u[i];
-        acc_t gy = t.pad ? acc_t(0) : v.dy[t.m](b, t.yc, t.yr, t.yw);
-        if (v.z && !t.pad) {
-          const acc_t zv = static_cast<acc_t>(v.z(b, t.uc, t.ur, t.uw));
-          v.dz(b, t.uc, t.ur, t.uw) += gy * ws.gate_in[i] * silu_grad(zv);
-          gy *= silu(zv);
-        }
-        dD += gy * u;
-        const acc_t* hn = &ws.states[i * N];
-        const acc_t* hp = i > 0 ? &ws.states[(i - 1) * N] : &ws.chunk_start[c * N];
-        const acc_t* g = &ws.decay[i * N];
-        const acc_t* Bn = &ws.Bc[i * N];
-        const acc_t* Cn = &ws.Cc[i * N];
         const Strided<acc_t>& dBv = out.slot[kdB0 + t.m];
         const Strided<acc_t>& dCv = out.slot[kdC0 + t.m];
         acc_t* dBp = dBv.at5(b, k, gB, 0, t.e);
         acc_t* dCp = dCv.at5(b, k, gC, 0, t.e);
         const int64_t sB = dBv.stride[3], sC = dCv.stride[3];
-        const acc_t dtu = dt * u;
-        acc_t du = gy * Dk, ddt = 0;
-        acc_t* dA = ws.dA.data();
-#pragma omp simd reduction(+ : du, ddt)
         for (int64_t s = 0; s < N; ++s) {
-          dCp[s * sC] += gy * hn[s];
-          const acc_t dhs = dh[s] + gy * Cn[s];
-          dBp[s * sB] += dhs * dtu;
-          du += dhs * dt * Bn[s];
-          const acc_t dh_decay = dhs * g[s] * hp[s];  // d/d(dt A) of the decay term
-          ddt += dh_decay * a[s] + dhs * Bn[s] * u;
-          dA[s] += dh_decay * dt;
-          dh[s] = dhs * g[s];
+          dBp[s * sB] += ws.dBc[i * N + s];
+          dCp[s * sC] += ws.dCc[i * N + s];
         }
-        const acc_t draw = ddt * (v.delta_softplus ? softplus_grad(ws.raw[i]) : acc_t(1));
-        dbias += draw;
-        v.ddt[t.m](b, k, d, t.e) += draw;
-        if (!t.pad) v.du[t.m](b, t.uc, t.ur, t.uw) += du;
       }
     }
-    for (int64_t s = 0; s < N; ++s) out.slot[kdA](k, d, s, 0) += ws.dA[s];
-    if (out.slot[kdD]) out.slot[kdD](k, d, 0, 0) += dD;
-    if (out.slot[kdBias]) out.slot[kdBias](k, d, 0, 0) += dbias;
+    for (int64_t c = 0; c < block; ++c) {
+      const int64_t d = d0 + c;
+      for (int64_t s = 0; s < N; ++s) out.slot[kdA](k, d, s, 0) += ws.dA[c * N + s];
+      if (out.slot[kdD]) out.slot[kdD](k, d, 0, 0) += ws.dD[c];
+      if (out.slot[kdBias]) out.slot[kdBias](k, d, 0, 0) += ws.dbias[c];
+    }
+  }
+
+  // One channel's part of pass 2 over chunk ch (tokens, B, C already loaded).
+  void backward_chunk(Workspace<acc_t>& ws, int64_t b, int64_t k, int64_t d, int64_t c, int64_t ch, int64_t chunks,
+                      int64_t n) const {
+    const int64_t N = v.dstate;
+    const acc_t Dk = param(v.D, k, d);
+    const acc_t* a = &ws.a[c * N];
+    const acc_t* start = &ws.chunk_start[(c * chunks + ch) * N];
+    load_channel(ws, b, k, d, n, param(v.bias, k, d));
+    acc_t* h = ws.states.data();
+    for (int64_t i = 0; i < n; ++i) {
+      std::copy(i ? h - N : start, (i ? h - N : start) + N, h);
+      ws.gate_in[i] = step(N, a, ws.dt[i], ws.dt[i] * ws.u[i], &ws.Bc[i * N], &ws.Cc[i * N], h,
+                           &ws.decay[i * N]) + Dk * ws.u[i];
+      h += N;
+    }
+    acc_t* dh = &ws.dh[c * N];
+    acc_t* dA = &ws.dA[c * N];
+    acc_t dD = 0, dbias = 0;
+    for (int64_t i = n - 1; i >= 0; --i) {
+      Token t = ws.tok[i];
+      route.source(d, t);
+      const acc_t dt = ws.dt[i], u = ws.u[i];
+      acc_t gy = t.pad ? acc_t(0) : v.dy[t.m](b, t.yc, t.yr, t.yw);
+      if (v.z && !t.pad) {
+        const acc_t zv = static_cast<acc_t>(v.z(b, t.uc, t.ur, t.uw));
+        v.dz(b, t.uc, t.ur, t.uw) += gy * ws.gate_in[i] * silu_grad(zv);
+        gy *= silu(zv);
+      }
+      dD += gy * u;
+      const acc_t* hn = &ws.states[i * N];
+      const acc_t* hp = i > 0 ? &ws.states[(i - 1) * N] : start;
+      const acc_t* g = &ws.decay[i * N];
+      const acc_t* Bn = &ws.Bc[i * N];
+      const acc_t* Cn = &ws.Cc[i * N];
+      acc_t* dBn = &ws.dBc[i * N];
+      acc_t* dCn = &ws.dCc[i * N];
+      const acc_t dtu = dt * u;
+      acc_t du = gy * Dk, ddt = 0;
+#pragma omp simd reduction(+ : du, ddt)
+      for (int64_t s = 0; s < N; ++s) {
+        dCn[s] += gy * hn[s];
+        const acc_t dhs = dh[s] + gy * Cn[s];
+        dBn[s] += dhs * dtu;
+        du += dhs * dt * Bn[s];
+        const acc_t dh_decay = dhs * g[s] * hp[s];  // d/d(dt A) of the decay term
+        ddt += dh_decay * a[s] + dhs * Bn[s] * u;
+        dA[s] += dh_decay * dt;
+        dh[s] = dhs * g[s];
+      }
+      const acc_t draw = ddt * ws.dsp[i];
+      dbias += draw;
+      v.ddt[t.m](b, k, d, t.e) += draw;
+      if (!t.pad) v.du[t.m](b, t.uc, t.ur, t.uw) += du;
+    }
+    ws.dD[c] += dD;
+    ws.dbias[c] += dbias;
   }
 };
 
@@ -318,63 +400,154 @@ inline int64_t thread_index() {
 #endif
 }
 
+inline int64_t team_now() {
+#ifdef _OPENMP
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
+}
+
+// Threads for `items` work items of `work` state updates in all: small calls run on one thread
+// (waking a team costs more than they do).
+inline int64_t threads_for(int64_t items, int64_t work) {
+  constexpr int64_t kMinWorkPerThread = 1 << 16;
+  return std::max<int64_t>(1, std::min({team_size(), items, work / kMinWorkPerThread}));
+}
+
 template <typename scalar_t, typename acc_t, typename Route>
 void run_forward(const ScanViews<scalar_t, acc_t>& v, const Route& route) {
-  const Engine<scalar_t, acc_t, Route> engine{v, route};
-  const int64_t items = v.batch * v.channels, threads = team_size();
+  const int64_t block = channel_block(v.channels, v.groups_B, v.groups_C);
+  const Engine<scalar_t, acc_t, Route> engine{v, route, block};
+  const int64_t blocks = v.channels / block, items = v.batch * blocks;
+  const int64_t threads = threads_for(items, v.batch * v.channels * v.routes * route.length() * v.dstate);
 #pragma omp parallel num_threads(threads)
   {
-    Workspace<acc_t> ws(v.dstate, 0);
+    Workspace<acc_t> ws(v.dstate, block, 0);
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < items; ++item)
-      for (int64_t k = 0; k < v.routes; ++k) engine.forward(ws, item / v.channels, k, item % v.channels);
+      for (int64_t k = 0; k < v.routes; ++k) engine.forward(ws, item / blocks, k, (item % blocks) * block);
   }
 }
 
-// B and C gradients need no partials when every group is one channel: then the item owns them.
-inline bool owned_by_item(const at::Tensor& grad, int64_t channels, int64_t groups) {
+// B and C gradients need no partials when a block is a whole group: then one item owns them.
+inline bool owned_by_item(const at::Tensor& grad, int64_t channels, int64_t groups, int64_t block) {
   const bool distinct_batches = grad.size(0) == 1 || grad.stride(0) != 0;
   const bool distinct_groups = groups == 1 || grad.stride(2) != 0;
-  return channels == groups && distinct_batches && distinct_groups;
+  return channels / groups == block && distinct_batches && distinct_groups;
 }
+
+// The items of thread t of T: a contiguous range, the same split every call.
+inline int64_t range_start(int64_t t, int64_t threads, int64_t items) { return t * items / threads; }
+
+inline int64_t owner_of(int64_t item, int64_t threads, int64_t items) {
+  int64_t t = 0;
+  while (range_start(t + 1, threads, items) <= item) ++t;
+  return t;
+}
+
+// Gradient of a tensor with a batch axis (B, C) that items of several threads add into. Items run
+// batch-major in contiguous ranges per thread, so a batch is shared by threads only at the edges of
+// their ranges: there a thread adds into its own copy of that batch's slice, elsewhere into the
+// tensor itself. reduce() adds the copies in thread order (deterministic for a given thread count).
+template <typename acc_t>
+struct BatchPartials {
+  Strided<acc_t> view;
+  int64_t threads, items, blocks, slice;  // slice: elements of one batch (the batch stride)
+  std::vector<char> shared;               // per batch: touched by more than one thread
+  at::Tensor copies;                      // (threads, 2, slice): a thread's first and last batch
+
+  BatchPartials(const at::Tensor& grad, int64_t threads_, int64_t items_, int64_t blocks_)
+      : view(strided<acc_t>(grad)), threads(threads_), items(items_), blocks(blocks_), slice(grad.stride(0)) {
+    const int64_t batch = grad.size(0);
+    shared.resize(batch);
+    bool any = false;
+    for (int64_t b = 0; b < batch; ++b) {
+      shared[b] = owner_of(b * blocks, threads, items) != owner_of((b + 1) * blocks - 1, threads, items);
+      any = any || shared[b];
+    }
+    if (any) copies = at::zeros({threads, 2, slice}, grad.options());
+  }
+
+  // Valid for a view whose batch slices are disjoint, contiguous spans of memory.
+  static bool applies(const at::Tensor& grad) {
+    return grad.stride(0) > 0 && view_extent(grad.select(0, 0)) <= grad.stride(0);
+  }
+
+  Strided<acc_t> for_item(int64_t t, int64_t b) const {
+    Strided<acc_t> s = view;
+    if (!shared[b]) return s;
+    const int64_t which = b == range_start(t, threads, items) / blocks ? 0 : 1;
+    s.data = copies.data_ptr<acc_t>() + (t * 2 + which) * slice - b * slice;
+    return s;
+  }
+
+  void reduce() {
+    for (int64_t b = 0; b < static_cast<int64_t>(shared.size()); ++b) {
+      if (!shared[b]) continue;
+      acc_t* dst = view.data + b * slice;
+      const int64_t first = owner_of(b * blocks, threads, items), last = owner_of((b + 1) * blocks - 1, threads, items);
+      for (int64_t t = first; t <= last; ++t) {
+        const int64_t which = b == range_start(t, threads, items) / blocks ? 0 : 1;
+        const acc_t* src = copies.data_ptr<acc_t>() + (t * 2 + which) * slice;
+        for (int64_t o = 0; o < slice; ++o) dst[o] += src[o];
+      }
+    }
+  }
+};
 
 template <typename scalar_t, typename acc_t, typename Route>
 void run_backward(const ScanViews<scalar_t, acc_t>& v, const Route& route, const std::vector<at::Tensor>& dB,
                   const std::vector<at::Tensor>& dC, const at::Tensor& dA, const c10::optional<at::Tensor>& dD,
                   const c10::optional<at::Tensor>& dbias) {
   using E = Engine<scalar_t, acc_t, Route>;
-  const E engine{v, route};
-  const int64_t items = v.batch * v.channels, threads = team_size();
+  const int64_t block = channel_block(v.channels, v.groups_B, v.groups_C);
+  const E engine{v, route, block};
+  const int64_t blocks = v.channels / block, items = v.batch * blocks;
   const int64_t len = route.length(), chunks = (len + kChunk - 1) / kChunk;
+  const int64_t threads = threads_for(items, 3 * v.batch * v.channels * v.routes * len * v.dstate);
 
   typename E::Sinks shared;               // the real gradient views
-  std::vector<Partials<acc_t>> partials;  // per-thread copies of those items share
+  std::vector<Partials<acc_t>> partials;  // per-thread copies of whole gradients (A, D, delta_bias)
   std::vector<int> partial_slot;
+  std::vector<BatchPartials<acc_t>> batch_partials;  // per-thread copies of shared batches (B, C)
+  std::vector<int> batch_slot;
   auto sink = [&](int slot, const at::Tensor& grad, bool owned) {
     shared.slot[slot] = strided<acc_t>(grad);
     if (owned) return;
-    partials.emplace_back(grad, threads);
-    partial_slot.push_back(slot);
+    if (BatchPartials<acc_t>::applies(grad) && slot < E::kdA) {
+      batch_partials.emplace_back(grad, threads, items, blocks);
+      batch_slot.push_back(slot);
+    } else {
+      partials.emplace_back(grad, threads);
+      partial_slot.push_back(slot);
+    }
   };
   for (size_t m = 0; m < dB.size(); ++m) {
-    sink(E::kdB0 + m, dB[m], owned_by_item(dB[m], v.channels, v.groups_B));
-    sink(E::kdC0 + m, dC[m], owned_by_item(dC[m], v.channels, v.groups_C));
+    sink(E::kdB0 + m, dB[m], owned_by_item(dB[m], v.channels, v.groups_B, block));
+    sink(E::kdC0 + m, dC[m], owned_by_item(dC[m], v.channels, v.groups_C, block));
   }
   sink(E::kdA, dA, false);
   if (dD) sink(E::kdD, *dD, false);
   if (dbias) sink(E::kdBias, *dbias, false);
 
+  // `threads` ranges of items, each run whole by one thread of the team (also if the team is smaller)
 #pragma omp parallel num_threads(threads)
   {
-    const int64_t tid = thread_index();
-    typename E::Sinks sinks = shared;
-    for (size_t i = 0; i < partials.size(); ++i) sinks.slot[partial_slot[i]] = partials[i].for_thread(tid);
-    Workspace<acc_t> ws(v.dstate, chunks);
-#pragma omp for schedule(static)
-    for (int64_t item = 0; item < items; ++item)
-      for (int64_t k = 0; k < v.routes; ++k) engine.backward(ws, sinks, item / v.channels, k, item % v.channels);
+    Workspace<acc_t> ws(v.dstate, block, chunks);
+    for (int64_t t = thread_index(); t < threads; t += team_now()) {
+      typename E::Sinks sinks = shared;
+      for (size_t i = 0; i < partials.size(); ++i) sinks.slot[partial_slot[i]] = partials[i].for_thread(t);
+      const int64_t end = range_start(t + 1, threads, items);
+      for (int64_t item = range_start(t, threads, items); item < end; ++item) {
+        const int64_t b = item / blocks;
+        for (size_t i = 0; i < batch_partials.size(); ++i) sinks.slot[batch_slot[i]] = batch_partials[i].for_item(t, b);
+        for (int64_t k = 0; k < v.routes; ++k) engine.backward(ws, sinks, b, k, (item % blocks) * block);
+      }
+    }
   }
   for (auto& p : partials) p.reduce();
+  for (auto& p : batch_partials) p.reduce();
 }
 
 }  // namespace cpu

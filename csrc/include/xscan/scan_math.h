@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #ifdef __CUDACC__
 #define XSCAN_HD __host__ __device__ __forceinline__
@@ -84,11 +85,14 @@ XSCAN_HD T decay(T dt, T a) {
 }
 
 // Vectorisable exp for float (CPU inner loops over N: std::exp does not vectorise without
-// -ffast-math). exp(x) = 2^k * exp(r), |r| <= ln2/2, exp(r) by Cephes' degree-7 polynomial: relative error
-// below 2e-7 on [-87, 88]; inputs below -87 give 0 (the decay of a long step), above 88 saturate.
+// -ffast-math). exp(x) = 2^k * exp(r), |r| <= ln2/2, exp(r) by Cephes' degree-7 polynomial: relative
+// error below 2e-7 on [-87, 88]; the input is clamped to that range (exp(-87) = 1.6e-38 stands for
+// the decay of a long step). Branch-free so that loops calling it vectorise.
 XSCAN_HD float exp_poly(float x) {
-  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-  const float k = std::floor(x * 1.44269504088896341f + 0.5f);
+  x = x < -87.0f ? -87.0f : x;
+  x = x > 88.0f ? 88.0f : x;
+  // k = round(x / ln2) by the 1.5 * 2^23 trick (std::floor does not vectorise without -ffast-math)
+  const float k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   const float r = x - k * 0.693359375f + k * 2.12194440e-4f;  // ln2 split in two for exact k*ln2
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
@@ -97,15 +101,44 @@ XSCAN_HD float exp_poly(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  // 2^k by building the float's exponent field (k in [-126, 127] after the clamp)
-  union {
-    int32_t i;
-    float f;
-  } scale;
-  scale.i = (static_cast<int32_t>(k) + 127) << 23;
-  return x <= -87.0f ? 0.0f : p * scale.f;
+  // 2^k from the float's exponent field (k in [-126, 127] after the clamp)
+  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
+#ifdef __CUDA_ARCH__
+  return p * __int_as_float(bits);
+#else
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+#endif
 }
 XSCAN_HD double exp_poly(double x) { return std::exp(x); }
+
+// log(1 + e) for e in [0, 1], vectorisable: 2 atanh(s) with s = e / (2 + e) in [0, 1/3], by its
+// odd series to s^15 (truncation below 2e-9).
+XSCAN_HD float log1p_unit(float e) {
+  const float s = e / (2.0f + e), s2 = s * s;
+  float p = 1.0f / 15.0f;
+  p = p * s2 + 1.0f / 13.0f;
+  p = p * s2 + 1.0f / 11.0f;
+  p = p * s2 + 1.0f / 9.0f;
+  p = p * s2 + 1.0f / 7.0f;
+  p = p * s2 + 1.0f / 5.0f;
+  p = p * s2 + 1.0f / 3.0f;
+  return 2.0f * s * (p * s2 + 1.0f);
+}
+XSCAN_HD double log1p_unit(double e) { return std::log1p(e); }
+
+// softplus and sigmoid through exp_poly and log1p_unit (same values as softplus() and sigmoid()
+// to float rounding), for loops the compiler should vectorise.
+template <typename T>
+XSCAN_HD T softplus_vec(T x) {
+  const T pos = x > T(0) ? x : T(0), neg = x > T(0) ? -x : x;  // x = pos + neg, neg <= 0
+  return x > T(20) ? x : pos + log1p_unit(exp_poly(neg));
+}
+template <typename T>
+XSCAN_HD T sigmoid_vec(T x) {
+  return T(1) / (T(1) + exp_poly(-x));
+}
 
 // ---------------------------------------------------------------------------------------------
 // Routes over an H x W map (row-major spatial index s = h * W + w).
