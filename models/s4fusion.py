@@ -13,7 +13,7 @@ from torch import nn
 
 from xscan.cross_ss2d import CrossSS2D
 
-from .common import (DropPath, FusionNet, PatchEmbed2D, PatchExpand2D, PatchMerging2D, VSSBlock,
+from .common import (FusionNet, PatchEmbed2D, PatchExpand2D, PatchMerging2D, VSSBlock,
                      crop_from, depthwise_conv, pad_to, vmamba_init)
 
 

@@ -119,6 +119,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readwrite("ddelta_stride_c", &ScanParams::ddelta_stride_c)
       .def_readwrite("ddelta_stride_t", &ScanParams::ddelta_stride_t)
       .XSCAN_POINTER(ScanParams, dz, float*)
+      .def_readwrite("atomic_routes", &ScanParams::atomic_routes)
+      .def_readwrite("atomic_state_grads", &ScanParams::atomic_state_grads)
       .XSCAN_POINTER(ScanParams, dB_part, float*)
       .XSCAN_POINTER(ScanParams, dC_part, float*)
       .XSCAN_POINTER(ScanParams, dA_part, float*)

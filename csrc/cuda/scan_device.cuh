@@ -102,6 +102,15 @@ XSCAN_DEVICE float load_state(const TokenTensor& t, int m, int b, int k, int gro
   return to_float(base[b * t.stride_b + k * t.stride_k + group * t.stride_c + n * t.stride_n + tok * t.stride_t]);
 }
 
+// A write of one route's output (or input gradient): plain, or added into a zeroed sum over routes.
+XSCAN_DEVICE void store(bool atomic, float* at, float value) {
+  if (atomic) {
+    atomicAdd(at, value);
+  } else {
+    *at = value;
+  }
+}
+
 // Sum over the `width` lanes (a power of two) of a channel's group; every lane gets the sum.
 XSCAN_DEVICE float group_sum(float x, int width) {
   for (int offset = width >> 1; offset > 0; offset >>= 1) x += __shfl_xor_sync(0xffffffffu, x, offset, width);
@@ -111,6 +120,7 @@ XSCAN_DEVICE float group_sum(float x, int width) {
 // The thread's place in the launch: its channel, lane in the channel's group, groups of B and C.
 struct Lane {
   int b, k, tile, local_channel, lane, d, group_B, group_C;
+  int tile_group_B, tile_group_C;  // the B and C groups of the whole tile (a tile never straddles one)
   bool active;  // false for lanes past the tile's last channel: they compute on channel 0 and write nothing
 };
 
@@ -126,10 +136,16 @@ XSCAN_DEVICE Lane lane_of(const ScanParams& P) {
   const int channels_per_group_tile = P.channels / P.group_tiles;
   l.active = l.local_channel < P.channels_per_tile && in_group < channels_per_group_tile;
   l.d = l.active ? group_tile * channels_per_group_tile + in_group : 0;
+  l.tile_group_B = group_tile / (P.group_tiles / P.groups_B);
+  l.tile_group_C = group_tile / (P.group_tiles / P.groups_C);
   l.group_B = l.d / (P.channels / P.groups_B);
   l.group_C = l.d / (P.channels / P.groups_C);
   return l;
 }
+
+// Positions whose token data the forward loads ahead of the recurrence.
+constexpr int kStage = 8;
+static_assert(kChunkLength % kStage == 0, "chunk starts must fall on a stage's first position");
 
 struct TokenStep {
   Position pos;
@@ -163,32 +179,51 @@ XSCAN_KERNEL scan_forward_kernel(const ScanParams P) {
   const float bias = P.delta_bias ? P.delta_bias[param] : 0.f;
   const float skip = P.D ? P.D[param] : 0.f;
 
-  for (int64_t p = 0; p < P.length; ++p) {
-    if (P.chunk_states && p % kChunkLength == 0 && l.active) {
+  // Positions go in groups of kStage: the group's token data are loaded first, all loads in flight
+  // together (they do not depend on h), then the recurrence runs through them.
+  for (int64_t start = 0; start < P.length; start += kStage) {
+    TokenStep steps[kStage];
+    float Bs[kStage][kStatesPerLane], Cs[kStage][kStatesPerLane];
 #pragma unroll
-      for (int i = 0; i < kStatesPerLane; ++i) {
-        const int n = l.lane + i * P.lanes_per_channel;
-        if (n < P.dstate) P.chunk_states[(seq * P.chunks + p / kChunkLength) * P.dstate + n] = h[i];
+    for (int t = 0; t < kStage; ++t) {
+      if (start + t < P.length) {
+        steps[t] = load_step<T>(P, l, bias, start + t);
+#pragma unroll
+        for (int i = 0; i < kStatesPerLane; ++i) {
+          const int n = l.lane + i * P.lanes_per_channel;
+          const bool live = n < P.dstate;
+          Bs[t][i] = live ? load_state<T>(P.B, steps[t].pos.modality, l.b, l.k, l.group_B, n, steps[t].pos.token) : 0.f;
+          Cs[t][i] = live ? load_state<T>(P.C, steps[t].pos.modality, l.b, l.k, l.group_C, n, steps[t].pos.token) : 0.f;
+        }
       }
     }
-    const TokenStep s = load_step<T>(P, l, bias, p);
-    float readout = 0.f;
 #pragma unroll
-    for (int i = 0; i < kStatesPerLane; ++i) {
-      const int n = l.lane + i * P.lanes_per_channel;
-      if (n < P.dstate) {
-        const float Bn = load_state<T>(P.B, s.pos.modality, l.b, l.k, l.group_B, n, s.pos.token);
-        const float Cn = load_state<T>(P.C, s.pos.modality, l.b, l.k, l.group_C, n, s.pos.token);
-        h[i] = decay(s.dt, A[i]) * h[i] + s.dt * Bn * s.u;
-        readout += Cn * h[i];
+    for (int t = 0; t < kStage; ++t) {
+      const int64_t p = start + t;
+      if (p < P.length) {
+        if (P.chunk_states && p % kChunkLength == 0 && l.active) {
+#pragma unroll
+          for (int i = 0; i < kStatesPerLane; ++i) {
+            const int n = l.lane + i * P.lanes_per_channel;
+            if (n < P.dstate) P.chunk_states[(seq * P.chunks + p / kChunkLength) * P.dstate + n] = h[i];
+          }
+        }
+        const TokenStep& s = steps[t];
+        float readout = 0.f;
+#pragma unroll
+        for (int i = 0; i < kStatesPerLane; ++i) {
+          // lanes past N hold A = 0, B = C = 0: their h stays 0 and adds nothing
+          h[i] = decay(s.dt, A[i]) * h[i] + s.dt * Bs[t][i] * s.u;
+          readout += Cs[t][i] * h[i];
+        }
+        readout = group_sum(readout, P.lanes_per_channel);
+        if (P.y[0] && l.active && l.lane == 0 && s.pos.in_map) {
+          float y = readout + skip * s.u;
+          if (P.z.data[0]) y *= silu(load<T>(P.z, 0, l.b, 0, l.d, s.pos.token));
+          store(P.atomic_routes, &P.y[s.pos.modality][l.b * P.y_stride_b + l.k * P.y_stride_k + l.d * P.y_stride_c +
+                                                      s.pos.out_spatial * P.y_stride_t], y);
+        }
       }
-    }
-    readout = group_sum(readout, P.lanes_per_channel);
-    if (P.y[0] && l.active && l.lane == 0 && s.pos.in_map) {
-      float y = readout + skip * s.u;
-      if (P.z.data[0]) y *= silu(load<T>(P.z, 0, l.b, 0, l.d, s.pos.token));
-      P.y[s.pos.modality][l.b * P.y_stride_b + l.k * P.y_stride_k + l.d * P.y_stride_c +
-                          s.pos.out_spatial * P.y_stride_t] = y;
     }
   }
   if (P.last_state && l.active) {
@@ -298,7 +333,8 @@ XSCAN_KERNEL scan_backward_kernel(const ScanParams P) {
         dbias += ddelta;
         if (l.active && l.lane == 0) {
           if (s.pos.in_map)
-            P.du[s.pos.modality][l.b * P.y_stride_b + l.k * P.y_stride_k + l.d * P.y_stride_c + s.pos.out_spatial * P.y_stride_t] = du;
+            store(P.atomic_routes, &P.du[s.pos.modality][l.b * P.y_stride_b + l.k * P.y_stride_k + l.d * P.y_stride_c +
+                                                       s.pos.out_spatial * P.y_stride_t], du);
           P.ddelta[s.pos.modality][l.b * P.ddelta_stride_b + l.k * P.ddelta_stride_k + l.d * P.ddelta_stride_c +
                                    s.pos.token * P.ddelta_stride_t] = ddelta;
         }
@@ -316,11 +352,17 @@ XSCAN_KERNEL scan_backward_kernel(const ScanParams P) {
         sum_C += dC_shared[(c * N + n) * kChunkLength + t];
       }
       const Position pos = locate(P, l.k, 0, start + t);
-      const int64_t at = (((static_cast<int64_t>(l.b) * P.routes + l.k) * tiles + l.tile) * N + n) *
-                             (static_cast<int64_t>(P.modalities) * P.tokens) +
-                         static_cast<int64_t>(pos.modality) * P.tokens + pos.token;
-      P.dB_part[at] = sum_B;
-      P.dC_part[at] = sum_C;
+      const int64_t token = static_cast<int64_t>(pos.modality) * P.tokens + pos.token;
+      const int64_t row = static_cast<int64_t>(l.b) * P.routes + l.k;
+      const int64_t per_state = static_cast<int64_t>(P.modalities) * P.tokens;
+      if (P.atomic_state_grads) {  // straight into dB (Bt, K, G_B, N, M*T) and dC (Bt, K, G_C, N, M*T)
+        atomicAdd(&P.dB_part[((row * P.groups_B + l.tile_group_B) * N + n) * per_state + token], sum_B);
+        atomicAdd(&P.dC_part[((row * P.groups_C + l.tile_group_C) * N + n) * per_state + token], sum_C);
+      } else {
+        const int64_t at = ((row * tiles + l.tile) * N + n) * per_state + token;
+        P.dB_part[at] = sum_B;
+        P.dC_part[at] = sum_C;
+      }
     }
     __syncthreads();
   }

@@ -86,6 +86,11 @@ struct ScanParams {
   float* ddelta[2] = {nullptr, nullptr};
   int64_t ddelta_stride_b = 0, ddelta_stride_k = 0, ddelta_stride_c = 0, ddelta_stride_t = 0;
   float* dz = nullptr;
+  // Non-deterministic reductions (torch's deterministic mode off): route outputs y and du are added
+  // with float atomics into one zeroed (b, channel, spatial) buffer (y's k-stride 0), and dB, dC
+  // straight into zeroed (Bt, K, G, N, modalities * tokens) buffers, instead of the partials above.
+  bool atomic_routes = false;
+  bool atomic_state_grads = false;
   float* dB_part = nullptr;
   float* dC_part = nullptr;
   float* dA_part = nullptr;

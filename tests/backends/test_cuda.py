@@ -22,7 +22,7 @@ import torch
 import xscan
 from xscan import _registry, reference
 from xscan.backends import cuda as cuda_backend
-from xscan.testing import OPS, compare, make_inputs, non_contiguous, public_op
+from xscan.testing import OPS, _rel, compare, make_inputs, non_contiguous, public_op, run_with_grads
 
 FP32_TOL = 3e-5
 HALF_TOL = 2e-2
@@ -237,6 +237,33 @@ def test_channels_last_inputs(device, op):
     (ref_out, ref_grads), (out, grads) = run_both(op, args, kwargs, channels_last)
     for a, b in zip(out + tuple(grads), ref_out + tuple(ref_grads)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+# Several channel tiles per group (N = 8: 16 channels per block) and two groups.
+TILED = dict(Bt=2, Dm=40, N=8, L=40, H=4, W=5, G=2, nh=8, P=5)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_deterministic_mode_matches_reference(device, op):
+    # Deterministic mode sums routes and channel tiles from partial buffers instead of atomics: the
+    # rest of the suite runs with it off, this test covers the other path.
+    args, kwargs = make_inputs(op, device=device, **TILED)
+    ref_out, ref_grads = run_with_grads(op, args, kwargs, None)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        out, grads = run_with_grads(op, args, kwargs, "cuda")
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    errors = [(f"out{i}", _rel(a, b)) for i, (a, b) in enumerate(zip(out, ref_out))]
+    errors += [(f"grad[{k}]", _rel(grads[k], g)) for k, g in ref_grads.items()]
+    bad = [(name, err) for name, err in errors if not err < FP32_TOL]
+    assert not bad, f"{op}: {bad}"
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_tiled_channels_match_reference(device, op):
+    assert_matches_reference(op, device, **TILED)
 
 
 @pytest.mark.parametrize("op", OPS)

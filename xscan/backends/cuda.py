@@ -5,11 +5,14 @@ route, channel), and ``csrc/cuda/scan_kernel.cuh`` turns a route position into t
 and the place its output goes (index maths: nothing is copied into route order). This module
 describes each op to the kernel: pointers, 64-bit strides, geometry, and the fp32 buffers it writes.
 
-Outputs and gradients are written in fp32; the summing ops (ss2d, cross_ss2d, interleave_ss2d) write
-one partial per route and dB, dC are written as per-channel-tile partials, and this module sums them
-with ``torch.sum`` in a fixed order: no float atomics, so the backward is deterministic whether or not
-``torch.use_deterministic_algorithms`` is on. Set ``XSCAN_CUDA_FP32_OUTPUT=1`` to get fp32 outputs
-for fp16/bf16 inputs.
+Outputs and gradients are written in fp32. Sums across blocks (the four routes' outputs and input
+gradients of ss2d, cross_ss2d and interleave_ss2d; dB and dC over the channel tiles that share a
+group) are done one of two ways:
+- ``torch.use_deterministic_algorithms(True)``: one partial per route / per tile, summed here with
+  ``torch.sum`` in a fixed order: no float atomics, bitwise repeatable, more memory;
+- otherwise: float ``atomicAdd`` into one zeroed buffer (mamba's choice): less memory and traffic,
+  summation order not fixed.
+Set ``XSCAN_CUDA_FP32_OUTPUT=1`` to get fp32 outputs for fp16/bf16 inputs.
 """
 from __future__ import annotations
 
@@ -44,6 +47,11 @@ INT32_MAX = 2**31 - 1
 
 def fp32_output() -> bool:
     return os.environ.get("XSCAN_CUDA_FP32_OUTPUT") == "1"
+
+
+def atomic_sums() -> bool:
+    """Float atomics for cross-block sums, unless torch's deterministic mode is on."""
+    return not torch.are_deterministic_algorithms_enabled()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -175,6 +183,7 @@ class Scan:
     geometry: tuple = (1, 1, 1, 1)  # height, width, sub_height, sub_width
     realign: tuple = (0, 0, 0, 0)   # mode, axis, u_channels, u_width
     delta_channel_divisor: int = 1
+    atomic_routes: bool = False     # routes add y, du into one zeroed buffer
 
     def params(self):
         P = _C.ScanParams()
@@ -189,6 +198,7 @@ class Scan:
         P.group_tiles, P.tiles_per_group = group_tiles, -(-(self.Dm // group_tiles) // per_tile)
         P.groups_B, P.groups_C = self.groups_B, self.groups_C
         P.delta_softplus, P.delta_channel_divisor = self.softplus, self.delta_channel_divisor
+        P.atomic_routes = self.atomic_routes
         P.u, P.delta, P.B, P.C = (x.describe() for x in (self.u, self.delta, self.B, self.C))
         if self.z is not None:
             P.z = self.z.describe()
@@ -218,8 +228,14 @@ class Scan:
         tiles = P.group_tiles * P.tiles_per_group
         chunks = -(-self.length // CHUNK_LENGTH)
         f32 = dict(device=dev, dtype=torch.float32)
-        dB_part = torch.empty(self.Bt, self.K, tiles, self.N, self.M * self.tokens, **f32)
-        dC_part = torch.empty_like(dB_part)
+        atomic = atomic_sums()
+        if atomic:  # the kernel adds straight into (Bt, K, G, N, M * tokens)
+            dB_part = torch.zeros(self.Bt, self.K, self.groups_B, self.N, self.M * self.tokens, **f32)
+            dC_part = torch.zeros(self.Bt, self.K, self.groups_C, self.N, self.M * self.tokens, **f32)
+            P.atomic_state_grads = True
+        else:
+            dB_part = torch.empty(self.Bt, self.K, tiles, self.N, self.M * self.tokens, **f32)
+            dC_part = torch.empty_like(dB_part)
         dA_part = torch.empty(self.Bt, self.K, self.Dm, self.N, **f32)
         dD_part = torch.empty(self.Bt, self.K, self.Dm, **f32)
         dbias_part = torch.empty_like(dD_part)
@@ -244,6 +260,8 @@ class Scan:
                 t.zero_()
 
         def by_group(part, G):  # sum the tiles of each group in a fixed order
+            if atomic:
+                return part.view(self.Bt, self.K, G, self.N, self.M, self.tokens)
             return part.view(self.Bt, self.K, G, tiles // G, self.N, self.M, self.tokens).sum(3)
 
         return (by_group(dB_part, self.groups_B), by_group(dC_part, self.groups_C), dA_part.sum(0),
@@ -350,36 +368,51 @@ def _flat(u: torch.Tensor) -> torch.Tensor:
     return u.reshape(u.shape[0], u.shape[1], -1)
 
 
-def _partials_forward(scan: Scan, Bt, Dm, L):
-    """Per-route fp32 outputs (Bt, 4, Dm, L) per modality, summed over routes in a fixed order."""
-    ys = [torch.empty(Bt, 4, Dm, L, device=scan.A.device, dtype=torch.float32) for _ in range(scan.M)]
-    scan.forward(ys, ys[0].stride())
-    return [y.sum(1) for y in ys]
+def _route_sum_buffers(scan: Scan, Bt, Dm, L, outputs: int):
+    """fp32 buffers for per-route outputs (or input gradients) and their (b, k, c, t) strides: one
+    zeroed (Bt, Dm, L) sum per output with atomics, else (Bt, 4, Dm, L) partials. Sets the scan's mode."""
+    f32 = dict(device=scan.A.device, dtype=torch.float32)
+    scan.atomic_routes = atomic_sums()
+    if scan.atomic_routes:
+        bufs = [torch.zeros(Bt, Dm, L, **f32) for _ in range(outputs)]
+        return bufs, _strides3(bufs[0])
+    bufs = [torch.empty(Bt, 4, Dm, L, **f32) for _ in range(outputs)]
+    return bufs, bufs[0].stride()
 
 
-def _partials_backward(scan: Scan, douts, Bt, Dm, L, ddelta_like):
-    """Backward of a route-summing op: du per route summed in a fixed order. Returns (du list,
-    ddelta list, dB, dC, dA, dD, dbias)."""
+def _route_sums(scan: Scan, bufs):
+    return bufs if scan.atomic_routes else [b.sum(1) for b in bufs]  # fixed-order sum over routes
+
+
+def _route_summed_forward(scan: Scan, Bt, Dm, L, outputs=None):
+    """The route-summed fp32 outputs (Bt, Dm, L), one per output map."""
+    ys, strides = _route_sum_buffers(scan, Bt, Dm, L, outputs or scan.M)
+    scan.forward(ys, strides)
+    return _route_sums(scan, ys)
+
+
+def _route_summed_backward(scan: Scan, douts, Bt, Dm, L, ddelta_like):
+    """Backward of a route-summing op. Returns (du list, ddelta list, dB, dC, dA, dD, dbias)."""
     dev = scan.A.device
     douts = [d.reshape(Bt, Dm, L) for d in douts]
     douts = _same_strides(douts)
-    dus = [torch.empty(Bt, 4, Dm, L, device=dev, dtype=torch.float32) for _ in range(scan.M)]
+    dus, du_strides = _route_sum_buffers(scan, Bt, Dm, L, len(douts))
     ddeltas = [torch.empty(ddelta_like.shape, device=dev, dtype=torch.float32) for _ in range(scan.M)]
-    rest = scan.backward(douts, douts[0].stride(), dus, dus[0].stride(), ddeltas, ddeltas[0].stride())
-    return [d.sum(1) for d in dus], ddeltas, *rest
+    rest = scan.backward(douts, douts[0].stride(), dus, du_strides, ddeltas, ddeltas[0].stride())
+    return _route_sums(scan, dus), ddeltas, *rest
 
 
 def _ss2d_forward(u, dt, B, C, A, D, delta_bias, delta_softplus):
     Bt, Dm, H, W = u.shape
     scan = _map_scan(KIND["ss2d"], [_flat(u)], [dt], [B], [C], A, D, delta_bias, delta_softplus, (H, W, 1, 1), H * W)
-    (y,) = _partials_forward(scan, Bt, Dm, H * W)
+    (y,) = _route_summed_forward(scan, Bt, Dm, H * W)
     return _out(y.view(Bt, Dm, H, W), u.dtype)
 
 
 def _ss2d_backward(grads, u, dt, B, C, A, D, delta_bias, delta_softplus):
     Bt, Dm, H, W = u.shape
     scan = _map_scan(KIND["ss2d"], [_flat(u)], [dt], [B], [C], A, D, delta_bias, delta_softplus, (H, W, 1, 1), H * W)
-    (du,), (ddt,), dB, dC, dA, dD, dbias = _partials_backward(
+    (du,), (ddt,), dB, dC, dA, dD, dbias = _route_summed_backward(
         scan, [_dout(grads[0], u.shape, u.device)], Bt, Dm, H * W, dt)
     return [du.view(u.shape).to(u.dtype), ddt.to(dt.dtype), dB[:, :, 0, :, 0].to(B.dtype),
             dC[:, :, 0, :, 0].to(C.dtype), *_param_grads(dA, dD, dbias, A, D, delta_bias)]
@@ -419,7 +452,7 @@ def _cross_scan(u0, u1, dt0, dt1, B0, B1, C0, C1, A, D, delta_bias, delta_softpl
 def _cross_ss2d_forward(u0, u1, dt0, dt1, B0, B1, C0, C1, A, D, delta_bias, delta_softplus):
     Bt, Dm, H, W = u0.shape
     scan = _cross_scan(u0, u1, dt0, dt1, B0, B1, C0, C1, A, D, delta_bias, delta_softplus)
-    y0, y1 = _partials_forward(scan, Bt, Dm, H * W)
+    y0, y1 = _route_summed_forward(scan, Bt, Dm, H * W)
     dtype = _token_dtype(u0, u1)
     return _out(y0.view(u0.shape), dtype), _out(y1.view(u1.shape), dtype)
 
@@ -428,7 +461,7 @@ def _cross_ss2d_backward(grads, u0, u1, dt0, dt1, B0, B1, C0, C1, A, D, delta_bi
     Bt, Dm, H, W = u0.shape
     scan = _cross_scan(u0, u1, dt0, dt1, B0, B1, C0, C1, A, D, delta_bias, delta_softplus)
     douts = [_dout(g, u0.shape, u0.device) for g in grads]
-    (du0, du1), (ddt0, ddt1), dB, dC, dA, dD, dbias = _partials_backward(scan, douts, Bt, Dm, H * W, dt0)
+    (du0, du1), (ddt0, ddt1), dB, dC, dA, dD, dbias = _route_summed_backward(scan, douts, Bt, Dm, H * W, dt0)
     return [du0.view(u0.shape).to(u0.dtype), du1.view(u1.shape).to(u1.dtype), ddt0.to(dt0.dtype),
             ddt1.to(dt1.dtype), dB[:, :, 0, :, 0].to(B0.dtype), dB[:, :, 0, :, 1].to(B1.dtype),
             dC[:, :, 0, :, 0].to(C0.dtype), dC[:, :, 0, :, 1].to(C1.dtype),
@@ -451,9 +484,8 @@ def _interleave_scan(u0, u1, dt, B, C, A, D, delta_bias, delta_softplus, mode, a
 def _interleave_ss2d_forward(u0, u1, dt, B, C, A, D, delta_bias, delta_softplus, mode, axis):
     scan, (Hr, Wr) = _interleave_scan(u0, u1, dt, B, C, A, D, delta_bias, delta_softplus, mode, axis)
     Bt, Dr = dt.shape[0], dt.shape[2]
-    ys = [torch.empty(Bt, 4, Dr, Hr * Wr, device=u0.device, dtype=torch.float32)]
-    scan.forward(ys, ys[0].stride())
-    return _out(ys[0].sum(1).view(Bt, Dr, Hr, Wr), _token_dtype(u0, u1))
+    (y,) = _route_summed_forward(scan, Bt, Dr, Hr * Wr, outputs=1)
+    return _out(y.view(Bt, Dr, Hr, Wr), _token_dtype(u0, u1))
 
 
 def _interleave_ss2d_backward(grads, u0, u1, dt, B, C, A, D, delta_bias, delta_softplus, mode, axis):
@@ -461,7 +493,7 @@ def _interleave_ss2d_backward(grads, u0, u1, dt, B, C, A, D, delta_bias, delta_s
     Bt, Dr = dt.shape[0], dt.shape[2]
     # du comes back in the realigned layout
     dy = _dout(grads[0], (Bt, Dr, Hr, Wr), u0.device)
-    (du,), (ddt,), dB, dC, dA, dD, dbias = _partials_backward(scan, [dy], Bt, Dr, Hr * Wr, dt)
+    (du,), (ddt,), dB, dC, dA, dD, dbias = _route_summed_backward(scan, [dy], Bt, Dr, Hr * Wr, dt)
     du0, du1 = _unrealign(du.view(Bt, Dr, Hr, Wr), u0.shape, mode, axis)
     return [du0.to(u0.dtype), du1.to(u1.dtype), ddt.to(dt.dtype), dB[:, :, 0, :, 0].to(B.dtype),
             dC[:, :, 0, :, 0].to(C.dtype), *_param_grads(dA, dD, dbias, A, D, delta_bias)]

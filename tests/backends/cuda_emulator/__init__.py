@@ -1,17 +1,28 @@
 """Build the host emulation of the CUDA kernels (see emulator.cpp) as a drop-in for xscan._C_cuda."""
 from __future__ import annotations
 
+import hashlib
 import os
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
+CUDA_DIR = os.path.join(ROOT, "csrc", "cuda")
+INCLUDE_DIR = os.path.join(ROOT, "csrc", "include")
+SOURCES = [os.path.join(CUDA_DIR, "bindings.cpp"), os.path.join(HERE, "emulator.cpp")]
+# torch's extension cache keys on the listed sources only: name the build after the headers too, so
+# that a kernel change rebuilds it.
+HEADERS = [os.path.join(CUDA_DIR, "scan_device.cuh"), os.path.join(CUDA_DIR, "scan_params.h"),
+           os.path.join(INCLUDE_DIR, "xscan", "scan_math.h")]
 
 
 def build():
     """Compile csrc/cuda/bindings.cpp with emulator.cpp (cached by torch's extension builder)."""
     from torch.utils import cpp_extension
 
+    digest = hashlib.sha256()
+    for path in SOURCES + HEADERS:
+        with open(path, "rb") as f:
+            digest.update(f.read())
     return cpp_extension.load(
-        name="xscan_cuda_host_emulation",
-        sources=[os.path.join(ROOT, "csrc", "cuda", "bindings.cpp"), os.path.join(os.path.dirname(__file__), "emulator.cpp")],
-        extra_include_paths=[os.path.join(ROOT, "csrc", "cuda"), os.path.join(ROOT, "csrc", "include")],
-        extra_cflags=["-O1", "-std=c++17"], verbose=False)
+        name=f"xscan_cuda_host_emulation_{digest.hexdigest()[:12]}", sources=SOURCES,
+        extra_include_paths=[CUDA_DIR, INCLUDE_DIR], extra_cflags=["-O1", "-std=c++17"], verbose=False)

@@ -114,6 +114,13 @@ float __shfl_xor_sync(unsigned /*mask*/, float value, int lane_mask, int /*width
   return other;
 }
 
+// One OS thread runs everything: an atomic add is a plain one.
+float atomicAdd(float* address, float value) {
+  const float old = *address;
+  *address = old + value;
+  return old;
+}
+
 }  // namespace
 
 namespace xscan {

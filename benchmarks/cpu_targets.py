@@ -1,0 +1,174 @@
+"""The CPU backend's targets, measured side by side in one run, printed as ratios.
+
+    python benchmarks/cpu_targets.py [--repeats 5] [--quick]
+
+1. selective_scan, Bt=2, Dm=192, N=16, L=4096 (D, z, delta_bias, softplus): xscan's cpu kernel vs
+   mamba_ssm's ``selective_scan_ref``, forward (target >= 30x) and forward+backward vs autograd
+   through it (>= 20x).
+2. cross_ss2d, Bt=2, Dm=72, N=32, H=W=32: the fused cpu op vs S4Fusion's materialised path
+   (``xscan.reference.cross_ss2d_materialized``) with scan = mamba's ``selective_scan_ref`` (>= 30x,
+   forward and forward+backward) and with scan = ``xscan.selective_scan`` on the cpu backend
+   (>= 1.3x), and the peak memory of forward+backward (fused <= 1/3 of the materialised path).
+
+Without mamba-ssm the script says so and uses ``xscan.reference`` (a loop over time like
+``selective_scan_ref``) as the slow baseline.
+
+Peak memory: torch's profiler with ``profile_memory=True`` attributes every allocation and free of
+torch's CPU allocator to the op it happens in (all tensors: the op's outputs, gradients,
+intermediates, and the CPU kernel's own output/partial-gradient buffers, which it allocates through
+ATen and so are recorded too). The peak is the maximum of the running sum of those amounts, op by op
+in time order, during one forward+backward; tensors alive before the call (the inputs) are not
+counted. The CPU kernel's small per-thread std::vector scratch (O(threads * (chunk + L/chunk)
+* N) floats) is outside torch's allocator and not counted; it is printed separately.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import statistics
+import time
+import warnings
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+import xscan
+from xscan import reference
+from xscan.testing import load_mamba_selective_scan, make_inputs
+
+CHUNK = 64  # csrc/cpu/scan_engine.h kChunk
+
+
+def seconds(fn, repeats: int) -> float:
+    """Median wall time of ``fn()`` after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def leaves(args, kwargs):
+    a = [x.detach().clone().requires_grad_() if isinstance(x, torch.Tensor) else x for x in args]
+    k = {n: x.detach().clone().requires_grad_() if isinstance(x, torch.Tensor) else x for n, x in kwargs.items()}
+    return a, k
+
+
+def forward_backward(fn, args, kwargs):
+    """A closure running fn forward and backward with fixed cotangents on fresh leaves."""
+    a, k = leaves(args, kwargs)
+    tensors = [x for x in list(a) + list(k.values()) if isinstance(x, torch.Tensor)]
+
+    def run():
+        for x in tensors:
+            x.grad = None
+        outs = fn(*a, **k)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
+
+    return run
+
+
+def peak_bytes(fn) -> int:
+    """Peak of torch CPU allocations (bytes) during fn(), above what was allocated before it."""
+    fn()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
+    live = peak = 0
+    for e in sorted(prof.events(), key=lambda e: e.time_range.start):
+        live += e.self_cpu_memory_usage  # allocations minus frees of this op outside its children
+        peak = max(peak, live)
+    return peak
+
+
+def cpu_backend(fn):
+    def run(*a, **k):
+        with xscan.use_backend("cpu"):
+            return fn(*a, **k)
+    return run
+
+
+def report(rows):
+    width = max(len(r[0]) for r in rows)
+    for name, value, target in rows:
+        print(f"  {name:<{width}}  {value}{'' if target is None else '   (target ' + target + ')'}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs of the xscan kernels (median)")
+    parser.add_argument("--slow-repeats", type=int, default=1, help="timed runs of the Python-loop baselines")
+    parser.add_argument("--quick", action="store_true", help="small shapes (a smoke test, not the targets)")
+    opts = parser.parse_args(argv)
+
+    mamba = load_mamba_selective_scan()
+    if mamba is None:
+        print("mamba-ssm is not installed: the slow baseline is xscan.reference.selective_scan instead of "
+              "mamba_ssm's selective_scan_ref")
+        slow_scan, slow_name = reference.selective_scan, "xscan.reference"
+    else:
+        slow_scan, slow_name = mamba.selective_scan_ref, "mamba selective_scan_ref"
+    print(f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, xscan cpu backend: {xscan.backends()['cpu']}")
+
+    # 1. selective_scan
+    shape = dict(Bt=2, Dm=192, N=16, L=4096) if not opts.quick else dict(Bt=1, Dm=16, N=16, L=256)
+    args, kwargs = make_inputs("selective_scan", **shape)
+    fast = cpu_backend(xscan.selective_scan)
+    t_fast = seconds(lambda: fast(*args, **kwargs), opts.repeats)
+    t_slow = seconds(lambda: slow_scan(*args, **kwargs), opts.slow_repeats)
+    tb_fast = seconds(forward_backward(fast, args, kwargs), opts.repeats)
+    tb_slow = seconds(forward_backward(slow_scan, args, kwargs), opts.slow_repeats)
+    print(f"\nselective_scan {shape} (D, z, delta_bias, softplus), vs {slow_name}:")
+    report([("forward xscan cpu", f"{t_fast * 1e3:9.1f} ms", None),
+            (f"forward {slow_name}", f"{t_slow * 1e3:9.1f} ms", None),
+            ("forward speed-up", f"{t_slow / t_fast:9.1f} x", ">= 30x"),
+            ("fwd+bwd xscan cpu", f"{tb_fast * 1e3:9.1f} ms", None),
+            (f"fwd+bwd autograd through {slow_name}", f"{tb_slow * 1e3:9.1f} ms", None),
+            ("fwd+bwd speed-up", f"{tb_slow / tb_fast:9.1f} x", ">= 20x")])
+
+    # 2. cross_ss2d
+    shape = dict(Bt=2, Dm=72, N=32, H=32, W=32) if not opts.quick else dict(Bt=1, Dm=8, N=8, H=8, W=8)
+    args, kwargs = make_inputs("cross_ss2d", **shape)
+    fused = cpu_backend(xscan.cross_ss2d.cross_ss2d)
+
+    def materialized(scan):
+        return lambda *a, **k: reference.cross_ss2d_materialized(*a, **k, scan=scan)
+
+    mat_fast = materialized(cpu_backend(xscan.selective_scan))
+    mat_slow = materialized(slow_scan)
+    t_fused = seconds(lambda: fused(*args, **kwargs), opts.repeats)
+    t_mat_fast = seconds(lambda: mat_fast(*args, **kwargs), opts.repeats)
+    t_mat_slow = seconds(lambda: mat_slow(*args, **kwargs), opts.slow_repeats)
+    fb_fused = forward_backward(fused, args, kwargs)
+    fb_mat_fast = forward_backward(mat_fast, args, kwargs)
+    tb_fused = seconds(fb_fused, opts.repeats)
+    tb_mat_fast = seconds(fb_mat_fast, opts.repeats)
+    tb_mat_slow = seconds(forward_backward(mat_slow, args, kwargs), opts.slow_repeats)
+    mem_fused, mem_mat = peak_bytes(fb_fused), peak_bytes(fb_mat_fast)
+    L2 = 2 * shape["H"] * shape["W"]
+    scratch = torch.get_num_threads() * (5 * CHUNK + 4 * CHUNK * shape["N"] + 16 * (L2 // CHUNK + 1) * shape["N"]) * 4
+    print(f"\ncross_ss2d {shape} (2L = {L2}), fused cpu op vs S4Fusion's materialised path:")
+    report([("forward fused cpu", f"{t_fused * 1e3:9.1f} ms", None),
+            (f"forward materialised + {slow_name}", f"{t_mat_slow * 1e3:9.1f} ms", None),
+            ("forward materialised + xscan cpu selective_scan", f"{t_mat_fast * 1e3:9.1f} ms", None),
+            (f"forward speed-up vs {slow_name} path", f"{t_mat_slow / t_fused:9.1f} x", ">= 30x"),
+            ("forward speed-up vs xscan-scan path", f"{t_mat_fast / t_fused:9.2f} x", ">= 1.3x"),
+            ("fwd+bwd fused cpu", f"{tb_fused * 1e3:9.1f} ms", None),
+            (f"fwd+bwd materialised + {slow_name}", f"{tb_mat_slow * 1e3:9.1f} ms", None),
+            ("fwd+bwd materialised + xscan cpu selective_scan", f"{tb_mat_fast * 1e3:9.1f} ms", None),
+            (f"fwd+bwd speed-up vs {slow_name} path", f"{tb_mat_slow / tb_fused:9.1f} x", ">= 30x"),
+            ("fwd+bwd speed-up vs xscan-scan path", f"{tb_mat_fast / tb_fused:9.2f} x", ">= 1.3x"),
+            ("fwd+bwd peak torch memory, fused", f"{mem_fused / 2**20:9.2f} MiB", None),
+            ("fwd+bwd peak torch memory, materialised + xscan scan", f"{mem_mat / 2**20:9.2f} MiB", None),
+            ("memory ratio fused / materialised", f"{mem_fused / mem_mat:9.3f}", "<= 0.333"),
+            ("kernel scratch outside torch (bound)", f"{scratch / 2**20:9.2f} MiB", None)])
+
+
+if __name__ == "__main__":
+    main()
