@@ -1,26 +1,18 @@
 """Every public op, on the reference backend: torch.library registration (opcheck), fp64 gradcheck,
 torch.compile tracing through the fake kernels, and autograd vs autograd through the reference."""
-import importlib
 
 import pytest
 import torch
 
-from xscan.testing import OPS, compare, make_inputs, public_op
+from xscan.testing import OPS, compare, custom_op_args, make_inputs, public_op
 
 SMALL = dict(Bt=1, Dm=2, N=2, L=5, H=2, W=3, G=1, nh=2, P=2)
-
-
-def op_args(op, args, kwargs, backend="reference"):
-    """Public (args, kwargs) -> positional args of torch.ops.xscan.<op>."""
-    names = [n for n, _ in importlib.import_module(f"xscan.ops.{op}").ARGS]
-    values = dict(zip(names, args), **kwargs)
-    return tuple(values[n] for n in names) + (backend,)
 
 
 @pytest.mark.parametrize("op", OPS)
 def test_opcheck(op):
     args, kwargs = make_inputs(op, **SMALL)
-    full = tuple(a.requires_grad_() if isinstance(a, torch.Tensor) else a for a in op_args(op, args, kwargs))
+    full = tuple(a.requires_grad_() if isinstance(a, torch.Tensor) else a for a in custom_op_args(op, args, kwargs, "reference"))
     torch.library.opcheck(getattr(torch.ops.xscan, op).default, full)
 
 

@@ -82,7 +82,7 @@ def test_gradcheck_float64():
 def test_opcheck_registered_op():
     args, kwargs = make_inputs("selective_scan", Bt=1, Dm=2, N=3, L=5, G=1)
     B, C = args[3], args[4]
-    op_args = (*args[:3], B, C, kwargs["D"], kwargs["z"], kwargs["delta_bias"], True, "reference")
+    op_args = (*args[:3], B, C, kwargs["D"], kwargs["z"], kwargs["delta_bias"], True, False, "reference")
     op_args = tuple(a.requires_grad_() if isinstance(a, torch.Tensor) else a for a in op_args)
     torch.library.opcheck(torch.ops.xscan.selective_scan.default, op_args)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import _registry
 from . import routes, ssd
 from .selective import ScanProblem, group_sum
 
@@ -50,7 +51,7 @@ def _selective_problem(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
 
 def selective_scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
     problem = _selective_problem(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    y = torch.empty(u.shape, device=u.device, dtype=u.dtype)
+    y = torch.empty(u.shape, device=u.device, dtype=_registry.output_dtype(u.dtype))
     last = problem.forward(y, _line(y))
     return y, last.view(u.shape[0], u.shape[1], A.shape[1])
 
@@ -87,7 +88,7 @@ def _summed_routes(problem, shape, dtype):
     """Run the forward into per-route fp32 slabs (4, *shape) and sum them in fixed order."""
     slabs = torch.empty(4, *shape, device=problem.device, dtype=problem.acc_torch)
     problem.forward(slabs, slabs.stride()[1:], slabs.stride(0))
-    return slabs.sum(0).to(dtype)
+    return slabs.sum(0).to(_registry.output_dtype(dtype))
 
 
 def _map_backward(problem, grads, u_like, params):
@@ -125,7 +126,8 @@ def _es2d_problem(u, dt, B, C, A, D, delta_bias, delta_softplus):
 
 def es2d_forward(u, dt, B, C, A, D, delta_bias, delta_softplus):
     problem = _es2d_problem(u, dt, B, C, A, D, delta_bias, delta_softplus)
-    y = torch.empty(u.shape, device=u.device, dtype=u.dtype)  # every pixel is on exactly one route
+    # every pixel is on exactly one route
+    y = torch.empty(u.shape, device=u.device, dtype=_registry.output_dtype(u.dtype))
     problem.forward(y, y.stride())
     return y
 
@@ -182,7 +184,7 @@ def cross_ss2d_forward(u0, u1, dt0, dt1, B0, B1, C0, C1, A, D, delta_bias, delta
     slabs = torch.empty(4, 2, *u0.shape, device=u0.device, dtype=problem.acc_torch)
     problem.forward(slabs, slabs.stride()[2:], slabs.stride(0), slabs.stride(1))
     y = slabs.sum(0)
-    return y[0].to(u0.dtype), y[1].to(u1.dtype)
+    return y[0].to(_registry.output_dtype(u0.dtype)), y[1].to(_registry.output_dtype(u1.dtype))
 
 
 def cross_ss2d_backward(grads, u0, u1, dt0, dt1, B0, B1, C0, C1, A, D, delta_bias, delta_softplus):

@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import _registry
 from .scan import chunk_carry, load_pair, sigmoid, softplus
 from .tiles import acc_dtype, autotuned, ssd_chunk
 
@@ -276,9 +277,9 @@ class SSDProblem:
     def forward(self):
         states, _ = self._states()
         x0, x1 = self.args["x0"], self.args["x1"]
-        y = torch.empty(2, *x0.shape, device=self.device, dtype=x0.dtype)
+        y = torch.empty(2, *x0.shape, device=self.device, dtype=_registry.output_dtype(x0.dtype))
         _forward[self.grid](**self.args, **self._d_args(), y=y, s_y=y.stride(), states=states)
-        return y[0], y[1].to(x1.dtype)
+        return y[0], y[1].to(_registry.output_dtype(x1.dtype))
 
     def backward(self, gy0, gy1):
         states, adjoints = self._states((gy0, gy1))

@@ -3,10 +3,11 @@
 Ops (SPEC.md): :func:`selective_scan` (mamba_ssm's ``selective_scan_fn``), :func:`ss2d`, :func:`es2d`,
 ``xscan.cross_ss2d.cross_ss2d``, :func:`interleave_ss2d` / :func:`realign`, :func:`ssd_exchange`.
 Layers: :class:`SS2D`, ``xscan.cross_ss2d.CrossSS2D``. Networks: ``xscan.models``.
-Backends: :func:`backends`, :func:`use_backend`, :func:`selected_backend`.
+Backends: :func:`backends`, :func:`use_backend`, :func:`selected_backend`; :func:`fp32_output` (fp32 outputs
+for fp16/bf16 inputs).
 """
 from . import backends as _backends_pkg
-from ._registry import backends, selected_backend, use_backend
+from ._registry import backends, fp32_output, selected_backend, use_backend
 from .ops import es2d, interleave_ss2d, selective_scan, ss2d, ssd_exchange
 from .reference.realign import realign
 
@@ -17,4 +18,4 @@ from .layers import SS2D  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["selective_scan", "ss2d", "es2d", "cross_ss2d", "interleave_ss2d", "realign", "ssd_exchange",
-           "SS2D", "backends", "use_backend", "selected_backend"]
+           "SS2D", "backends", "use_backend", "selected_backend", "fp32_output"]

@@ -31,6 +31,7 @@ class Backend:
 
 _backends = {name: Backend(name) for name in BACKENDS}
 _override = threading.local()
+_fp32 = threading.local()
 
 
 def backend(name: str) -> Backend:
@@ -68,6 +69,27 @@ def use_backend(name: str):
         yield
     finally:
         _override.name = previous
+
+
+@contextlib.contextmanager
+def fp32_output(enabled: bool = True):
+    """Inside the block, ops on fp16/bf16 inputs return fp32 outputs: the kernels' fp32 accumulators,
+    not rounded to half precision. Gradients keep their inputs' dtypes."""
+    previous = fp32_output_enabled()
+    _fp32.enabled = bool(enabled)
+    try:
+        yield
+    finally:
+        _fp32.enabled = previous
+
+
+def fp32_output_enabled() -> bool:
+    return getattr(_fp32, "enabled", False)
+
+
+def output_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of an op output computed from inputs of ``dtype`` (fp16/bf16 widen inside ``fp32_output``)."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) and fp32_output_enabled() else dtype
 
 
 def _runs(b: Backend, op: str, device_type: str) -> bool:

@@ -6,11 +6,12 @@ runs an op on a backend and on the reference and returns the largest forward and
 """
 from __future__ import annotations
 
+import importlib
 from typing import Optional
 
 import torch
 
-from . import ops, reference, use_backend
+from . import fp32_output, ops, reference, use_backend
 from .ops.interleave_ss2d import realigned_shape
 from .routes import atrous_grid
 
@@ -86,6 +87,13 @@ def make_inputs(op: str, *, Bt=2, Dm=4, N=4, L=16, H=3, W=5, G=None, nh=2, P=3, 
 
 def public_op(op: str):
     return getattr(ops, op)
+
+
+def custom_op_args(op: str, args: tuple, kwargs: dict, backend: str, fp32_output: bool = False) -> tuple:
+    """Public (args, kwargs) -> the positional arguments of ``torch.ops.xscan.<op>`` (for opcheck)."""
+    names = [n for n, _ in importlib.import_module(f"xscan.ops.{op}").ARGS]
+    values = dict(zip(names, args), **kwargs)
+    return tuple(values[n] for n in names) + (fp32_output, backend)
 
 
 def _outputs(out) -> tuple:
@@ -164,3 +172,28 @@ def non_contiguous(t: torch.Tensor) -> torch.Tensor:
     view = padded[tuple(slice(None, None, 2) for _ in t.shape)]
     view.copy_(t)
     return view
+
+
+def check_fp32_output(op: str, backend: str, device="cpu", **shape) -> None:
+    """Assert that inside ``xscan.fp32_output()`` ``backend`` returns fp32 outputs for bf16 inputs,
+    unrounded: equal to the reference on the same inputs upcast to fp32 (half inputs are scanned in
+    fp32) to fp32 rounding, while the bf16 outputs are visibly rounded; gradients keep the inputs'
+    dtypes."""
+    args, kwargs = make_inputs(op, dtype=torch.bfloat16, device=device, **shape)
+
+    def f32(t):
+        return t.float() if isinstance(t, torch.Tensor) and t.dtype == torch.bfloat16 else t
+
+    exact, _ = run_with_grads(op, tuple(f32(a) for a in args), {k: f32(v) for k, v in kwargs.items()}, None)
+    with use_backend(backend):
+        rounded = _outputs(public_op(op)(*args, **kwargs))
+        with fp32_output():
+            wide, grads = run_with_grads(op, args, kwargs, backend)
+    for i, (w, e) in enumerate(zip(wide, exact)):
+        assert w.dtype == torch.float32 and _rel(w, e) < 1e-5, f"{op} output {i}: {w.dtype}, {_rel(w, e)}"
+    # what the option is for: the bf16 outputs are this far off
+    assert rounded[0].dtype == torch.bfloat16 and _rel(rounded[0], exact[0]) > 1e-4
+    inputs = dict(enumerate(args), **kwargs)
+    for key, g in grads.items():
+        assert g.dtype == inputs[key].dtype, key
+

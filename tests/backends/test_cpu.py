@@ -1,7 +1,6 @@
 """The C++/OpenMP CPU backend against the reference: every op, every option, forward and every
 gradient; odd maps, L = 1, long sequences, non-contiguous and broadcast inputs, fp64 gradcheck,
 torch.library opcheck, random shapes, determinism."""
-import importlib
 
 import pytest
 import torch
@@ -10,7 +9,7 @@ from hypothesis import strategies as st
 
 import xscan
 from xscan import reference
-from xscan.testing import OPS, compare, make_inputs, non_contiguous, public_op
+from xscan.testing import OPS, compare, custom_op_args, make_inputs, non_contiguous, public_op
 
 pytestmark = pytest.mark.skipif(xscan.backends()["cpu"] is not True, reason=f"cpu backend: {xscan.backends()['cpu']}")
 
@@ -198,17 +197,10 @@ def test_gradcheck_float64(op, shape):
     assert torch.autograd.gradcheck(f, leaves)
 
 
-def op_args(op, args, kwargs, backend):
-    """Public (args, kwargs) -> positional args of torch.ops.xscan.<op>."""
-    names = [n for n, _ in importlib.import_module(f"xscan.ops.{op}").ARGS]
-    values = dict(zip(names, args), **kwargs)
-    return tuple(values[n] for n in names) + (backend,)
-
-
 @pytest.mark.parametrize("op", OPS)
 def test_opcheck(op):
     args, kwargs = make_inputs(op, Bt=1, Dm=2, N=2, L=5, H=2, W=3, G=1, nh=2, P=2)
-    full = tuple(a.requires_grad_() if isinstance(a, torch.Tensor) else a for a in op_args(op, args, kwargs, "cpu"))
+    full = tuple(a.requires_grad_() if isinstance(a, torch.Tensor) else a for a in custom_op_args(op, args, kwargs, "cpu"))
     torch.library.opcheck(getattr(torch.ops.xscan, op).default, full)
 
 

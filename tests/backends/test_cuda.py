@@ -22,7 +22,8 @@ import torch
 import xscan
 from xscan import _registry, reference
 from xscan.backends import cuda as cuda_backend
-from xscan.testing import OPS, _rel, compare, make_inputs, non_contiguous, public_op, run_with_grads
+from xscan.testing import (OPS, _rel, check_fp32_output, compare, make_inputs, non_contiguous, public_op,
+                           run_with_grads)
 
 FP32_TOL = 3e-5
 HALF_TOL = 2e-2
@@ -329,15 +330,9 @@ def test_half_precision_accumulates_in_fp32(op, dtype):
 
 
 @needs_gpu
-def test_fp32_output_option(monkeypatch):
-    args, kwargs = make_inputs("ss2d", Bt=1, Dm=4, N=4, H=5, W=6, dtype=torch.float16, device="cuda")
-    with xscan.use_backend("cuda"):
-        y16 = xscan.ss2d(*args, **kwargs)
-        monkeypatch.setenv("XSCAN_CUDA_FP32_OUTPUT", "1")
-        y32 = xscan.ss2d(*args, **kwargs)
-    assert y16.dtype == torch.float16 and y32.dtype == torch.float32
-    torch.testing.assert_close(y32.half(), y16, rtol=0, atol=0)
-    torch.testing.assert_close(y32, reference.ss2d(*args, **kwargs).float(), rtol=HALF_TOL, atol=HALF_TOL)
+@pytest.mark.parametrize("op", OPS)
+def test_fp32_output_option(op):
+    check_fp32_output(op, "cuda", "cuda", Bt=1, Dm=6, N=8, L=40, H=5, W=6, G=2, nh=2, P=3)
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import xscan
-from xscan.testing import compare, make_inputs
+from xscan.testing import OPS, check_fp32_output, compare, make_inputs
 
 REASON = xscan.backends()["triton"]
 pytestmark = pytest.mark.skipif(REASON is not True, reason=f"triton backend unavailable: {REASON}")
@@ -170,6 +170,13 @@ def test_deterministic_backward():
     finally:
         torch.use_deterministic_algorithms(previous)
     assert torch.equal(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_fp32_output(op):
+    device = "cuda" if CUDA else "cpu"
+    with tiles.override(chunk=4, block_d=2):
+        check_fp32_output(op, "triton", device, Bt=1, Dm=4, N=4, L=12, H=3, W=4, G=2, nh=2, P=2)
 
 
 def test_limits_name_the_argument():

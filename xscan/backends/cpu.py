@@ -102,7 +102,7 @@ def _run_forward(C, plan: Plan, args, softplus: bool):
             last_state = view(buf)
     ys = [y for y in ys if y is not None]
     C.scan_forward(plan.kind, plan.geometry, *engine_in, softplus, ys, last_state)
-    outs = tuple(buf if dtype is None else buf.to(dtype) for buf, dtype in results)
+    outs = tuple(buf if dtype is None else buf.to(_registry.output_dtype(dtype)) for buf, dtype in results)
     return outs if len(outs) > 1 else outs[0]
 
 

@@ -12,13 +12,12 @@ group) are done one of two ways:
   ``torch.sum`` in a fixed order: no float atomics, bitwise repeatable, more memory;
 - otherwise: float ``atomicAdd`` into one zeroed buffer (mamba's choice): less memory and traffic,
   summation order not fixed.
-Set ``XSCAN_CUDA_FP32_OUTPUT=1`` to get fp32 outputs for fp16/bf16 inputs.
+Inside ``xscan.fp32_output()`` fp16/bf16 inputs get the fp32 outputs as computed.
 """
 from __future__ import annotations
 
 import importlib
 import math
-import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -43,10 +42,6 @@ CHUNK_LENGTH = 32
 THREADS_PER_BLOCK = 128
 MAX_BATCH = 65535  # gridDim.z
 INT32_MAX = 2**31 - 1
-
-
-def fp32_output() -> bool:
-    return os.environ.get("XSCAN_CUDA_FP32_OUTPUT") == "1"
 
 
 def atomic_sums() -> bool:
@@ -288,7 +283,7 @@ def _params(A, D, delta_bias, K, Dm):
 
 
 def _out(y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return y if fp32_output() else y.to(dtype)
+    return y.to(_registry.output_dtype(dtype))
 
 
 def _param_grads(dA, dD, dbias, A, D, delta_bias):

@@ -1,7 +1,6 @@
 """``xscan.cross_ss2d.cross_ss2d``: S4Fusion's interleaved two-modality scan (SPEC section 3)."""
 from __future__ import annotations
 
-from .. import _registry
 from .._checks import Checker
 from ._define import define
 from .ss2d import PARAMS, check_params, check_tokens
@@ -30,4 +29,4 @@ def cross_ss2d(u0, u1, dt0, dt1, B0, B1, C0, C1, A, D=None, delta_bias=None, del
     check_tokens(c, "1", dt1, B1, C1)
     check_params(c, A, D, delta_bias)
     args = (u0, u1, dt0, dt1, B0, B1, C0, C1, A, D, delta_bias, bool(delta_softplus))
-    return _op(*args, _registry.select("cross_ss2d", u0.device, args))
+    return _op(args, u0.device)

@@ -1,7 +1,6 @@
 """``xscan.es2d``: FusionMamba's atrous (efficient) 2D scan (SPEC section 4)."""
 from __future__ import annotations
 
-from .. import _registry
 from .._checks import Checker
 from ..routes import atrous_grid
 from ._define import define
@@ -25,4 +24,4 @@ def es2d(u, dt, B, C, A, D=None, delta_bias=None, delta_softplus=True):
     check_tokens(c, "", dt, B, C, length="Lq")
     check_params(c, A, D, delta_bias)
     args = (u, dt, B, C, A, D, delta_bias, bool(delta_softplus))
-    return _op(*args, _registry.select("es2d", u.device, args))
+    return _op(args, u.device)

@@ -1,7 +1,6 @@
 """``xscan.interleave_ss2d``: SS2D over DIFF-MF's realigned pair of maps (SPEC section 5)."""
 from __future__ import annotations
 
-from .. import _registry
 from .._checks import Checker
 from ..reference.realign import AXES, MODES
 from ._define import define
@@ -44,4 +43,4 @@ def interleave_ss2d(u0, u1, dt, B, C, A, D=None, delta_bias=None, delta_softplus
     check_tokens(c, "", dt, B, C, dm="Dr", length="Lr")
     check_params(c, A, D, delta_bias, dm="Dr")
     args = (u0, u1, dt, B, C, A, D, delta_bias, bool(delta_softplus), mode, axis)
-    return _op(*args, _registry.select("interleave_ss2d", u0.device, args))
+    return _op(args, u0.device)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import torch
 
-from .. import _registry
 from .._checks import Checker
 from ..reference.selective_scan import accumulate_dtype
 from ._define import define
@@ -39,7 +38,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     c.tensor("z", z, "Bt Dm L", optional=True)
     c.tensor("delta_bias", delta_bias, "Dm", optional=True)
     args = (u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus))
-    y, last_state = _op(*args, _registry.select("selective_scan", u.device, args))
+    y, last_state = _op(args, u.device)
     return (y, last_state) if return_last_state else y
 
 

@@ -1,7 +1,6 @@
 """``xscan.ss2d``: the four-route 2D selective scan with recover (SPEC section 2)."""
 from __future__ import annotations
 
-from .. import _registry
 from .._checks import Checker
 from ._define import define
 
@@ -42,4 +41,4 @@ def ss2d(u, dt, B, C, A, D=None, delta_bias=None, delta_softplus=True, route="cr
     check_tokens(c, "", dt, B, C)
     check_params(c, A, D, delta_bias)
     args = (u, dt, B, C, A, D, delta_bias, bool(delta_softplus))
-    return _op(*args, _registry.select("ss2d", u.device, args))
+    return _op(args, u.device)

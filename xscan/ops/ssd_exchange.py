@@ -1,7 +1,6 @@
 """``xscan.ssd_exchange``: DIFF-MF's cross-modal SSD exchange (SPEC section 6)."""
 from __future__ import annotations
 
-from .. import _registry
 from .._checks import Checker
 from ._define import define
 
@@ -31,4 +30,4 @@ def ssd_exchange(x0, x1, dt0, dt1, A, B0, B1, C0, C1, D=None, dt_bias=None, dt_s
     c.tensor("D", D, "nh", optional=True)
     c.tensor("dt_bias", dt_bias, "nh", optional=True)
     args = (x0, x1, dt0, dt1, A, B0, B1, C0, C1, D, dt_bias, bool(dt_softplus))
-    return _op(*args, _registry.select("ssd_exchange", x0.device, args))
+    return _op(args, x0.device)

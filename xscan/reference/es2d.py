@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._registry import output_dtype
 from ..routes import ATROUS_ROUTES, atrous_grid, atrous_route
 from .selective_scan import selective_scan
 
@@ -27,7 +28,7 @@ def es2d(u, dt, B, C, A, D=None, delta_bias=None, delta_softplus=True):
     Bt, Dm, H, W = u.shape
     Hq, Wq = atrous_grid(H, W)
     up = F.pad(u, (0, 2 * Wq - W, 0, 2 * Hq - H))
-    yp = torch.empty_like(up)
+    yp = up.new_empty(up.shape, dtype=output_dtype(u.dtype))
     for k, ((h0, w0), _) in enumerate(ATROUS_ROUTES):
         j = atrous_route(k, H, W, u.device)
         y_k = selective_scan(

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._registry import output_dtype
+
 
 def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
     """fp32 accumulation for every input dtype; fp64 stays fp64 (gradcheck)."""
@@ -24,7 +26,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
                    return_last_state=False):
     """u, delta, z: (Bt, Dm, L); A: (Dm, N); B, C: (Bt, N, L), (Bt, G, N, L) or (Dm, N); D,
     delta_bias: (Dm,). Returns y (u's dtype) and, if asked, the fp32 last state (Bt, Dm, N)."""
-    out_dtype, acc = u.dtype, accumulate_dtype(u.dtype)
+    out_dtype, acc = output_dtype(u.dtype), accumulate_dtype(u.dtype)
     Bt, Dm, L = u.shape
     u, delta, A = u.to(acc), delta.to(acc), A.to(acc)
     if delta_bias is not None:

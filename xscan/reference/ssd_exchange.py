@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._registry import output_dtype
 from .selective_scan import accumulate_dtype
 
 
@@ -13,7 +14,7 @@ def ssd_scan(x, dt, A, B, C, D=None, dt_bias=None, dt_softplus=False):
     x: (Bt, L, nh, P); dt: (Bt, L, nh); A: (nh,); B, C: (Bt, L, G, N) with head h using group
     h // (nh/G); D: (nh,). Per head: h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t^T (P x N state),
     y_t = h_t C_t + D x_t."""
-    out_dtype, acc = x.dtype, accumulate_dtype(x.dtype)
+    out_dtype, acc = output_dtype(x.dtype), accumulate_dtype(x.dtype)
     Bt, L, nh, P = x.shape
     x, dt, A = x.to(acc), dt.to(acc), A.to(acc)
     if dt_bias is not None:
