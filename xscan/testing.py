@@ -118,6 +118,22 @@ def run_with_grads(op: str, args: tuple, kwargs: dict, backend: Optional[str], g
     return [o.detach() for o in outs], grads
 
 
+def run_both(op: str, args: tuple, kwargs: dict, backend: str, transform):
+    """[(outputs, gradients) on the reference with the inputs as they are, the same on ``backend``
+    with ``transform`` applied to every tensor input] (gradients in argument order)."""
+    results = []
+    for name, tf in (("reference", lambda t: t), (backend, transform)):
+        leaves = [tf(a.detach()).requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
+        kw = {k: tf(v.detach()).requires_grad_() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+        with use_backend(name):
+            outs = _outputs(public_op(op)(*leaves, **kw))
+        g = _gen(1, "cpu")
+        torch.autograd.backward(outs, [torch.randn(o.shape, generator=g).to(o) for o in outs])
+        tensors = [x for x in leaves + list(kw.values()) if isinstance(x, torch.Tensor)]
+        results.append((outs, [x.grad for x in tensors]))
+    return results
+
+
 def compare(op: str, args: tuple, kwargs: dict, backend: str):
     """Largest relative error of ``backend`` against the reference, for every output and gradient:
     a list of (name, error) with error = max|a - b| / (max|b| + 1e-6)."""

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import xscan
 from xscan import reference
-from xscan.testing import OPS, compare, custom_op_args, make_inputs, non_contiguous, public_op
+from xscan.testing import OPS, compare, custom_op_args, make_inputs, non_contiguous, public_op, run_both
 
 pytestmark = pytest.mark.skipif(xscan.backends()["cpu"] is not True, reason=f"cpu backend: {xscan.backends()['cpu']}")
 
@@ -132,27 +132,10 @@ def test_ssd_exchange_single_step():
 # ---------------------------------------------------------------------------------------------
 # Layouts and dtypes
 
-def run_both(op, args, kwargs, transform):
-    """Outputs and gradients on cpu with ``transform`` applied to every tensor input, and on the
-    reference with the inputs as they are."""
-    results = []
-    for backend, tf in (("reference", lambda t: t), ("cpu", transform)):
-        leaves = [tf(a.detach()).requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
-        kw = {k: tf(v.detach()).requires_grad_() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
-        with xscan.use_backend(backend):
-            outs = public_op(op)(*leaves, **kw)
-        outs = outs if isinstance(outs, tuple) else (outs,)
-        g = torch.Generator().manual_seed(1)
-        torch.autograd.backward(outs, [torch.randn(o.shape, generator=g).to(o) for o in outs])
-        tensors = [x for x in leaves + list(kw.values()) if isinstance(x, torch.Tensor)]
-        results.append((outs, [x.grad for x in tensors]))
-    return results
-
-
 @pytest.mark.parametrize("op", OPS)
 def test_non_contiguous_inputs(op):
     args, kwargs = make_inputs(op, Bt=2, Dm=3, N=3, L=20, H=3, W=4, G=1, nh=2, P=2)
-    (ref_out, ref_grads), (out, grads) = run_both(op, args, kwargs, non_contiguous)
+    (ref_out, ref_grads), (out, grads) = run_both(op, args, kwargs, "cpu", non_contiguous)
     for a, b in zip(out + tuple(grads), ref_out + tuple(ref_grads)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
@@ -164,7 +147,7 @@ def test_channels_last_inputs(op):
     def channels_last(t):
         return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
 
-    (ref_out, ref_grads), (out, grads) = run_both(op, args, kwargs, channels_last)
+    (ref_out, ref_grads), (out, grads) = run_both(op, args, kwargs, "cpu", channels_last)
     for a, b in zip(out + tuple(grads), ref_out + tuple(ref_grads)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
@@ -207,8 +190,8 @@ def test_opcheck(op):
 @pytest.mark.parametrize("op", OPS)
 def test_backward_is_deterministic(op):
     args, kwargs = make_inputs(op, Bt=2, Dm=4, N=3, L=90, H=5, W=5, G=2, nh=4, P=2)
-    first = run_both(op, args, kwargs, lambda t: t)[1][1]
-    second = run_both(op, args, kwargs, lambda t: t)[1][1]
+    first = run_both(op, args, kwargs, "cpu", lambda t: t)[1][1]
+    second = run_both(op, args, kwargs, "cpu", lambda t: t)[1][1]
     for a, b in zip(first, second):
         assert torch.equal(a, b)
 

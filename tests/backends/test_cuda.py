@@ -23,7 +23,7 @@ import xscan
 from xscan import _registry, reference
 from xscan.backends import cuda as cuda_backend
 from xscan.testing import (OPS, _rel, check_fp32_output, compare, make_inputs, non_contiguous, public_op,
-                           run_with_grads)
+                           run_both, run_with_grads)
 
 FP32_TOL = 3e-5
 HALF_TOL = 2e-2
@@ -203,27 +203,10 @@ def test_ssd_exchange_single_step(device):
 # ---------------------------------------------------------------------------------------------
 # Layouts, determinism
 
-def run_both(op, args, kwargs, transform):
-    """Outputs and gradients on cuda with ``transform`` applied to every tensor input, and on the
-    reference with the inputs as they are."""
-    results = []
-    for backend, tf in (("reference", lambda t: t), ("cuda", transform)):
-        leaves = [tf(a.detach()).requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
-        kw = {k: tf(v.detach()).requires_grad_() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
-        with xscan.use_backend(backend):
-            outs = public_op(op)(*leaves, **kw)
-        outs = outs if isinstance(outs, tuple) else (outs,)
-        g = torch.Generator().manual_seed(1)
-        torch.autograd.backward(outs, [torch.randn(o.shape, generator=g).to(o) for o in outs])
-        tensors = [x for x in leaves + list(kw.values()) if isinstance(x, torch.Tensor)]
-        results.append((outs, [x.grad for x in tensors]))
-    return results
-
-
 @pytest.mark.parametrize("op", OPS)
 def test_non_contiguous_inputs(device, op):
     args, kwargs = make_inputs(op, Bt=2, Dm=3, N=3, L=20, H=3, W=4, G=1, nh=2, P=2, device=device)
-    (ref_out, ref_grads), (out, grads) = run_both(op, args, kwargs, non_contiguous)
+    (ref_out, ref_grads), (out, grads) = run_both(op, args, kwargs, "cuda", non_contiguous)
     for a, b in zip(out + tuple(grads), ref_out + tuple(ref_grads)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
@@ -235,7 +218,7 @@ def test_channels_last_inputs(device, op):
     def channels_last(t):
         return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
 
-    (ref_out, ref_grads), (out, grads) = run_both(op, args, kwargs, channels_last)
+    (ref_out, ref_grads), (out, grads) = run_both(op, args, kwargs, "cuda", channels_last)
     for a, b in zip(out + tuple(grads), ref_out + tuple(ref_grads)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
