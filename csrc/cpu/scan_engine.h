@@ -33,6 +33,9 @@ namespace xscan {
 namespace cpu {
 
 constexpr int64_t kChunk = 64;  // steps per checkpointed chunk of the backward
+// Positions the forward loads at a time: long runs of each channel's plane keep the hardware
+// prefetchers streaming (64 gave ~30% stalls on the loads).
+constexpr int64_t kForwardTile = 256;
 
 // A strided view of up to 5 dimensions (unused trailing strides are 0).
 template <typename T>
@@ -98,26 +101,36 @@ inline int64_t channel_block(int64_t channels, int64_t groups_B, int64_t groups_
     const int64_t r = a % b;
     a = b, b = r;
   }
+  if (a % 16 == 0) return 16;  // widths the forward recurrence unrolls (see Engine::recur)
+  if (a % 8 == 0) return 8;
   for (int64_t block = std::min<int64_t>(a, 16); block > 1; --block)
     if (a % block == 0) return block;
   return 1;
 }
 
 // One thread's scratch. Shared by the block: tokens, B and C rows of one chunk and their gradient
-// tiles. Per channel: the state, its adjoint, chunk-start states and parameter gradients.
+// tiles. Block-major tiles (index [i][c] or [s][c]) for the forward recurrence, which runs the
+// block's channels side by side. Per channel: its chunk's step sizes and inputs, the adjoint,
+// chunk-start states and parameter gradients.
 template <typename acc_t>
 struct Workspace {
-  int64_t N;
+  int64_t N, tile;  // d_state; positions per loaded tile
   std::vector<Token> tok;
+  std::vector<acc_t*> out_at;                                 // (chunk): where a channel's outputs go
+  std::vector<int64_t> at_dt, at_u, at_z, at_y;               // (chunk): token offsets in a channel's plane
+  bool run = false;                                           // those offsets are consecutive (see load_tokens)
   std::vector<acc_t> Bc, Cc, dBc, dCc;                        // (chunk, N)
+  std::vector<acc_t> dtT, dtuT, uT, yT;                       // (chunk, block)
+  std::vector<acc_t> aT, hT, gT;                              // (N, block), (N, block), (block)
   std::vector<acc_t> dt, raw, dsp, u, gate_in, decay, states;  // one channel's chunk
-  std::vector<acc_t> a, h, dh, dA, dD, dbias, chunk_start;     // per channel of the block
+  std::vector<acc_t> a, dh, dA, dD, dbias, chunk_start;       // per channel of the block
 
-  Workspace(int64_t N_, int64_t block, int64_t chunks)
-      : N(N_), tok(kChunk), Bc(kChunk * N_), Cc(kChunk * N_), dBc(kChunk * N_), dCc(kChunk * N_), dt(kChunk),
-        raw(kChunk), dsp(kChunk), u(kChunk), gate_in(kChunk), decay(kChunk * N_), states(kChunk * N_),
-        a(block * N_), h(block * N_), dh(block * N_), dA(block * N_), dD(block), dbias(block),
-        chunk_start(block * chunks * N_) {}
+  Workspace(int64_t N_, int64_t block, int64_t chunks, int64_t tile_)
+      : N(N_), tile(tile_), tok(tile_), out_at(tile_), at_dt(tile_), at_u(tile_), at_z(tile_), at_y(tile_), Bc(tile_ * N_), Cc(tile_ * N_), dBc(tile_ * N_), dCc(tile_ * N_),
+        dtT(tile_ * block), dtuT(tile_ * block), uT(tile_ * block), yT(tile_ * block), aT(N_ * block),
+        hT(N_ * block), gT(block), dt(tile_), raw(tile_), dsp(tile_), u(tile_), gate_in(tile_),
+        decay(tile_ * N_), states(tile_ * N_), a(block * N_), dh(block * N_), dA(block * N_), dD(block),
+        dbias(block), chunk_start(block * chunks * N_) {}
 };
 
 template <typename scalar_t, typename acc_t, typename Route>
@@ -134,6 +147,12 @@ struct Engine {
     for (int64_t i = 0; i < n; ++i) {
       const Token t = route.at(k, j0 + i);
       ws.tok[i] = t;
+      if constexpr (Route::kSameChannel) {  // offsets within a (batch, channel) plane, for every channel
+        ws.at_dt[i] = t.e * v.dt[t.m].stride[3];
+        ws.at_u[i] = t.ur * v.u[t.m].stride[2] + t.uw * v.u[t.m].stride[3];
+        ws.at_z[i] = t.ur * v.z.stride[2] + t.uw * v.z.stride[3];
+        ws.at_y[i] = t.yr * v.y[t.m].stride[2] + t.yw * v.y[t.m].stride[3];
+      }
       const scalar_t* Bp = v.B[t.m].at5(b, k, gB, 0, t.e);
       const scalar_t* Cp = v.C[t.m].at5(b, k, gC, 0, t.e);
       const int64_t sB = v.B[t.m].stride[3], sC = v.C[t.m].stride[3];
@@ -144,36 +163,76 @@ struct Engine {
         Cd[s] = static_cast<acc_t>(Cp[s * sC]);
       }
     }
+    if constexpr (Route::kSameChannel) {
+      // A run: the tile is consecutive elements of modality 0's planes (a plain scan, route 0 of a
+      // map): then the channel loops stream them as vectors.
+      bool run = true;
+      for (int64_t i = 0; i < n && run; ++i)
+        run = ws.tok[i].m == 0 && !ws.tok[i].pad && ws.at_dt[i] == ws.at_dt[0] + i && ws.at_u[i] == ws.at_u[0] + i &&
+              ws.at_y[i] == ws.at_y[0] + i && (!v.z || ws.at_z[i] == ws.at_z[0] + i);
+      ws.run = run;
+    }
   }
 
-  // Channel d's step sizes (and d softplus / d raw) and inputs over the loaded chunk.
-  void load_channel(Workspace<acc_t>& ws, int64_t b, int64_t k, int64_t d, int64_t n, acc_t bias) const {
-    for (int64_t i = 0; i < n; ++i) {
-      Token t = ws.tok[i];
-      route.source(d, t);
-      ws.raw[i] = static_cast<acc_t>(v.dt[t.m](b, k, d, t.e)) + bias;
-      ws.u[i] = t.pad ? acc_t(0) : static_cast<acc_t>(v.u[t.m](b, t.uc, t.ur, t.uw));
+  // Where (batch b, channel d) starts in a (Bt, channels, ...) view.
+  template <typename T>
+  static T* plane(const Strided<T>& s, int64_t b, int64_t d) {
+    return s.data + b * s.stride[0] + d * s.stride[1];
+  }
+
+  // Channel d's step sizes and inputs over the loaded chunk, and with grad d softplus / d raw.
+  void load_channel(Workspace<acc_t>& ws, int64_t b, int64_t k, int64_t d, int64_t n, acc_t bias,
+                    bool grad = true) const {
+    if constexpr (Route::kSameChannel) {
+      const scalar_t* dt[2] = {v.dt[0].data + b * v.dt[0].stride[0] + k * v.dt[0].stride[1] + d * v.dt[0].stride[2],
+                               v.dt[1].data + b * v.dt[1].stride[0] + k * v.dt[1].stride[1] + d * v.dt[1].stride[2]};
+      const scalar_t* u[2] = {plane(v.u[0], b, d), plane(v.u[1], b, d)};
+      if (ws.run) {
+        const scalar_t* dt0 = dt[0] + ws.at_dt[0];
+        const scalar_t* u0 = u[0] + ws.at_u[0];
+#pragma omp simd
+        for (int64_t i = 0; i < n; ++i) {
+          ws.raw[i] = static_cast<acc_t>(dt0[i]) + bias;
+          ws.u[i] = static_cast<acc_t>(u0[i]);
+        }
+      } else
+        for (int64_t i = 0; i < n; ++i) {
+        const Token& t = ws.tok[i];
+        ws.raw[i] = static_cast<acc_t>(dt[t.m][ws.at_dt[i]]) + bias;
+        ws.u[i] = t.pad ? acc_t(0) : static_cast<acc_t>(u[t.m][ws.at_u[i]]);
+      }
+    } else {
+      for (int64_t i = 0; i < n; ++i) {
+        Token t = ws.tok[i];
+        route.source(d, t);
+        ws.raw[i] = static_cast<acc_t>(v.dt[t.m](b, k, d, t.e)) + bias;
+        ws.u[i] = t.pad ? acc_t(0) : static_cast<acc_t>(v.u[t.m](b, t.uc, t.ur, t.uw));
+      }
     }
     if (v.delta_softplus) {
 #pragma omp simd
-      for (int64_t i = 0; i < n; ++i) {
-        ws.dt[i] = softplus_vec(ws.raw[i]);
-        ws.dsp[i] = sigmoid_vec(ws.raw[i]);
+      for (int64_t i = 0; i < n; ++i) ws.dt[i] = softplus_vec(ws.raw[i]);
+      if (grad) {
+#pragma omp simd
+        for (int64_t i = 0; i < n; ++i) ws.dsp[i] = sigmoid_vec(ws.raw[i]);
       }
     } else {
       for (int64_t i = 0; i < n; ++i) ws.dt[i] = ws.raw[i], ws.dsp[i] = acc_t(1);
     }
   }
 
-  void load_A(acc_t* a, int64_t k, int64_t d) const {
-    for (int64_t s = 0; s < v.dstate; ++s) a[s] = v.A(k, d, s, 0);
+  // A of the block's channels, per channel (a) and block-major (aT).
+  void load_A(Workspace<acc_t>& ws, int64_t k, int64_t d0) const {
+    const int64_t N = v.dstate;
+    for (int64_t c = 0; c < block; ++c)
+      for (int64_t s = 0; s < N; ++s) ws.a[c * N + s] = ws.aT[s * block + c] = v.A(k, d0 + c, s, 0);
   }
 
   acc_t param(const Strided<const acc_t>& p, int64_t k, int64_t d) const {
     return p ? p(k, d, 0, 0) : acc_t(0);
   }
 
-  // One step h <- exp(dt A) h + dt u B, returning C . h; the decays go to `decay` when asked.
+  // One step h <- exp(dt A) h + dt u B of one channel, returning C . h; the decays go to `decay`.
   static acc_t step(int64_t N, const acc_t* a, acc_t dt, acc_t dtu, const acc_t* Bn, const acc_t* Cn,
                     acc_t* h, acc_t* decay) {
     acc_t y = 0;
@@ -183,10 +242,9 @@ struct Engine {
       for (int64_t s = 0; s < N; ++s) {
         h[s] = g * h[s] + dtu * Bn[s];
         y += Cn[s] * h[s];
+        decay[s] = g;
       }
-      if (decay)
-        for (int64_t s = 0; s < N; ++s) decay[s] = g;
-    } else if (decay) {
+    } else {
 #pragma omp simd reduction(+ : y)
       for (int64_t s = 0; s < N; ++s) {
         const acc_t g = exp_poly(dt * a[s]);
@@ -194,43 +252,125 @@ struct Engine {
         y += Cn[s] * h[s];
         decay[s] = g;
       }
-    } else {
-#pragma omp simd reduction(+ : y)
-      for (int64_t s = 0; s < N; ++s) {
-        h[s] = exp_poly(dt * a[s]) * h[s] + dtu * Bn[s];
-        y += Cn[s] * h[s];
-      }
     }
     return y;
   }
 
-  // Forward of channels [d0, d0 + block) of batch b along route k: accumulates into y.
-  void forward(Workspace<acc_t>& ws, int64_t b, int64_t k, int64_t d0) const {
-    const int64_t N = v.dstate, len = route.length();
-    for (int64_t c = 0; c < block; ++c) load_A(&ws.a[c * N], k, d0 + c);
-    std::fill(ws.h.begin(), ws.h.end(), acc_t(0));
-    for (int64_t j0 = 0; j0 < len; j0 += kChunk) {
-      const int64_t n = std::min(kChunk, len - j0);
-      load_tokens(ws, b, k, d0, j0, n);
-      for (int64_t c = 0; c < block; ++c) {
-        const int64_t d = d0 + c;
-        const acc_t Dk = param(v.D, k, d);
-        load_channel(ws, b, k, d, n, param(v.bias, k, d));
-        acc_t* h = &ws.h[c * N];
-        for (int64_t i = 0; i < n; ++i) {
-          const acc_t dt = ws.dt[i], u = ws.u[i];
-          acc_t y = step(N, &ws.a[c * N], dt, dt * u, &ws.Bc[i * N], &ws.Cc[i * N], h, nullptr) + Dk * u;
-          Token t = ws.tok[i];
-          if (t.pad) continue;
-          route.source(d, t);
-          if (v.z) y *= silu(static_cast<acc_t>(v.z(b, t.uc, t.ur, t.uw)));
-          v.y[t.m](b, t.yc, t.yr, t.yw) += y;
+  // The block's channels over the loaded chunk of n positions, side by side (the inner loops run
+  // across channels, so they vectorise for any d_state without a reduction): hT (N, block) carries
+  // the states; with_y puts C . h of every position in yT (n, block).
+  void advance_block(Workspace<acc_t>& ws, int64_t b, int64_t k, int64_t d0, int64_t n, bool with_y) const {
+    const int64_t N = v.dstate, nb = block;
+    for (int64_t c = 0; c < nb; ++c) {
+      load_channel(ws, b, k, d0 + c, n, param(v.bias, k, d0 + c), false);
+      for (int64_t i = 0; i < n; ++i) {
+        ws.dtT[i * nb + c] = ws.dt[i];
+        ws.uT[i * nb + c] = ws.u[i];
+        ws.dtuT[i * nb + c] = ws.dt[i] * ws.u[i];
+      }
+    }
+    // a block width known at compile time unrolls the channel loops without masked tails
+    if (nb == 16)
+      recur<16>(ws, n, nb, with_y);
+    else if (nb == 8)
+      recur<8>(ws, n, nb, with_y);
+    else
+      recur<0>(ws, n, nb, with_y);
+  }
+
+  // The recurrence of advance_block over the loaded tiles; kWidth: the block width, 0 if not fixed.
+  template <int kWidth>
+  void recur(Workspace<acc_t>& ws, int64_t n, int64_t block_width, bool with_y) const {
+    const int64_t N = v.dstate, nb = kWidth ? kWidth : block_width;
+    acc_t* h = ws.hT.data();
+    acc_t* g = ws.gT.data();
+    const acc_t* a = ws.aT.data();
+    for (int64_t i = 0; i < n; ++i) {
+      const acc_t* dt = &ws.dtT[i * nb];
+      const acc_t* dtu = &ws.dtuT[i * nb];
+      const acc_t* Bn = &ws.Bc[i * N];
+      const acc_t* Cn = &ws.Cc[i * N];
+      acc_t* y = &ws.yT[i * nb];
+      if (Route::kScalarDecay) {
+#pragma omp simd
+        for (int64_t c = 0; c < nb; ++c) g[c] = exp_poly(dt[c] * a[c]);
+      }
+      if (with_y) std::fill(y, y + nb, acc_t(0));
+      for (int64_t s = 0; s < N; ++s) {
+        acc_t* hs = h + s * nb;
+        const acc_t* as = a + s * nb;
+        const acc_t Bs = Bn[s], Cs = Cn[s];
+        if (Route::kScalarDecay) {
+#pragma omp simd
+          for (int64_t c = 0; c < nb; ++c) hs[c] = g[c] * hs[c] + dtu[c] * Bs;
+        } else {
+#pragma omp simd
+          for (int64_t c = 0; c < nb; ++c) hs[c] = exp_poly(dt[c] * as[c]) * hs[c] + dtu[c] * Bs;
+        }
+        if (with_y) {
+#pragma omp simd
+          for (int64_t c = 0; c < nb; ++c) y[c] += Cs * hs[c];
         }
       }
     }
+  }
+
+  // Forward of channels [d0, d0 + block) of batch b along route k: accumulates into y.
+  void forward(Workspace<acc_t>& ws, int64_t b, int64_t k, int64_t d0) const {
+    const int64_t N = v.dstate, len = route.length(), nb = block;
+    load_A(ws, k, d0);
+    std::fill(ws.hT.begin(), ws.hT.end(), acc_t(0));
+    for (int64_t j0 = 0; j0 < len; j0 += ws.tile) {
+      const int64_t n = std::min(ws.tile, len - j0);
+      load_tokens(ws, b, k, d0, j0, n);
+      advance_block(ws, b, k, d0, n, true);
+      for (int64_t c = 0; c < nb; ++c) {
+        const int64_t d = d0 + c;
+        const acc_t Dk = param(v.D, k, d);
+        acc_t* out = ws.gate_in.data();  // this channel's outputs of the chunk
+        acc_t* zc = ws.raw.data();
+        acc_t* run_out = nullptr;  // the outputs' run, when the tile is one
+        if constexpr (Route::kSameChannel) {
+          acc_t* y[2] = {plane(v.y[0], b, d), plane(v.y[1], b, d)};
+          const scalar_t* z = plane(v.z, b, d);
+          if (ws.run) {
+            run_out = y[0] + ws.at_y[0];
+            if (v.z) {
+              const scalar_t* z0 = z + ws.at_z[0];
+#pragma omp simd
+              for (int64_t i = 0; i < n; ++i) zc[i] = static_cast<acc_t>(z0[i]);
+            }
+          } else
+            for (int64_t i = 0; i < n; ++i) {
+              const Token& t = ws.tok[i];
+              ws.out_at[i] = t.pad ? nullptr : y[t.m] + ws.at_y[i];
+              if (v.z) zc[i] = t.pad ? acc_t(0) : static_cast<acc_t>(z[ws.at_z[i]]);
+            }
+        } else {
+          for (int64_t i = 0; i < n; ++i) {
+            Token t = ws.tok[i];
+            route.source(d, t);
+            ws.out_at[i] = t.pad ? nullptr : &v.y[t.m](b, t.yc, t.yr, t.yw);
+            if (v.z) zc[i] = t.pad ? acc_t(0) : static_cast<acc_t>(v.z(b, t.uc, t.ur, t.uw));
+          }
+        }
+#pragma omp simd
+        for (int64_t i = 0; i < n; ++i) out[i] = ws.yT[i * nb + c] + Dk * ws.uT[i * nb + c];
+        if (v.z) {
+#pragma omp simd
+          for (int64_t i = 0; i < n; ++i) out[i] *= zc[i] * sigmoid_vec(zc[i]);
+        }
+        if (run_out) {
+#pragma omp simd
+          for (int64_t i = 0; i < n; ++i) run_out[i] += out[i];
+        } else
+          for (int64_t i = 0; i < n; ++i)
+            if (ws.out_at[i]) *ws.out_at[i] += out[i];
+      }
+    }
     if (v.last_state)
-      for (int64_t c = 0; c < block; ++c)
-        for (int64_t s = 0; s < N; ++s) v.last_state(b, k, d0 + c, s) = ws.h[c * N + s];
+      for (int64_t c = 0; c < nb; ++c)
+        for (int64_t s = 0; s < N; ++s) v.last_state(b, k, d0 + c, s) = ws.hT[s * nb + c];
   }
 
   // Where one thread's gradients of shared tensors go (its partial buffers, or the real ones).
@@ -244,20 +384,16 @@ struct Engine {
     const int64_t N = v.dstate, len = route.length();
     const int64_t chunks = (len + kChunk - 1) / kChunk;
     const int64_t gB = group(d0, v.groups_B), gC = group(d0, v.groups_C);
-    for (int64_t c = 0; c < block; ++c) load_A(&ws.a[c * N], k, d0 + c);
+    load_A(ws, k, d0);
 
     // Pass 1: every channel's state at every chunk start.
-    std::fill(ws.h.begin(), ws.h.end(), acc_t(0));
+    std::fill(ws.hT.begin(), ws.hT.end(), acc_t(0));
     for (int64_t ch = 0; ch < chunks; ++ch) {
       const int64_t j0 = ch * kChunk, n = std::min(kChunk, len - j0);
+      for (int64_t c = 0; c < block; ++c)
+        for (int64_t s = 0; s < N; ++s) ws.chunk_start[(c * chunks + ch) * N + s] = ws.hT[s * block + c];
       load_tokens(ws, b, k, d0, j0, n);
-      for (int64_t c = 0; c < block; ++c) {
-        acc_t* h = &ws.h[c * N];
-        std::copy(h, h + N, &ws.chunk_start[(c * chunks + ch) * N]);
-        load_channel(ws, b, k, d0 + c, n, param(v.bias, k, d0 + c));
-        for (int64_t i = 0; i < n; ++i)
-          step(N, &ws.a[c * N], ws.dt[i], ws.dt[i] * ws.u[i], &ws.Bc[i * N], &ws.Cc[i * N], h, nullptr);
-      }
+      advance_block(ws, b, k, d0, n, false);
     }
 
     // Pass 2, last chunk first: per channel, recompute the chunk's states from its start, then run
@@ -423,7 +559,7 @@ void run_forward(const ScanViews<scalar_t, acc_t>& v, const Route& route) {
   const int64_t threads = threads_for(items, v.batch * v.channels * v.routes * route.length() * v.dstate);
 #pragma omp parallel num_threads(threads)
   {
-    Workspace<acc_t> ws(v.dstate, block, 0);
+    Workspace<acc_t> ws(v.dstate, block, 0, kForwardTile);
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < items; ++item)
       for (int64_t k = 0; k < v.routes; ++k) engine.forward(ws, item / blocks, k, (item % blocks) * block);
@@ -534,7 +670,7 @@ void run_backward(const ScanViews<scalar_t, acc_t>& v, const Route& route, const
   // `threads` ranges of items, each run whole by one thread of the team (also if the team is smaller)
 #pragma omp parallel num_threads(threads)
   {
-    Workspace<acc_t> ws(v.dstate, block, chunks);
+    Workspace<acc_t> ws(v.dstate, block, chunks, kChunk);
     for (int64_t t = thread_index(); t < threads; t += team_now()) {
       typename E::Sinks sinks = shared;
       for (size_t i = 0; i < partials.size(); ++i) sinks.slot[partial_slot[i]] = partials[i].for_thread(t);

@@ -14,8 +14,9 @@ namespace cpu {
 
 inline Token pixel_token(int m, int64_t e, int64_t r, int64_t w) { return Token{m, e, 0, r, w, 0, r, w, false}; }
 
-// The channel of u and y is the scan's channel.
+// The channel of u and y is the scan's channel (so a token's pixel is the same in every channel).
 struct SameChannel {
+  static constexpr bool kSameChannel = true;
   void source(int64_t d, Token& t) const { t.uc = t.yc = d; }
 };
 
@@ -65,6 +66,7 @@ struct CrossPairRoutes : SameChannel {
 // map's dt, B, C and y fill both modality slots, so only u depends on the source map.
 struct RealignRoutes {
   static constexpr bool kScalarDecay = false;
+  static constexpr bool kSameChannel = false;
   int64_t Hr, Wr, C, W;  // realigned map; channels and width of each input map
   int32_t mode, axis;
   int64_t length() const { return Hr * Wr; }
