@@ -94,18 +94,38 @@ struct ScanViews {
 };
 
 // Channels per work item: a block of channels shares the route's tokens and B, C rows (loaded once
-// per chunk), so it never straddles a B or C group.
-inline int64_t channel_block(int64_t channels, int64_t groups_B, int64_t groups_C) {
+// per tile), so it never straddles a B or C group. `group_width` is the channels of one B and C group.
+inline int64_t group_width(int64_t channels, int64_t groups_B, int64_t groups_C) {
   int64_t a = channels / groups_B, b = channels / groups_C;
   while (b) {
     const int64_t r = a % b;
     a = b, b = r;
   }
-  if (a % 16 == 0) return 16;  // widths the forward recurrence unrolls (see Engine::recur)
+  return a;
+}
+
+// The forward's block: 16 or 8 channels when they divide the group (the widths Engine::recur unrolls).
+inline int64_t channel_block(int64_t channels, int64_t groups_B, int64_t groups_C) {
+  const int64_t a = group_width(channels, groups_B, groups_C);
+  if (a % 16 == 0) return 16;
   if (a % 8 == 0) return 8;
   for (int64_t block = std::min<int64_t>(a, 16); block > 1; --block)
     if (a % block == 0) return block;
   return 1;
+}
+
+// The backward's block: as wide as 32 channels while every thread still gets two items. Its
+// per-token work (gathering B, C rows, scattering their gradients, strided through the
+// token-major layouts) is shared by the block, so a wide block pays it fewer times.
+inline int64_t backward_block(int64_t channels, int64_t groups_B, int64_t groups_C, int64_t batch, int64_t threads) {
+  const int64_t a = group_width(channels, groups_B, groups_C);
+  int64_t chosen = 1;
+  for (int64_t block = std::min<int64_t>(a, 32); block > 1; --block)
+    if (a % block == 0) {
+      chosen = block;
+      if (batch * (channels / block) >= 2 * threads) return block;
+    }
+  return chosen;
 }
 
 // One thread's scratch. Shared by the block: tokens, B and C rows of one chunk and their gradient
@@ -232,26 +252,30 @@ struct Engine {
     return p ? p(k, d, 0, 0) : acc_t(0);
   }
 
-  // One step h <- exp(dt A) h + dt u B of one channel, returning C . h; the decays go to `decay`.
+  // One step h <- exp(dt A) h + dt u B of one channel; the decays go to `decay`. Returns C . h when
+  // kOutput (the backward needs it only for the gate's gradient).
+  template <bool kOutput>
   static acc_t step(int64_t N, const acc_t* a, acc_t dt, acc_t dtu, const acc_t* Bn, const acc_t* Cn,
                     acc_t* h, acc_t* decay) {
     acc_t y = 0;
     if (Route::kScalarDecay) {
       const acc_t g = exp_poly(dt * a[0]);
-#pragma omp simd reduction(+ : y)
+#pragma omp simd
       for (int64_t s = 0; s < N; ++s) {
         h[s] = g * h[s] + dtu * Bn[s];
-        y += Cn[s] * h[s];
         decay[s] = g;
       }
     } else {
-#pragma omp simd reduction(+ : y)
+#pragma omp simd
       for (int64_t s = 0; s < N; ++s) {
         const acc_t g = exp_poly(dt * a[s]);
         h[s] = g * h[s] + dtu * Bn[s];
-        y += Cn[s] * h[s];
         decay[s] = g;
       }
+    }
+    if (kOutput) {
+#pragma omp simd reduction(+ : y)
+      for (int64_t s = 0; s < N; ++s) y += Cn[s] * h[s];
     }
     return y;
   }
@@ -442,8 +466,11 @@ struct Engine {
     acc_t* h = ws.states.data();
     for (int64_t i = 0; i < n; ++i) {
       std::copy(i ? h - N : start, (i ? h - N : start) + N, h);
-      ws.gate_in[i] = step(N, a, ws.dt[i], ws.dt[i] * ws.u[i], &ws.Bc[i * N], &ws.Cc[i * N], h,
-                           &ws.decay[i * N]) + Dk * ws.u[i];
+      const acc_t dtu = ws.dt[i] * ws.u[i];
+      if (v.z)
+        ws.gate_in[i] = step<true>(N, a, ws.dt[i], dtu, &ws.Bc[i * N], &ws.Cc[i * N], h, &ws.decay[i * N]) + Dk * ws.u[i];
+      else
+        step<false>(N, a, ws.dt[i], dtu, &ws.Bc[i * N], &ws.Cc[i * N], h, &ws.decay[i * N]);
       h += N;
     }
     acc_t* dh = &ws.dh[c * N];
@@ -637,11 +664,12 @@ void run_backward(const ScanViews<scalar_t, acc_t>& v, const Route& route, const
                   const std::vector<at::Tensor>& dC, const at::Tensor& dA, const c10::optional<at::Tensor>& dD,
                   const c10::optional<at::Tensor>& dbias) {
   using E = Engine<scalar_t, acc_t, Route>;
-  const int64_t block = channel_block(v.channels, v.groups_B, v.groups_C);
+  const int64_t len = route.length(), chunks = (len + kChunk - 1) / kChunk;
+  const int64_t work = 3 * v.batch * v.channels * v.routes * len * v.dstate;
+  const int64_t block = backward_block(v.channels, v.groups_B, v.groups_C, v.batch, threads_for(v.batch * v.channels, work));
   const E engine{v, route, block};
   const int64_t blocks = v.channels / block, items = v.batch * blocks;
-  const int64_t len = route.length(), chunks = (len + kChunk - 1) / kChunk;
-  const int64_t threads = threads_for(items, 3 * v.batch * v.channels * v.routes * len * v.dstate);
+  const int64_t threads = threads_for(items, work);
 
   typename E::Sinks shared;               // the real gradient views
   std::vector<Partials<acc_t>> partials;  // per-thread copies of whole gradients (A, D, delta_bias)

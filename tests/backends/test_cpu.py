@@ -117,17 +117,18 @@ def test_cross_ss2d_equals_the_materialised_s4fusion_path():
 
 
 # ---------------------------------------------------------------------------------------------
-# channel blocks and forward tiles: the engine runs 16 or 8 channels side by side in unrolled loops
-# (other widths in a generic loop) and its forward loads 256 positions at a time (consecutive ones as
-# vector runs): every width over several tiles with a partial last one, on every route family.
+# channel blocks and forward tiles: the engine's forward runs 16 or 8 channels side by side in
+# unrolled loops (other widths in a generic loop) and loads 256 positions at a time (consecutive ones
+# as vector runs); its backward takes blocks of up to 32 channels: every width over several tiles
+# with a partial last one, on every route family.
 
-@pytest.mark.parametrize("Dm", [8, 12, 16])
+@pytest.mark.parametrize("Dm", [8, 12, 16, 24])
 @pytest.mark.parametrize("op", ["selective_scan", "ss2d", "es2d", "cross_ss2d", "interleave_ss2d"])
 def test_channel_blocks_and_forward_tiles(op, Dm):
     assert_matches_reference(op, tol=5e-5, Bt=1, Dm=Dm, N=3, L=300, H=13, W=23)
 
 
-@pytest.mark.parametrize("G,Dm", [(2, 32), (4, 32)])
+@pytest.mark.parametrize("G,Dm", [(2, 32), (4, 32), (1, 64)])
 def test_channel_blocks_within_groups(G, Dm):
     assert_matches_reference("selective_scan", tol=5e-5, Bt=2, Dm=Dm, N=3, L=270, G=G)
 
