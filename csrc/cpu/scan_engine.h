@@ -11,6 +11,10 @@
 // tensors shared between items (B, C of a group; A, D, delta_bias across the batch) go to per-thread
 // partial buffers summed afterwards in thread order: deterministic for a given thread count.
 //
+// The forward runs a block's channels side by side, so its inner loops vectorise across channels;
+// the backward runs one channel at a time over a tile, vectorised across the state (see
+// channel_block, backward_block).
+//
 // Backward keeps no (L, N) history: a first pass stores the state at every chunk start (one chunk of
 // kChunk steps), then the reverse pass recomputes the states and decays inside each chunk.
 #pragma once
