@@ -171,9 +171,10 @@ def main(argv=None):
     tb_mat_slow = seconds(forward_backward(mat_slow, args, kwargs), opts.slow_repeats)
     mem_fused, mem_mat = peak_bytes(fb_fused), peak_bytes(fb_mat_fast)
     L2 = 2 * shape["H"] * shape["W"]
-    block = 16 if shape["Dm"] % 16 == 0 else 8 if shape["Dm"] % 8 == 0 else 1
-    scratch = torch.get_num_threads() * max(workspace_bytes(shape["N"], block, FORWARD_TILE, 0),
-                                            workspace_bytes(shape["N"], block, CHUNK, -(-L2 // CHUNK)))
+    # blocks are at most 16 channels in the forward, 32 in the backward (scan_engine.h)
+    scratch = torch.get_num_threads() * max(
+        workspace_bytes(shape["N"], min(shape["Dm"], 16), FORWARD_TILE, 0),
+        workspace_bytes(shape["N"], min(shape["Dm"], 32), CHUNK, -(-L2 // CHUNK)))
     floor = outputs_and_grads_bytes(fused, args, kwargs)
     print(f"\ncross_ss2d {shape} (2L = {L2}), fused cpu op vs S4Fusion's materialised path:")
     report([("forward fused cpu", f"{t_fused * 1e3:9.1f} ms", None),

@@ -132,21 +132,21 @@ inline int64_t backward_block(int64_t channels, int64_t groups_B, int64_t groups
   return chosen;
 }
 
-// One thread's scratch. Shared by the block: tokens, B and C rows of one chunk and their gradient
-// tiles. Block-major tiles (index [i][c] or [s][c]) for the forward recurrence, which runs the
-// block's channels side by side. Per channel: its chunk's step sizes and inputs, the adjoint,
+// One thread's scratch. Shared by the block: tokens, B and C rows of one tile (a backward chunk or
+// a forward tile) and their gradients. Block-major tiles (index [i][c] or [s][c]) for the forward recurrence, which runs the
+// block's channels side by side. Per channel: its tile's step sizes and inputs, the adjoint,
 // chunk-start states and parameter gradients.
 template <typename acc_t>
 struct Workspace {
   int64_t N, tile;  // d_state; positions per loaded tile
   std::vector<Token> tok;
-  std::vector<acc_t*> out_at;                                 // (chunk): where a channel's outputs go
-  std::vector<int64_t> at_dt, at_u, at_z, at_y;               // (chunk): token offsets in a channel's plane
+  std::vector<acc_t*> out_at;                                 // (tile): where a channel's outputs go
+  std::vector<int64_t> at_dt, at_u, at_z, at_y;               // (tile): token offsets in a channel's plane
   bool run = false;                                           // those offsets are consecutive (see load_tokens)
-  std::vector<acc_t> Bc, Cc, dBc, dCc;                        // (chunk, N)
-  std::vector<acc_t> dtT, dtuT, uT, yT;                       // (chunk, block)
+  std::vector<acc_t> Bc, Cc, dBc, dCc;                        // (tile, N)
+  std::vector<acc_t> dtT, dtuT, uT, yT;                       // (tile, block)
   std::vector<acc_t> aT, hT, gT;                              // (N, block), (N, block), (block)
-  std::vector<acc_t> dt, raw, dsp, u, gate_in, decay, states;  // one channel's chunk
+  std::vector<acc_t> dt, raw, dsp, u, gate_in, decay, states;  // one channel's tile
   std::vector<acc_t> a, dh, dA, dD, dbias, chunk_start;       // per channel of the block
 
   Workspace(int64_t N_, int64_t block, int64_t chunks, int64_t tile_)
@@ -219,11 +219,12 @@ struct Engine {
           ws.raw[i] = static_cast<acc_t>(dt0[i]) + bias;
           ws.u[i] = static_cast<acc_t>(u0[i]);
         }
-      } else
+      } else {
         for (int64_t i = 0; i < n; ++i) {
-        const Token& t = ws.tok[i];
-        ws.raw[i] = static_cast<acc_t>(dt[t.m][ws.at_dt[i]]) + bias;
-        ws.u[i] = t.pad ? acc_t(0) : static_cast<acc_t>(u[t.m][ws.at_u[i]]);
+          const Token& t = ws.tok[i];
+          ws.raw[i] = static_cast<acc_t>(dt[t.m][ws.at_dt[i]]) + bias;
+          ws.u[i] = t.pad ? acc_t(0) : static_cast<acc_t>(u[t.m][ws.at_u[i]]);
+        }
       }
     } else {
       for (int64_t i = 0; i < n; ++i) {
@@ -355,7 +356,7 @@ struct Engine {
       for (int64_t c = 0; c < nb; ++c) {
         const int64_t d = d0 + c;
         const acc_t Dk = param(v.D, k, d);
-        acc_t* out = ws.gate_in.data();  // this channel's outputs of the chunk
+        acc_t* out = ws.gate_in.data();  // this channel's outputs of the tile
         acc_t* zc = ws.raw.data();
         acc_t* run_out = nullptr;  // the outputs' run, when the tile is one
         if constexpr (Route::kSameChannel) {
