@@ -59,13 +59,14 @@ def call(op, args, kwargs):
 
 
 @pytest.mark.parametrize("op,index,bad,pattern", [
-    ("selective_scan", 1, lambda t: t[..., :-1], r"delta must have shape \(Bt=2, Dm=4, L=16\), got \(2, 4, 15\)"),
-    ("selective_scan", 2, lambda t: t[:, :3], r"B must have shape \(Bt=2, N=3, L=16\), got \(2, 4, 16\)"),
-    ("ss2d", 1, lambda t: t[:, :3], r"dt must have shape \(Bt=2, 4, Dm=4, L=15\), got \(2, 3, 4, 15\)"),
-    ("es2d", 2, lambda t: t[..., :-1], r"B must have shape \(Bt=2, 4, N=4, Lq=6\), got \(2, 4, 4, 5\)"),
-    ("cross_ss2d", 1, lambda t: t[..., :-1], r"u1 must have shape \(Bt=2, Dm=4, H=3, W=5\), got \(2, 4, 3, 4\)"),
-    ("cross_ss2d", 7, lambda t: t[:, :, :2], r"C1 must have shape \(Bt=2, 4, N=4, L=15\)"),
-    ("ssd_exchange", 4, lambda t: t[:1], r"A must have shape \(nh=2\), got \(1,\)"),
+    ("selective_scan", 1, lambda t: t[..., :-1],
+     r"delta must have shape \(Bt=2 from u, Dm=4 from u, L=16 from u\), got \(2, 4, 15\)"),
+    ("selective_scan", 2, lambda t: t[:, :3], r"B must have shape \(Bt=2 from u, N=3 from A, L=16 from u\), got \(2, 4, 16\)"),
+    ("ss2d", 1, lambda t: t[:, :3], r"dt must have shape \(Bt=2 from u, 4, Dm=4 from u, L=15 from u\), got \(2, 3, 4, 15\)"),
+    ("es2d", 2, lambda t: t[..., :-1], r"B must have shape \(Bt=2 from u, 4, N=4, Lq=6 from u\), got \(2, 4, 4, 5\)"),
+    ("cross_ss2d", 1, lambda t: t[..., :-1], r"u1 must have shape \(Bt=2 from u0, Dm=4 from u0, H=3 from u0, W=5 from u0\), got \(2, 4, 3, 4\)"),
+    ("cross_ss2d", 7, lambda t: t[:, :, :2], r"C1 must have shape \(Bt=2 from u0, 4, N=4 from B0, L=15 from u0\)"),
+    ("ssd_exchange", 4, lambda t: t[:1], r"A must have shape \(nh=2 from x0\), got \(1,\)"),
 ])
 def test_shape_errors_name_the_argument(op, index, bad, pattern):
     args, kwargs = make_inputs(op)
@@ -79,7 +80,8 @@ def test_dtype_device_and_empty_errors():
     args, kwargs = make_inputs("selective_scan")
     with pytest.raises(TypeError, match="u must be a real floating tensor"):
         xscan.selective_scan(args[0].long(), *args[1:], **kwargs)
-    with pytest.raises(TypeError, match="complex A is not supported"):
+    # complex A takes B and C as (real, imaginary) pairs over 2L positions
+    with pytest.raises(ValueError, match=r"B must have shape \(Bt=2 from u, N=4 from A, L2=32 from u\), got \(2, 4, 16\)"):
         xscan.selective_scan(*args[:2], args[2].to(torch.complex64), *args[3:], **kwargs)
     with pytest.raises(TypeError, match="u must be a torch.Tensor"):
         xscan.selective_scan(args[0].tolist(), *args[1:], **kwargs)
@@ -87,5 +89,5 @@ def test_dtype_device_and_empty_errors():
         xscan.selective_scan(*(a[..., :0] if a.dim() == 3 else a for a in args), **dict(kwargs, z=None))
     with pytest.raises(ValueError, match="is on meta but the other inputs are on cpu"):
         xscan.selective_scan(*args[:4], args[4].to("meta"), **kwargs)
-    with pytest.raises(ValueError, match="B groups must split the channels evenly: Dm=4 is not a multiple of G_B=3"):
+    with pytest.raises(ValueError, match=r"B groups must split the channels evenly: Dm=4 \(from u\) is not a multiple of G_B=3 \(from B\)"):
         xscan.selective_scan(*args[:3], args[3][:, None].expand(2, 3, 4, 16), args[4], **kwargs)

@@ -47,5 +47,5 @@ def test_bad_mode_and_axis_are_rejected():
         xscan.interleave_ss2d(*args, **dict(kwargs, mode="diagonal"))
     with pytest.raises(ValueError, match="axis must be one of"):
         xscan.interleave_ss2d(*args, **dict(kwargs, axis="height"))
-    with pytest.raises(ValueError, match=r"dt must have shape \(Bt=2, 4, Dr=4, Lr=30\), got \(2, 4, 8, 15\)"):
+    with pytest.raises(ValueError, match=r"dt must have shape \(Bt=2 from u0, 4, Dr=4 from u0, Lr=30 from u0\), got \(2, 4, 8, 15\)"):
         xscan.interleave_ss2d(*args, **dict(kwargs, axis="width"))

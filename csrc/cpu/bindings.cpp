@@ -15,6 +15,14 @@ void scan_backward(int64_t kind, const std::vector<int64_t>& geometry, const Sca
                    const OptTensor& dlast, const Tensors& du, const Tensors& ddt, const Tensors& dB,
                    const Tensors& dC, const OptTensor& dz, const at::Tensor& dA, const OptTensor& dD,
                    const OptTensor& dbias);
+void complex_scan_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
+                          const at::Tensor& C, const OptTensor& D, const OptTensor& z, const OptTensor& bias,
+                          bool softplus, at::Tensor y, at::Tensor last_state);
+void complex_scan_backward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
+                           const at::Tensor& C, const OptTensor& D, const OptTensor& z, const OptTensor& bias,
+                           bool softplus, const at::Tensor& dy, const OptTensor& dlast, at::Tensor du,
+                           at::Tensor ddelta, at::Tensor dA_part, at::Tensor dB, at::Tensor dC, at::Tensor dD_part,
+                           at::Tensor dbias_part, OptTensor dz);
 }  // namespace cpu
 }  // namespace xscan
 
@@ -66,4 +74,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("scan_backward", &scan_backward,
         "Backward of a scan: accumulates every gradient into its zeroed view (route kind, geometry, inputs "
         "as scan_forward, dy, dlast, du, ddt, dB, dC, dz, dA, dD, ddelta_bias)");
+  m.def("complex_scan_forward", &xscan::cpu::complex_scan_forward,
+        "selective_scan with complex A: writes y and last_state (u, delta, A, B, C, D, z, delta_bias, "
+        "delta_softplus, y, last_state)");
+  m.def("complex_scan_backward", &xscan::cpu::complex_scan_backward,
+        "Backward of complex_scan_forward: writes every gradient buffer; dA, dD, ddelta_bias per batch");
 }

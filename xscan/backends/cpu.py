@@ -18,8 +18,9 @@ from typing import Callable, Optional
 import torch
 
 from .. import _registry
-from ..ops.interleave_ss2d import realigned_shape
-from ..reference.selective_scan import accumulate_dtype
+from ..ops._define import named_gradients
+from ..reference.realign import realigned_shape
+from ..reference.selective_scan import accumulate_dtype, state_dtype
 
 # Route families of csrc/cpu/scan_dispatch.h
 CROSS, ATROUS, CROSS_PAIR, REALIGN, HEADS = range(5)
@@ -207,13 +208,54 @@ def _softplus(op, args):
     return bool(args[SOFTPLUS_ARG.get(op, -1)])
 
 
+# ----------------------------------------------------------------------------------------------
+# selective_scan with a complex A: its own kernel (csrc/cpu/complex_scan.cpp)
+
+def _complex_inputs(u, delta, A, B, C, D, z, delta_bias):
+    """Real per-channel inputs in the accumulation dtype, complex A, B, C in the state's."""
+    cplx = state_dtype(u.dtype, A)
+    real = torch.float64 if cplx == torch.complex128 else torch.float32
+    r = lambda t: None if t is None else t.to(real).contiguous()  # noqa: E731
+    return cplx, real, (r(u), r(delta), A.to(cplx).contiguous(), B.to(cplx), C.to(cplx), r(D), r(z), r(delta_bias))
+
+
+def _complex_forward(C_ext, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    cplx, real, inputs = _complex_inputs(u, delta, A, B, C, D, z, delta_bias)
+    y = torch.empty(u.shape, dtype=real)
+    last = torch.empty(u.shape[0], u.shape[1], A.shape[1], dtype=cplx)
+    C_ext.complex_scan_forward(*inputs, delta_softplus, y, last)
+    return y.to(_registry.output_dtype(u.dtype)), last
+
+
+def _complex_backward(C_ext, grads, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    cplx, real, inputs = _complex_inputs(u, delta, A, B, C, D, z, delta_bias)
+    Bt, Dm, _ = u.shape
+    N = A.shape[1]
+    dy = grads[0].to(real)
+    dlast = grads[1].to(cplx).contiguous() if len(grads) > 1 else None
+    du, ddelta = torch.empty(u.shape, dtype=real), torch.empty(u.shape, dtype=real)
+    dA = torch.zeros(Bt, Dm, N, dtype=cplx)
+    dB, dC = torch.zeros(B.shape, dtype=cplx), torch.zeros(C.shape, dtype=cplx)
+    dD, dbias = torch.empty(Bt, Dm, dtype=real), torch.empty(Bt, Dm, dtype=real)
+    dz = None if z is None else torch.empty(u.shape, dtype=real)
+    C_ext.complex_scan_backward(*inputs, delta_softplus, dy, dlast, du, ddelta, dA, dB, dC, dD, dbias, dz)
+    return dict(u=du.to(u.dtype), delta=ddelta.to(delta.dtype), A=dA.sum(0).to(A.dtype), B=dB.to(B.dtype),
+                C=dC.to(C.dtype), D=None if D is None else dD.sum(0).to(D.dtype),
+                z=None if z is None else dz.to(z.dtype),
+                delta_bias=None if delta_bias is None else dbias.sum(0).to(delta_bias.dtype))
+
+
 def _register(C):
     for op, plan_of in PLANS.items():
         def forward(*args, _plan_of=plan_of, _op=op):
+            if _op == "selective_scan" and args[2].is_complex():
+                return _complex_forward(C, *args)
             return _run_forward(C, _plan_of(*args), args, _softplus(_op, args))
 
         def backward(grads, *args, _plan_of=plan_of, _op=op):
-            return _run_backward(C, _plan_of(*args), grads, args, _softplus(_op, args))
+            if _op == "selective_scan" and args[2].is_complex():
+                return _complex_backward(C, grads, *args)
+            return named_gradients(_op, _run_backward(C, _plan_of(*args), grads, args, _softplus(_op, args)))
 
         _registry.register("cpu", op, forward, backward)
     _registry.set_available("cpu", ("cpu",), None)

@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 
 from .. import _registry
+from ..ops._define import named_backward
 from ..routes import atrous_grid
 
 try:
@@ -568,7 +569,7 @@ def _ssd_exchange_backward(grads, x0, x1, dt0, dt1, A, B0, B1, C0, C1, D, dt_bia
             None if D is None else (dD0 + dD1).to(D.dtype), None if dt_bias is None else (db0 + db1).to(dt_bias.dtype)]
 
 
-OPS = {
+_OPS = {
     "selective_scan": (_selective_scan_forward, _selective_scan_backward, _limits_selective_scan),
     "ss2d": (_ss2d_forward, _ss2d_backward, _limits_map("ss2d")),
     "es2d": (_es2d_forward, _es2d_backward, _limits_map("es2d")),
@@ -576,6 +577,8 @@ OPS = {
     "interleave_ss2d": (_interleave_ss2d_forward, _interleave_ss2d_backward, _limits_interleave_ss2d),
     "ssd_exchange": (_ssd_exchange_forward, _ssd_exchange_backward, _limits_ssd_exchange),
 }
+# (forward, backward with gradients by name, limits) per op
+OPS = {op: (forward, named_backward(op, backward), limits) for op, (forward, backward, limits) in _OPS.items()}
 
 if _C is not None:
     if not torch.cuda.is_available():

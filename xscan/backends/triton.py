@@ -12,6 +12,7 @@ import os
 import torch
 
 from .. import _registry
+from ..ops._define import named_backward
 
 
 def _devices() -> tuple:
@@ -34,7 +35,7 @@ def refresh() -> None:
         _registry.set_available("triton", (), f"the triton kernels cannot be loaded ({type(e).__name__}: {e})")
         return
     for op, (forward, backward) in kernels.OPS.items():
-        _registry.register("triton", op, forward, backward,
+        _registry.register("triton", op, forward, named_backward(op, backward),
                            lambda *args, op=op: kernels.check_limits(op, *args))
     _registry.set_available("triton", devices, None)
 

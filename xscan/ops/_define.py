@@ -4,6 +4,11 @@ The forward op ``xscan::<name>`` and its backward ``xscan::<name>_backward`` bot
 arguments the public wrapper fixes before the call: ``fp32_output`` (``xscan.fp32_output``: fp16/bf16
 inputs give fp32 outputs) and the backend name. Under ``torch.compile`` both are constants of the
 graph, and the backward runs on the same backend as its forward.
+
+Backends return gradients by argument name (``{"u": ..., "dt": ...}``); absent optional arguments
+have none. The backward op's own backward (double backward: gradient penalties, Hessian-vector
+products) differentiates the reference backend's backward, which is written in differentiable
+PyTorch: correct on every backend, at the reference's speed.
 """
 from __future__ import annotations
 
@@ -14,12 +19,40 @@ import torch
 from .. import _registry
 
 _lib = torch.library.Library("xscan", "DEF")
+_tensor_names: dict[str, list[str]] = {}
+
+
+def named_gradients(op: str, grads: Sequence) -> dict:
+    """A backward's gradients listed in argument order (one per tensor argument) -> by name."""
+    names = _tensor_names[op]
+    if len(grads) != len(names):
+        raise RuntimeError(f"xscan.{op}: a backward returned {len(grads)} gradients for the tensor arguments {names}")
+    return dict(zip(names, grads))
+
+
+def named_backward(op: str, backward: Callable) -> Callable:
+    """A backward returning gradients in argument order -> one returning them by name."""
+    return lambda grads, *args: named_gradients(op, backward(grads, *args))
 
 
 def _widen(out, fp32_output: bool):
     """The op's outputs in their final dtypes (a no-op where the backend already wrote them so)."""
     with _registry.fp32_output(fp32_output):
         return tuple(o.to(_registry.output_dtype(o.dtype)).contiguous() for o in out)
+
+
+def _fresh(outputs, inputs) -> list:
+    """Outputs that share no memory with the inputs or with each other (a custom op's contract):
+    a backend may hand back views of one buffer."""
+    seen = {t.untyped_storage().data_ptr() for t in inputs if isinstance(t, torch.Tensor) and t.numel()}
+    fresh = []
+    for t in outputs:
+        if t is not None and t.numel():
+            if t.untyped_storage().data_ptr() in seen:
+                t = t.clone()
+            seen.add(t.untyped_storage().data_ptr())
+        fresh.append(t)
+    return fresh
 
 
 def define(name: str, args: Sequence[tuple[str, str]], outputs: int, fake: Callable) -> Callable:
@@ -30,14 +63,23 @@ def define(name: str, args: Sequence[tuple[str, str]], outputs: int, fake: Calla
     returns = "Tensor" if outputs == 1 else "(" + ", ".join(["Tensor"] * outputs) + ")"
     _lib.define(f"{name}({params}) -> {returns}")
     _lib.define(f"{name}_backward(Tensor[] grads, {params}) -> Tensor[]")
+    names = [n for n, _ in args]
     tensor_slots = [i for i, (_, t) in enumerate(args) if t.startswith("Tensor")]
+    _tensor_names[name] = [names[i] for i in tensor_slots]
+
+    def by_slot(grads: dict, inputs) -> list:
+        """Gradients by name -> one per tensor argument (None where absent or not returned)."""
+        unknown = set(grads) - {names[i] for i in tensor_slots}
+        if unknown:
+            raise RuntimeError(f"xscan.{name}: a backend returned gradients for unknown arguments {sorted(unknown)}")
+        return [None if inputs[i] is None else grads.get(names[i]) for i in tensor_slots]
 
     def forward(*a):
         *a, fp32_output, backend = a
         with _registry.fp32_output(fp32_output):  # the backend reads it through _registry.output_dtype
             out = _registry.backend(backend).forwards[name](*a)
-        out = _widen(out if outputs > 1 else (out,), fp32_output)
-        return out if outputs > 1 else out[0]
+        out = _fresh(_widen(out if outputs > 1 else (out,), fp32_output), a)
+        return tuple(out) if outputs > 1 else out[0]
 
     def fake_forward(*a):
         *a, fp32_output, _ = a
@@ -47,9 +89,9 @@ def define(name: str, args: Sequence[tuple[str, str]], outputs: int, fake: Calla
 
     def backward(grads, *a):
         *a, _, backend = a
-        result = _registry.backend(backend).backwards[name](list(grads), *a)
-        empty = grads[0].new_empty(0)
-        return [empty if g is None else g.contiguous() for g in result]
+        result = by_slot(_registry.backend(backend).backwards[name](list(grads), *a), a)
+        result = _fresh([None if g is None else g.contiguous() for g in result], (*grads, *a))
+        return [grads[0].new_empty(0) if g is None else g for g in result]
 
     def fake_backward(grads, *a):
         empty = grads[0].new_empty(0)
@@ -60,10 +102,14 @@ def define(name: str, args: Sequence[tuple[str, str]], outputs: int, fake: Calla
         slots = set(tensor_slots)
         ctx.inputs = [None if i in slots else v for i, v in enumerate(inputs)]
 
-    def autograd(ctx, *grads):
+    def saved_inputs(ctx, tensors) -> list:
         inputs = list(ctx.inputs)
-        for i, t in zip(tensor_slots, ctx.saved_tensors):
+        for i, t in zip(tensor_slots, tensors):
             inputs[i] = t
+        return inputs
+
+    def autograd(ctx, *grads):
+        inputs = saved_inputs(ctx, ctx.saved_tensors)
         result = getattr(torch.ops.xscan, f"{name}_backward")(list(grads), *inputs)
         out = [None] * len(inputs)
         for i, g in zip(tensor_slots, result):
@@ -71,12 +117,42 @@ def define(name: str, args: Sequence[tuple[str, str]], outputs: int, fake: Calla
                 out[i] = g
         return tuple(out)
 
+    def setup_double_backward(ctx, inputs, output):
+        grads, *rest = inputs
+        ctx.n_grads = len(grads)
+        ctx.save_for_backward(*grads, *(rest[i] for i in tensor_slots))
+        slots = set(tensor_slots)
+        ctx.inputs = [None if i in slots else v for i, v in enumerate(rest)]
+
+    def double_backward(ctx, cotangents):
+        """Differentiate the reference backward at the saved point: d<backward(g, x), v> / d(g, x)."""
+        saved = ctx.saved_tensors
+        grads, inputs = saved[:ctx.n_grads], saved_inputs(ctx, saved[ctx.n_grads:])
+        create_graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            grad_leaves = [g.detach().requires_grad_() for g in grads]
+            leaves = [x.detach().requires_grad_() if isinstance(x, torch.Tensor) else x for x in inputs]
+            *plain, _, _ = leaves
+            result = by_slot(_registry.backend("reference").backwards[name](grad_leaves, *plain), plain)
+            pairs = [(g, v) for g, v in zip(result, cotangents) if g is not None and v is not None and v.numel()]
+            wrt = grad_leaves + [leaves[i] for i in tensor_slots if leaves[i] is not None]
+            d = torch.autograd.grad([g for g, _ in pairs], wrt, [v for _, v in pairs], allow_unused=True,
+                                    create_graph=create_graph) if pairs else [None] * len(wrt)
+        d_grads, d_inputs = list(d[:len(grad_leaves)]), iter(d[len(grad_leaves):])
+        out = [None] * len(inputs)
+        for i in tensor_slots:
+            if inputs[i] is not None:
+                out[i] = next(d_inputs)
+        return (d_grads, *out)
+
     qualname = f"xscan::{name}"
     _lib.impl(name, forward, "CompositeExplicitAutograd")
     _lib.impl(f"{name}_backward", backward, "CompositeExplicitAutograd")
     torch.library.register_fake(qualname, fake_forward, lib=_lib)
     torch.library.register_fake(f"{qualname}_backward", fake_backward, lib=_lib)
     torch.library.register_autograd(qualname, autograd, setup_context=setup_context, lib=_lib)
+    torch.library.register_autograd(f"{qualname}_backward", double_backward, setup_context=setup_double_backward,
+                                    lib=_lib)
     op = getattr(torch.ops.xscan, name)
 
     def call(args: tuple, device: torch.device):

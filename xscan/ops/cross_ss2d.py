@@ -22,9 +22,9 @@ def cross_ss2d(u0, u1, dt0, dt1, B0, B1, C0, C1, A, D=None, delta_bias=None, del
     u0, u1: (Bt, Dm, H, W) (patch-marked); dt0, dt1: (Bt, 4, Dm, L); B0, B1, C0, C1: (Bt, 4, N, L)
     (spatial order, L = H*W); shared A: (4, Dm, N); D, delta_bias: (4, Dm). Returns (y0, y1)."""
     c = Checker("cross_ss2d")
-    c.tensor("u0", u0, "Bt Dm H W")
-    c.tensor("u1", u1, "Bt Dm H W")
-    c.dims["L"] = c.dims["H"] * c.dims["W"]
+    c.tensor("u0", u0, "Bt Dm H W", token=True)
+    c.tensor("u1", u1, "Bt Dm H W", token=True)
+    c.bind("L", c.dims["H"] * c.dims["W"], "u0")
     check_tokens(c, "0", dt0, B0, C0)
     check_tokens(c, "1", dt1, B1, C1)
     check_params(c, A, D, delta_bias)

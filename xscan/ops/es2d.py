@@ -18,9 +18,9 @@ def es2d(u, dt, B, C, A, D=None, delta_bias=None, delta_softplus=True):
     matching projection input); A: (4, Dm, N); D, delta_bias: (4, Dm). Returns (Bt, Dm, H, W).
     See ``xscan.reference.es2d`` for the routes on a 4x4 example."""
     c = Checker("es2d")
-    c.tensor("u", u, "Bt Dm H W")
+    c.tensor("u", u, "Bt Dm H W", token=True)
     Hq, Wq = atrous_grid(c.dims["H"], c.dims["W"])
-    c.dims["Lq"] = Hq * Wq
+    c.bind("Lq", Hq * Wq, "u")
     check_tokens(c, "", dt, B, C, length="Lq")
     check_params(c, A, D, delta_bias)
     args = (u, dt, B, C, A, D, delta_bias, bool(delta_softplus))

@@ -2,20 +2,12 @@
 from __future__ import annotations
 
 from .._checks import Checker
-from ..reference.realign import AXES, MODES
+from ..reference.realign import AXES, MODES, realigned_shape
 from ._define import define
 from .ss2d import PARAMS, check_params, check_tokens
 
 ARGS = (("u0", "Tensor"), ("u1", "Tensor"), ("dt", "Tensor"), ("B", "Tensor"), ("C", "Tensor")) + PARAMS + (
     ("mode", "str"), ("axis", "str"))
-
-
-def realigned_shape(shape, mode: str, axis: str) -> tuple[int, int, int, int]:
-    """Shape of ``realign(m0, m1, mode, axis)`` for two maps of ``shape`` (Bt, C, H, W)."""
-    Bt, C, H, W = shape
-    if axis == "width" and mode != "concat":
-        return Bt, C, H, 2 * W
-    return Bt, 2 * C, H, W
 
 
 def _fake(u0, u1, dt, B, C, A, D, delta_bias, delta_softplus, mode, axis):
@@ -36,10 +28,11 @@ def interleave_ss2d(u0, u1, dt, B, C, A, D=None, delta_bias=None, delta_softplus
     c = Checker("interleave_ss2d")
     c.choice("mode", mode, MODES)
     c.choice("axis", axis, AXES)
-    c.tensor("u0", u0, "Bt C H W")
-    c.tensor("u1", u1, "Bt C H W")
-    _, c.dims["Dr"], Hr, Wr = realigned_shape(u0.shape, mode, axis)
-    c.dims["Lr"] = Hr * Wr
+    c.tensor("u0", u0, "Bt C H W", token=True)
+    c.tensor("u1", u1, "Bt C H W", token=True)
+    _, Dr, Hr, Wr = realigned_shape(u0.shape, mode, axis)
+    c.bind("Dr", Dr, "u0")
+    c.bind("Lr", Hr * Wr, "u0")
     check_tokens(c, "", dt, B, C, dm="Dr", length="Lr")
     check_params(c, A, D, delta_bias, dm="Dr")
     args = (u0, u1, dt, B, C, A, D, delta_bias, bool(delta_softplus), mode, axis)

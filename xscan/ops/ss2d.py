@@ -11,15 +11,17 @@ ROUTES = ("cross", "atrous")
 
 
 def check_params(c: Checker, A, D, delta_bias, dm: str = "Dm"):
-    c.tensor("A", A, f"K {dm} N")
-    c.tensor("D", D, f"K {dm}", optional=True)
-    c.tensor("delta_bias", delta_bias, f"K {dm}", optional=True)
+    """A (4, Dm, N), D and delta_bias (4, Dm): one set per route."""
+    c.tensor("A", A, f"4 {dm} N")
+    c.tensor("D", D, f"4 {dm}", optional=True)
+    c.tensor("delta_bias", delta_bias, f"4 {dm}", optional=True)
 
 
 def check_tokens(c: Checker, suffix: str, dt, B, C, dm: str = "Dm", length: str = "L"):
-    c.tensor(f"dt{suffix}", dt, f"Bt 4 {dm} {length}")
-    c.tensor(f"B{suffix}", B, f"Bt 4 N {length}")
-    c.tensor(f"C{suffix}", C, f"Bt 4 N {length}")
+    """dt (Bt, 4, Dm, L), B and C (Bt, 4, N, L): per route and token."""
+    c.tensor(f"dt{suffix}", dt, f"Bt 4 {dm} {length}", token=True)
+    c.tensor(f"B{suffix}", B, f"Bt 4 N {length}", token=True)
+    c.tensor(f"C{suffix}", C, f"Bt 4 N {length}", token=True)
 
 
 _op = define("ss2d", ARGS, 1, lambda u, *rest: u.new_empty(u.shape))
@@ -36,8 +38,8 @@ def ss2d(u, dt, B, C, A, D=None, delta_bias=None, delta_softplus=True, route="cr
         return es2d(u, dt, B, C, A, D, delta_bias, delta_softplus)
     c = Checker("ss2d")
     c.choice("route", route, ROUTES)
-    c.tensor("u", u, "Bt Dm H W")
-    c.dims["L"] = c.dims["H"] * c.dims["W"]
+    c.tensor("u", u, "Bt Dm H W", token=True)
+    c.bind("L", c.dims["H"] * c.dims["W"], "u")
     check_tokens(c, "", dt, B, C)
     check_params(c, A, D, delta_bias)
     args = (u, dt, B, C, A, D, delta_bias, bool(delta_softplus))

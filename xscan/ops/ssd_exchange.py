@@ -21,10 +21,10 @@ def ssd_exchange(x0, x1, dt0, dt1, A, B0, B1, C0, C1, D=None, dt_bias=None, dt_s
     ``h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t^T``, ``y_t = h_t C_t + D x_t``. Returns (y0, y1)."""
     c = Checker("ssd_exchange")
     for m, (x, dt, B, C) in enumerate(((x0, dt0, B0, C0), (x1, dt1, B1, C1))):
-        c.tensor(f"x{m}", x, "Bt L nh P")
-        c.tensor(f"dt{m}", dt, "Bt L nh")
-        c.tensor(f"B{m}", B, "Bt L G N")
-        c.tensor(f"C{m}", C, "Bt L G N")
+        c.tensor(f"x{m}", x, "Bt L nh P", token=True)
+        c.tensor(f"dt{m}", dt, "Bt L nh", token=True)
+        c.tensor(f"B{m}", B, "Bt L G N", token=True)
+        c.tensor(f"C{m}", C, "Bt L G N", token=True)
     c.divides("G", "nh", "B and C groups must split the heads evenly")
     c.tensor("A", A, "nh")
     c.tensor("D", D, "nh", optional=True)

@@ -1,9 +1,12 @@
-"""Reference Cross SS2D (SPEC section 3, S4Fusion Algorithm 1)."""
+"""Reference Cross SS2D (S4Fusion Algorithm 1)."""
 from __future__ import annotations
+
+import functools
 
 import torch
 
 from ..routes import cross_route
+from .routed_scan import Routes, routed_scan, routed_scan_backward
 from .selective_scan import selective_scan
 
 
@@ -12,25 +15,50 @@ def interleave(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.stack([a, b], dim=-1).flatten(-2)
 
 
-def cross_ss2d(u0, u1, dt0, dt1, B0, B1, C0, C1, A, D=None, delta_bias=None, delta_softplus=True):
-    """u_m: (Bt, Dm, H, W); dt_m: (Bt, K, Dm, L); B_m, C_m: (Bt, K, N, L) (spatial order); A: (K, Dm,
-    N); D, delta_bias: (K, Dm). Route k scans I_1, V_1, I_2, V_2, ... along route k (2L positions), each
+@functools.lru_cache(maxsize=64)
+def cross_ss2d_routes(Dm: int, H: int, W: int, device: torch.device) -> Routes:
+    """Route k has 2L positions: position p is modality p % 2 at the route's (p // 2)-th token. The
+    u and y sources are both modalities' maps side by side, the token sources both modalities'
+    tokens side by side."""
+    L = H * W
+    s = torch.stack([cross_route(k, H, W, device) for k in range(4)])  # (4, L)
+    token_at = interleave(s, s + L)                                     # (4, 2L): m * L + s
+    pixel = interleave(s, s + Dm * L)                                   # m * Dm * L + s
+    at = torch.arange(Dm, device=device)[None, :, None] * L + pixel[:, None, :]
+    return Routes(u_at=at, token_at=token_at, y_at=at, S_u=2 * Dm * L, S_y=2 * Dm * L)
+
+
+def _sources(u0, u1, dt0, dt1, B0, B1, C0, C1):
+    Bt = u0.shape[0]
+    return (torch.cat([u0.reshape(Bt, -1), u1.reshape(Bt, -1)], 1), torch.cat([dt0, dt1], -1),
+            torch.cat([B0, B1], -1), torch.cat([C0, C1], -1))
+
+
+def cross_ss2d(u0, u1, dt0, dt1, B0, B1, C0, C1, A, D=None, delta_bias=None, delta_softplus=True, out_dtype=None):
+    """u_m: (Bt, Dm, H, W); dt_m: (Bt, 4, Dm, L); B_m, C_m: (Bt, 4, N, L) (spatial order); A: (4, Dm,
+    N); D, delta_bias: (4, Dm). Route k scans I_1, V_1, I_2, V_2, ... along route k (2L positions), each
     token with its own modality's dt, B, C, one hidden state through both. Returns (y0, y1), each
-    (Bt, Dm, H, W): the sum over routes of the outputs at that modality's positions."""
+    (Bt, Dm, H, W) in ``out_dtype`` (default u0's): the sum over routes of the outputs at that
+    modality's positions."""
     Bt, Dm, H, W = u0.shape
-    u0, u1 = u0.reshape(Bt, Dm, H * W), u1.reshape(Bt, Dm, H * W)
-    y0 = y1 = None
-    for k in range(dt0.shape[1]):
-        s = cross_route(k, H, W, u0.device)
-        y = selective_scan(
-            interleave(u0[..., s], u1[..., s]), interleave(dt0[:, k][..., s], dt1[:, k][..., s]), A[k],
-            interleave(B0[:, k][..., s], B1[:, k][..., s]), interleave(C0[:, k][..., s], C1[:, k][..., s]),
-            None if D is None else D[k], None, None if delta_bias is None else delta_bias[k],
-            delta_softplus)
-        r0 = torch.empty_like(u0, dtype=y.dtype).index_copy_(-1, s, y[..., 0::2])
-        r1 = torch.empty_like(u1, dtype=y.dtype).index_copy_(-1, s, y[..., 1::2])
-        y0, y1 = (r0, r1) if y0 is None else (y0 + r0, y1 + r1)
-    return y0.reshape(Bt, Dm, H, W), y1.reshape(Bt, Dm, H, W)
+    y = routed_scan(cross_ss2d_routes(Dm, H, W, u0.device), *_sources(u0, u1, dt0, dt1, B0, B1, C0, C1), A, D,
+                    delta_bias, delta_softplus, out_dtype or u0.dtype)
+    y0, y1 = y.view(Bt, 2, Dm, H, W).unbind(1)
+    return y0, y1
+
+
+def cross_ss2d_backward(dy0, dy1, u0, u1, dt0, dt1, B0, B1, C0, C1, A, D=None, delta_bias=None,
+                        delta_softplus=True) -> dict:
+    """Gradients of :func:`cross_ss2d` for the output gradients ``dy0``, ``dy1``, by argument name."""
+    Bt, Dm, H, W = u0.shape
+    dy = torch.cat([dy0.reshape(Bt, -1), dy1.reshape(Bt, -1)], 1)
+    g = routed_scan_backward(cross_ss2d_routes(Dm, H, W, u0.device), dy, *_sources(u0, u1, dt0, dt1, B0, B1, C0, C1),
+                             A, D, delta_bias, delta_softplus)
+    g_u0, g_u1 = g.pop("u").view(Bt, 2, Dm, H, W).unbind(1)
+    g_dt0, g_dt1 = g.pop("dt").chunk(2, -1)
+    g_B0, g_B1 = g.pop("B").chunk(2, -1)
+    g_C0, g_C1 = g.pop("C").chunk(2, -1)
+    return dict(g, u0=g_u0, u1=g_u1, dt0=g_dt0, dt1=g_dt1, B0=g_B0, B1=g_B1, C0=g_C0, C1=g_C1)
 
 
 def cross_ss2d_materialized(u0, u1, dt0, dt1, B0, B1, C0, C1, A, D=None, delta_bias=None,

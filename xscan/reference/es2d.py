@@ -1,15 +1,33 @@
-"""Reference ES2D atrous scan (SPEC section 4, FusionMamba after EfficientVMamba)."""
+"""Reference ES2D atrous scan (FusionMamba, after EfficientVMamba)."""
 from __future__ import annotations
 
+import functools
+
 import torch
-import torch.nn.functional as F
 
-from .._registry import output_dtype
 from ..routes import ATROUS_ROUTES, atrous_grid, atrous_route
-from .selective_scan import selective_scan
+from .routed_scan import Routes, routed_scan, routed_scan_backward
 
 
-def es2d(u, dt, B, C, A, D=None, delta_bias=None, delta_softplus=True):
+@functools.lru_cache(maxsize=64)
+def es2d_routes(Dm: int, H: int, W: int, device: torch.device) -> Routes:
+    """Route k walks sub-lattice k of the map zero-padded to even size; padded pixels read u = 0
+    (the padding slot) and their outputs are dropped."""
+    Hq, Wq = atrous_grid(H, W)
+    L, pad = H * W, Dm * H * W
+    u_at, tokens = [], []
+    for k, ((h0, w0), _) in enumerate(ATROUS_ROUTES):
+        q = atrous_route(k, H, W, device)        # route position -> sub-lattice token
+        h, w = 2 * (q // Wq) + h0, 2 * (q % Wq) + w0  # its pixel on the padded map
+        inside = (h < H) & (w < W)
+        at = torch.arange(Dm, device=device)[:, None] * L + (h * W + w)[None, :]
+        u_at.append(torch.where(inside[None, :], at, pad))
+        tokens.append(q)
+    u_at = torch.stack(u_at)
+    return Routes(u_at=u_at, token_at=torch.stack(tokens), y_at=u_at, S_u=pad, S_y=pad)
+
+
+def es2d(u, dt, B, C, A, D=None, delta_bias=None, delta_softplus=True, out_dtype=None):
     """u: (Bt, Dm, H, W); dt: (Bt, 4, Dm, Lq); B, C: (Bt, 4, N, Lq); A: (4, Dm, N); D, delta_bias:
     (4, Dm), with (Hq, Wq) = (ceil(H/2), ceil(W/2)), Lq = Hq*Wq.
 
@@ -26,14 +44,14 @@ def es2d(u, dt, B, C, A, D=None, delta_bias=None, delta_softplus=True):
         k=3 (1,1) column-major: 5, 13, 7, 15
     """
     Bt, Dm, H, W = u.shape
-    Hq, Wq = atrous_grid(H, W)
-    up = F.pad(u, (0, 2 * Wq - W, 0, 2 * Hq - H))
-    yp = up.new_empty(up.shape, dtype=output_dtype(u.dtype))
-    for k, ((h0, w0), _) in enumerate(ATROUS_ROUTES):
-        j = atrous_route(k, H, W, u.device)
-        y_k = selective_scan(
-            up[:, :, h0::2, w0::2].reshape(Bt, Dm, Hq * Wq)[..., j], dt[:, k][..., j], A[k],
-            B[:, k][..., j], C[:, k][..., j], None if D is None else D[k], None,
-            None if delta_bias is None else delta_bias[k], delta_softplus)
-        yp[:, :, h0::2, w0::2] = torch.empty_like(y_k).index_copy_(-1, j, y_k).view(Bt, Dm, Hq, Wq)
-    return yp[:, :, :H, :W]
+    y = routed_scan(es2d_routes(Dm, H, W, u.device), u.reshape(Bt, -1), dt, B, C, A, D, delta_bias, delta_softplus,
+                    out_dtype or u.dtype)
+    return y.view(u.shape)
+
+
+def es2d_backward(dy, u, dt, B, C, A, D=None, delta_bias=None, delta_softplus=True) -> dict:
+    """Gradients of :func:`es2d` for the output gradient ``dy``, by argument name."""
+    Bt, Dm, H, W = u.shape
+    g = routed_scan_backward(es2d_routes(Dm, H, W, u.device), dy.reshape(Bt, -1), u.reshape(Bt, -1), dt, B, C, A,
+                             D, delta_bias, delta_softplus)
+    return dict(g, u=g["u"].view(u.shape))

@@ -1,9 +1,12 @@
-"""Reference channel-interleaved scanning (SPEC section 5, DIFF-MF spatial exchange, eqs. 9-10)."""
+"""Reference channel-interleaved scanning (DIFF-MF spatial exchange, eqs. 9-10)."""
 from __future__ import annotations
+
+import functools
 
 import torch
 
-from .ss2d import ss2d
+from ..routes import cross_route
+from .routed_scan import Routes, routed_scan, routed_scan_backward
 
 MODES = ("column", "row", "concat")
 AXES = ("channel", "width")
@@ -28,9 +31,50 @@ def realign(m0: torch.Tensor, m1: torch.Tensor, mode: str = "column", axis: str 
     return torch.stack([m0, m1], dim=dim + 1).flatten(dim, dim + 1)
 
 
+def realigned_shape(shape, mode: str, axis: str) -> tuple[int, int, int, int]:
+    """Shape of ``realign(m0, m1, mode, axis)`` for two maps of ``shape`` (Bt, C, H, W)."""
+    Bt, C, H, W = shape
+    if axis == "width" and mode != "concat":
+        return Bt, C, H, 2 * W
+    return Bt, 2 * C, H, W
+
+
+@functools.lru_cache(maxsize=64)
+def interleave_routes(C: int, H: int, W: int, mode: str, axis: str, device: torch.device) -> Routes:
+    """SS2D's routes over the realigned map; u is read where the realignment takes each pixel from:
+    the realignment of the two maps' element indices (u0's, then u1's, side by side)."""
+    size = C * H * W
+    index = torch.arange(2 * size, device=device).view(2, 1, C, H, W)
+    source = realign(index[0], index[1], mode, axis)[0]  # (Dr, Hr, Wr): where each pixel comes from
+    Dr, Hr, Wr = source.shape
+    Lr = Hr * Wr
+    s = torch.stack([cross_route(k, Hr, Wr, device) for k in range(4)])  # (4, Lr)
+    u_at = source.reshape(Dr, Lr)[:, s].permute(1, 0, 2)                  # (4, Dr, Lr)
+    y_at = torch.arange(Dr, device=device)[None, :, None] * Lr + s[:, None, :]
+    return Routes(u_at=u_at, token_at=s, y_at=y_at, S_u=2 * size, S_y=Dr * Lr)
+
+
+def _u_source(u0, u1):
+    Bt = u0.shape[0]
+    return torch.cat([u0.reshape(Bt, -1), u1.reshape(Bt, -1)], 1)
+
+
 def interleave_ss2d(u0, u1, dt, B, C, A, D=None, delta_bias=None, delta_softplus=True, mode="column",
-                    axis="channel"):
+                    axis="channel", out_dtype=None):
     """SS2D over ``realign(u0, u1, mode, axis)``. dt, B, C, A, D, delta_bias are those of the
     realigned map (spatial order of the realigned map, Dr = its channels). Output in the realigned
-    layout."""
-    return ss2d(realign(u0, u1, mode, axis), dt, B, C, A, D, delta_bias, delta_softplus)
+    layout, in ``out_dtype`` (default u0's)."""
+    routes = interleave_routes(*u0.shape[1:], mode, axis, u0.device)
+    y = routed_scan(routes, _u_source(u0, u1), dt, B, C, A, D, delta_bias, delta_softplus, out_dtype or u0.dtype)
+    return y.view(realigned_shape(u0.shape, mode, axis))
+
+
+def interleave_ss2d_backward(dy, u0, u1, dt, B, C, A, D=None, delta_bias=None, delta_softplus=True,
+                             mode="column", axis="channel") -> dict:
+    """Gradients of :func:`interleave_ss2d` for the output gradient ``dy``, by argument name."""
+    Bt = u0.shape[0]
+    routes = interleave_routes(*u0.shape[1:], mode, axis, u0.device)
+    g = routed_scan_backward(routes, dy.reshape(Bt, -1), _u_source(u0, u1), dt, B, C, A, D, delta_bias,
+                             delta_softplus)
+    g_u0, g_u1 = g.pop("u").view(Bt, 2, *u0.shape[1:]).unbind(1)
+    return dict(g, u0=g_u0, u1=g_u1)

@@ -1,25 +1,36 @@
-"""Reference SS2D (SPEC section 2): gather each route's sequence, scan it, scatter-add it back."""
+"""Reference SS2D: VMamba's four routes (hf, vf, hb, vb) over the map, outputs summed per token."""
 from __future__ import annotations
+
+import functools
 
 import torch
 
 from ..routes import cross_route
-from .selective_scan import selective_scan
+from .routed_scan import Routes, routed_scan, routed_scan_backward
 
 
-def ss2d(u, dt, B, C, A, D=None, delta_bias=None, delta_softplus=True):
-    """u: (Bt, Dm, H, W); dt: (Bt, K, Dm, L); B, C: (Bt, K, N, L); A: (K, Dm, N); D, delta_bias:
-    (K, Dm). Per-token tensors in spatial order. Returns y: (Bt, Dm, H, W), the sum of the four routes'
-    outputs at each token."""
+@functools.lru_cache(maxsize=64)
+def ss2d_routes(Dm: int, H: int, W: int, device: torch.device) -> Routes:
+    """Route k visits spatial index ``cross_route(k)[j]`` of every channel's plane (L = H*W)."""
+    L = H * W
+    s = torch.stack([cross_route(k, H, W, device) for k in range(4)])  # (4, L)
+    at = torch.arange(Dm, device=device)[None, :, None] * L + s[:, None, :]
+    return Routes(u_at=at, token_at=s, y_at=at, S_u=Dm * L, S_y=Dm * L)
+
+
+def ss2d(u, dt, B, C, A, D=None, delta_bias=None, delta_softplus=True, out_dtype=None):
+    """u: (Bt, Dm, H, W); dt: (Bt, 4, Dm, L); B, C: (Bt, 4, N, L); A: (4, Dm, N); D, delta_bias:
+    (4, Dm). Per-token tensors in spatial order (L = H*W). Returns y: (Bt, Dm, H, W) in
+    ``out_dtype`` (default u's), the sum of the four routes' outputs at each token."""
     Bt, Dm, H, W = u.shape
-    u_flat = u.reshape(Bt, Dm, H * W)
-    y = None
-    for k in range(dt.shape[1]):
-        s = cross_route(k, H, W, u.device)
-        y_k = selective_scan(
-            u_flat[..., s], dt[:, k][..., s], A[k], B[:, k][..., s], C[:, k][..., s],
-            None if D is None else D[k], None, None if delta_bias is None else delta_bias[k],
-            delta_softplus)
-        recovered = torch.empty_like(y_k).index_copy_(-1, s, y_k)
-        y = recovered if y is None else y + recovered
-    return y.reshape(Bt, Dm, H, W)
+    routes = ss2d_routes(Dm, H, W, u.device)
+    y = routed_scan(routes, u.reshape(Bt, -1), dt, B, C, A, D, delta_bias, delta_softplus, out_dtype or u.dtype)
+    return y.view(u.shape)
+
+
+def ss2d_backward(dy, u, dt, B, C, A, D=None, delta_bias=None, delta_softplus=True) -> dict:
+    """Gradients of :func:`ss2d` for the output gradient ``dy``, by argument name."""
+    Bt, Dm, H, W = u.shape
+    g = routed_scan_backward(ss2d_routes(Dm, H, W, u.device), dy.reshape(Bt, -1), u.reshape(Bt, -1), dt, B, C, A,
+                             D, delta_bias, delta_softplus)
+    return dict(g, u=g["u"].view(u.shape))
