@@ -220,6 +220,10 @@ def check_limits(op: str, *args) -> None:
     """Inputs this backend cannot take, before any launch."""
     if op == "ssd_exchange":
         return ssd.check_limits(*args)
-    N = args[A_POSITION[op]].shape[-1]
+    A = args[A_POSITION[op]]
+    if A.is_complex():
+        raise ValueError(f"xscan.{op}: the triton backend takes a real A; complex A runs on the reference and cpu "
+                         "backends (xscan.use_backend('reference') for CUDA tensors)")
+    N = A.shape[-1]
     if N > MAX_D_STATE:
         raise ValueError(f"xscan.{op}: the triton backend takes d_state N <= {MAX_D_STATE}, A has N={N}")

@@ -8,6 +8,21 @@ void scan_backward(int64_t kind, const std::vector<int64_t>& geometry, const Sca
                    const OptTensor& dlast, const Tensors& du, const Tensors& ddt, const Tensors& dB,
                    const Tensors& dC, const OptTensor& dz, const at::Tensor& dA, const OptTensor& dD,
                    const OptTensor& dbias) {
+  const ScanShape s = check_inputs(kind, geometry, in);
+  const size_t M = in.u.size();
+  check_maps(s, dy, s.y_map, M, "dy");
+  check_maps(s, du, s.u_map, M, "du");
+  expect_sizes(ddt, {s.batch, s.routes, s.channels, s.tokens}, M, "ddt");
+  expect_sizes(dB, {s.batch, s.routes, s.groups_B, s.dstate, s.tokens}, M, "dB");
+  expect_sizes(dC, {s.batch, s.routes, s.groups_C, s.dstate, s.tokens}, M, "dC");
+  if (dz) check_maps(s, {*dz}, s.u_map, 1, "dz");
+  expect_sizes(dA, {s.routes, s.channels, s.dstate}, "dA");
+  if (dD) expect_sizes(*dD, {s.routes, s.channels}, "dD");
+  if (dbias) expect_sizes(*dbias, {s.routes, s.channels}, "ddelta_bias");
+  if (dlast) expect_sizes(*dlast, {s.batch, s.routes, s.channels, s.dstate}, "dlast");
+  TORCH_CHECK(dz.has_value() == in.z.has_value() && dD.has_value() == in.D.has_value() &&
+                  dbias.has_value() == in.bias.has_value(),
+              "xscan._C: a gradient buffer for every optional input that is given, none for one that is not");
   with_dtype(in.u[0].scalar_type(), [&](auto scalar_tag, auto acc_tag) {
     using scalar_t = decltype(scalar_tag);
     using acc_t = decltype(acc_tag);

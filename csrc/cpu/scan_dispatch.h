@@ -50,6 +50,83 @@ struct ScanInputs {
   bool delta_softplus;
 };
 
+// The sizes of one call's views, from the route kind and geometry (see RouteKind) and the inputs.
+// Every view is checked against them before any kernel runs, so that no index the engine computes
+// leaves a buffer: the Python glue builds consistent views, this guards the extension's own entry.
+struct ScanShape {
+  int64_t batch, routes, channels, dstate, groups_B, groups_C, tokens;
+  std::vector<int64_t> u_map, y_map;  // (channels, rows, cols) of u's and y's pixel maps
+};
+
+inline void expect_sizes(const at::Tensor& t, std::vector<int64_t> sizes, const char* name) {
+  TORCH_CHECK(t.sizes() == at::IntArrayRef(sizes), "xscan._C: ", name, " has shape ", t.sizes(), ", expected ",
+              at::IntArrayRef(sizes));
+}
+
+inline void expect_sizes(const Tensors& ts, const std::vector<int64_t>& sizes, size_t count, const char* name) {
+  TORCH_CHECK(ts.size() == count, "xscan._C: ", count, " ", name, " views expected, got ", ts.size());
+  for (const auto& t : ts) expect_sizes(t, sizes, name);
+}
+
+inline ScanShape check_inputs(int64_t kind, const std::vector<int64_t>& g, const ScanInputs& in) {
+  const bool pair = kind == kCrossPair || kind == kRealign || kind == kHeads;
+  const size_t M = pair ? 2 : 1;
+  TORCH_CHECK(in.u.size() == M && in.dt.size() == M && in.B.size() == M && in.C.size() == M, "xscan._C: route kind ",
+              kind, " takes ", M, " modalities of u, dt, B, C");
+  TORCH_CHECK(in.dt[0].dim() == 4 && in.A.dim() == 3 && in.B[0].dim() == 5 && in.C[0].dim() == 5,
+              "xscan._C: dt must be (Bt, K, Dm, E), A (K, Dm, N), B and C (Bt, K, G, N, E)");
+  ScanShape s{in.dt[0].size(0), in.dt[0].size(1), in.dt[0].size(2), in.A.size(2), in.B[0].size(2), in.C[0].size(2), 0,
+              {}, {}};
+  TORCH_CHECK(s.groups_B > 0 && s.groups_C > 0 && s.channels % s.groups_B == 0 && s.channels % s.groups_C == 0,
+              "xscan._C: B and C groups must divide the channels");
+  const int64_t K = s.routes;
+  switch (kind) {
+    case kCross:
+    case kAtrous:
+    case kCrossPair:
+      TORCH_CHECK(g.size() == 2 && g[0] > 0 && g[1] > 0 && K >= 1 && K <= 4, "xscan._C: bad map geometry or routes");
+      s.tokens = kind == kAtrous ? atrous_extent(g[0]) * atrous_extent(g[1]) : g[0] * g[1];
+      s.u_map = s.y_map = {s.channels, g[0], g[1]};
+      break;
+    case kRealign: {
+      TORCH_CHECK(g.size() == 6 && g[4] >= 0 && g[4] <= 2 && g[5] >= 0 && g[5] <= 1 && K >= 1 && K <= 4,
+                  "xscan._C: bad realign geometry or routes");
+      const int64_t Hr = g[0], Wr = g[1], C = g[2], W = g[3];
+      const bool on_channels = g[4] == kRealignConcat || g[5] == kRealignChannel;
+      TORCH_CHECK(on_channels ? (s.channels == 2 * C && Wr == W) : (s.channels == C && Wr == 2 * W),
+                  "xscan._C: the realigned map does not match the input maps");
+      s.tokens = Hr * Wr;
+      s.u_map = {C, Hr, W};
+      s.y_map = {s.channels, Hr, Wr};
+      break;
+    }
+    case kHeads:
+      TORCH_CHECK(g.size() == 2 && K == 2 * g[0], "xscan._C: heads take 2P routes");
+      s.tokens = g[1];
+      s.u_map = s.y_map = {s.channels, g[0], g[1]};
+      break;
+    default: TORCH_CHECK(false, "xscan._C: unknown route kind ", kind);
+  }
+  const auto pixels = [&](const std::vector<int64_t>& map) {
+    return std::vector<int64_t>{s.batch, map[0], map[1], map[2]};
+  };
+  expect_sizes(in.u, pixels(s.u_map), M, "u");
+  expect_sizes(in.dt, {s.batch, K, s.channels, s.tokens}, M, "dt");
+  for (const auto& B : in.B) expect_sizes(B, {s.batch, K, s.groups_B, s.dstate, s.tokens}, "B");
+  for (const auto& C : in.C) expect_sizes(C, {s.batch, K, s.groups_C, s.dstate, s.tokens}, "C");
+  if (in.z) expect_sizes(*in.z, pixels(s.u_map), "z");
+  expect_sizes(in.A, {K, s.channels, s.dstate}, "A");
+  if (in.D) expect_sizes(*in.D, {K, s.channels}, "D");
+  if (in.bias) expect_sizes(*in.bias, {K, s.channels}, "delta_bias");
+  return s;
+}
+
+// Output and gradient views: y, dy, du and ddt are per modality (realign: one map in both slots).
+inline void check_maps(const ScanShape& s, const Tensors& maps, const std::vector<int64_t>& map, size_t M,
+                       const char* name) {
+  expect_sizes(maps, {s.batch, map[0], map[1], map[2]}, M, name);
+}
+
 template <typename scalar_t, typename acc_t>
 ScanViews<scalar_t, acc_t> input_views(const ScanInputs& in) {
   TORCH_CHECK(!in.u.empty() && in.u.size() <= 2 && in.dt.size() == in.u.size() && in.B.size() == in.u.size() &&

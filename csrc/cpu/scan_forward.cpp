@@ -6,6 +6,9 @@ namespace cpu {
 
 void scan_forward(int64_t kind, const std::vector<int64_t>& geometry, const ScanInputs& in, const Tensors& y,
                   const OptTensor& last_state) {
+  const ScanShape s = check_inputs(kind, geometry, in);
+  check_maps(s, y, s.y_map, in.u.size(), "y");
+  if (last_state) expect_sizes(*last_state, {s.batch, s.routes, s.channels, s.dstate}, "last_state");
   with_dtype(in.u[0].scalar_type(), [&](auto scalar_tag, auto acc_tag) {
     using scalar_t = decltype(scalar_tag);
     using acc_t = decltype(acc_tag);

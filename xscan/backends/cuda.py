@@ -80,6 +80,9 @@ def _check_routes(op: str, dt: torch.Tensor) -> None:
 
 
 def _limits_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    if A.is_complex():
+        raise ValueError("xscan.selective_scan (cuda backend): the CUDA kernels take a real A; complex A runs on the "
+                         "reference and cpu backends (xscan.use_backend('reference') for CUDA tensors)")
     _check_token_dtypes("selective_scan", dict(u=u, delta=delta, B=B, C=C, z=z))
     _check_dstate("selective_scan", "A", A.shape[1])
     _check_sizes("selective_scan", u.shape[0], u.shape[2])

@@ -55,9 +55,11 @@ def _fresh(outputs, inputs) -> list:
     return fresh
 
 
-def define(name: str, args: Sequence[tuple[str, str]], outputs: int, fake: Callable) -> Callable:
+def define(name: str, args: Sequence[tuple[str, str]], outputs: int, fake: Callable, check: Callable) -> Callable:
     """Define ``xscan::<name>`` with ``args`` as (argument name, schema type) pairs, ``outputs``
-    tensors out, ``fake(*args)`` giving their shapes in the input dtypes. Returns
+    tensors out, ``fake(*args)`` giving their shapes in the input dtypes and ``check(*args)``
+    raising a clear error for arguments the kernels cannot take (run by the op itself too, so that
+    a direct ``torch.ops.xscan`` call is as safe as the public function). Returns
     ``call(args, device)``, which picks the backend for ``device`` and runs the op."""
     params = ", ".join(f"{t} {n}" for n, t in args) + ", bool fp32_output, str backend"
     returns = "Tensor" if outputs == 1 else "(" + ", ".join(["Tensor"] * outputs) + ")"
@@ -76,6 +78,7 @@ def define(name: str, args: Sequence[tuple[str, str]], outputs: int, fake: Calla
 
     def forward(*a):
         *a, fp32_output, backend = a
+        check(*a)
         with _registry.fp32_output(fp32_output):  # the backend reads it through _registry.output_dtype
             out = _registry.backend(backend).forwards[name](*a)
         out = _fresh(_widen(out if outputs > 1 else (out,), fp32_output), a)
@@ -83,17 +86,29 @@ def define(name: str, args: Sequence[tuple[str, str]], outputs: int, fake: Calla
 
     def fake_forward(*a):
         *a, fp32_output, _ = a
+        check(*a)
         out = fake(*a)
         out = _widen(out if outputs > 1 else (out,), fp32_output)
         return out if outputs > 1 else out[0]
 
+    def check_grads(grads, a):
+        """The backward's arguments: the forward's, and one gradient per output of its shape."""
+        check(*a)
+        out = fake(*(x.to("meta") if isinstance(x, torch.Tensor) else x for x in a))
+        shapes = [o.shape for o in (out if outputs > 1 else (out,))]
+        if [g.shape for g in grads] != shapes:
+            raise ValueError(f"xscan.{name}_backward: grads must have the outputs' shapes {[tuple(s) for s in shapes]}, "
+                             f"got {[tuple(g.shape) for g in grads]}")
+
     def backward(grads, *a):
         *a, _, backend = a
+        check_grads(grads, a)
         result = by_slot(_registry.backend(backend).backwards[name](list(grads), *a), a)
         result = _fresh([None if g is None else g.contiguous() for g in result], (*grads, *a))
         return [grads[0].new_empty(0) if g is None else g for g in result]
 
     def fake_backward(grads, *a):
+        check_grads(grads, a[:-2])
         empty = grads[0].new_empty(0)
         return [empty if a[i] is None else a[i].new_empty(a[i].shape) for i in tensor_slots]
 

@@ -8,7 +8,17 @@ from .ss2d import PARAMS, check_params, check_tokens
 ARGS = (("u0", "Tensor"), ("u1", "Tensor"), ("dt0", "Tensor"), ("dt1", "Tensor"), ("B0", "Tensor"),
         ("B1", "Tensor"), ("C0", "Tensor"), ("C1", "Tensor")) + PARAMS
 
-_op = define("cross_ss2d", ARGS, 2, lambda u0, u1, *rest: (u0.new_empty(u0.shape), u1.new_empty(u1.shape)))
+def check(u0, u1, dt0, dt1, B0, B1, C0, C1, A, D=None, delta_bias=None, delta_softplus=True):
+    c = Checker("cross_ss2d")
+    c.tensor("u0", u0, "Bt Dm H W", token=True)
+    c.tensor("u1", u1, "Bt Dm H W", token=True)
+    c.bind("L", c.dims["H"] * c.dims["W"], "u0")
+    check_tokens(c, "0", dt0, B0, C0)
+    check_tokens(c, "1", dt1, B1, C1)
+    check_params(c, A, D, delta_bias)
+
+
+_op = define("cross_ss2d", ARGS, 2, lambda u0, u1, *rest: (u0.new_empty(u0.shape), u1.new_empty(u1.shape)), check)
 
 
 def cross_ss2d(u0, u1, dt0, dt1, B0, B1, C0, C1, A, D=None, delta_bias=None, delta_softplus=True):
@@ -21,12 +31,6 @@ def cross_ss2d(u0, u1, dt0, dt1, B0, B1, C0, C1, A, D=None, delta_bias=None, del
 
     u0, u1: (Bt, Dm, H, W) (patch-marked); dt0, dt1: (Bt, 4, Dm, L); B0, B1, C0, C1: (Bt, 4, N, L)
     (spatial order, L = H*W); shared A: (4, Dm, N); D, delta_bias: (4, Dm). Returns (y0, y1)."""
-    c = Checker("cross_ss2d")
-    c.tensor("u0", u0, "Bt Dm H W", token=True)
-    c.tensor("u1", u1, "Bt Dm H W", token=True)
-    c.bind("L", c.dims["H"] * c.dims["W"], "u0")
-    check_tokens(c, "0", dt0, B0, C0)
-    check_tokens(c, "1", dt1, B1, C1)
-    check_params(c, A, D, delta_bias)
+    check(u0, u1, dt0, dt1, B0, B1, C0, C1, A, D, delta_bias)
     args = (u0, u1, dt0, dt1, B0, B1, C0, C1, A, D, delta_bias, bool(delta_softplus))
     return _op(args, u0.device)

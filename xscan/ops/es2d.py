@@ -6,7 +6,16 @@ from ..routes import atrous_grid
 from ._define import define
 from .ss2d import ARGS, check_params, check_tokens
 
-_op = define("es2d", ARGS, 1, lambda u, *rest: u.new_empty(u.shape))
+def check(u, dt, B, C, A, D=None, delta_bias=None, delta_softplus=True):
+    c = Checker("es2d")
+    c.tensor("u", u, "Bt Dm H W", token=True)
+    Hq, Wq = atrous_grid(c.dims["H"], c.dims["W"])
+    c.bind("Lq", Hq * Wq, "u")
+    check_tokens(c, "", dt, B, C, length="Lq")
+    check_params(c, A, D, delta_bias)
+
+
+_op = define("es2d", ARGS, 1, lambda u, *rest: u.new_empty(u.shape), check)
 
 
 def es2d(u, dt, B, C, A, D=None, delta_bias=None, delta_softplus=True):
@@ -17,11 +26,6 @@ def es2d(u, dt, B, C, A, D=None, delta_bias=None, delta_softplus=True):
     route k's tensors row-major over its sub-lattice (``xscan.routes.atrous_sublattices`` gives the
     matching projection input); A: (4, Dm, N); D, delta_bias: (4, Dm). Returns (Bt, Dm, H, W).
     See ``xscan.reference.es2d`` for the routes on a 4x4 example."""
-    c = Checker("es2d")
-    c.tensor("u", u, "Bt Dm H W", token=True)
-    Hq, Wq = atrous_grid(c.dims["H"], c.dims["W"])
-    c.bind("Lq", Hq * Wq, "u")
-    check_tokens(c, "", dt, B, C, length="Lq")
-    check_params(c, A, D, delta_bias)
+    check(u, dt, B, C, A, D, delta_bias)
     args = (u, dt, B, C, A, D, delta_bias, bool(delta_softplus))
     return _op(args, u.device)

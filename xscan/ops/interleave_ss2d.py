@@ -14,17 +14,7 @@ def _fake(u0, u1, dt, B, C, A, D, delta_bias, delta_softplus, mode, axis):
     return u0.new_empty(realigned_shape(u0.shape, mode, axis))
 
 
-_op = define("interleave_ss2d", ARGS, 1, _fake)
-
-
-def interleave_ss2d(u0, u1, dt, B, C, A, D=None, delta_bias=None, delta_softplus=True, mode="column",
-                    axis="channel"):
-    """SS2D over ``xscan.realign(u0, u1, mode, axis)``, reading u0 and u1 where they lie.
-
-    u0, u1: (Bt, C, H, W). The realigned map R is (Bt, Dr, Hr, Wr): (Bt, 2C, H, W) on the channel axis
-    (and for ``concat``), (Bt, C, H, 2W) on the width axis. dt: (Bt, 4, Dr, Lr); B, C: (Bt, 4, N, Lr)
-    in R's spatial order (Lr = Hr*Wr); A: (4, Dr, N); D, delta_bias: (4, Dr). Returns y in R's layout,
-    equal to ``xscan.ss2d(realign(u0, u1, mode, axis), ...)``."""
+def check(u0, u1, dt, B, C, A, D=None, delta_bias=None, delta_softplus=True, mode="column", axis="channel"):
     c = Checker("interleave_ss2d")
     c.choice("mode", mode, MODES)
     c.choice("axis", axis, AXES)
@@ -35,5 +25,19 @@ def interleave_ss2d(u0, u1, dt, B, C, A, D=None, delta_bias=None, delta_softplus
     c.bind("Lr", Hr * Wr, "u0")
     check_tokens(c, "", dt, B, C, dm="Dr", length="Lr")
     check_params(c, A, D, delta_bias, dm="Dr")
+
+
+_op = define("interleave_ss2d", ARGS, 1, _fake, check)
+
+
+def interleave_ss2d(u0, u1, dt, B, C, A, D=None, delta_bias=None, delta_softplus=True, mode="column",
+                    axis="channel"):
+    """SS2D over ``xscan.realign(u0, u1, mode, axis)``, reading u0 and u1 where they lie.
+
+    u0, u1: (Bt, C, H, W). The realigned map R is (Bt, Dr, Hr, Wr): (Bt, 2C, H, W) on the channel axis
+    (and for ``concat``), (Bt, C, H, 2W) on the width axis. dt: (Bt, 4, Dr, Lr); B, C: (Bt, 4, N, Lr)
+    in R's spatial order (Lr = Hr*Wr); A: (4, Dr, N); D, delta_bias: (4, Dr). Returns y in R's layout,
+    equal to ``xscan.ss2d(realign(u0, u1, mode, axis), ...)``."""
+    check(u0, u1, dt, B, C, A, D, delta_bias, delta_softplus, mode, axis)
     args = (u0, u1, dt, B, C, A, D, delta_bias, bool(delta_softplus), mode, axis)
     return _op(args, u0.device)

@@ -16,7 +16,22 @@ def _fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
     return u.new_empty(u.shape), u.new_empty((u.shape[0], u.shape[1], A.shape[1]), dtype=state_dtype(u.dtype, A))
 
 
-_op = define("selective_scan", ARGS, 2, _fake)
+def check(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """The registered op's arguments: B and C grouped, (Bt, G, N, L), complex when A is."""
+    c = Checker("selective_scan")
+    c.tensor("u", u, "Bt Dm L", token=True)
+    c.tensor("delta", delta, "Bt Dm L", token=True)
+    is_complex = isinstance(A, torch.Tensor) and A.is_complex()
+    c.tensor("A", A, "Dm N", dtypes=COMPLEX if is_complex else FLOATING)
+    for name, X in (("B", B), ("C", C)):
+        c.tensor(name, X, f"Bt G_{name} N L", token=not is_complex, dtypes=COMPLEX if is_complex else FLOATING)
+        c.divides(f"G_{name}", "Dm", f"{name} groups must split the channels evenly")
+    c.tensor("D", D, "Dm", optional=True)
+    c.tensor("z", z, "Bt Dm L", optional=True, token=True)
+    c.tensor("delta_bias", delta_bias, "Dm", optional=True)
+
+
+_op = define("selective_scan", ARGS, 2, _fake, check)
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,

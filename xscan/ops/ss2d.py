@@ -24,7 +24,15 @@ def check_tokens(c: Checker, suffix: str, dt, B, C, dm: str = "Dm", length: str 
     c.tensor(f"C{suffix}", C, f"Bt 4 N {length}", token=True)
 
 
-_op = define("ss2d", ARGS, 1, lambda u, *rest: u.new_empty(u.shape))
+def check(u, dt, B, C, A, D=None, delta_bias=None, delta_softplus=True):
+    c = Checker("ss2d")
+    c.tensor("u", u, "Bt Dm H W", token=True)
+    c.bind("L", c.dims["H"] * c.dims["W"], "u")
+    check_tokens(c, "", dt, B, C)
+    check_params(c, A, D, delta_bias)
+
+
+_op = define("ss2d", ARGS, 1, lambda u, *rest: u.new_empty(u.shape), check)
 
 
 def ss2d(u, dt, B, C, A, D=None, delta_bias=None, delta_softplus=True, route="cross"):
@@ -36,11 +44,7 @@ def ss2d(u, dt, B, C, A, D=None, delta_bias=None, delta_softplus=True, route="cr
     if route == "atrous":
         from .es2d import es2d
         return es2d(u, dt, B, C, A, D, delta_bias, delta_softplus)
-    c = Checker("ss2d")
-    c.choice("route", route, ROUTES)
-    c.tensor("u", u, "Bt Dm H W", token=True)
-    c.bind("L", c.dims["H"] * c.dims["W"], "u")
-    check_tokens(c, "", dt, B, C)
-    check_params(c, A, D, delta_bias)
+    Checker("ss2d").choice("route", route, ROUTES)
+    check(u, dt, B, C, A, D, delta_bias)
     args = (u, dt, B, C, A, D, delta_bias, bool(delta_softplus))
     return _op(args, u.device)

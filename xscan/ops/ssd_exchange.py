@@ -8,17 +8,7 @@ ARGS = (("x0", "Tensor"), ("x1", "Tensor"), ("dt0", "Tensor"), ("dt1", "Tensor")
         ("B0", "Tensor"), ("B1", "Tensor"), ("C0", "Tensor"), ("C1", "Tensor"), ("D", "Tensor?"),
         ("dt_bias", "Tensor?"), ("dt_softplus", "bool"))
 
-_op = define("ssd_exchange", ARGS, 2, lambda x0, x1, *rest: (x0.new_empty(x0.shape), x1.new_empty(x1.shape)))
-
-
-def ssd_exchange(x0, x1, dt0, dt1, A, B0, B1, C0, C1, D=None, dt_bias=None, dt_softplus=False):
-    """Cross-modal SSD exchange, both directions in one call:
-    ``y0 = SSM(x0, dt0, B1, C1)`` and ``y1 = SSM(x1, dt1, B0, C0)``.
-
-    The SSM is Mamba-2's (scalar A per head, heads of P channels), in mamba_ssm's ``ssd`` layouts:
-    x_m: (Bt, L, nh, P); dt_m: (Bt, L, nh); A: (nh,) (negative); B_m, C_m: (Bt, L, G, N), head h
-    using group h // (nh/G); D, dt_bias: (nh,). Per head:
-    ``h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t^T``, ``y_t = h_t C_t + D x_t``. Returns (y0, y1)."""
+def check(x0, x1, dt0, dt1, A, B0, B1, C0, C1, D=None, dt_bias=None, dt_softplus=False):
     c = Checker("ssd_exchange")
     for m, (x, dt, B, C) in enumerate(((x0, dt0, B0, C0), (x1, dt1, B1, C1))):
         c.tensor(f"x{m}", x, "Bt L nh P", token=True)
@@ -29,5 +19,20 @@ def ssd_exchange(x0, x1, dt0, dt1, A, B0, B1, C0, C1, D=None, dt_bias=None, dt_s
     c.tensor("A", A, "nh")
     c.tensor("D", D, "nh", optional=True)
     c.tensor("dt_bias", dt_bias, "nh", optional=True)
+
+
+_op = define("ssd_exchange", ARGS, 2, lambda x0, x1, *rest: (x0.new_empty(x0.shape), x1.new_empty(x1.shape)),
+             check)
+
+
+def ssd_exchange(x0, x1, dt0, dt1, A, B0, B1, C0, C1, D=None, dt_bias=None, dt_softplus=False):
+    """Cross-modal SSD exchange, both directions in one call:
+    ``y0 = SSM(x0, dt0, B1, C1)`` and ``y1 = SSM(x1, dt1, B0, C0)``.
+
+    The SSM is Mamba-2's (scalar A per head, heads of P channels), in mamba_ssm's ``ssd`` layouts:
+    x_m: (Bt, L, nh, P); dt_m: (Bt, L, nh); A: (nh,) (negative); B_m, C_m: (Bt, L, G, N), head h
+    using group h // (nh/G); D, dt_bias: (nh,). Per head:
+    ``h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t^T``, ``y_t = h_t C_t + D x_t``. Returns (y0, y1)."""
+    check(x0, x1, dt0, dt1, A, B0, B1, C0, C1, D, dt_bias)
     args = (x0, x1, dt0, dt1, A, B0, B1, C0, C1, D, dt_bias, bool(dt_softplus))
     return _op(args, x0.device)

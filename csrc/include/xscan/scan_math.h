@@ -86,14 +86,15 @@ XSCAN_HD T decay(T dt, T a) {
 
 // Vectorisable exp for float (CPU inner loops over N: std::exp does not vectorise without
 // -ffast-math). exp(x) = 2^k * exp(r), |r| <= ln2/2, exp(r) by Cephes' degree-7 polynomial: relative
-// error below 2e-7 on [-87, 88]; the input is clamped to that range (exp(-87) = 1.6e-38 stands for
-// the decay of a long step). Branch-free so that loops calling it vectorise.
+// error below 2e-7 on [-87, 88]. The polynomial runs on the input clamped to that range (exp(-87) =
+// 1.6e-38 stands for the decay of a long step); the result keeps std::exp's edges: +inf above the
+// float range, NaN for NaN. Branch-free so that loops calling it vectorise.
 XSCAN_HD float exp_poly(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  x = x > 88.0f ? 88.0f : x;
-  // k = round(x / ln2) by the 1.5 * 2^23 trick (std::floor does not vectorise without -ffast-math)
-  const float k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  const float r = x - k * 0.693359375f + k * 2.12194440e-4f;  // ln2 split in two for exact k*ln2
+  // NaN compares false and clamps to -87 here: the conversion to int below stays defined
+  const float c = x > -87.0f ? (x < 88.0f ? x : 88.0f) : -87.0f;
+  // k = round(c / ln2) by the 1.5 * 2^23 trick (std::floor does not vectorise without -ffast-math)
+  const float k = (c * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const float r = c - k * 0.693359375f + k * 2.12194440e-4f;  // ln2 split in two for exact k*ln2
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
@@ -104,12 +105,13 @@ XSCAN_HD float exp_poly(float x) {
   // 2^k from the float's exponent field (k in [-126, 127] after the clamp)
   const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
 #ifdef __CUDA_ARCH__
-  return p * __int_as_float(bits);
+  const float e = p * __int_as_float(bits);
 #else
   float scale;
   std::memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
+  const float e = p * scale;
 #endif
+  return x > 88.7228391f ? INFINITY : (x == x ? e : x);
 }
 XSCAN_HD double exp_poly(double x) { return std::exp(x); }
 
