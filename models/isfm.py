@@ -7,8 +7,9 @@ Follows the public code ``Namn23/ISFM`` (``modeling/bulid_ISFM.py``, ``ISF.py``,
 (``xscan.ss2d``). ``FG_SS2D`` shares one set of SSM parameters between the modalities and scans each
 separately. Haar DWT/IDWT are stride-2 depthwise convolutions, channel layout [LL | LH | HL | HH].
 The parameter count is the public 9,147,905, including the LayerNorm ``norm`` the public forward
-never uses (kept so the state dict matches). Any H, W works without padding: an odd size is
-handled by the IDWT's bilinear resize back, as in the public code.
+never uses (kept so the state dict matches). Any H, W >= 2 works without padding: an odd size is
+handled by the IDWT's bilinear resize back, as in the public code; the Haar DWT needs two rows and
+two columns, so H = 1 or W = 1 is refused with a clear error (the public code fails inside conv2d).
 """
 from __future__ import annotations
 
@@ -204,6 +205,9 @@ class ISFM(FusionNet):
         vmamba_init(self)
 
     def fuse(self, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
+        if min(ir.shape[-2:]) < 2:
+            raise ValueError(f"ISFM: images must be at least 2 x 2 (its Haar DWT halves them), got "
+                             f"{tuple(ir.shape[-2:])}")
         vi_shallow, ir_shallow = self.conv1_before(vis), self.conv2_before(ir)
         vi, ir_f = vi_shallow.permute(0, 2, 3, 1), ir_shallow.permute(0, 2, 3, 1)
         for group1, group2 in zip(self.BMM_layers1, self.BMM_layers2):

@@ -145,5 +145,19 @@ def test_backward_op_checks_its_gradients(op):
         getattr(torch.ops.xscan, f"{op}_backward")([g[..., :-1] for g in grads], *full)
 
 
+@pytest.mark.parametrize("op", OPS)
+def test_fake_kernels_apply_the_same_checks(op):
+    """Under torch.compile the fake kernels run instead of the real ones: they refuse what the real
+    ones refuse (here a per-token dtype mixture), at trace time."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    args, kwargs = make_inputs(op, G=1)
+    full = list(custom_op_args(op, args, kwargs, "reference"))
+    full[1] = full[1].to(torch.bfloat16)
+    with FakeTensorMode() as mode:
+        fake = [mode.from_tensor(t) if isinstance(t, torch.Tensor) else t for t in full]
+        with pytest.raises(TypeError, match="the per-token inputs must share one dtype"):
+            getattr(torch.ops.xscan, op)(*fake)
+
+
 if __name__ == "__main__":
     print(json.dumps(run_op(sys.argv[1])))

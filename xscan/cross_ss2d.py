@@ -32,6 +32,10 @@ class CrossSS2D(SSMCore):
 
     def forward(self, x0: torch.Tensor, x1: torch.Tensor):
         """x0, x1: (Bt, d_inner, H, W), first and second modality. Returns their fused (y0, y1)."""
+        self.check_input("x0", x0)
+        self.check_input("x1", x1)
+        if x1.shape != x0.shape:
+            raise ValueError(f"CrossSS2D: x0 {tuple(x0.shape)} and x1 {tuple(x1.shape)} must have the same shape")
         d = x0.shape[1]
         dt0, B0, C0 = self.project(x0.flatten(2), self.x_proj_weight)
         dt1, B1, C1 = self.project(x1.flatten(2), self.y_proj_weight)

@@ -51,6 +51,16 @@ class SSMCore(nn.Module):
         dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
         return torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight), Bs, Cs
 
+    def check_input(self, name: str, x) -> None:
+        """x must be a (Bt, d_inner, H, W) floating map: a clear error before any projection."""
+        layer = type(self).__name__
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{layer}: {name} must be a tensor of shape (Bt, {self.d_inner}, H, W), got {type(x).__name__}")
+        if x.dim() != 4 or x.shape[1] != self.d_inner:
+            raise ValueError(f"{layer}: {name} must have shape (Bt, d_inner={self.d_inner}, H, W), got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"{layer}: {name} must be a floating tensor, got {x.dtype}")
+
     def scan_params(self):
         """A (K, Dm, N), D (K, Dm), delta_bias (K, Dm), all fp32."""
         A = -torch.exp(self.A_logs.float()).view(K, self.d_inner, self.d_state)
@@ -70,6 +80,7 @@ class SS2D(SSMCore):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (Bt, d_inner, H, W) -> (Bt, d_inner, H, W)."""
+        self.check_input("x", x)
         A, D, delta_bias = self.scan_params()
         if self.route == "atrous":
             return es2d(x, *self.project(atrous_sublattices(x), self.x_proj_weight), A, D, delta_bias, True)

@@ -6,21 +6,18 @@ non-contiguous inputs, deterministic repeats):
 
 - ``gpu``: the compiled ``xscan._C_cuda`` on a CUDA device (skipped without one);
 - ``emulated``: the same kernel source compiled for the host (tests/backends/cuda_emulator), each CUDA
-  thread an OS thread, on CPU tensors in float32. It checks the kernels' index maths, recurrences and
+  thread a fiber, on CPU tensors in float32. It checks the kernels' index maths, recurrences and
   reductions and the Python glue where no GPU exists; it proves nothing about the hardware. Set
   XSCAN_SKIP_CUDA_EMULATION=1 to skip it (its first build takes about two minutes).
 
 GPU-only tests: fp16/bf16 inputs, the fp32-output option, a 2L = 65536 cross scan and element offsets
 beyond 2^31.
 """
-import importlib.util
-import os
-
 import pytest
 import torch
 
 import xscan
-from xscan import _registry, reference
+from xscan import reference
 from xscan.backends import cuda as cuda_backend
 from xscan.testing import (OPS, _rel, check_fp32_output, compare, make_inputs, non_contiguous, public_op,
                            run_both, run_with_grads)
@@ -36,42 +33,14 @@ def needs_gpu(test):
     return pytest.mark.gpu(pytest.mark.skipif(GPU_REASON is not None, reason=str(GPU_REASON))(test))
 
 
-def _emulation_skip_reason():
-    if os.environ.get("XSCAN_SKIP_CUDA_EMULATION") == "1":
-        return "XSCAN_SKIP_CUDA_EMULATION=1"
-    return None
-
-
-@pytest.fixture(scope="module")
-def emulator():
-    reason = _emulation_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    path = os.path.join(os.path.dirname(__file__), "cuda_emulator", "__init__.py")
-    spec = importlib.util.spec_from_file_location("xscan_tests_cuda_emulator", path)
-    cuda_emulator = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cuda_emulator)
-    try:
-        return cuda_emulator.build()
-    except Exception as e:  # no host compiler: say so instead of failing every test
-        pytest.skip(f"host emulation of the CUDA kernels could not be built: {type(e).__name__}: {e}")
-
-
 @pytest.fixture(params=["gpu", "emulated"])
-def device(request, monkeypatch):
+def device(request):
     """The device the parity tests run on, with the cuda backend able to run there."""
     if request.param == "gpu":
         if GPU_REASON is not None:
             pytest.skip(GPU_REASON)
         return "cuda"
-    emu = request.getfixturevalue("emulator")
-    monkeypatch.setattr(cuda_backend, "_C", emu)
-    b = _registry.backend("cuda")
-    monkeypatch.setattr(b, "forwards", {op: f for op, (f, _, _) in cuda_backend.OPS.items()})
-    monkeypatch.setattr(b, "backwards", {op: g for op, (_, g, _) in cuda_backend.OPS.items()})
-    monkeypatch.setattr(b, "limits", {op: lim for op, (_, _, lim) in cuda_backend.OPS.items()})
-    monkeypatch.setattr(b, "devices", ("cpu",))
-    monkeypatch.setattr(b, "reason", None)
+    request.getfixturevalue("emulated_cuda")
     return "cpu"
 
 

@@ -242,3 +242,40 @@ def test_throughput_runs_inference_and_training_steps():
         build("NoSuchNet")
     rows = model_rows("cpu", ["cuda"], models=["S4Fusion"], size=16, warmup=0, modes=("infer",))
     assert rows[0]["images_per_s"] is None and "cuda" in rows[0]["note"]
+
+
+# ---- every image size the networks take, and the ones they refuse ----
+
+SMALL_NETS = {
+    "S4Fusion": lambda: S4Fusion(dims=(8, 16, 32)),
+    "DIFFMF": lambda: DIFFMF(dim=8, extract_layers=1, headdim=4),
+    "FusionMamba": lambda: FusionMamba(dims=(8, 16), depths=(1, 1), depths_decoder=(1, 1)),
+    "ISFM": lambda: ISFM(dim=16, depths=(1, 1)),
+}
+
+
+@pytest.mark.parametrize("H,W", [(1, 1), (1, 5), (5, 1), (2, 2), (2, 3), (3, 3)])
+@pytest.mark.parametrize("model", list(SMALL_NETS))
+def test_tiny_images(model, H, W):
+    torch.manual_seed(0)
+    net = SMALL_NETS[model]().eval()
+    ir, vis = torch.rand(1, 1, H, W), torch.rand(1, 1, H, W)
+    if model == "ISFM" and min(H, W) < 2:
+        with pytest.raises(ValueError, match=r"ISFM: images must be at least 2 x 2"):
+            net(ir, vis)
+        return
+    with torch.no_grad():
+        out = net(ir, vis)
+    assert out.shape == (1, 1, H, W) and torch.isfinite(out).all()
+
+
+def test_layers_name_the_input_with_the_wrong_channel_count():
+    with pytest.raises(ValueError, match=r"SS2D: x must have shape \(Bt, d_inner=6, H, W\), got \(1, 5, 3, 3\)"):
+        xscan.SS2D(6, d_state=3)(torch.randn(1, 5, 3, 3))
+    core = xscan.cross_ss2d.CrossSS2D(d_inner=6, d_state=3)
+    with pytest.raises(ValueError, match=r"CrossSS2D: x1 must have shape \(Bt, d_inner=6, H, W\), got \(1, 5, 3, 3\)"):
+        core(torch.randn(1, 6, 3, 3), torch.randn(1, 5, 3, 3))
+    with pytest.raises(ValueError, match=r"CrossSS2D: x0 \(1, 6, 3, 3\) and x1 \(1, 6, 3, 4\) must have the same shape"):
+        core(torch.randn(1, 6, 3, 3), torch.randn(1, 6, 3, 4))
+    with pytest.raises(ValueError, match=r"SS2D: x must have shape"):
+        xscan.SS2D(6, d_state=3)(torch.randn(6, 3, 3))

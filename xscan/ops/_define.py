@@ -42,13 +42,14 @@ def _widen(out, fp32_output: bool):
 
 
 def _fresh(outputs, inputs) -> list:
-    """Outputs that share no memory with the inputs or with each other (a custom op's contract):
-    a backend may hand back views of one buffer."""
+    """Outputs that own their memory (a custom op's contract, and what the fake kernels promise): a
+    backend may hand back views of one buffer, or of the inputs."""
     seen = {t.untyped_storage().data_ptr() for t in inputs if isinstance(t, torch.Tensor) and t.numel()}
     fresh = []
     for t in outputs:
         if t is not None and t.numel():
-            if t.untyped_storage().data_ptr() in seen:
+            storage = t.untyped_storage()
+            if storage.data_ptr() in seen or storage.nbytes() != t.numel() * t.element_size():
                 t = t.clone()
             seen.add(t.untyped_storage().data_ptr())
         fresh.append(t)

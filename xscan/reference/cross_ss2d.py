@@ -1,12 +1,10 @@
 """Reference Cross SS2D (S4Fusion Algorithm 1)."""
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from ..routes import cross_route
-from .routed_scan import Routes, routed_scan, routed_scan_backward
+from .routed_scan import Routes, cached, routed_scan, routed_scan_backward
 from .selective_scan import selective_scan
 
 
@@ -15,7 +13,7 @@ def interleave(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.stack([a, b], dim=-1).flatten(-2)
 
 
-@functools.lru_cache(maxsize=64)
+@cached
 def cross_ss2d_routes(Dm: int, H: int, W: int, device: torch.device) -> Routes:
     """Route k has 2L positions: position p is modality p % 2 at the route's (p // 2)-th token. The
     u and y sources are both modalities' maps side by side, the token sources both modalities'

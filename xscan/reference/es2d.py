@@ -1,15 +1,13 @@
 """Reference ES2D atrous scan (FusionMamba, after EfficientVMamba)."""
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from ..routes import ATROUS_ROUTES, atrous_grid, atrous_route
-from .routed_scan import Routes, routed_scan, routed_scan_backward
+from .routed_scan import Routes, cached, routed_scan, routed_scan_backward
 
 
-@functools.lru_cache(maxsize=64)
+@cached
 def es2d_routes(Dm: int, H: int, W: int, device: torch.device) -> Routes:
     """Route k walks sub-lattice k of the map zero-padded to even size; padded pixels read u = 0
     (the padding slot) and their outputs are dropped."""

@@ -1,12 +1,10 @@
 """Reference channel-interleaved scanning (DIFF-MF spatial exchange, eqs. 9-10)."""
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from ..routes import cross_route
-from .routed_scan import Routes, routed_scan, routed_scan_backward
+from .routed_scan import Routes, cached, routed_scan, routed_scan_backward
 
 MODES = ("column", "row", "concat")
 AXES = ("channel", "width")
@@ -39,7 +37,7 @@ def realigned_shape(shape, mode: str, axis: str) -> tuple[int, int, int, int]:
     return Bt, 2 * C, H, W
 
 
-@functools.lru_cache(maxsize=64)
+@cached
 def interleave_routes(C: int, H: int, W: int, mode: str, axis: str, device: torch.device) -> Routes:
     """SS2D's routes over the realigned map; u is read where the realignment takes each pixel from:
     the realignment of the two maps' element indices (u0's, then u1's, side by side)."""

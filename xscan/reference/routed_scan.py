@@ -11,6 +11,7 @@ tokens of every modality side by side.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,19 @@ class Routes:
     @property
     def shape(self):
         return self.u_at.shape  # (K, Dr, P)
+
+
+def cached(builder):
+    """Memoise a ``Routes`` builder on its (int) sizes; under tracing with symbolic sizes (which
+    cannot be hashed) it builds afresh."""
+    memo = functools.lru_cache(maxsize=64)(builder)
+
+    @functools.wraps(builder)
+    def build(*sizes):
+        if all(isinstance(s, (int, str, torch.device)) for s in sizes):
+            return memo(*sizes)
+        return builder(*sizes)
+    return build
 
 
 def _padded(x: torch.Tensor) -> torch.Tensor:

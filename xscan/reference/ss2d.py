@@ -1,15 +1,13 @@
 """Reference SS2D: VMamba's four routes (hf, vf, hb, vb) over the map, outputs summed per token."""
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from ..routes import cross_route
-from .routed_scan import Routes, routed_scan, routed_scan_backward
+from .routed_scan import Routes, cached, routed_scan, routed_scan_backward
 
 
-@functools.lru_cache(maxsize=64)
+@cached
 def ss2d_routes(Dm: int, H: int, W: int, device: torch.device) -> Routes:
     """Route k visits spatial index ``cross_route(k)[j]`` of every channel's plane (L = H*W)."""
     L = H * W
