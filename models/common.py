@@ -3,6 +3,8 @@ patch merging/expanding, stochastic depth, padding, colour handling and the VMam
 from __future__ import annotations
 
 import math
+import re
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -199,3 +201,47 @@ class FusionNet(nn.Module):
 
     def fuse(self, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+
+def load_public_state_dict(model: nn.Module, state_dict: dict, repository: str, prefix: str = "",
+                           renames: tuple = (), fixed: Optional[Callable] = None) -> nn.Module:
+    """Load ``state_dict`` as ``repository``'s training code saves it into ``model`` (strictly).
+
+    ``prefix`` is stripped from every key (a wrapper module's name); ``renames`` are (regex,
+    replacement) pairs applied in order to turn the public module names into this package's;
+    ``fixed(key)`` returns the value of a constant the public code stores in its state dict (and
+    this package does not), or None: such keys are checked against it and dropped. A ``module.``
+    prefix (DDP) is removed first. Raises ValueError listing missing and unexpected keys, or the
+    key and both shapes of a size mismatch."""
+    where = f"expected the state_dict of {repository} as its training code saves it"
+    sd = dict(state_dict)
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    if prefix:
+        outside = [k for k in sd if not k.startswith(prefix)]
+        if outside:
+            raise ValueError(f"{type(model).__name__}.from_public_state_dict: {len(outside)} keys lack the prefix "
+                             f"{prefix!r} (first: {outside[:5]}); {where}")
+        sd = {k[len(prefix):]: v for k, v in sd.items()}
+    renamed = {}
+    for key, value in sd.items():
+        expected = fixed(key) if fixed is not None else None
+        if expected is not None:
+            if value.shape != expected.shape or not torch.allclose(value.float().cpu(), expected, atol=1e-6):
+                raise ValueError(f"{type(model).__name__}.from_public_state_dict: {key} holds {value.tolist()}, not "
+                                 f"the constant {expected.tolist()} this model uses")
+            continue
+        for pattern, replacement in renames:
+            key = re.sub(pattern, replacement, key)
+        renamed[key] = value
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(renamed)), sorted(set(renamed) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"{type(model).__name__}.from_public_state_dict: {len(missing)} missing keys "
+                         f"{missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]}; {where}")
+    for key, value in renamed.items():
+        if value.shape != own[key].shape:
+            raise ValueError(f"{type(model).__name__}.from_public_state_dict: {key} has shape {tuple(value.shape)}, "
+                             f"this model's is {tuple(own[key].shape)}; {where}")
+    model.load_state_dict(renamed, strict=True)
+    return model

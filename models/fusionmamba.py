@@ -9,7 +9,9 @@ d_inner = 2 * dim, drop-path rate 0.1, MLP ratio 4. Every scan is ES2D (``xscan.
 Readings and deviations (all documented where they happen):
 - The training script calls ``VSSM_Fusion(vis_y, ir)``; ``model(ir, vis)`` here feeds the same order.
 - CMFM: the public ``SS2D_cross_new`` gates the second stream with ``SiLU(SiLU(z1))`` (``z2 =
-  act2(z1)``, an evident slip); here ``z2`` gates it as the paper's eq. (7) writes.
+  act2(z1)``), so ``in_proj2``'s z half is unused; the default ``cmfm_gate="public"`` computes
+  exactly that (public checkpoints load and give the public outputs), ``cmfm_gate="paper"`` gates
+  it with ``SiLU(z2)`` as the paper's eq. (7) writes.
 - The public ``LDC`` keeps an all-ones ``base_mask`` as a frozen Parameter; here it is a buffer of
   the same name (same state dict, not counted as a parameter). Modules the public code builds but
   never uses (``Differential_enhance.lastconv``) are kept so the state dict and count match it.
@@ -27,7 +29,7 @@ from torch import nn
 from xscan import SS2D
 
 from .common import (DropPath, FusionNet, PatchEmbed2D, PatchExpand2D, PatchMerging2D, VSSMixer, depth_to_space,
-                     depthwise_conv, pad_to, round_up, vmamba_init)
+                     depthwise_conv, load_public_state_dict, pad_to, round_up, vmamba_init)
 from .s4fusion import drop_path_rates
 
 
@@ -145,9 +147,15 @@ class CMFMMixer(SS2D):
     """The CMFM scan (public ``SS2D_cross_new``), channels-last (Bt, H, W, d_model) x2:
     per-modality ``in_proj -> (u_m, z_m)``, one shared depthwise conv + SiLU on each ``u_m``,
     ``h = u_1 * u_2 + u_1 + u_2``, a single ES2D scan of ``h``, ``out_norm``, then
-    ``y * SiLU(z_1) + y * SiLU(z_2)`` and ``out_proj`` (paper eqs. 6-7)."""
+    ``y * g_1 + y * g_2`` and ``out_proj`` (paper eqs. 6-7), with ``g_1 = SiLU(z_1)`` and
+    ``g_2 = SiLU(g_1)`` (``gate="public"``, the public code) or ``g_2 = SiLU(z_2)`` (``gate="paper"``)."""
 
-    def __init__(self, d_model: int, d_state: int = 16, expand: float = 2.0):
+    GATES = ("public", "paper")
+
+    def __init__(self, d_model: int, d_state: int = 16, expand: float = 2.0, gate: str = "public"):
+        if gate not in self.GATES:
+            raise ValueError(f"CMFMMixer: gate must be one of {self.GATES}, got {gate!r}")
+        self.gate = gate
         d_inner = int(expand * d_model)
         super().__init__(d_inner, d_state, "auto", route="atrous", d_model=d_model)
         self.in_proj1 = nn.Linear(d_model, 2 * d_inner, bias=False)
@@ -162,19 +170,21 @@ class CMFMMixer(SS2D):
         u1 = F.silu(self.conv2d(u1.permute(0, 3, 1, 2)))
         u2 = F.silu(self.conv2d(u2.permute(0, 3, 1, 2)))
         y = self.out_norm(super().forward(u1 * u2 + u1 + u2).permute(0, 2, 3, 1))
-        return self.out_proj(y * F.silu(z1) + y * F.silu(z2))
+        g1 = F.silu(z1)
+        g2 = F.silu(g1) if self.gate == "public" else F.silu(z2)
+        return self.out_proj(y * g1 + y * g2)
 
 
 class CMFMBlock(nn.Module):
     """One DFFM (public ``VSSBlock_Cross_new``), channels-last: DFEMs on ``(x1 + x2, x1, x2)``, the
     CMFM mixer on their layer-normed outputs, ``out = x1 + x2 + H + ECA(H)``."""
 
-    def __init__(self, dim: int, d_state: int = 16):
+    def __init__(self, dim: int, d_state: int = 16, gate: str = "public"):
         super().__init__()
         self.ln_1 = nn.LayerNorm(dim)
         self.ln_2 = nn.LayerNorm(dim)
         self.Cross_layer = DFEM(dim)
-        self.self_attention_cross = CMFMMixer(dim, d_state)
+        self.self_attention_cross = CMFMMixer(dim, d_state, gate=gate)
         self.self_attention_cross_spatial = ECA()
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
@@ -185,10 +195,16 @@ class CMFMBlock(nn.Module):
 
 
 class FusionMamba(FusionNet):
-    """FusionMamba ``VSSM_Fusion()`` (see the module docstring for the readings)."""
+    """FusionMamba ``VSSM_Fusion()`` (see the module docstring for the readings).
+
+    Parameters: 164,538,645, the public model's trainable parameters. The public ``LDC`` layers also
+    hold 60,880,896 frozen all-ones ``base_mask`` parameters; here they are buffers of the same names
+    (in the state dict, out of ``parameters()`` and so out of the optimiser's way).
+    ``cmfm_gate``: "public" (the public code's second gate) or "paper" (eq. 7), see CMFMMixer."""
 
     def __init__(self, dims=(96, 192, 384, 768), depths=(2, 2, 9, 2), depths_decoder=(2, 9, 2, 2), d_state=16,
-                 expand=2.0, patch_size=4, drop_path_rate=0.1, mlp_ratio=4.0, compute_unused_fusion=True):
+                 expand=2.0, patch_size=4, drop_path_rate=0.1, mlp_ratio=4.0, compute_unused_fusion=True,
+                 cmfm_gate="public"):
         super().__init__()
         dims, n = list(dims), len(dims)
         dims_decoder = dims[::-1]
@@ -197,7 +213,7 @@ class FusionMamba(FusionNet):
         self.patch_embed1 = PatchEmbed2D(dims[0], patch=patch_size, stride=patch_size)
         self.patch_embed2 = PatchEmbed2D(dims[0], patch=patch_size, stride=patch_size)
         enc_dpr = drop_path_rates(drop_path_rate, depths)
-        dec_dpr = drop_path_rates(drop_path_rate, depths_decoder)[::-1]
+        dec_dpr = drop_path_rates(drop_path_rate, depths_decoder, decoder=True)
         self.layers = nn.ModuleList()
         for i in range(n):
             layer = nn.Sequential()
@@ -217,8 +233,15 @@ class FusionMamba(FusionNet):
         self.final_up.expand = nn.Linear(dims_decoder[-1], 4 * dims_decoder[-1], bias=False)
         self.final_up.norm = nn.LayerNorm(dims_decoder[-1] // 4)
         self.final_conv = nn.Conv2d(dims_decoder[-1] // 4, 1, 1)
-        self.Cross_block = nn.ModuleList(CMFMBlock(d, d_state) for d in dims)
+        self.Cross_block = nn.ModuleList(CMFMBlock(d, d_state, gate=cmfm_gate) for d in dims)
         vmamba_init(self)
+
+    @classmethod
+    def from_public_state_dict(cls, state_dict: dict) -> "FusionMamba":
+        """A model in the public configuration (``VSSM_Fusion()``, the public CMFM gate) with the
+        weights of a ``millieXie/FusionMamba`` checkpoint (``fusion_model.pth``: a plain state dict,
+        ``base_mask`` included)."""
+        return load_public_state_dict(cls(cmfm_gate="public"), state_dict, "millieXie/FusionMamba")
 
     def encode(self, x: torch.Tensor, embed: nn.Module):
         x, skips = embed(x), []

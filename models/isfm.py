@@ -19,7 +19,7 @@ from torch import nn
 
 from xscan import SS2D
 
-from .common import DropPath, FusionNet, VSSMixer, depthwise_conv, vmamba_init
+from .common import DropPath, FusionNet, VSSMixer, depthwise_conv, load_public_state_dict, vmamba_init
 
 
 def conv_silu(cin: int, cout: int, k: int = 3) -> nn.Sequential:
@@ -33,11 +33,11 @@ class HaarDWT(nn.Module):
 
     def __init__(self):
         super().__init__()
-        lo = torch.tensor([1.0, 1.0]) / 2 ** 0.5
-        hi = torch.tensor([1.0, -1.0]) / 2 ** 0.5
-        # filter[i][j] = column-filter[i] * row-filter[j]: LL, LH (vertical detail), HL, HH
-        filters = torch.stack([lo[:, None] * lo[None, :], hi[:, None] * lo[None, :],
-                               lo[:, None] * hi[None, :], hi[:, None] * hi[None, :]])
+        # filter[i][j] = column-filter[i] * row-filter[j] with lo = (1, 1) / sqrt 2, hi = (1, -1) / sqrt 2:
+        # LL, LH (vertical detail), HL, HH, every tap exactly +-1/2
+        lo, hi = torch.tensor([1.0, 1.0]), torch.tensor([1.0, -1.0])
+        filters = 0.5 * torch.stack([lo[:, None] * lo[None, :], hi[:, None] * lo[None, :],
+                                     lo[:, None] * hi[None, :], hi[:, None] * hi[None, :]])
         self.register_buffer("filters", filters[:, None], persistent=False)  # (4, 1, 2, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -184,8 +184,35 @@ class ISFMVSSBlock(nn.Module):
         return x * self.skip_scale + self.drop_path(self.self_attention(self.ln_1(x)))
 
 
+# Public module names (Namn23/ISFM) -> this package's, applied in order.
+PUBLIC_RENAMES = (
+    (r"^(conv[12]_before)\.0\.", r"\1.0.0."), (r"^(conv[12]_before)\.2\.", r"\1.1.0."),  # flat Sequentials
+    (r"^conv_final_fuse\.0\.", "conv_final_fuse.0.0."), (r"^conv_final_fuse\.2\.", "conv_final_fuse.1."),
+    (r"^(BMM_layers[12]\.\d+)\.SPFusion_group\.blocks\.", r"\1."),
+    (r"^(ISF_layers\.\d+)\.ISF\.blocks\.", r"\1."),
+    (r"\.conv2d_x\.", ".conv2d."), (r"\.FGS\.in_proj_x\.", ".FGS.in_proj."), (r"\.FGS\.out_norm1\.", ".FGS.out_norm."),
+)
+_HAAR = {f"dwt.w_{band}": HaarDWT().filters[i:i + 1] for i, band in enumerate(("ll", "lh", "hl", "hh"))}
+_HAAR["idwt.filters"] = HaarDWT().filters
+
+
+def _public_haar(key: str):
+    """The fixed Haar filters the public code stores (every MFF's, and an unused top-level pair)."""
+    for suffix, value in _HAAR.items():
+        if key == suffix or key.endswith("." + suffix):
+            return value
+    return None
+
+
 class ISFM(FusionNet):
     """ISFM ``build_model`` with the released config (see the module docstring)."""
+
+    @classmethod
+    def from_public_state_dict(cls, state_dict: dict) -> "ISFM":
+        """A model in the released configuration with the weights of a ``Namn23/ISFM`` checkpoint
+        (``model.pth``, as its ``train.py`` saves it): its module names mapped to this package's, its
+        stored Haar filters checked against the fixed ones and dropped."""
+        return load_public_state_dict(cls(), state_dict, "Namn23/ISFM", renames=PUBLIC_RENAMES, fixed=_public_haar)
 
     def __init__(self, dim=128, depths=(1, 1, 1, 1), mlp_ratio=2.0, d_state=16, num_feat=64, base_layers=2):
         super().__init__()

@@ -2,8 +2,9 @@
 every scale (Patch Mark + interleaved Cross SS2D), VSS decoder, overlapping patch embedding and fold.
 
 Follows the public code ``zipper112/S4Fusion`` (``S4Fusion.py``, ``modules/``) with its ``MambaNet()``
-defaults; its parameter count (3,562,981) is reproduced exactly. Module and parameter names follow it
-(without the ``vmunet.`` prefix), so its checkpoints load after stripping that prefix.
+defaults; its parameter count (3,562,981, all trainable) is reproduced exactly. Module and parameter
+names follow it (without the wrapper's ``vmunet.`` prefix): ``S4Fusion.from_public_state_dict`` loads
+its checkpoints.
 """
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from torch import nn
 
 from xscan.cross_ss2d import CrossSS2D
 
-from .common import (FusionNet, PatchEmbed2D, PatchExpand2D, PatchMerging2D, VSSBlock,
-                     crop_from, depthwise_conv, pad_to, vmamba_init)
+from .common import (FusionNet, PatchEmbed2D, PatchExpand2D, PatchMerging2D, VSSBlock, crop_from, depthwise_conv,
+                     load_public_state_dict, pad_to, vmamba_init)
 
 
 class FusionBlock(CrossSS2D):
@@ -62,7 +63,7 @@ class VSSLayer(nn.Sequential):
     """``depth`` VSS blocks, then an optional patch merging (encoder)."""
 
     def __init__(self, dim, depth, d_state, expand, drop_path, downsample):
-        blocks = [VSSBlock(dim, d_state, expand, drop_path=p) for p in drop_path[:depth]]
+        blocks = [VSSBlock(dim, d_state, expand, drop_path=drop_path[i]) for i in range(depth)]
         super().__init__()
         self.blocks = nn.Sequential(*blocks)
         if downsample:
@@ -76,12 +77,16 @@ class VSSLayerUp(nn.Sequential):
         super().__init__()
         if upsample:
             self.upsample = PatchExpand2D(dim)
-        self.blocks = nn.Sequential(*[VSSBlock(dim, d_state, expand, drop_path=p) for p in drop_path[:depth]])
+        self.blocks = nn.Sequential(*[VSSBlock(dim, d_state, expand, drop_path=drop_path[i]) for i in range(depth)])
 
 
-def drop_path_rates(rate: float, depths) -> list[list[float]]:
-    """timm's linear stochastic-depth rule, split per stage."""
+def drop_path_rates(rate: float, depths, decoder: bool = False) -> list[list[float]]:
+    """timm's linear stochastic-depth rule, one list per stage of ``depths`` blocks. The VM-UNet
+    decoders reverse the flat list of rates (the deepest block first), then slice it by their
+    depths."""
     rates = torch.linspace(0, rate, sum(depths)).tolist()
+    if decoder:
+        rates = rates[::-1]
     out, start = [], 0
     for d in depths:
         out.append(rates[start:start + d])
@@ -112,7 +117,7 @@ class S4Fusion(FusionNet):
         self.patch_embed_x = PatchEmbed2D(dims[0], patch=4, stride=3)
         self.patch_embed_y = PatchEmbed2D(dims[0], patch=4, stride=3)
         enc_dpr = drop_path_rates(drop_path_rate, depths)
-        dec_dpr = drop_path_rates(drop_path_rate, depths_decoder)[::-1]
+        dec_dpr = drop_path_rates(drop_path_rate, depths_decoder, decoder=True)
 
         def encoder():
             return nn.ModuleList(VSSLayer(dims[i], depths[i], d_state, expand, enc_dpr[i], i < n - 1)
@@ -127,6 +132,15 @@ class S4Fusion(FusionNet):
         self.final_up.norm = nn.LayerNorm(final_dim // 4)  # unused, as in the public code
         self.final_conv = nn.Conv2d(final_dim // 4, 1, 1)
         vmamba_init(self)
+
+    @classmethod
+    def from_public_state_dict(cls, state_dict: dict) -> "S4Fusion":
+        """A model in the public configuration with the weights of a ``zipper112/S4Fusion`` checkpoint:
+        the state dict of its ``MambaNet`` (keys under ``vmunet.``), or the checkpoint dict its
+        ``test.py`` reads (``{"model": state_dict, ...}``)."""
+        if isinstance(state_dict.get("model"), dict):
+            state_dict = state_dict["model"]
+        return load_public_state_dict(cls(), state_dict, "zipper112/S4Fusion", prefix="vmunet.")
 
     @staticmethod
     def padded_size(n: int) -> int:
