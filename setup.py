@@ -9,7 +9,7 @@ architectures (default "8.0;9.0"); XSCAN_CPU_FLAGS overrides the CPU tuning flag
 import glob
 import os
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 try:
     import torch
@@ -48,8 +48,7 @@ def cuda_extension():
 
 
 setup(
-    packages=["xscan", "xscan.ops", "xscan.reference", "xscan.backends", "xscan.triton_kernels", "xscan.models"],
-    package_dir={"xscan.triton_kernels": "triton_kernels", "xscan.models": "models"},
+    packages=find_packages(include=["xscan", "xscan.*"]),
     ext_modules=[e for e in (cpu_extension(), cuda_extension()) if e is not None],
     cmdclass={"build_ext": BuildExtension},
 )

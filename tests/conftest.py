@@ -56,9 +56,7 @@ def emulated_cuda(emulator, monkeypatch) -> None:
     from xscan.backends import cuda as cuda_backend
     monkeypatch.setattr(cuda_backend, "_C", emulator)
     b = _registry.backend("cuda")
-    monkeypatch.setattr(b, "forwards", {op: f for op, (f, _, _) in cuda_backend.OPS.items()})
-    monkeypatch.setattr(b, "backwards", {op: g for op, (_, g, _) in cuda_backend.OPS.items()})
-    monkeypatch.setattr(b, "limits", {op: lim for op, (_, _, lim) in cuda_backend.OPS.items()})
+    monkeypatch.setattr(b, "executor", cuda_backend)
     monkeypatch.setattr(b, "devices", ("cpu",))
     monkeypatch.setattr(b, "reason", None)
 

@@ -117,13 +117,14 @@ def test_gradcheck_float64(backend):
 
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 def test_gpu_backends_refuse_complex_naming_where_it_runs(backend):
-    from xscan.backends import cuda as cuda_backend
+    import importlib
     kw = complex_inputs("per_token", dtype=torch.float32)
-    args = (kw["u"], kw["delta"], kw["A"], kw["B"][:, None], kw["C"][:, None], kw["D"], kw["z"], kw["delta_bias"], True)
+    B, C = (torch.view_as_complex(X.unflatten(-1, (9, 2))).unsqueeze(1) for X in (kw["B"], kw["C"]))
+    spec = importlib.import_module("xscan.ops.selective_scan").plan(
+        kw["u"], kw["delta"], kw["A"], B, C, kw["D"], kw["z"], kw["delta_bias"], True, torch.float32)
     if backend == "cuda":
-        limits = cuda_backend.OPS["selective_scan"][2]
+        limits = importlib.import_module("xscan.backends.cuda").limits
     else:
-        ops = pytest.importorskip("xscan.triton_kernels.ops")
-        limits = lambda *a: ops.check_limits("selective_scan", *a)  # noqa: E731
+        limits = pytest.importorskip("xscan.triton_kernels.executor").limits
     with pytest.raises(ValueError, match="complex A runs on the reference and cpu backends"):
-        limits(*args)
+        limits(spec)

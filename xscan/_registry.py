@@ -1,15 +1,18 @@
-"""Backends, their availability, and the per-op implementation table.
+"""Backends, their availability, and how each runs the ops.
 
-A backend module registers, per op, a forward (the op's positional arguments -> its outputs) and a
-backward (``(grad_outputs, *args) -> one gradient per tensor argument, None where absent``). The
-``torch.library`` custom ops in ``xscan.ops`` look the pair up by the backend name they were called with.
+A kernel backend is an executor of ``xscan.spec.ScanSpec`` (``forward(spec)`` -> the op's outputs,
+``backward(spec, grads)`` -> {argument name: gradient}, both raising a clear error before any launch
+for what its kernels cannot take). The reference backend runs each op's own pure-PyTorch functions
+instead (``ops``: op -> (forward, backward)), so that the oracle shares nothing with the kernels'
+description of the ops. The ``torch.library`` custom ops in ``xscan.ops`` look a backend up by the
+name they were called with.
 """
 from __future__ import annotations
 
 import contextlib
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -23,10 +26,11 @@ class Backend:
     name: str
     devices: tuple[str, ...] = ()
     reason: Optional[str] = "not loaded"  # None when available
-    forwards: dict[str, Callable] = field(default_factory=dict)
-    backwards: dict[str, Callable] = field(default_factory=dict)
-    # op -> check(*args) raising ValueError for inputs this backend cannot take (d_state limits, ...)
-    limits: dict[str, Callable] = field(default_factory=dict)
+    executor: Any = None                  # forward(spec), backward(spec, grads)
+    ops: dict[str, tuple[Callable, Callable]] = field(default_factory=dict)  # per-op (the reference)
+
+    def runs(self, op: str) -> bool:
+        return self.executor is not None or op in self.ops
 
 
 _backends = {name: Backend(name) for name in BACKENDS}
@@ -41,13 +45,6 @@ def backend(name: str) -> Backend:
 def set_available(name: str, devices: tuple[str, ...], reason: Optional[str] = None) -> None:
     b = _backends[name]
     b.devices, b.reason = devices, reason
-
-
-def register(name: str, op: str, forward: Callable, backward: Callable, limits: Callable = None) -> None:
-    b = _backends[name]
-    b.forwards[op], b.backwards[op] = forward, backward
-    if limits is not None:
-        b.limits[op] = limits
 
 
 def backends() -> dict[str, object]:
@@ -87,32 +84,23 @@ def fp32_output_enabled() -> bool:
     return getattr(_fp32, "enabled", False)
 
 
-def output_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype of an op output computed from inputs of ``dtype`` (fp16/bf16 widen inside ``fp32_output``)."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) and fp32_output_enabled() else dtype
-
-
 def _runs(b: Backend, op: str, device_type: str) -> bool:
-    return b.reason is None and (device_type in b.devices or "*" in b.devices) and op in b.forwards
+    return b.reason is None and (device_type in b.devices or "*" in b.devices) and b.runs(op)
 
 
-def select(op: str, device: torch.device, args: tuple = ()) -> str:
+def select(op: str, device: torch.device) -> str:
     """The backend that runs ``op`` on ``device``: the ``use_backend`` override, else the fastest
-    available. ``args`` go to the backend's limit check, which raises a clear error."""
+    available."""
     name = getattr(_override, "name", None)
     if name is not None:
         b = _backends[name]
         if not _runs(b, op, device.type):
-            why = b.reason or (f"it has no {op!r} kernel" if op not in b.forwards
+            why = b.reason or (f"it has no {op!r} kernel" if not b.runs(op)
                                else f"it runs on {', '.join(b.devices)} tensors, not {device.type}")
             raise RuntimeError(f"xscan.{op}: backend {name!r} (from use_backend) cannot run here: {why}")
-    else:
-        name = next((n for n in PREFERENCE.get(device.type, ("reference",))
-                     if _runs(_backends[n], op, device.type)), "reference")
-    check = _backends[name].limits.get(op)
-    if check is not None and args:
-        check(*args)
-    return name
+        return name
+    return next((n for n in PREFERENCE.get(device.type, ("reference",)) if _runs(_backends[n], op, device.type)),
+                "reference")
 
 
 def selected_backend(op: str = "selective_scan", device="cpu") -> str:

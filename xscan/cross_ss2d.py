@@ -2,10 +2,14 @@
 
     import xscan.cross_ss2d
     y0, y1 = xscan.cross_ss2d.cross_ss2d(u0, u1, dt0, dt1, B0, B1, C0, C1, A, D, delta_bias)
+    y0, y1 = xscan.cross_ss2d(u0, u1, ...)  # the module is callable too, like xscan.ss2d
     core = xscan.cross_ss2d.CrossSS2D(d_inner=72, d_state=18, dt_rank=3)
     f_ir, f_vis = core(x_ir, x_vis)       # (Bt, d_inner, H, W) each
 """
 from __future__ import annotations
+
+import sys
+import types
 
 import torch
 from torch import nn
@@ -43,3 +47,13 @@ class CrossSS2D(SSMCore):
             torch.einsum("bdhw,cd->bchw", x1, self.mark_proj[:, d:])
         A, D, delta_bias = self.scan_params()
         return cross_ss2d(x0 + mark, x1 + mark, dt0, dt1, B0, B1, C0, C1, A, D, delta_bias, True)
+
+
+class _CallableModule(types.ModuleType):
+    """``xscan.cross_ss2d(...)`` calls the op, as ``xscan.ss2d(...)`` does; the module keeps its names."""
+
+    def __call__(self, *args, **kwargs):
+        return cross_ss2d(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

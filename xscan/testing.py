@@ -96,6 +96,14 @@ def custom_op_args(op: str, args: tuple, kwargs: dict, backend: str, fp32_output
     return tuple(values[n] for n in names) + (fp32_output, backend)
 
 
+def spec_of(op: str, args: tuple, kwargs: dict):
+    """The ScanSpec the op plans for these public arguments (selective_scan's B and C grouped)."""
+    full = custom_op_args(op, args, kwargs, "reference")[:-2]
+    if op == "selective_scan":
+        full = tuple(t.unsqueeze(1) if i in (3, 4) and t.dim() == 3 else t for i, t in enumerate(full))
+    return importlib.import_module(f"xscan.ops.{op}").plan(*full, full[0].dtype)
+
+
 def _outputs(out) -> tuple:
     return out if isinstance(out, tuple) else (out,)
 

@@ -5,13 +5,15 @@
 #include <omp.h>
 #endif
 
+#include <string>
+
 #include "scan_dispatch.h"
 
 namespace xscan {
 namespace cpu {
-void scan_forward(int64_t kind, const std::vector<int64_t>& geometry, const ScanInputs& in, const Tensors& y,
+void scan_forward(int64_t route, int64_t source, const std::vector<int64_t>& geometry, const ScanInputs& in, const Tensors& y,
                   const OptTensor& last_state);
-void scan_backward(int64_t kind, const std::vector<int64_t>& geometry, const ScanInputs& in, const Tensors& dy,
+void scan_backward(int64_t route, int64_t source, const std::vector<int64_t>& geometry, const ScanInputs& in, const Tensors& dy,
                    const OptTensor& dlast, const Tensors& du, const Tensors& ddt, const Tensors& dB,
                    const Tensors& dC, const OptTensor& dz, const at::Tensor& dA, const OptTensor& dD,
                    const OptTensor& dbias);
@@ -47,32 +49,35 @@ xscan::cpu::ScanInputs inputs(Tensors u, Tensors dt, Tensors B, Tensors C, OptTe
           std::move(bias), delta_softplus};
 }
 
-void scan_forward(int64_t kind, std::vector<int64_t> geometry, Tensors u, Tensors dt, Tensors B, Tensors C,
+void scan_forward(int64_t route, int64_t source, std::vector<int64_t> geometry, Tensors u, Tensors dt, Tensors B, Tensors C,
                   OptTensor z, at::Tensor A, OptTensor D, OptTensor bias, bool delta_softplus, Tensors y,
                   OptTensor last_state) {
   const auto in = inputs(std::move(u), std::move(dt), std::move(B), std::move(C), std::move(z), std::move(A),
                          std::move(D), std::move(bias), delta_softplus);
-  xscan::cpu::scan_forward(kind, geometry, in, y, last_state);
+  xscan::cpu::scan_forward(route, source, geometry, in, y, last_state);
 }
 
-void scan_backward(int64_t kind, std::vector<int64_t> geometry, Tensors u, Tensors dt, Tensors B, Tensors C,
+void scan_backward(int64_t route, int64_t source, std::vector<int64_t> geometry, Tensors u, Tensors dt, Tensors B, Tensors C,
                    OptTensor z, at::Tensor A, OptTensor D, OptTensor bias, bool delta_softplus, Tensors dy,
                    OptTensor dlast, Tensors du, Tensors ddt, Tensors dB, Tensors dC, OptTensor dz, at::Tensor dA,
                    OptTensor dD, OptTensor dbias) {
   const auto in = inputs(std::move(u), std::move(dt), std::move(B), std::move(C), std::move(z), std::move(A),
                          std::move(D), std::move(bias), delta_softplus);
-  xscan::cpu::scan_backward(kind, geometry, in, dy, dlast, du, ddt, dB, dC, dz, dA, dD, dbias);
+  xscan::cpu::scan_backward(route, source, geometry, in, dy, dlast, du, ddt, dB, dC, dz, dA, dD, dbias);
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("max_threads", &max_threads, "OpenMP threads the CPU kernels use");
+  // xscan.spec's Route and Source numbers, checked by xscan/backends/cpu.py when it loads
+  for (const auto& r : xscan::kRouteNames) m.attr((std::string("ROUTE_") + r.name).c_str()) = static_cast<int>(r.value);
+  for (const auto& s : xscan::kSourceNames) m.attr((std::string("SOURCE_") + s.name).c_str()) = static_cast<int>(s.value);
   m.def("scan_forward", &scan_forward,
-        "Forward of a scan: accumulates into the y views, writes last_state (route kind, geometry, "
+        "Forward of a scan: accumulates into the y views, writes last_state (route, source, geometry, "
         "u, dt, B, C, z, A, D, delta_bias, delta_softplus, y, last_state)");
   m.def("scan_backward", &scan_backward,
-        "Backward of a scan: accumulates every gradient into its zeroed view (route kind, geometry, inputs "
+        "Backward of a scan: accumulates every gradient into its zeroed view (route, source, geometry, inputs "
         "as scan_forward, dy, dlast, du, ddt, dB, dC, dz, dA, dD, ddelta_bias)");
   m.def("complex_scan_forward", &xscan::cpu::complex_scan_forward,
         "selective_scan with complex A: writes y and last_state (u, delta, A, B, C, D, z, delta_bias, "

@@ -1,14 +1,14 @@
-// Backward of every scan (one instantiation per route family and dtype).
+// Backward of every scan (one instantiation per route policy and dtype).
 #include "scan_dispatch.h"
 
 namespace xscan {
 namespace cpu {
 
-void scan_backward(int64_t kind, const std::vector<int64_t>& geometry, const ScanInputs& in, const Tensors& dy,
+void scan_backward(int64_t route, int64_t source, const std::vector<int64_t>& geometry, const ScanInputs& in, const Tensors& dy,
                    const OptTensor& dlast, const Tensors& du, const Tensors& ddt, const Tensors& dB,
                    const Tensors& dC, const OptTensor& dz, const at::Tensor& dA, const OptTensor& dD,
                    const OptTensor& dbias) {
-  const ScanShape s = check_inputs(kind, geometry, in);
+  const ScanShape s = check_inputs(route, source, geometry, in);
   const size_t M = in.u.size();
   check_maps(s, dy, s.y_map, M, "dy");
   check_maps(s, du, s.u_map, M, "du");
@@ -34,7 +34,7 @@ void scan_backward(int64_t kind, const std::vector<int64_t>& geometry, const Sca
     }
     v.dlast = strided<const acc_t>(dlast);
     v.dz = strided<acc_t>(dz);
-    with_route(kind, geometry, [&](const auto& route) { run_backward(v, route, dB, dC, dA, dD, dbias); });
+    with_route(route, source, geometry, [&](const auto& route) { run_backward(v, route, dB, dC, dA, dD, dbias); });
   });
 }
 

@@ -6,10 +6,11 @@
 #include <c10/util/Optional.h>
 
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "scan_engine.h"
-#include "scan_routes.h"
+#include "xscan/routes.h"
 
 namespace xscan {
 namespace cpu {
@@ -17,28 +18,21 @@ namespace cpu {
 using OptTensor = c10::optional<at::Tensor>;
 using Tensors = std::vector<at::Tensor>;
 
-// Route families, numbered as xscan/backends/cpu.py passes them, with their geometry vector.
-enum RouteKind : int64_t {
-  kCross = 0,      // [H, W]            selective_scan (H = 1, W = L), ss2d
-  kAtrous = 1,     // [H, W]            es2d
-  kCrossPair = 2,  // [H, W]            cross_ss2d
-  kRealign = 3,    // [Hr, Wr, C, W, mode, axis]   interleave_ss2d
-  kHeads = 4,      // [P, L]            ssd_exchange
-};
-
+// Calls f(policy) with the route policy of (route, source, geometry) (xscan/routes.h), after checking
+// the numbers: geometry is the route kind's sizes (xscan.spec.Route), then for a realigning source
+// the input maps' C and W.
 template <typename F>
-void with_route(int64_t kind, const std::vector<int64_t>& g, F&& f) {
-  auto need = [&](size_t n) { TORCH_CHECK(g.size() == n, "xscan._C: route ", kind, " takes ", n, " sizes"); };
-  switch (kind) {
-    case kCross: need(2); return f(CrossRoutes(g[0], g[1]));
-    case kAtrous: need(2); return f(AtrousRoutes(g[0], g[1]));
-    case kCrossPair: need(2); return f(CrossPairRoutes(g[0], g[1]));
-    case kRealign:
-      need(6);
-      return f(RealignRoutes{g[0], g[1], g[2], g[3], static_cast<int32_t>(g[4]), static_cast<int32_t>(g[5])});
-    case kHeads: need(2); return f(HeadRoutes(g[0], g[1]));
-    default: TORCH_CHECK(false, "xscan._C: unknown route kind ", kind);
-  }
+void with_route(int64_t route, int64_t source, const std::vector<int64_t>& g, F&& f) {
+  TORCH_CHECK(route >= 0 && route <= static_cast<int64_t>(Route::kHeads), "xscan._C: unknown route kind ", route);
+  TORCH_CHECK(source >= 0 && source <= static_cast<int64_t>(Source::kWidthHalves), "xscan._C: unknown source ", source);
+  TORCH_CHECK(source == 0 || route == static_cast<int64_t>(Route::kCross),
+              "xscan._C: a realigning source goes with the cross routes");
+  const auto r = static_cast<Route>(route);
+  const auto s = static_cast<Source>(source);
+  TORCH_CHECK(static_cast<int>(g.size()) == geometry_sizes(r, s), "xscan._C: route ", route, " with source ", source,
+              " takes ", geometry_sizes(r, s), " sizes");
+  for (const int64_t size : g) TORCH_CHECK(size > 0, "xscan._C: route sizes must be positive");
+  visit_route(r, s, g.data(), std::forward<F>(f));
 }
 
 // The inputs every scan takes (see ScanViews for the layouts).
@@ -50,7 +44,7 @@ struct ScanInputs {
   bool delta_softplus;
 };
 
-// The sizes of one call's views, from the route kind and geometry (see RouteKind) and the inputs.
+// The sizes of one call's views, from the route kind and geometry (see with_route) and the inputs.
 // Every view is checked against them before any kernel runs, so that no index the engine computes
 // leaves a buffer: the Python glue builds consistent views, this guards the extension's own entry.
 struct ScanShape {
@@ -68,45 +62,30 @@ inline void expect_sizes(const Tensors& ts, const std::vector<int64_t>& sizes, s
   for (const auto& t : ts) expect_sizes(t, sizes, name);
 }
 
-inline ScanShape check_inputs(int64_t kind, const std::vector<int64_t>& g, const ScanInputs& in) {
-  const bool pair = kind == kCrossPair || kind == kRealign || kind == kHeads;
-  const size_t M = pair ? 2 : 1;
-  TORCH_CHECK(in.u.size() == M && in.dt.size() == M && in.B.size() == M && in.C.size() == M, "xscan._C: route kind ",
-              kind, " takes ", M, " modalities of u, dt, B, C");
+inline ScanShape check_inputs(int64_t route, int64_t source, const std::vector<int64_t>& g, const ScanInputs& in) {
+  TORCH_CHECK(!in.u.empty() && in.u.size() <= 2 && in.dt.size() == in.u.size() && in.B.size() == in.u.size() &&
+                  in.C.size() == in.u.size(),
+              "xscan._C: one or two modalities of u, dt, B, C");
   TORCH_CHECK(in.dt[0].dim() == 4 && in.A.dim() == 3 && in.B[0].dim() == 5 && in.C[0].dim() == 5,
               "xscan._C: dt must be (Bt, K, Dm, E), A (K, Dm, N), B and C (Bt, K, G, N, E)");
   ScanShape s{in.dt[0].size(0), in.dt[0].size(1), in.dt[0].size(2), in.A.size(2), in.B[0].size(2), in.C[0].size(2), 0,
               {}, {}};
   TORCH_CHECK(s.groups_B > 0 && s.groups_C > 0 && s.channels % s.groups_B == 0 && s.channels % s.groups_C == 0,
               "xscan._C: B and C groups must divide the channels");
+  with_route(route, source, g, [&](const auto& policy) {
+    TORCH_CHECK(static_cast<int>(in.u.size()) == policy.modalities(), "xscan._C: route kind ", route, " takes ",
+                policy.modalities(), " modalities of u, dt, B, C");
+    TORCH_CHECK(s.routes == policy.routes(), "xscan._C: route kind ", route, " has ", policy.routes(), " routes, dt ",
+                s.routes);
+    if constexpr (!std::decay_t<decltype(policy)>::kSameChannel)
+      TORCH_CHECK(policy.fits(s.channels), "xscan._C: the realigned map does not match the input maps");
+    s.tokens = policy.tokens();
+    const Extent u = policy.u_map(s.channels), y = policy.y_map(s.channels);
+    s.u_map = {u.channels, u.rows, u.cols};
+    s.y_map = {y.channels, y.rows, y.cols};
+  });
+  const size_t M = in.u.size();
   const int64_t K = s.routes;
-  switch (kind) {
-    case kCross:
-    case kAtrous:
-    case kCrossPair:
-      TORCH_CHECK(g.size() == 2 && g[0] > 0 && g[1] > 0 && K >= 1 && K <= 4, "xscan._C: bad map geometry or routes");
-      s.tokens = kind == kAtrous ? atrous_extent(g[0]) * atrous_extent(g[1]) : g[0] * g[1];
-      s.u_map = s.y_map = {s.channels, g[0], g[1]};
-      break;
-    case kRealign: {
-      TORCH_CHECK(g.size() == 6 && g[4] >= 0 && g[4] <= 2 && g[5] >= 0 && g[5] <= 1 && K >= 1 && K <= 4,
-                  "xscan._C: bad realign geometry or routes");
-      const int64_t Hr = g[0], Wr = g[1], C = g[2], W = g[3];
-      const bool on_channels = g[4] == kRealignConcat || g[5] == kRealignChannel;
-      TORCH_CHECK(on_channels ? (s.channels == 2 * C && Wr == W) : (s.channels == C && Wr == 2 * W),
-                  "xscan._C: the realigned map does not match the input maps");
-      s.tokens = Hr * Wr;
-      s.u_map = {C, Hr, W};
-      s.y_map = {s.channels, Hr, Wr};
-      break;
-    }
-    case kHeads:
-      TORCH_CHECK(g.size() == 2 && K == 2 * g[0], "xscan._C: heads take 2P routes");
-      s.tokens = g[1];
-      s.u_map = s.y_map = {s.channels, g[0], g[1]};
-      break;
-    default: TORCH_CHECK(false, "xscan._C: unknown route kind ", kind);
-  }
   const auto pixels = [&](const std::vector<int64_t>& map) {
     return std::vector<int64_t>{s.batch, map[0], map[1], map[2]};
   };

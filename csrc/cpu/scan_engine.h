@@ -1,6 +1,6 @@
 // The CPU scan engine: one templated forward and backward recurrence for every xscan op.
 //
-// Every op is a set of independent scans over route positions j. A route policy (scan_routes.h)
+// Every op is a set of independent scans over route positions j. A route policy (xscan/routes.h)
 // turns (route k, channel d, position j) into the token read there: which modality, its index e in
 // the per-token tensors (dt, B, C) and its pixel in the input map u and in the output map y. The
 // engine reads through strided views, so nothing is flipped, transposed, interleaved or copied into
@@ -31,6 +31,7 @@
 #include <omp.h>
 #endif
 
+#include "xscan/routes.h"
 #include "xscan/scan_math.h"
 
 namespace xscan {
@@ -69,17 +70,6 @@ template <typename T>
 Strided<T> strided(const c10::optional<at::Tensor>& t) {
   return t.has_value() ? strided<T>(*t) : Strided<T>();
 }
-
-// The token at one route position, as a route policy returns it: route.at(k, j) fills what is the
-// same for every channel, route.source(d, token) the channel-dependent part (uc, yc; for the
-// realignment also m and uw).
-struct Token {
-  int m;               // modality (0 or 1): which of the per-modality tensors it reads
-  int64_t e;           // index along the per-token tensors' last axis
-  int64_t uc, ur, uw;  // its pixel in u (channel, row, column)
-  int64_t yc, yr, yw;  // where its output goes in y
-  bool pad;            // padding: u reads 0, no output
-};
 
 // Views of one call. Per-token tensors are scalar_t; parameters, outputs and gradients acc_t.
 //   u, z, y, du, dz, dy: (Bt, channels, rows, cols) pixel maps;  dt, ddt: (Bt, K, Dm, E);
@@ -146,13 +136,14 @@ struct Workspace {
   std::vector<acc_t> Bc, Cc, dBc, dCc;                        // (tile, N)
   std::vector<acc_t> dtT, dtuT, uT, yT;                       // (tile, block)
   std::vector<acc_t> aT, hT, gT;                              // (N, block), (N, block), (block)
-  std::vector<acc_t> dt, raw, dsp, u, gate_in, decay, states;  // one channel's tile
+  std::vector<acc_t> dt, raw, dsp, u, out, decay, states;  // one channel's tile (out: its outputs, or
+                                                             // the backward's gate inputs C.h + D u)
   std::vector<acc_t> a, dh, dA, dD, dbias, chunk_start;       // per channel of the block
 
   Workspace(int64_t N_, int64_t block, int64_t chunks, int64_t tile_)
       : N(N_), tile(tile_), tok(tile_), out_at(tile_), at_dt(tile_), at_u(tile_), at_z(tile_), at_y(tile_), Bc(tile_ * N_), Cc(tile_ * N_), dBc(tile_ * N_), dCc(tile_ * N_),
         dtT(tile_ * block), dtuT(tile_ * block), uT(tile_ * block), yT(tile_ * block), aT(N_ * block),
-        hT(N_ * block), gT(block), dt(tile_), raw(tile_), dsp(tile_), u(tile_), gate_in(tile_),
+        hT(N_ * block), gT(block), dt(tile_), raw(tile_), dsp(tile_), u(tile_), out(tile_),
         decay(tile_ * N_), states(tile_ * N_), a(block * N_), dh(block * N_), dA(block * N_), dD(block),
         dbias(block), chunk_start(block * chunks * N_) {}
 };
@@ -356,7 +347,7 @@ struct Engine {
       for (int64_t c = 0; c < nb; ++c) {
         const int64_t d = d0 + c;
         const acc_t Dk = param(v.D, k, d);
-        acc_t* out = ws.gate_in.data();  // this channel's outputs of the tile
+        acc_t* out = ws.out.data();  // this channel's outputs of the tile
         acc_t* zc = ws.raw.data();
         acc_t* run_out = nullptr;  // the outputs' run, when the tile is one
         if constexpr (Route::kSameChannel) {
@@ -473,7 +464,7 @@ struct Engine {
       std::copy(i ? h - N : start, (i ? h - N : start) + N, h);
       const acc_t dtu = ws.dt[i] * ws.u[i];
       if (v.z)
-        ws.gate_in[i] = step<true>(N, a, ws.dt[i], dtu, &ws.Bc[i * N], &ws.Cc[i * N], h, &ws.decay[i * N]) + Dk * ws.u[i];
+        ws.out[i] = step<true>(N, a, ws.dt[i], dtu, &ws.Bc[i * N], &ws.Cc[i * N], h, &ws.decay[i * N]) + Dk * ws.u[i];
       else
         step<false>(N, a, ws.dt[i], dtu, &ws.Bc[i * N], &ws.Cc[i * N], h, &ws.decay[i * N]);
       h += N;
@@ -488,7 +479,7 @@ struct Engine {
       acc_t gy = t.pad ? acc_t(0) : v.dy[t.m](b, t.yc, t.yr, t.yw);
       if (v.z && !t.pad) {
         const acc_t zv = static_cast<acc_t>(v.z(b, t.uc, t.ur, t.uw));
-        v.dz(b, t.uc, t.ur, t.uw) += gy * ws.gate_in[i] * silu_grad(zv);
+        v.dz(b, t.uc, t.ur, t.uw) += gy * ws.out[i] * silu_grad(zv);
         gy *= silu(zv);
       }
       dD += gy * u;

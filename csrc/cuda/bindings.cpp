@@ -1,7 +1,7 @@
 // xscan._C_cuda: the Python face of the CUDA kernels. Deliberately thin: xscan/backends/cuda.py
-// allocates every tensor and fills a ScanParams (pointers as integers, 64-bit strides); this file only
-// moves those numbers into the struct and launches on the stream Python passes (as the integer
-// torch.cuda.current_stream().cuda_stream), so it needs no ATen CUDA header.
+// allocates every tensor and fills a ScanParams from an op's ScanSpec (pointers as integers, 64-bit
+// strides); this file only moves those numbers into the struct and launches on the stream Python
+// passes (as the integer torch.cuda.current_stream().cuda_stream), so it needs no ATen CUDA header.
 #include <torch/extension.h>
 
 #include <cstdint>
@@ -9,10 +9,12 @@
 #include <string>
 
 #include "scan_params.h"
+#include "xscan/routes.h"
 
 namespace py = pybind11;
 using xscan::cuda::DType;
-using xscan::cuda::ScanKind;
+using xscan::cuda::MapTensor;
+using xscan::cuda::OutputMap;
 using xscan::cuda::ScanParams;
 using xscan::cuda::TokenTensor;
 
@@ -30,6 +32,17 @@ Ptr pointer(int64_t a) {
 
 void check(const char* error, const char* what) {
   if (error != nullptr && error[0] != '\0') throw std::runtime_error(std::string("xscan CUDA ") + what + ": " + error);
+}
+
+void check_spec(const ScanParams& P) {
+  if (P.route < 0 || P.route > static_cast<int32_t>(xscan::Route::kHeads) || P.source < 0 ||
+      P.source > static_cast<int32_t>(xscan::Source::kWidthHalves) ||
+      (P.source != 0 && P.route != static_cast<int32_t>(xscan::Route::kCross)))
+    throw std::invalid_argument("xscan CUDA: unknown route or source");
+  for (int i = 0; i < xscan::geometry_sizes(static_cast<xscan::Route>(P.route), static_cast<xscan::Source>(P.source)); ++i)
+    if (P.geometry[i] < 1) throw std::invalid_argument("xscan CUDA: route sizes must be positive");
+  if (P.dstate < 1 || P.dstate > xscan::cuda::kMaxDState || P.batch < 1 || P.routes < 1 || P.channels < 1)
+    throw std::invalid_argument("xscan CUDA: sizes outside the kernels' range");
 }
 
 }  // namespace
@@ -53,6 +66,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("CHUNK_LENGTH") = xscan::cuda::kChunkLength;
   m.attr("MAX_DSTATE") = xscan::cuda::kMaxDState;
   m.attr("THREADS_PER_BLOCK") = xscan::cuda::kThreadsPerBlock;
+  // xscan.spec's Route and Source numbers, checked by xscan/backends/cuda.py when it loads
+  for (const auto& r : xscan::kRouteNames) m.attr((std::string("ROUTE_") + r.name).c_str()) = static_cast<int>(r.value);
+  for (const auto& s : xscan::kSourceNames) m.attr((std::string("SOURCE_") + s.name).c_str()) = static_cast<int>(s.value);
+
+  py::class_<MapTensor>(m, "MapTensor")
+      .def(py::init<>())
+      .XSCAN_POINTER_PAIR(MapTensor, data, const void*)
+      .def_readwrite("stride_b", &MapTensor::stride_b)
+      .def_readwrite("stride_c", &MapTensor::stride_c)
+      .def_readwrite("stride_h", &MapTensor::stride_h)
+      .def_readwrite("stride_w", &MapTensor::stride_w);
 
   py::class_<TokenTensor>(m, "TokenTensor")
       .def(py::init<>())
@@ -63,11 +87,25 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readwrite("stride_n", &TokenTensor::stride_n)
       .def_readwrite("stride_t", &TokenTensor::stride_t);
 
+  py::class_<OutputMap>(m, "OutputMap")
+      .def(py::init<>())
+      .XSCAN_POINTER_PAIR(OutputMap, data, float*)
+      .def_readwrite("stride_k", &OutputMap::stride_k)
+      .def_readwrite("stride_b", &OutputMap::stride_b)
+      .def_readwrite("stride_c", &OutputMap::stride_c)
+      .def_readwrite("stride_h", &OutputMap::stride_h)
+      .def_readwrite("stride_w", &OutputMap::stride_w);
+
   py::class_<ScanParams>(m, "ScanParams")
       .def(py::init<>())
+      .def_readwrite("route", &ScanParams::route)
+      .def_readwrite("source", &ScanParams::source)
       .def_property(
-          "kind", [](const ScanParams& s) { return static_cast<int>(s.kind); },
-          [](ScanParams& s, int k) { s.kind = static_cast<ScanKind>(k); })
+          "geometry", [](const ScanParams& s) { return std::vector<int64_t>(s.geometry, s.geometry + 4); },
+          [](ScanParams& s, const std::vector<int64_t>& g) {
+            if (g.empty() || g.size() > 4) throw std::invalid_argument("xscan CUDA: 1 to 4 geometry sizes");
+            for (size_t i = 0; i < 4; ++i) s.geometry[i] = i < g.size() ? g[i] : 1;
+          })
       .def_readwrite("batch", &ScanParams::batch)
       .def_readwrite("routes", &ScanParams::routes)
       .def_readwrite("channels", &ScanParams::channels)
@@ -75,14 +113,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readwrite("length", &ScanParams::length)
       .def_readwrite("tokens", &ScanParams::tokens)
       .def_readwrite("modalities", &ScanParams::modalities)
-      .def_readwrite("height", &ScanParams::height)
-      .def_readwrite("width", &ScanParams::width)
-      .def_readwrite("sub_height", &ScanParams::sub_height)
-      .def_readwrite("sub_width", &ScanParams::sub_width)
-      .def_readwrite("realign_mode", &ScanParams::realign_mode)
-      .def_readwrite("realign_axis", &ScanParams::realign_axis)
-      .def_readwrite("u_channels", &ScanParams::u_channels)
-      .def_readwrite("u_width", &ScanParams::u_width)
       .def_readwrite("group_tiles", &ScanParams::group_tiles)
       .def_readwrite("tiles_per_group", &ScanParams::tiles_per_group)
       .def_readwrite("channels_per_tile", &ScanParams::channels_per_tile)
@@ -90,35 +120,31 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readwrite("groups_C", &ScanParams::groups_C)
       .def_readwrite("lanes_per_channel", &ScanParams::lanes_per_channel)
       .def_readwrite("delta_softplus", &ScanParams::delta_softplus)
-      .def_readwrite("delta_channel_divisor", &ScanParams::delta_channel_divisor)
       .def_readwrite("u", &ScanParams::u)
+      .def_readwrite("z", &ScanParams::z)
       .def_readwrite("delta", &ScanParams::delta)
       .def_readwrite("B", &ScanParams::B)
       .def_readwrite("C", &ScanParams::C)
-      .def_readwrite("z", &ScanParams::z)
       .XSCAN_POINTER(ScanParams, A, const float*)
       .XSCAN_POINTER(ScanParams, D, const float*)
       .XSCAN_POINTER(ScanParams, delta_bias, const float*)
-      .XSCAN_POINTER_PAIR(ScanParams, y, float*)
-      .def_readwrite("y_stride_b", &ScanParams::y_stride_b)
-      .def_readwrite("y_stride_k", &ScanParams::y_stride_k)
-      .def_readwrite("y_stride_c", &ScanParams::y_stride_c)
-      .def_readwrite("y_stride_t", &ScanParams::y_stride_t)
+      .def_readwrite("y", &ScanParams::y)
       .XSCAN_POINTER(ScanParams, last_state, float*)
       .XSCAN_POINTER(ScanParams, chunk_states, float*)
       .def_readwrite("chunks", &ScanParams::chunks)
-      .XSCAN_POINTER_PAIR(ScanParams, dout, const float*)
+      .def_readwrite("dout", &ScanParams::dout)
       .XSCAN_POINTER(ScanParams, dlast_state, const float*)
-      .def_readwrite("dout_stride_b", &ScanParams::dout_stride_b)
-      .def_readwrite("dout_stride_c", &ScanParams::dout_stride_c)
-      .def_readwrite("dout_stride_t", &ScanParams::dout_stride_t)
-      .XSCAN_POINTER_PAIR(ScanParams, du, float*)
+      .def_readwrite("du", &ScanParams::du)
       .XSCAN_POINTER_PAIR(ScanParams, ddelta, float*)
       .def_readwrite("ddelta_stride_b", &ScanParams::ddelta_stride_b)
       .def_readwrite("ddelta_stride_k", &ScanParams::ddelta_stride_k)
       .def_readwrite("ddelta_stride_c", &ScanParams::ddelta_stride_c)
       .def_readwrite("ddelta_stride_t", &ScanParams::ddelta_stride_t)
       .XSCAN_POINTER(ScanParams, dz, float*)
+      .def_readwrite("dz_stride_b", &ScanParams::dz_stride_b)
+      .def_readwrite("dz_stride_c", &ScanParams::dz_stride_c)
+      .def_readwrite("dz_stride_h", &ScanParams::dz_stride_h)
+      .def_readwrite("dz_stride_w", &ScanParams::dz_stride_w)
       .def_readwrite("atomic_routes", &ScanParams::atomic_routes)
       .def_readwrite("atomic_state_grads", &ScanParams::atomic_state_grads)
       .XSCAN_POINTER(ScanParams, dB_part, float*)
@@ -130,6 +156,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def(
       "forward",
       [](const ScanParams& params, int dtype, int64_t stream) {
+        check_spec(params);
         check(xscan::cuda::launch_scan_forward(params, static_cast<DType>(dtype), pointer<void*>(stream)),
               "forward");
       },
@@ -137,6 +164,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def(
       "backward",
       [](const ScanParams& params, int dtype, int64_t stream) {
+        check_spec(params);
         check(xscan::cuda::launch_scan_backward(params, static_cast<DType>(dtype), pointer<void*>(stream)),
               "backward");
       },

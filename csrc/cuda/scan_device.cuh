@@ -1,5 +1,6 @@
-// The scan kernels, templated on the per-token input type (float, __half, __nv_bfloat16) and on the
-// number of states each lane holds. Plain CUDA: no torch headers (the CPU torch wheel has none).
+// The scan kernels, templated on the per-token input type (float, __half, __nv_bfloat16), the number
+// of states each lane holds and the route policy (xscan/routes.h, the CPU engine's own). Plain CUDA:
+// no torch headers (the CPU torch wheel has none).
 //
 // Work split: a block owns one (batch b, route k, tile of channels); each channel is scanned by a
 // group of `lanes_per_channel` lanes of one warp, each lane holding `kStatesPerLane` of the N states;
@@ -9,8 +10,8 @@
 // Backward: the forward is rerun with the state saved at the start of every kChunkLength positions;
 // the backward walks the chunks in reverse, recomputes the states of one chunk into registers and runs
 // the adjoint recurrence through it. dB and dC (shared by the channels of a group) are summed over the
-// block's channels in shared memory in a fixed order and written as per-tile partials that the caller
-// sums: no float atomics anywhere, so the backward is deterministic.
+// block's channels in shared memory in a fixed order, then written as per-tile partials that the
+// caller sums (deterministic), or added into one buffer with float atomics (atomic_state_grads).
 //
 // Under nvcc this is plain CUDA. Without nvcc (the host emulation in tests/backends/cuda_emulator/)
 // the includer first defines threadIdx, blockIdx, __shfl_xor_sync, __syncthreads and dynamic_shared(),
@@ -18,6 +19,7 @@
 #pragma once
 
 #include "scan_params.h"
+#include "xscan/routes.h"
 #include "xscan/scan_math.h"
 
 #ifdef __CUDACC__
@@ -45,61 +47,27 @@ XSCAN_DEVICE float* dynamic_shared() {
 }
 #endif
 
-// Where route position p of sequence (b, k, d) reads and writes.
-struct Position {
-  int modality;        // modality of the token (dt, B, C) and of the output
-  int64_t token;       // index into the per-token tensors' token axis
-  int u_modality;      // which input map u comes from (interleave_ss2d reads u0 or u1)
-  int u_channel;       // channel of that map
-  int64_t u_spatial;   // flattened spatial index in that map
-  bool in_map;         // false on es2d's zero padding: u = 0 there and the output is cropped
-  int64_t out_spatial; // flattened spatial index of the output (the realigned map's for interleave)
-};
-
-XSCAN_DEVICE Position locate(const ScanParams& P, int k, int d, int64_t p) {
-  Position pos{0, p, 0, d, p, true, p};
-  switch (P.kind) {
-    case ScanKind::kSelectiveScan:
-      break;
-    case ScanKind::kSS2D:
-      pos.token = pos.u_spatial = pos.out_spatial = cross_route(k, p, P.height, P.width);
-      break;
-    case ScanKind::kCrossSS2D:
-      pos.modality = pos.u_modality = cross_pair_modality(p);
-      pos.token = pos.u_spatial = pos.out_spatial = cross_pair_spatial(k, p, P.height, P.width);
-      break;
-    case ScanKind::kES2D: {
-      int64_t h, w;
-      pos.token = atrous_route(k, p, P.sub_height, P.sub_width);
-      pos.in_map = atrous_pixel(k, pos.token, P.height, P.width, P.sub_width, &h, &w);
-      pos.u_spatial = pos.out_spatial = pos.in_map ? h * P.width + w : 0;
-      break;
-    }
-    case ScanKind::kInterleave: {
-      const int64_t s = cross_route(k, p, P.height, P.width);  // over the realigned map
-      const RealignSource src =
-          realign_source(P.realign_mode, P.realign_axis, P.u_channels, P.u_width, d, s % P.width);
-      pos.token = pos.out_spatial = s;
-      pos.u_modality = src.m;
-      pos.u_channel = static_cast<int>(src.c);
-      pos.u_spatial = (s / P.width) * P.u_width + src.w;
-      break;
-    }
-  }
-  return pos;
+template <typename T>
+XSCAN_DEVICE float load_map(const MapTensor& t, int m, int b, int64_t c, int64_t r, int64_t w) {
+  const T* base = static_cast<const T*>(t.data[m]);
+  return to_float(base[b * t.stride_b + c * t.stride_c + r * t.stride_h + w * t.stride_w]);
 }
 
 template <typename T>
-XSCAN_DEVICE float load(const TokenTensor& t, int m, int b, int k, int64_t c, int64_t tok) {
+XSCAN_DEVICE float load_token(const TokenTensor& t, int m, int b, int k, int64_t c, int64_t tok) {
   const T* base = static_cast<const T*>(t.data[m]);
   return to_float(base[b * t.stride_b + k * t.stride_k + c * t.stride_c + tok * t.stride_t]);
 }
 
 template <typename T>
-XSCAN_DEVICE float load_state(const TokenTensor& t, int m, int b, int k, int group, int n,
-                                            int64_t tok) {
+XSCAN_DEVICE float load_state(const TokenTensor& t, int m, int b, int k, int group, int n, int64_t tok) {
   const T* base = static_cast<const T*>(t.data[m]);
   return to_float(base[b * t.stride_b + k * t.stride_k + group * t.stride_c + n * t.stride_n + tok * t.stride_t]);
+}
+
+// The element of an output map (y, du, dout) at a pixel of route k.
+XSCAN_DEVICE int64_t map_offset(const OutputMap& o, int b, int k, int64_t c, int64_t r, int64_t w) {
+  return k * o.stride_k + b * o.stride_b + c * o.stride_c + r * o.stride_h + w * o.stride_w;
 }
 
 // A write of one route's output (or input gradient): plain, or added into a zeroed sum over routes.
@@ -147,25 +115,34 @@ XSCAN_DEVICE Lane lane_of(const ScanParams& P) {
 constexpr int kStage = 8;
 static_assert(kChunkLength % kStage == 0, "chunk starts must fall on a stage's first position");
 
+// One position of a sequence: where it reads and writes (the route policy's token for this lane's
+// channel, in 32-bit coordinates: the launcher keeps every size below 2^31) and its inputs.
 struct TokenStep {
-  Position pos;
+  int m;                         // modality
+  bool pad;                      // u reads 0, no output
+  int32_t e, uc, ur, uw, yc, yr, yw;
   float delta_raw;  // delta + delta_bias, before softplus
   float dt;         // the step size used
   float u;
 };
 
-template <typename T>
-XSCAN_DEVICE TokenStep load_step(const ScanParams& P, const Lane& l, float bias, int64_t p) {
+template <typename T, typename Routes>
+XSCAN_DEVICE TokenStep load_step(const ScanParams& P, const Routes& routes, const Lane& l, float bias, int64_t p) {
+  Token t = routes.at(l.k, p);
+  routes.source(l.d, t);
   TokenStep s;
-  s.pos = locate(P, l.k, l.d, p);
-  s.delta_raw = load<T>(P.delta, s.pos.modality, l.b, l.k, l.d / P.delta_channel_divisor, s.pos.token) + bias;
+  s.m = t.m, s.pad = t.pad;
+  s.e = static_cast<int32_t>(t.e), s.uc = static_cast<int32_t>(t.uc), s.ur = static_cast<int32_t>(t.ur);
+  s.uw = static_cast<int32_t>(t.uw), s.yc = static_cast<int32_t>(t.yc), s.yr = static_cast<int32_t>(t.yr);
+  s.yw = static_cast<int32_t>(t.yw);
+  s.delta_raw = load_token<T>(P.delta, s.m, l.b, l.k, l.d, s.e) + bias;
   s.dt = P.delta_softplus ? softplus(s.delta_raw) : s.delta_raw;
-  s.u = s.pos.in_map ? load<T>(P.u, s.pos.u_modality, l.b, 0, s.pos.u_channel, s.pos.u_spatial) : 0.f;
+  s.u = s.pad ? 0.f : load_map<T>(P.u, s.m, l.b, s.uc, s.ur, s.uw);
   return s;
 }
 
-template <typename T, int kStatesPerLane>
-XSCAN_KERNEL scan_forward_kernel(const ScanParams P) {
+template <typename T, int kStatesPerLane, typename Routes>
+XSCAN_KERNEL scan_forward_kernel(const ScanParams P, const Routes routes) {
   const Lane l = lane_of(P);
   const int64_t seq = (static_cast<int64_t>(l.b) * P.routes + l.k) * P.channels + l.d;
   float A[kStatesPerLane], h[kStatesPerLane];
@@ -187,13 +164,13 @@ XSCAN_KERNEL scan_forward_kernel(const ScanParams P) {
 #pragma unroll
     for (int t = 0; t < kStage; ++t) {
       if (start + t < P.length) {
-        steps[t] = load_step<T>(P, l, bias, start + t);
+        steps[t] = load_step<T>(P, routes, l, bias, start + t);
 #pragma unroll
         for (int i = 0; i < kStatesPerLane; ++i) {
           const int n = l.lane + i * P.lanes_per_channel;
           const bool live = n < P.dstate;
-          Bs[t][i] = live ? load_state<T>(P.B, steps[t].pos.modality, l.b, l.k, l.group_B, n, steps[t].pos.token) : 0.f;
-          Cs[t][i] = live ? load_state<T>(P.C, steps[t].pos.modality, l.b, l.k, l.group_C, n, steps[t].pos.token) : 0.f;
+          Bs[t][i] = live ? load_state<T>(P.B, steps[t].m, l.b, l.k, l.group_B, n, steps[t].e) : 0.f;
+          Cs[t][i] = live ? load_state<T>(P.C, steps[t].m, l.b, l.k, l.group_C, n, steps[t].e) : 0.f;
         }
       }
     }
@@ -217,11 +194,10 @@ XSCAN_KERNEL scan_forward_kernel(const ScanParams P) {
           readout += Cs[t][i] * h[i];
         }
         readout = group_sum(readout, P.lanes_per_channel);
-        if (P.y[0] && l.active && l.lane == 0 && s.pos.in_map) {
+        if (P.y.data[0] && l.active && l.lane == 0 && !s.pad) {
           float y = readout + skip * s.u;
-          if (P.z.data[0]) y *= silu(load<T>(P.z, 0, l.b, 0, l.d, s.pos.token));
-          store(P.atomic_routes, &P.y[s.pos.modality][l.b * P.y_stride_b + l.k * P.y_stride_k + l.d * P.y_stride_c +
-                                                      s.pos.out_spatial * P.y_stride_t], y);
+          if (P.z.data[0]) y *= silu(load_map<T>(P.z, 0, l.b, s.uc, s.ur, s.uw));
+          store(P.atomic_routes, &P.y.data[s.m][map_offset(P.y, l.b, l.k, s.yc, s.yr, s.yw)], y);
         }
       }
     }
@@ -230,13 +206,13 @@ XSCAN_KERNEL scan_forward_kernel(const ScanParams P) {
 #pragma unroll
     for (int i = 0; i < kStatesPerLane; ++i) {
       const int n = l.lane + i * P.lanes_per_channel;
-      if (n < P.dstate) P.last_state[(static_cast<int64_t>(l.b) * P.channels + l.d) * P.dstate + n] = h[i];
+      if (n < P.dstate) P.last_state[seq * P.dstate + n] = h[i];
     }
   }
 }
 
-template <typename T, int kStatesPerLane>
-XSCAN_KERNEL scan_backward_kernel(const ScanParams P) {
+template <typename T, int kStatesPerLane, typename Routes>
+XSCAN_KERNEL scan_backward_kernel(const ScanParams P, const Routes routes) {
   float* shared = dynamic_shared();
   const Lane l = lane_of(P);
   const int N = P.dstate;
@@ -255,7 +231,7 @@ XSCAN_KERNEL scan_backward_kernel(const ScanParams P) {
     const int n = l.lane + i * P.lanes_per_channel;
     A[i] = n < N ? P.A[param * N + n] : 0.f;
     // dLoss/dh_t from positions after t, already multiplied by their decay; at the end, dLoss/dlast_state
-    adjoint[i] = P.dlast_state && n < N ? P.dlast_state[(static_cast<int64_t>(l.b) * P.channels + l.d) * N + n] : 0.f;
+    adjoint[i] = P.dlast_state && n < N ? P.dlast_state[seq * N + n] : 0.f;
     dA[i] = 0.f;
   }
   float dskip = 0.f, dbias = 0.f;
@@ -272,12 +248,12 @@ XSCAN_KERNEL scan_backward_kernel(const ScanParams P) {
 #pragma unroll
     for (int t = 0; t < kChunkLength; ++t) {
       if (start + t < P.length) {
-        const TokenStep s = load_step<T>(P, l, bias, start + t);
+        const TokenStep s = load_step<T>(P, routes, l, bias, start + t);
 #pragma unroll
         for (int i = 0; i < kStatesPerLane; ++i) {
           const int n = l.lane + i * P.lanes_per_channel;
           const float prev = t == 0 ? h_start[i] : hs[i][t > 0 ? t - 1 : 0];
-          const float Bn = n < N ? load_state<T>(P.B, s.pos.modality, l.b, l.k, l.group_B, n, s.pos.token) : 0.f;
+          const float Bn = n < N ? load_state<T>(P.B, s.m, l.b, l.k, l.group_B, n, s.e) : 0.f;
           hs[i][t] = decay(s.dt, A[i]) * prev + s.dt * Bn * s.u;
         }
       }
@@ -286,27 +262,25 @@ XSCAN_KERNEL scan_backward_kernel(const ScanParams P) {
 #pragma unroll
     for (int t = kChunkLength - 1; t >= 0; --t) {
       if (start + t < P.length) {
-        const TokenStep s = load_step<T>(P, l, bias, start + t);
+        const TokenStep s = load_step<T>(P, routes, l, bias, start + t);
         float dout = 0.f;
-        if (s.pos.in_map)
-          dout = P.dout[s.pos.modality][l.b * P.dout_stride_b + l.d * P.dout_stride_c +
-                                        s.pos.out_spatial * P.dout_stride_t];
+        if (!s.pad) dout = P.dout.data[s.m][map_offset(P.dout, l.b, 0, s.yc, s.yr, s.yw)];
         float Bn[kStatesPerLane], Cn[kStatesPerLane];
         float readout = 0.f;
 #pragma unroll
         for (int i = 0; i < kStatesPerLane; ++i) {
           const int n = l.lane + i * P.lanes_per_channel;
-          Bn[i] = n < N ? load_state<T>(P.B, s.pos.modality, l.b, l.k, l.group_B, n, s.pos.token) : 0.f;
-          Cn[i] = n < N ? load_state<T>(P.C, s.pos.modality, l.b, l.k, l.group_C, n, s.pos.token) : 0.f;
+          Bn[i] = n < N ? load_state<T>(P.B, s.m, l.b, l.k, l.group_B, n, s.e) : 0.f;
+          Cn[i] = n < N ? load_state<T>(P.C, s.m, l.b, l.k, l.group_C, n, s.e) : 0.f;
           readout += Cn[i] * hs[i][t];
         }
         float dy = dout;
         if (P.z.data[0]) {  // selective_scan only: y = (C.h + D u) * silu(z)
           const float y = group_sum(readout, P.lanes_per_channel) + skip * s.u;
-          const float z = load<T>(P.z, 0, l.b, 0, l.d, s.pos.token);
+          const float z = load_map<T>(P.z, 0, l.b, s.uc, s.ur, s.uw);
           dy = dout * silu(z);
           if (l.active && l.lane == 0)
-            P.dz[l.b * P.ddelta_stride_b + l.d * P.ddelta_stride_c + s.pos.token * P.ddelta_stride_t] =
+            P.dz[l.b * P.dz_stride_b + s.uc * P.dz_stride_c + s.ur * P.dz_stride_h + s.uw * P.dz_stride_w] =
                 dout * y * silu_grad(z);
         }
         float du = 0.f, ddt = 0.f;
@@ -332,11 +306,10 @@ XSCAN_KERNEL scan_backward_kernel(const ScanParams P) {
         dskip += dy * s.u;
         dbias += ddelta;
         if (l.active && l.lane == 0) {
-          if (s.pos.in_map)
-            store(P.atomic_routes, &P.du[s.pos.modality][l.b * P.y_stride_b + l.k * P.y_stride_k + l.d * P.y_stride_c +
-                                                       s.pos.out_spatial * P.y_stride_t], du);
-          P.ddelta[s.pos.modality][l.b * P.ddelta_stride_b + l.k * P.ddelta_stride_k + l.d * P.ddelta_stride_c +
-                                   s.pos.token * P.ddelta_stride_t] = ddelta;
+          if (!s.pad)
+            store(P.atomic_routes, &P.du.data[s.m][map_offset(P.du, l.b, l.k, s.uc, s.ur, s.uw)], du);
+          P.ddelta[s.m][l.b * P.ddelta_stride_b + l.k * P.ddelta_stride_k + l.d * P.ddelta_stride_c +
+                            s.e * P.ddelta_stride_t] = ddelta;
         }
       }
     }
@@ -351,8 +324,8 @@ XSCAN_KERNEL scan_backward_kernel(const ScanParams P) {
         sum_B += dB_shared[(c * N + n) * kChunkLength + t];
         sum_C += dC_shared[(c * N + n) * kChunkLength + t];
       }
-      const Position pos = locate(P, l.k, 0, start + t);
-      const int64_t token = static_cast<int64_t>(pos.modality) * P.tokens + pos.token;
+      const Token pos = routes.at(l.k, start + t);
+      const int64_t token = static_cast<int64_t>(pos.m) * P.tokens + pos.e;
       const int64_t row = static_cast<int64_t>(l.b) * P.routes + l.k;
       const int64_t per_state = static_cast<int64_t>(P.modalities) * P.tokens;
       if (P.atomic_state_grads) {  // straight into dB (Bt, K, G_B, N, M*T) and dC (Bt, K, G_C, N, M*T)
@@ -391,7 +364,7 @@ inline size_t backward_shared_bytes(const ScanParams& P) {
 // The backward first reruns the forward with only the chunk start states as output.
 inline ScanParams state_saving_pass(const ScanParams& P) {
   ScanParams saving = P;
-  saving.y[0] = saving.y[1] = nullptr;
+  saving.y.data[0] = saving.y.data[1] = nullptr;
   saving.last_state = nullptr;
   return saving;
 }

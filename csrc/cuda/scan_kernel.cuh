@@ -1,57 +1,90 @@
 // Host-side launchers of the scan kernels (scan_device.cuh), instantiated per input dtype in
-// scan_{forward,backward}_{fp32,fp16,bf16}.cu.
+// scan_{forward,backward}_{fp32,fp16,bf16}.cu, and the static switch from a launch's route and
+// source to its route policy (shared with the host emulation of the kernels).
 #pragma once
 
-#include <cuda_runtime.h>
+#include <type_traits>
 
 #include "scan_device.cuh"
 
 namespace xscan {
 namespace cuda {
 
+// Every route policy behind one type, chosen per position at run time (visit_route): one
+// instantiation of each kernel instead of one per policy (compile time, code size), at the price of
+// a switch per step.
+struct AnyRoutes {
+  static constexpr bool kScalarDecay = false;  // HEADS' shared decay is computed per lane here
+  Route route;
+  Source source_kind;
+  int64_t g[4];
+  explicit AnyRoutes(const ScanParams& P)
+      : route(static_cast<Route>(P.route)), source_kind(static_cast<Source>(P.source)),
+        g{P.geometry[0], P.geometry[1], P.geometry[2], P.geometry[3]} {}
+  XSCAN_HD Token at(int64_t k, int64_t j) const {
+    return visit_route(route, source_kind, g, [&](const auto& r) { return r.at(k, j); });
+  }
+  XSCAN_HD void source(int64_t d, Token& t) const {
+    visit_route(route, source_kind, g, [&](const auto& r) { r.source(d, t); });
+  }
+};
+
+// Calls f(policy) with the route policy of P's route, source and geometry (the binding has checked
+// the numbers).
+template <typename F>
+auto with_routes(const ScanParams& P, F&& f) {
+  return f(AnyRoutes(P));
+}
+
+#ifdef __CUDACC__
+#include <cuda_runtime.h>
+
 // Launch configuration shared by both passes.
 inline dim3 scan_grid(const ScanParams& P) {
   return dim3(P.group_tiles * P.tiles_per_group, P.routes, P.batch);
 }
 
-template <typename T>
-const char* scan_forward(const ScanParams& P, cudaStream_t stream) {
-  if (two_states_per_lane(P)) {
-    scan_forward_kernel<T, 2><<<scan_grid(P), kThreadsPerBlock, 0, stream>>>(P);
-  } else {
-    scan_forward_kernel<T, 1><<<scan_grid(P), kThreadsPerBlock, 0, stream>>>(P);
-  }
+inline const char* last_error() {
   const cudaError_t err = cudaGetLastError();
   return err == cudaSuccess ? "" : cudaGetErrorString(err);
 }
 
-template <typename T, int kStatesPerLane>
-const char* launch_backward_with(const ScanParams& P, cudaStream_t stream) {
+template <typename T>
+const char* scan_forward(const ScanParams& P, cudaStream_t stream) {
+  return with_routes(P, [&](const auto& routes) {
+    using Routes = std::decay_t<decltype(routes)>;
+    if (two_states_per_lane(P))
+      scan_forward_kernel<T, 2, Routes><<<scan_grid(P), kThreadsPerBlock, 0, stream>>>(P, routes);
+    else
+      scan_forward_kernel<T, 1, Routes><<<scan_grid(P), kThreadsPerBlock, 0, stream>>>(P, routes);
+    return last_error();
+  });
+}
+
+template <typename T, int kStatesPerLane, typename Routes>
+const char* launch_backward_with(const ScanParams& P, const Routes& routes, cudaStream_t stream) {
+  scan_forward_kernel<T, kStatesPerLane, Routes><<<scan_grid(P), kThreadsPerBlock, 0, stream>>>(
+      state_saving_pass(P), routes);
   const size_t bytes = backward_shared_bytes(P);
-  auto kernel = scan_backward_kernel<T, kStatesPerLane>;
+  auto kernel = scan_backward_kernel<T, kStatesPerLane, Routes>;
   if (bytes > 48 * 1024) {
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                  static_cast<int>(bytes));
     if (err != cudaSuccess) return cudaGetErrorString(err);
   }
-  kernel<<<scan_grid(P), kThreadsPerBlock, bytes, stream>>>(P);
-  const cudaError_t err = cudaGetLastError();
-  return err == cudaSuccess ? "" : cudaGetErrorString(err);
+  kernel<<<scan_grid(P), kThreadsPerBlock, bytes, stream>>>(P, routes);
+  return last_error();
 }
 
 template <typename T>
 const char* scan_backward(const ScanParams& P, cudaStream_t stream) {
-  const ScanParams saving = state_saving_pass(P);
-  const char* err = nullptr;
-  if (two_states_per_lane(P)) {
-    scan_forward_kernel<T, 2><<<scan_grid(P), kThreadsPerBlock, 0, stream>>>(saving);
-    err = launch_backward_with<T, 2>(P, stream);
-  } else {
-    scan_forward_kernel<T, 1><<<scan_grid(P), kThreadsPerBlock, 0, stream>>>(saving);
-    err = launch_backward_with<T, 1>(P, stream);
-  }
-  return err;
+  return with_routes(P, [&](const auto& routes) {
+    using Routes = std::decay_t<decltype(routes)>;
+    return two_states_per_lane(P) ? launch_backward_with<T, 2, Routes>(P, routes, stream)
+                                  : launch_backward_with<T, 1, Routes>(P, routes, stream);
+  });
 }
+#endif  // __CUDACC__
 
 }  // namespace cuda
 }  // namespace xscan

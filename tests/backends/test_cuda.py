@@ -20,7 +20,7 @@ import xscan
 from xscan import reference
 from xscan.backends import cuda as cuda_backend
 from xscan.testing import (OPS, _rel, check_fp32_output, compare, make_inputs, non_contiguous, public_op,
-                           run_both, run_with_grads)
+                           run_both, run_with_grads, spec_of)
 
 FP32_TOL = 3e-5
 HALF_TOL = 2e-2
@@ -244,27 +244,18 @@ def test_deterministic_backward_repeats_bitwise(device, op):
 # ---------------------------------------------------------------------------------------------
 # Limits (no device needed: they run before any launch)
 
-def test_limits_reject_dstate_outside_1_to_64():
+def test_limits_reject_dstate_outside_1_to_64(emulated_cuda):
     for N in (65, 128):
-        args, kwargs = make_inputs("selective_scan", Bt=1, Dm=2, N=N, L=3)
-        with pytest.raises(ValueError, match="d_state"):
-            cuda_backend.OPS["selective_scan"][2](*args, *kwargs.values())
-    args, kwargs = make_inputs("ss2d", Bt=1, Dm=2, N=65, H=2, W=2)
+        with pytest.raises(ValueError, match="d_state N = .* is outside the kernels' range 1..64"):
+            cuda_backend.limits(spec_of("selective_scan", *make_inputs("selective_scan", Bt=1, Dm=2, N=N, L=3)))
     with pytest.raises(ValueError, match="d_state"):
-        cuda_backend.OPS["ss2d"][2](*args, *kwargs.values())
+        cuda_backend.limits(spec_of("ss2d", *make_inputs("ss2d", Bt=1, Dm=2, N=65, H=2, W=2)))
 
 
-def test_limits_reject_float64_naming_the_argument():
+def test_limits_reject_float64_naming_the_argument(emulated_cuda):
     args, kwargs = make_inputs("cross_ss2d", Bt=1, Dm=2, N=2, H=2, W=2, dtype=torch.float64)
     with pytest.raises(ValueError, match="u0 has dtype torch.float64"):
-        cuda_backend.OPS["cross_ss2d"][2](*args, *kwargs.values())
-
-
-def test_limits_reject_route_counts_other_than_4():
-    args, kwargs = make_inputs("ss2d", Bt=1, Dm=2, N=2, H=2, W=2)
-    u, dt, B, C = args
-    with pytest.raises(ValueError, match="routes"):
-        cuda_backend.OPS["ss2d"][2](u, dt[:, :2], B[:, :2], C[:, :2], *kwargs.values())
+        cuda_backend.limits(spec_of("cross_ss2d", args, kwargs))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The Triton backend: CUDA tensors, and CPU tensors under TRITON_INTERPRET=1 (Triton's interpreter).
 
-Kernels live in ``xscan.triton_kernels``. Triton fixes interpreted vs compiled when a kernel is
+Kernels live in ``xscan.triton_kernels``; ``xscan.triton_kernels.executor`` runs the ops' ScanSpecs. Triton fixes interpreted vs compiled when a kernel is
 decorated, so the kernels are imported only once the backend is usable; ``refresh()`` re-reads the
 environment (for test set-ups that set TRITON_INTERPRET after importing xscan, before any kernel
 ran)."""
@@ -12,7 +12,6 @@ import os
 import torch
 
 from .. import _registry
-from ..ops._define import named_backward
 
 
 def _devices() -> tuple:
@@ -30,13 +29,11 @@ def refresh() -> None:
                                               "to run the kernels on CPU tensors in Triton's interpreter")
         return
     try:
-        kernels = importlib.import_module("xscan.triton_kernels.ops")
+        executor = importlib.import_module("xscan.triton_kernels.executor")
     except Exception as e:  # missing or broken triton must not break `import xscan`
         _registry.set_available("triton", (), f"the triton kernels cannot be loaded ({type(e).__name__}: {e})")
         return
-    for op, (forward, backward) in kernels.OPS.items():
-        _registry.register("triton", op, forward, named_backward(op, backward),
-                           lambda *args, op=op: kernels.check_limits(op, *args))
+    _registry.backend("triton").executor = executor
     _registry.set_available("triton", devices, None)
 
 

@@ -5,10 +5,11 @@ arguments the public wrapper fixes before the call: ``fp32_output`` (``xscan.fp3
 inputs give fp32 outputs) and the backend name. Under ``torch.compile`` both are constants of the
 graph, and the backward runs on the same backend as its forward.
 
-Backends return gradients by argument name (``{"u": ..., "dt": ...}``); absent optional arguments
-have none. The backward op's own backward (double backward: gradient penalties, Hessian-vector
-products) differentiates the reference backend's backward, which is written in differentiable
-PyTorch: correct on every backend, at the reference's speed.
+A kernel backend gets the op's ``ScanSpec`` (the op module's ``plan``); the reference gets the
+arguments. Backends return gradients by argument name (``{"u": ..., "dt": ...}``); absent optional
+arguments have none. The backward op's own backward (double backward: gradient penalties,
+Hessian-vector products) differentiates the reference backend's backward, which is written in
+differentiable PyTorch: correct on every backend, at the reference's speed.
 """
 from __future__ import annotations
 
@@ -19,26 +20,10 @@ import torch
 from .. import _registry
 
 _lib = torch.library.Library("xscan", "DEF")
-_tensor_names: dict[str, list[str]] = {}
-
-
-def named_gradients(op: str, grads: Sequence) -> dict:
-    """A backward's gradients listed in argument order (one per tensor argument) -> by name."""
-    names = _tensor_names[op]
-    if len(grads) != len(names):
-        raise RuntimeError(f"xscan.{op}: a backward returned {len(grads)} gradients for the tensor arguments {names}")
-    return dict(zip(names, grads))
-
-
-def named_backward(op: str, backward: Callable) -> Callable:
-    """A backward returning gradients in argument order -> one returning them by name."""
-    return lambda grads, *args: named_gradients(op, backward(grads, *args))
-
-
-def _widen(out, fp32_output: bool):
-    """The op's outputs in their final dtypes (a no-op where the backend already wrote them so)."""
-    with _registry.fp32_output(fp32_output):
-        return tuple(o.to(_registry.output_dtype(o.dtype)).contiguous() for o in out)
+def output_dtype(dtype: torch.dtype, fp32_output: bool) -> torch.dtype:
+    """The dtype of the outputs for per-token inputs of ``dtype``: the same, or fp32 for fp16/bf16
+    inputs under ``xscan.fp32_output()``."""
+    return torch.float32 if fp32_output and dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def _fresh(outputs, inputs) -> list:
@@ -56,19 +41,20 @@ def _fresh(outputs, inputs) -> list:
     return fresh
 
 
-def define(name: str, args: Sequence[tuple[str, str]], outputs: int, fake: Callable, check: Callable) -> Callable:
+def define(name: str, args: Sequence[tuple[str, str]], outputs: int, fake: Callable, check: Callable,
+           plan: Callable) -> Callable:
     """Define ``xscan::<name>`` with ``args`` as (argument name, schema type) pairs, ``outputs``
-    tensors out, ``fake(*args)`` giving their shapes in the input dtypes and ``check(*args)``
-    raising a clear error for arguments the kernels cannot take (run by the op itself too, so that
-    a direct ``torch.ops.xscan`` call is as safe as the public function). Returns
-    ``call(args, device)``, which picks the backend for ``device`` and runs the op."""
+    tensors out, ``fake(*args)`` giving their shapes in the per-token inputs' dtype,
+    ``check(*args)`` raising a clear error for arguments the kernels cannot take (run by the op
+    itself too, so that a direct ``torch.ops.xscan`` call is as safe as the public function) and
+    ``plan(*args, out_dtype)`` the op's ScanSpec. Returns ``call(args, device)``, which picks the
+    backend for ``device`` and runs the op."""
     params = ", ".join(f"{t} {n}" for n, t in args) + ", bool fp32_output, str backend"
     returns = "Tensor" if outputs == 1 else "(" + ", ".join(["Tensor"] * outputs) + ")"
     _lib.define(f"{name}({params}) -> {returns}")
     _lib.define(f"{name}_backward(Tensor[] grads, {params}) -> Tensor[]")
     names = [n for n, _ in args]
     tensor_slots = [i for i, (_, t) in enumerate(args) if t.startswith("Tensor")]
-    _tensor_names[name] = [names[i] for i in tensor_slots]
 
     def by_slot(grads: dict, inputs) -> list:
         """Gradients by name -> one per tensor argument (None where absent or not returned)."""
@@ -77,20 +63,37 @@ def define(name: str, args: Sequence[tuple[str, str]], outputs: int, fake: Calla
             raise RuntimeError(f"xscan.{name}: a backend returned gradients for unknown arguments {sorted(unknown)}")
         return [None if inputs[i] is None else grads.get(names[i]) for i in tensor_slots]
 
+    def fake_outputs(a, fp32_output: bool) -> list:
+        """The outputs' shapes and dtypes: the op's outputs in the output dtype, a last state as it is."""
+        out = fake(*a)
+        out = list(out) if outputs > 1 else [out]
+        want = output_dtype(a[0].dtype, fp32_output)
+        return [o.new_empty(o.shape, dtype=want if o.dtype == a[0].dtype else o.dtype) for o in out]
+
+    def run(a, fp32_output: bool, backend: str, grads=None):
+        """The backend's forward (grads None) or backward of the op on arguments ``a``."""
+        b = _registry.backend(backend)
+        out_dtype = output_dtype(a[0].dtype, fp32_output)
+        if b.executor is not None:
+            spec = plan(*a, out_dtype)
+            return b.executor.forward(spec) if grads is None else b.executor.backward(spec, grads)
+        forward_fn, backward_fn = b.ops[name]
+        if grads is None:
+            out = forward_fn(*a, out_dtype=out_dtype)
+            return list(out) if outputs > 1 else [out]
+        return backward_fn(grads, *a)
+
     def forward(*a):
         *a, fp32_output, backend = a
         check(*a)
-        with _registry.fp32_output(fp32_output):  # the backend reads it through _registry.output_dtype
-            out = _registry.backend(backend).forwards[name](*a)
-        out = _fresh(_widen(out if outputs > 1 else (out,), fp32_output), a)
+        out = _fresh([o.contiguous() for o in run(a, fp32_output, backend)], a)
         return tuple(out) if outputs > 1 else out[0]
 
     def fake_forward(*a):
         *a, fp32_output, _ = a
         check(*a)
-        out = fake(*a)
-        out = _widen(out if outputs > 1 else (out,), fp32_output)
-        return out if outputs > 1 else out[0]
+        out = fake_outputs(a, fp32_output)
+        return tuple(out) if outputs > 1 else out[0]
 
     def check_grads(grads, a):
         """The backward's arguments: the forward's, and one gradient per output of its shape."""
@@ -102,9 +105,9 @@ def define(name: str, args: Sequence[tuple[str, str]], outputs: int, fake: Calla
                              f"got {[tuple(g.shape) for g in grads]}")
 
     def backward(grads, *a):
-        *a, _, backend = a
+        *a, fp32_output, backend = a
         check_grads(grads, a)
-        result = by_slot(_registry.backend(backend).backwards[name](list(grads), *a), a)
+        result = by_slot(run(a, fp32_output, backend, list(grads)), a)
         result = _fresh([None if g is None else g.contiguous() for g in result], (*grads, *a))
         return [grads[0].new_empty(0) if g is None else g for g in result]
 
@@ -149,7 +152,7 @@ def define(name: str, args: Sequence[tuple[str, str]], outputs: int, fake: Calla
             grad_leaves = [g.detach().requires_grad_() for g in grads]
             leaves = [x.detach().requires_grad_() if isinstance(x, torch.Tensor) else x for x in inputs]
             *plain, _, _ = leaves
-            result = by_slot(_registry.backend("reference").backwards[name](grad_leaves, *plain), plain)
+            result = by_slot(_registry.backend("reference").ops[name][1](grad_leaves, *plain), plain)
             pairs = [(g, v) for g, v in zip(result, cotangents) if g is not None and v is not None and v.numel()]
             wrt = grad_leaves + [leaves[i] for i in tensor_slots if leaves[i] is not None]
             d = torch.autograd.grad([g for g, _ in pairs], wrt, [v for _, v in pairs], allow_unused=True,
@@ -172,6 +175,6 @@ def define(name: str, args: Sequence[tuple[str, str]], outputs: int, fake: Calla
     op = getattr(torch.ops.xscan, name)
 
     def call(args: tuple, device: torch.device):
-        return op(*args, _registry.fp32_output_enabled(), _registry.select(name, device, args))
+        return op(*args, _registry.fp32_output_enabled(), _registry.select(name, device))
 
     return call

@@ -1,12 +1,16 @@
-"""``xscan.cross_ss2d.cross_ss2d``: S4Fusion's interleaved two-modality scan (SPEC section 3)."""
+"""``xscan.cross_ss2d``: S4Fusion's interleaved two-modality scan (docs/ops.md, "cross_ss2d")."""
 from __future__ import annotations
 
+import torch
+
 from .._checks import Checker
+from ..spec import Output, Role, Route, ScanSpec
 from ._define import define
-from .ss2d import PARAMS, check_params, check_tokens
+from ._map import PARAMS, check_params, check_tokens, param_roles, token_roles
 
 ARGS = (("u0", "Tensor"), ("u1", "Tensor"), ("dt0", "Tensor"), ("dt1", "Tensor"), ("B0", "Tensor"),
         ("B1", "Tensor"), ("C0", "Tensor"), ("C1", "Tensor")) + PARAMS
+
 
 def check(u0, u1, dt0, dt1, B0, B1, C0, C1, A, D=None, delta_bias=None, delta_softplus=True):
     c = Checker("cross_ss2d")
@@ -18,7 +22,14 @@ def check(u0, u1, dt0, dt1, B0, B1, C0, C1, A, D=None, delta_bias=None, delta_so
     check_params(c, A, D, delta_bias)
 
 
-_op = define("cross_ss2d", ARGS, 2, lambda u0, u1, *rest: (u0.new_empty(u0.shape), u1.new_empty(u1.shape)), check)
+def plan(u0, u1, dt0, dt1, B0, B1, C0, C1, A, D, delta_bias, delta_softplus, out_dtype: torch.dtype) -> ScanSpec:
+    arguments = dict(u0=(Role("u", (0,)), u0), u1=(Role("u", (1,)), u1), **token_roles("0", (0,), dt0, B0, C0),
+                     **token_roles("1", (1,), dt1, B1, C1), **param_roles(A, D, delta_bias))
+    outputs = [Output(tuple(u0.shape), out_dtype, slots=(0,)), Output(tuple(u1.shape), out_dtype, slots=(1,))]
+    return ScanSpec(Route.CROSS_PAIR, tuple(u0.shape[2:]), arguments, outputs, delta_softplus)
+
+
+_op = define("cross_ss2d", ARGS, 2, lambda u0, u1, *rest: (u0.new_empty(u0.shape), u1.new_empty(u1.shape)), check, plan)
 
 
 def cross_ss2d(u0, u1, dt0, dt1, B0, B1, C0, C1, A, D=None, delta_bias=None, delta_softplus=True):
@@ -32,5 +43,4 @@ def cross_ss2d(u0, u1, dt0, dt1, B0, B1, C0, C1, A, D=None, delta_bias=None, del
     u0, u1: (Bt, Dm, H, W) (patch-marked); dt0, dt1: (Bt, 4, Dm, L); B0, B1, C0, C1: (Bt, 4, N, L)
     (spatial order, L = H*W); shared A: (4, Dm, N); D, delta_bias: (4, Dm). Returns (y0, y1)."""
     check(u0, u1, dt0, dt1, B0, B1, C0, C1, A, D, delta_bias)
-    args = (u0, u1, dt0, dt1, B0, B1, C0, C1, A, D, delta_bias, bool(delta_softplus))
-    return _op(args, u0.device)
+    return _op((u0, u1, dt0, dt1, B0, B1, C0, C1, A, D, delta_bias, bool(delta_softplus)), u0.device)

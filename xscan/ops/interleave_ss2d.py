@@ -1,10 +1,13 @@
-"""``xscan.interleave_ss2d``: SS2D over DIFF-MF's realigned pair of maps (SPEC section 5)."""
+"""``xscan.interleave_ss2d``: SS2D over DIFF-MF's realigned pair of maps (docs/ops.md, "interleave_ss2d")."""
 from __future__ import annotations
+
+import torch
 
 from .._checks import Checker
 from ..reference.realign import AXES, MODES, realigned_shape
+from ..spec import REALIGN_SOURCE, Output, Role, Route, ScanSpec
 from ._define import define
-from .ss2d import PARAMS, check_params, check_tokens
+from ._map import PARAMS, check_params, check_tokens, param_roles, token_roles
 
 ARGS = (("u0", "Tensor"), ("u1", "Tensor"), ("dt", "Tensor"), ("B", "Tensor"), ("C", "Tensor")) + PARAMS + (
     ("mode", "str"), ("axis", "str"))
@@ -27,7 +30,20 @@ def check(u0, u1, dt, B, C, A, D=None, delta_bias=None, delta_softplus=True, mod
     check_params(c, A, D, delta_bias, dm="Dr")
 
 
-_op = define("interleave_ss2d", ARGS, 1, _fake, check)
+def plan(u0, u1, dt, B, C, A, D, delta_bias, delta_softplus, mode, axis, out_dtype: torch.dtype) -> ScanSpec:
+    """SS2D's routes over the realigned map (Dr, Hr, Wr); u is read from u0 or u1 where the
+    realignment takes each pixel from (``Source``); the realigned map's dt, B, C and y serve the
+    tokens of both maps (both modality slots)."""
+    shape = realigned_shape(u0.shape, mode, axis)
+    both = (0, 1)
+    arguments = dict(u0=(Role("u", (0,)), u0), u1=(Role("u", (1,)), u1), **token_roles("", both, dt, B, C),
+                     **param_roles(A, D, delta_bias))
+    geometry = (shape[2], shape[3], u0.shape[1], u0.shape[3])
+    return ScanSpec(Route.CROSS, geometry, arguments, [Output(shape, out_dtype, slots=both)], delta_softplus,
+                    source=REALIGN_SOURCE[(mode, axis)])
+
+
+_op = define("interleave_ss2d", ARGS, 1, _fake, check, plan)
 
 
 def interleave_ss2d(u0, u1, dt, B, C, A, D=None, delta_bias=None, delta_softplus=True, mode="column",
@@ -39,5 +55,4 @@ def interleave_ss2d(u0, u1, dt, B, C, A, D=None, delta_bias=None, delta_softplus
     in R's spatial order (Lr = Hr*Wr); A: (4, Dr, N); D, delta_bias: (4, Dr). Returns y in R's layout,
     equal to ``xscan.ss2d(realign(u0, u1, mode, axis), ...)``."""
     check(u0, u1, dt, B, C, A, D, delta_bias, delta_softplus, mode, axis)
-    args = (u0, u1, dt, B, C, A, D, delta_bias, bool(delta_softplus), mode, axis)
-    return _op(args, u0.device)
+    return _op((u0, u1, dt, B, C, A, D, delta_bias, bool(delta_softplus), mode, axis), u0.device)

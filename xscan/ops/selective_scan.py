@@ -1,10 +1,11 @@
-"""``xscan.selective_scan``: drop-in for ``mamba_ssm``'s ``selective_scan_fn``."""
+"""``xscan.selective_scan``: drop-in for ``mamba_ssm``'s ``selective_scan_fn`` (docs/ops.md, "selective_scan")."""
 from __future__ import annotations
 
 import torch
 
 from .._checks import FLOATING, Checker
 from ..reference.selective_scan import state_dtype
+from ..spec import Output, Role, Route, ScanSpec, View
 from ._define import define
 
 ARGS = (("u", "Tensor"), ("delta", "Tensor"), ("A", "Tensor"), ("B", "Tensor"), ("C", "Tensor"),
@@ -31,7 +32,22 @@ def check(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=Fal
     c.tensor("delta_bias", delta_bias, "Dm", optional=True)
 
 
-_op = define("selective_scan", ARGS, 2, _fake, check)
+def plan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, out_dtype: torch.dtype) -> ScanSpec:
+    """One LINE route over time: u and z a 1 x L map per channel, B and C grouped."""
+    Bt, Dm, L = u.shape
+    line = View(unsqueeze=(2,))      # (Bt, Dm, 1, L)
+    one_route = View(unsqueeze=(1,))  # dt (Bt, 1, Dm, L); B, C (Bt, 1, G, N, L); last_state (Bt, 1, Dm, N)
+    params = View(unsqueeze=(0,))     # A (1, Dm, N); D, delta_bias (1, Dm)
+    arguments = dict(u=(Role("u", view=line), u), delta=(Role("dt", view=one_route), delta),
+                     A=(Role("A", view=params), A), B=(Role("B", view=one_route), B), C=(Role("C", view=one_route), C),
+                     D=(Role("D", view=params), D), z=(Role("z", view=line), z),
+                     delta_bias=(Role("delta_bias", view=params), delta_bias))
+    outputs = [Output(tuple(u.shape), out_dtype, view=line),
+               Output((Bt, Dm, A.shape[1]), state_dtype(u.dtype, A), role="last_state", slots=(), view=one_route)]
+    return ScanSpec(Route.LINE, (L,), arguments, outputs, delta_softplus)
+
+
+_op = define("selective_scan", ARGS, 2, _fake, check, plan)
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,

@@ -1,27 +1,17 @@
-"""``xscan.ss2d``: the four-route 2D selective scan with recover (SPEC section 2)."""
+"""``xscan.ss2d``: VMamba's four-route 2-D selective scan with recover (docs/ops.md, "ss2d")."""
 from __future__ import annotations
 
-from .._checks import Checker
-from ._define import define
+import torch
 
-# Shared by every SS2D-shaped op (ss2d, es2d, interleave_ss2d, cross_ss2d per modality).
-PARAMS = (("A", "Tensor"), ("D", "Tensor?"), ("delta_bias", "Tensor?"), ("delta_softplus", "bool"))
+from .._checks import Checker
+from ..spec import Output, Role, Route, ScanSpec
+from ._define import define
+from ._map import PARAMS, check_params, check_tokens, param_roles, token_roles
+from .es2d import _op as _es2d_op
+from .es2d import check as _check_es2d
+
 ARGS = (("u", "Tensor"), ("dt", "Tensor"), ("B", "Tensor"), ("C", "Tensor")) + PARAMS
 ROUTES = ("cross", "atrous")
-
-
-def check_params(c: Checker, A, D, delta_bias, dm: str = "Dm"):
-    """A (4, Dm, N), D and delta_bias (4, Dm): one set per route."""
-    c.tensor("A", A, f"4 {dm} N")
-    c.tensor("D", D, f"4 {dm}", optional=True)
-    c.tensor("delta_bias", delta_bias, f"4 {dm}", optional=True)
-
-
-def check_tokens(c: Checker, suffix: str, dt, B, C, dm: str = "Dm", length: str = "L"):
-    """dt (Bt, 4, Dm, L), B and C (Bt, 4, N, L): per route and token."""
-    c.tensor(f"dt{suffix}", dt, f"Bt 4 {dm} {length}", token=True)
-    c.tensor(f"B{suffix}", B, f"Bt 4 N {length}", token=True)
-    c.tensor(f"C{suffix}", C, f"Bt 4 N {length}", token=True)
 
 
 def check(u, dt, B, C, A, D=None, delta_bias=None, delta_softplus=True):
@@ -32,7 +22,12 @@ def check(u, dt, B, C, A, D=None, delta_bias=None, delta_softplus=True):
     check_params(c, A, D, delta_bias)
 
 
-_op = define("ss2d", ARGS, 1, lambda u, *rest: u.new_empty(u.shape), check)
+def plan(u, dt, B, C, A, D, delta_bias, delta_softplus, out_dtype: torch.dtype) -> ScanSpec:
+    arguments = dict(u=(Role("u"), u), **token_roles("", (0,), dt, B, C), **param_roles(A, D, delta_bias))
+    return ScanSpec(Route.CROSS, tuple(u.shape[2:]), arguments, [Output(tuple(u.shape), out_dtype)], delta_softplus)
+
+
+_op = define("ss2d", ARGS, 1, lambda u, *rest: u.new_empty(u.shape), check, plan)
 
 
 def ss2d(u, dt, B, C, A, D=None, delta_bias=None, delta_softplus=True, route="cross"):
@@ -40,11 +35,13 @@ def ss2d(u, dt, B, C, A, D=None, delta_bias=None, delta_softplus=True, route="cr
 
     u: (Bt, Dm, H, W); dt: (Bt, 4, Dm, L); B, C: (Bt, 4, N, L), per-token tensors in spatial order
     (L = H*W); A: (4, Dm, N); D, delta_bias: (4, Dm). Returns y: (Bt, Dm, H, W) in u's dtype.
-    ``route="atrous"`` is the ES2D scan (:func:`xscan.es2d`, its own dt/B/C layout)."""
-    if route == "atrous":
-        from .es2d import es2d
-        return es2d(u, dt, B, C, A, D, delta_bias, delta_softplus)
+
+    ``route="atrous"`` is the ES2D scan, :func:`xscan.es2d`, which takes its own layout: dt, B, C
+    over the four stride-2 sub-lattices, (Bt, 4, ., ceil(H/2) * ceil(W/2))."""
     Checker("ss2d").choice("route", route, ROUTES)
-    check(u, dt, B, C, A, D, delta_bias)
     args = (u, dt, B, C, A, D, delta_bias, bool(delta_softplus))
+    if route == "atrous":  # errors say which layout this call expects
+        _check_es2d(*args, _caller="ss2d(route='atrous')")
+        return _es2d_op(args, u.device)
+    check(*args)
     return _op(args, u.device)

@@ -1,8 +1,9 @@
 // The maths every xscan kernel shares (CPU C++ and CUDA): discretisation, gating, and the index maths
 // that turns a scan position into the token it reads, so that no backend materialises flipped,
-// transposed, interleaved or realigned copies. Plain C++17, no torch/ATen: include it from .cpp and
-// .cu files alike. Every index is int64_t. The definitions mirror xscan/routes.py and the reference
-// ops (SPEC sections 1-5); the tests compare every backend against those.
+// transposed, interleaved or realigned copies (routes.h builds the route policies on it). Plain
+// C++17, no torch/ATen: include it from .cpp and .cu files alike. Every index is int64_t. The
+// definitions mirror xscan/routes.py and the reference ops (docs/ops.md); the tests compare every
+// backend against those.
 #pragma once
 
 #include <cmath>
@@ -185,13 +186,10 @@ XSCAN_HD int64_t cross_pair_spatial(int64_t k, int64_t p, int64_t H, int64_t W) 
 }
 
 // ---------------------------------------------------------------------------------------------
-// DIFF-MF realignment (SPEC section 5): the realigned map R of two (C, H, W) maps M_0, M_1.
-//   axis channel: R is (2C, H, W); column: channel r = 2c + m; row (= concat): r = m * C + c.
-//   axis width:   R is (C, H, 2W); column: column r = 2w + m;  row: r = m * W + w.
-// "concat" realigns on the channel axis whatever the axis says.
-
-enum RealignMode : int32_t { kRealignColumn = 0, kRealignRow = 1, kRealignConcat = 2 };
-enum RealignAxis : int32_t { kRealignChannel = 0, kRealignWidth = 1 };
+// DIFF-MF realignment (docs/ops.md, "interleave_ss2d"): the realigned map R of two (C, H, W) maps
+// M_0, M_1, named by xscan.spec.Source (routes.h):
+//   channel column (1): R is (2C, H, W), channel r = 2c + m;   channel halves (2): r = m * C + c;
+//   width column (3):   R is (C, H, 2W), column r = 2w + m;    width halves (4):   r = m * W + w.
 
 struct RealignSource {
   int m;          // which map, 0 or 1
@@ -200,19 +198,13 @@ struct RealignSource {
 
 // Realigned channel r and column wr -> the map, channel and column they are read from. C and W are
 // the channels and width of each input map.
-XSCAN_HD RealignSource realign_source(int32_t mode, int32_t axis, int64_t C, int64_t W, int64_t r,
-                                      int64_t wr) {
+XSCAN_HD RealignSource realign_source(int32_t source, int64_t C, int64_t W, int64_t r, int64_t wr) {
   RealignSource src;
-  if (mode == kRealignConcat || axis == kRealignChannel) {
-    const bool column = mode == kRealignColumn;
-    src.m = static_cast<int>(column ? (r & 1) : r / C);
-    src.c = column ? (r >> 1) : r % C;
-    src.w = wr;
-  } else {
-    const bool column = mode == kRealignColumn;
-    src.m = static_cast<int>(column ? (wr & 1) : wr / W);
-    src.c = r;
-    src.w = column ? (wr >> 1) : wr % W;
+  switch (source) {
+    case 1: src.m = static_cast<int>(r & 1), src.c = r >> 1, src.w = wr; break;
+    case 2: src.m = static_cast<int>(r / C), src.c = r % C, src.w = wr; break;
+    case 3: src.m = static_cast<int>(wr & 1), src.c = r, src.w = wr >> 1; break;
+    default: src.m = static_cast<int>(wr / W), src.c = r, src.w = wr % W; break;
   }
   return src;
 }

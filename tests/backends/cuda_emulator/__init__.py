@@ -11,8 +11,8 @@ INCLUDE_DIR = os.path.join(ROOT, "csrc", "include")
 SOURCES = [os.path.join(CUDA_DIR, "bindings.cpp"), os.path.join(HERE, "emulator.cpp")]
 # torch's extension cache keys on the listed sources only: name the build after the headers too, so
 # that a kernel change rebuilds it.
-HEADERS = [os.path.join(CUDA_DIR, "scan_device.cuh"), os.path.join(CUDA_DIR, "scan_params.h"),
-           os.path.join(INCLUDE_DIR, "xscan", "scan_math.h")]
+HEADERS = [os.path.join(CUDA_DIR, name) for name in ("scan_device.cuh", "scan_kernel.cuh", "scan_params.h")] + [
+    os.path.join(INCLUDE_DIR, "xscan", name) for name in ("scan_math.h", "routes.h")]
 
 
 def build():

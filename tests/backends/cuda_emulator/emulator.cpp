@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <type_traits>
 #include <vector>
 
 #include "scan_params.h"
@@ -129,17 +130,18 @@ inline float* dynamic_shared() { return running_block()->shared.data(); }
 }  // namespace cuda
 }  // namespace xscan
 
-#include "scan_device.cuh"
+#include "scan_kernel.cuh"
 
 namespace xscan {
 namespace cuda {
 namespace {
 
-void run_grid(void (*kernel)(ScanParams), const ScanParams& P, size_t shared_bytes) {
+template <typename Routes>
+void run_grid(void (*kernel)(ScanParams, Routes), const ScanParams& P, const Routes& routes, size_t shared_bytes) {
   const unsigned tiles = P.group_tiles * P.tiles_per_group;
   Block block(shared_bytes / sizeof(float));
   running_block() = &block;
-  const std::function<void()> body = [&] { kernel(P); };
+  const std::function<void()> body = [&] { kernel(P, routes); };
   for (unsigned z = 0; z < static_cast<unsigned>(P.batch); ++z)
     for (unsigned y = 0; y < static_cast<unsigned>(P.routes); ++y)
       for (unsigned x = 0; x < tiles; ++x) {
@@ -153,15 +155,26 @@ void run_grid(void (*kernel)(ScanParams), const ScanParams& P, size_t shared_byt
 
 const char* launch_scan_forward(const ScanParams& P, DType dtype, void*) {
   if (dtype != DType::kFloat) return "the host emulation runs float32 only";
-  run_grid(two_states_per_lane(P) ? scan_forward_kernel<float, 2> : scan_forward_kernel<float, 1>, P, 0);
+  with_routes(P, [&](const auto& routes) {
+    using Routes = std::decay_t<decltype(routes)>;
+    run_grid(two_states_per_lane(P) ? scan_forward_kernel<float, 2, Routes> : scan_forward_kernel<float, 1, Routes>, P,
+             routes, 0);
+    return 0;
+  });
   return "";
 }
 
 const char* launch_scan_backward(const ScanParams& P, DType dtype, void*) {
   if (dtype != DType::kFloat) return "the host emulation runs float32 only";
-  const bool two = two_states_per_lane(P);
-  run_grid(two ? scan_forward_kernel<float, 2> : scan_forward_kernel<float, 1>, state_saving_pass(P), 0);
-  run_grid(two ? scan_backward_kernel<float, 2> : scan_backward_kernel<float, 1>, P, backward_shared_bytes(P));
+  with_routes(P, [&](const auto& routes) {
+    using Routes = std::decay_t<decltype(routes)>;
+    const bool two = two_states_per_lane(P);
+    run_grid(two ? scan_forward_kernel<float, 2, Routes> : scan_forward_kernel<float, 1, Routes>,
+             state_saving_pass(P), routes, 0);
+    run_grid(two ? scan_backward_kernel<float, 2, Routes> : scan_backward_kernel<float, 1, Routes>, P, routes,
+             backward_shared_bytes(P));
+    return 0;
+  });
   return "";
 }
 

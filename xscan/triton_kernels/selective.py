@@ -4,12 +4,12 @@ partials."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import triton
 
+from ..spec import Route, ScanSpec
 from . import scan
 from .tiles import Tiles, acc_dtype, autotuned, scan_tiles
 
@@ -17,58 +17,38 @@ _KEY = ["BLOCK_D", "BLOCK_N", "CHUNK"]
 _summary = autotuned(_KEY)(scan.chunk_summary)
 _forward = autotuned(_KEY)(scan.scan_forward)
 _backward = autotuned(_KEY)(scan.scan_backward)
+NO_STRIDES = (0, 0, 0, 0)
 CARRY_ROWS = 16  # rows per program of the (cheap, N-wide) sequential pass over chunks
 BACKWARD_SUB = 8  # channel blocks per backward program
 
 
-@dataclass
 class ScanProblem:
-    """A batch of routed scans: sequences (b, k), Dr scanned channels, d_state N, Lseq positions.
+    """A ScanSpec's routed scans as the Mamba-1 kernels take them: sequences (b, k), Dr scanned
+    channels, d_state N, Lseq route positions over a scanned H x W map, Ltok tokens per modality.
 
-    u: (u0, u1) with (b, c, h, w) strides on the source maps (C channels, width Ws); dt, B, C: pairs
-    (modality 0, 1) with (b, k, d, token) and (b, row, n, token) strides over Ltok tokens; A (k, d, n),
-    D and delta_bias (k, d) strides; z (b, d, h, w) on the scanned map. H, W: the scanned map (the
-    route's grid). seg, sb, sc: channels per segment / per B group / per C group (seg divides both)."""
-    route: int
-    source: int
-    two_u: bool    # u1 is read (positions or channels of modality 1)
-    two_tok: bool  # dt1, B1, C1 are read (positions of modality 1)
-    Bt: int
-    K: int
-    Dr: int
-    N: int
-    Lseq: int
-    Ltok: int
-    H: int
-    W: int
-    C: int
-    Ws: int
-    u: tuple
-    s_u: tuple
-    dt: tuple
-    s_dt: tuple
-    B: tuple
-    s_B: tuple
-    Cm: tuple
-    s_C: tuple
-    A: torch.Tensor
-    s_A: tuple
-    D: Optional[torch.Tensor]
-    s_D: tuple
-    bias: Optional[torch.Tensor]
-    s_bias: tuple
-    softplus: bool
-    z: Optional[torch.Tensor] = None
-    s_z: tuple = (0, 0, 0, 0)
-    sb: int = 0
-    sc: int = 0
-    seg: int = 0
+    Operands are the spec's views, read through their strides: u and z (b, c, h, w) maps (u on the
+    input maps, ``map_channels`` channels of width ``map_width`` each); dt (b, k, d, token); B, C
+    (b, k, group, n, token); A (k, d, n); D, delta_bias (k, d). seg, sb, sc: channels per segment /
+    per B group / per C group (seg divides both)."""
 
-    def __post_init__(self):
-        self.sb, self.sc = self.sb or self.Dr, self.sc or self.Dr
+    def __init__(self, spec: ScanSpec):
+        self.spec = spec
+        self.route, self.source = int(spec.route), int(spec.source)
+        self.two_tok = spec.route == Route.CROSS_PAIR      # dt1, B1, C1 are read (positions of modality 1)
+        self.two_u = spec.view("u", spec.modalities - 1) is not spec.view("u", 0)  # u1 is read
+        self.Bt, self.K, self.Dr, self.Ltok, self.N = spec.batch, spec.routes, spec.channels, spec.tokens, spec.dstate
+        self.H, self.W = spec.scanned_map()
+        self.Lseq = spec.length()
+        u = spec.view("u", 0)
+        self.map_channels, self.map_width = u.shape[1], u.shape[3]
+        pair = lambda role: (spec.view(role, 0), spec.view(role, spec.modalities - 1))  # noqa: E731
+        self.u, self.dt, self.B, self.C = pair("u"), pair("dt"), pair("B"), pair("C")
+        self.A, self.D, self.bias, self.z = spec.view("A"), spec.view("D"), spec.view("delta_bias"), spec.view("z")
+        self.softplus = spec.softplus
+        self.sb, self.sc = self.Dr // self.B[0].shape[2], self.Dr // self.C[0].shape[2]
         self.seg = math.gcd(self.sb, self.sc)
-        self.acc, self.acc_torch = acc_dtype(self.u[0].dtype)
-        self.device = self.u[0].device
+        self.acc, self.acc_torch = acc_dtype(u.dtype)
+        self.device = u.device
 
     def _plan(self, backward: bool):
         """Tiles (the backward holds more per-step tiles: smaller ones) and chunks. The backward's
@@ -83,17 +63,21 @@ class ScanProblem:
         return per_seg, (self.Dr // self.seg) * per_seg
 
     # ---- launch helpers -------------------------------------------------------------------------
+    def _s_D(self):
+        return (0, 0) if self.D is None else self.D.stride()
+
     def _common(self, sub: int = 1):
         t = self.tiles
         placeholder = self.u[0]
         return dict(
-            u0=self.u[0], u1=self.u[1], s_u0=self.s_u[0], s_u1=self.s_u[1],
-            z=placeholder if self.z is None else self.z, s_z=self.s_z,
-            dt0=self.dt[0], dt1=self.dt[1], s_dt0=self.s_dt[0], s_dt1=self.s_dt[1],
-            B0=self.B[0], B1=self.B[1], s_B0=self.s_B[0], s_B1=self.s_B[1],
-            C0=self.Cm[0], C1=self.Cm[1], s_C0=self.s_C[0], s_C1=self.s_C[1],
-            A=self.A, s_A=self.s_A, bias=placeholder if self.bias is None else self.bias, s_bias=self.s_bias,
-            K=self.K, Dr=self.Dr, N=self.N, Lseq=self.Lseq, H=self.H, W=self.W, C=self.C, Ws=self.Ws,
+            u0=self.u[0], u1=self.u[1], s_u0=self.u[0].stride(), s_u1=self.u[1].stride(),
+            z=placeholder if self.z is None else self.z, s_z=NO_STRIDES if self.z is None else self.z.stride(),
+            dt0=self.dt[0], dt1=self.dt[1], s_dt0=self.dt[0].stride(), s_dt1=self.dt[1].stride(),
+            B0=self.B[0], B1=self.B[1], s_B0=self.B[0].stride(), s_B1=self.B[1].stride(),
+            C0=self.C[0], C1=self.C[1], s_C0=self.C[0].stride(), s_C1=self.C[1].stride(),
+            A=self.A, s_A=self.A.stride(), bias=placeholder if self.bias is None else self.bias,
+            s_bias=(0, 0) if self.bias is None else self.bias.stride(),
+            K=self.K, Dr=self.Dr, N=self.N, Lseq=self.Lseq, H=self.H, W=self.W, C=self.map_channels, Ws=self.map_width,
             SEG=self.seg, BPS=self._blocks(sub)[0], SB=self.sb, SC=self.sc, n_chunks=self.n_chunks,
             ROUTE=self.route, SOURCE=self.source, TWO_U=self.two_u,
             TWO_TOK=self.two_tok, HAS_Z=self.z is not None, HAS_BIAS=self.bias is not None,
@@ -116,7 +100,7 @@ class ScanProblem:
         s_sum = (self.Dr * self.n_chunks, self.n_chunks, 1)
         grid = (self.Bt * self.K, triton.cdiv(self.Dr, CARRY_ROWS))
         scan.chunk_carry[grid](
-            io, dt_sums, self.A, s_io, s_sum, self.s_A, next((t for t in (last, init) if t is not None), io),
+            io, dt_sums, self.A, s_io, s_sum, self.A.stride(), next((t for t in (last, init) if t is not None), io),
             (self.Dr * self.N, self.N, 1), self.K, self.Dr, self.N, self.n_chunks,
             REVERSE=reverse, HAS_LAST=last is not None, HAS_INIT=init is not None, BLOCK_R=CARRY_ROWS, BLOCK_N=self.tiles.block_n)
 
@@ -142,7 +126,7 @@ class ScanProblem:
         self._plan(backward=False)
         states, _, last = self._states()
         _forward[self._grid()](**self._common(), y=y, s_y=s_y, s_yk=s_yk, s_ym=s_ym,
-                               Dp=self.u[0] if self.D is None else self.D, s_D=self.s_D,
+                               Dp=self.u[0] if self.D is None else self.D, s_D=self._s_D(),
                                states=states, HAS_D=self.D is not None)
         return last
 
@@ -169,7 +153,7 @@ class ScanProblem:
         placeholder = g_A
         _backward[self._grid(self.sub)](
             **self._common(self.sub), SUB=self.sub, gy0=gy[0][0], gy1=gy[1][0], s_gy0=gy[0][1], s_gy1=gy[1][1],
-            Dp=self.u[0] if self.D is None else self.D, s_D=self.s_D, states=states, adjoints=adjoints,
+            Dp=self.u[0] if self.D is None else self.D, s_D=self._s_D(), states=states, adjoints=adjoints,
             g_u=g_u, s_gu=s_gu, s_guk=s_guk, s_gum=s_gum,
             g_z=placeholder if g_z is None else g_z, s_gz=s_gz,
             g_dt=g_dt, s_gdt=g_dt.stride()[1:], s_gdtm=g_dt.stride(0), g_B=g_B, g_C=g_C, s_gbc=g_B.stride(),

@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     jit.JITFunction.run = compile_instead_of_launch
 
     from ..testing import make_inputs
-    from . import ops
+    from . import executor
 
     cases = [("selective_scan", dict(Bt=1, Dm=4, N=16, L=8, G=2)), ("ss2d", dict(Bt=1, Dm=4, N=16, H=3, W=3)),
              ("es2d", dict(Bt=1, Dm=4, N=16, H=3, W=3)), ("cross_ss2d", dict(Bt=1, Dm=4, N=16, H=3, W=3)),
@@ -91,10 +91,9 @@ def main(argv=None) -> int:
                     positional[i] = positional[i].unsqueeze(1) if positional[i].dim() == 3 else positional[i]
             print(f"{op} ({dtype})", flush=True)
             try:
-                forward, backward = ops.OPS[op]
-                outs = forward(*positional)
-                outs = outs if isinstance(outs, tuple) else (outs,)
-                backward([torch.zeros_like(o) for o in outs], *positional)
+                spec = importlib.import_module(f"xscan.ops.{op}").plan(*positional, positional[0].dtype)
+                outs = executor.forward(spec)
+                executor.backward(spec, [torch.zeros_like(o) for o in outs])
             except Exception as e:  # report which op and variant failed
                 print(f"FAILED {op} ({dtype}): {type(e).__name__}: {e}")
                 return 1

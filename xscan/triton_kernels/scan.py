@@ -17,8 +17,7 @@ d(delta_bias) across batch and chunks, the routes summed in SS2D) are written as
 host reduces, so the backward is deterministic without atomics.
 
 Stride tuples: u (b, c, h, w) on the source maps; z and gradient-of-output (b, d, h, w) on the
-scanned map; dt (b, k, d, token); B/C (b, row, n, token) with row = k + group; A (k, d, n);
-D, delta_bias (k, d).
+scanned map; dt (b, k, d, token); B/C (b, k, group, n, token); A (k, d, n); D, delta_bias (k, d).
 """
 import triton
 import triton.language as tl
@@ -92,13 +91,13 @@ def load_dt(dt0, dt1, s_dt0, s_dt1, bias, s_bias, b, k, d, dmask, p, pmask, H, W
 
 
 @triton.jit
-def load_bc(X0, X1, s0, s1, b, row, tok, mt, pmask, N, BLOCK_N: tl.constexpr, TWO_TOK: tl.constexpr,
+def load_bc(X0, X1, s0, s1, b, k, group, tok, mt, pmask, N, BLOCK_N: tl.constexpr, TWO_TOK: tl.constexpr,
             ACC: tl.constexpr):
-    """B or C of one row (route or group) at tokens tok: (T, BLOCK_N)."""
+    """B or C of route k and one group at tokens tok: (T, BLOCK_N)."""
     n = tl.arange(0, BLOCK_N).to(tl.int64)
     mask = pmask[:, None] & (n < N)[None, :]
-    off0 = b * s0[0] + row * s0[1] + n[None, :] * s0[2] + tok[:, None] * s0[3]
-    off1 = b * s1[0] + row * s1[1] + n[None, :] * s1[2] + tok[:, None] * s1[3]
+    off0 = b * s0[0] + k * s0[1] + group * s0[2] + n[None, :] * s0[3] + tok[:, None] * s0[4]
+    off1 = b * s1[0] + k * s1[1] + group * s1[2] + n[None, :] * s1[3] + tok[:, None] * s1[4]
     return load_pair(X0, X1, off0, off1, mt[:, None], mask, TWO_TOK, ACC)
 
 
@@ -143,7 +142,7 @@ def chunk_summary(
                       ROUTE, TWO_TOK, HAS_BIAS, SOFTPLUS, ACC)
     u, m, cs, hs, ws = load_u(u0, u1, s_u0, s_u1, b, d, h, w, mt, valid, C, Ws, SOURCE, TWO_U, ACC)
     first = (blk // BPS) * SEG  # first channel of the block's segment: picks the B and C group
-    Bm = load_bc(B0, B1, s_B0, s_B1, b, k + first // SB, tok, mt, pmask, N, BLOCK_N, TWO_TOK, ACC)
+    Bm = load_bc(B0, B1, s_B0, s_B1, b, k, first // SB, tok, mt, pmask, N, BLOCK_N, TWO_TOK, ACC)
     An = tl.load(A + k * s_A[0] + d[:, None] * s_A[1] + n[None, :] * s_A[2],
                  mask=dmask[:, None] & nmask[None, :], other=0.0).to(ACC)
     cum = tl.cumsum(dt, axis=1)
@@ -160,7 +159,7 @@ def chunk_summary(
         if HAS_Z:
             zv = tl.load(z + map_offset(s_z, b, d, h, w), mask=valid, other=0.0).to(ACC)
             gy = gy * zv * sigmoid(zv)
-        Cm = load_bc(C0, C1, s_C0, s_C1, b, k + first // SC, tok, mt, pmask, N, BLOCK_N, TWO_TOK, ACC)
+        Cm = load_bc(C0, C1, s_C0, s_C1, b, k, first // SC, tok, mt, pmask, N, BLOCK_N, TWO_TOK, ACC)
         adjoint = tl.sum(tl.exp(An[:, None, :] * cum[:, :, None]) * gy[:, :, None] * Cm[None, :, :], axis=1)
         tl.store(adjoints + (row[:, None] * n_chunks + c) * N + n[None, :], adjoint, mask=smask)
 
@@ -234,8 +233,8 @@ def scan_forward(
                       ROUTE, TWO_TOK, HAS_BIAS, SOFTPLUS, ACC)
     u, m, cs, hs, ws = load_u(u0, u1, s_u0, s_u1, b, d, h, w, mt, valid, C, Ws, SOURCE, TWO_U, ACC)
     first = (blk // BPS) * SEG
-    Bm = load_bc(B0, B1, s_B0, s_B1, b, k + first // SB, tok, mt, pmask, N, BLOCK_N, TWO_TOK, ACC)
-    Cm = load_bc(C0, C1, s_C0, s_C1, b, k + first // SC, tok, mt, pmask, N, BLOCK_N, TWO_TOK, ACC)
+    Bm = load_bc(B0, B1, s_B0, s_B1, b, k, first // SB, tok, mt, pmask, N, BLOCK_N, TWO_TOK, ACC)
+    Cm = load_bc(C0, C1, s_C0, s_C1, b, k, first // SC, tok, mt, pmask, N, BLOCK_N, TWO_TOK, ACC)
     An = tl.load(A + k * s_A[0] + d[:, None] * s_A[1] + n[None, :] * s_A[2],
                  mask=dmask[:, None] & (n < N)[None, :], other=0.0).to(ACC)
     h_t, a = chunk_states(b, k, d, dmask, c, p, pmask, dt, u, Bm, An, states, K, Dr, N, n_chunks, BLOCK_N)
@@ -280,9 +279,9 @@ def scan_backward(
     tok_prev, mt_prev, h_prev_map, w_prev_map = route_tokens(p - 1, k, H, W, ROUTE)
     in_map_prev = behind & (h_prev_map < H) & (w_prev_map < W)
     group = (blk // BPS) * SEG
-    Bm = load_bc(B0, B1, s_B0, s_B1, b, k + group // SB, tok, mt, pmask, N, BLOCK_N, TWO_TOK, ACC)
-    Cm = load_bc(C0, C1, s_C0, s_C1, b, k + group // SC, tok, mt, pmask, N, BLOCK_N, TWO_TOK, ACC)
-    B_prev = load_bc(B0, B1, s_B0, s_B1, b, k + group // SB, tok_prev, mt_prev, behind, N, BLOCK_N, TWO_TOK, ACC)
+    Bm = load_bc(B0, B1, s_B0, s_B1, b, k, group // SB, tok, mt, pmask, N, BLOCK_N, TWO_TOK, ACC)
+    Cm = load_bc(C0, C1, s_C0, s_C1, b, k, group // SC, tok, mt, pmask, N, BLOCK_N, TWO_TOK, ACC)
+    B_prev = load_bc(B0, B1, s_B0, s_B1, b, k, group // SB, tok_prev, mt_prev, behind, N, BLOCK_N, TWO_TOK, ACC)
     g_B_acc = tl.zeros((CHUNK, BLOCK_N), dtype=ACC)
     g_C_acc = tl.zeros((CHUNK, BLOCK_N), dtype=ACC)
     part = (b * n_chunks + c) * K + k  # one slot per (batch, chunk, route), reduced on the host

@@ -18,7 +18,6 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import _registry
 from .scan import chunk_carry, load_pair, sigmoid, softplus
 from .tiles import acc_dtype, autotuned, ssd_chunk
 
@@ -219,8 +218,8 @@ _backward = autotuned(_KEY)(ssd_backward)
 MAX_TILE = 128  # P and N per program (padded to a power of 2, at least 16 for tl.dot)
 
 
-def check_limits(x0, x1, dt0, dt1, A, B0, B1, C0, C1, D, dt_bias, dt_softplus):
-    for name, size in (("head dim P", x0.shape[3]), ("d_state N", B0.shape[3])):
+def check_limits(P: int, N: int) -> None:
+    for name, size in (("head dim P", P), ("d_state N", N)):
         if size > MAX_TILE:
             raise ValueError(f"xscan.ssd_exchange: the triton backend takes {name} <= {MAX_TILE}, got {size}")
 
@@ -228,7 +227,8 @@ def check_limits(x0, x1, dt0, dt1, A, B0, B1, C0, C1, D, dt_bias, dt_softplus):
 class SSDProblem:
     """Both directions of ssd_exchange: 2 * Bt * nh sequences of L steps."""
 
-    def __init__(self, x0, x1, dt0, dt1, A, B0, B1, C0, C1, D, dt_bias, dt_softplus, backward=False):
+    def __init__(self, x0, x1, dt0, dt1, A, B0, B1, C0, C1, D, dt_bias, dt_softplus, out_dtype, backward=False):
+        self.out_dtype = out_dtype
         self.Bt, self.L, self.nh, self.P = x0.shape
         self.G, self.N = B0.shape[2:]
         self.chunk = ssd_chunk(backward)
@@ -275,15 +275,17 @@ class SSDProblem:
         return states, adjoints
 
     def forward(self):
+        """(y0, y1) in the output dtype."""
         states, _ = self._states()
-        x0, x1 = self.args["x0"], self.args["x1"]
-        y = torch.empty(2, *x0.shape, device=self.device, dtype=_registry.output_dtype(x0.dtype))
+        y = torch.empty(2, *self.args["x0"].shape, device=self.device, dtype=self.out_dtype)
         _forward[self.grid](**self.args, **self._d_args(), y=y, s_y=y.stride(), states=states)
-        return y[0], y[1].to(_registry.output_dtype(x1.dtype))
+        return y[0], y[1]
 
-    def backward(self, gy0, gy1):
+    def backward(self, gy0, gy1) -> list:
+        """Gradients of every argument in ssd_exchange's order (None for an absent D, dt_bias)."""
+        a = self.args
         states, adjoints = self._states((gy0, gy1))
-        x0, dt0 = self.args["x0"], self.args["dt0"]
+        x0, dt0 = a["x0"], a["dt0"]
         new = lambda *s, dtype=self.acc_torch: torch.empty(*s, device=self.device, dtype=dtype)  # noqa: E731
         g_x = new(2, *x0.shape, dtype=x0.dtype)
         g_dt = new(2, *dt0.shape, dtype=dt0.dtype)
@@ -291,7 +293,7 @@ class SSDProblem:
         g_C = new(2, self.Bt, self.L, self.nh, self.N)
         parts = 2 * self.Bt * self.n_chunks * self.nh
         g_A, g_D, g_bias = new(parts), new(parts), new(parts)
-        _backward[self.grid](**self.args, **self._d_args(), gy0=gy0, gy1=gy1, s_gy0=gy0.stride(),
+        _backward[self.grid](**a, **self._d_args(), gy0=gy0, gy1=gy1, s_gy0=gy0.stride(),
                              s_gy1=gy1.stride(), states=states, adjoints=adjoints, g_x=g_x, s_gx=g_x.stride(),
                              g_dt=g_dt, s_gdt=g_dt.stride(), g_B=g_B, g_C=g_C, s_gbc=g_B.stride(), g_A=g_A,
                              g_D=g_D, g_bias=g_bias)
@@ -302,19 +304,10 @@ class SSDProblem:
         def per_head(g):
             return g.view(-1, self.nh).sum(0)
 
-        return g_x, g_dt, per_group(g_B), per_group(g_C), per_head(g_A), per_head(g_D), per_head(g_bias)
-
-
-def ssd_exchange_forward(x0, x1, dt0, dt1, A, B0, B1, C0, C1, D, dt_bias, dt_softplus):
-    return SSDProblem(x0, x1, dt0, dt1, A, B0, B1, C0, C1, D, dt_bias, dt_softplus).forward()
-
-
-def ssd_exchange_backward(grads, x0, x1, dt0, dt1, A, B0, B1, C0, C1, D, dt_bias, dt_softplus):
-    gy0 = torch.zeros_like(x0) if grads[0] is None else grads[0]
-    gy1 = torch.zeros_like(x1) if len(grads) < 2 or grads[1] is None else grads[1]
-    problem = SSDProblem(x0, x1, dt0, dt1, A, B0, B1, C0, C1, D, dt_bias, dt_softplus, backward=True)
-    g_x, g_dt, g_B, g_C, g_A, g_D, g_bias = problem.backward(gy0, gy1)
-    # direction 0 read modality 1's B and C
-    return [g_x[0], g_x[1].to(x1.dtype), g_dt[0], g_dt[1].to(dt1.dtype), g_A.to(A.dtype),
-            g_B[1].to(B0.dtype), g_B[0].to(B1.dtype), g_C[1].to(C0.dtype), g_C[0].to(C1.dtype),
-            None if D is None else g_D.to(D.dtype), None if dt_bias is None else g_bias.to(dt_bias.dtype)]
+        g_B, g_C = per_group(g_B), per_group(g_C)
+        A, B0, B1, C0, C1 = a["A"], a["B0"], a["B1"], a["C0"], a["C1"]
+        # direction 0 read modality 1's B and C
+        return [g_x[0], g_x[1].to(a["x1"].dtype), g_dt[0], g_dt[1].to(a["dt1"].dtype), per_head(g_A).to(A.dtype),
+                g_B[1].to(B0.dtype), g_B[0].to(B1.dtype), g_C[1].to(C0.dtype), g_C[0].to(C1.dtype),
+                None if self.D is None else per_head(g_D).to(self.D.dtype),
+                None if self.bias is None else per_head(g_bias).to(self.bias.dtype)]

@@ -1,0 +1,200 @@
+"""What the kernels execute: one op call as a ``ScanSpec``, a set of routed selective scans.
+
+Every op is independent scans over route positions: sequence (batch b, route k, channel d) visits
+positions j of route k, and the route kind turns j into the token it reads (which modality, its
+index in the per-token tensors, its pixel in u) and the pixel its output goes to. A ``ScanSpec``
+names the route kind, where u is read from (``Source``), the sizes the routes need, and every
+argument of the op in the engines' common layouts (``Role`` and ``View``: torch views, nothing is
+copied). Each op builds its spec (``xscan/ops/<op>.py``, ``plan``); each kernel backend executes
+specs; gradients go back to the op's arguments by name.
+
+Engine layouts (per modality where the role is per modality):
+    u, z: (Bt, Cu, Hu, Wu) pixel maps        dt: (Bt, K, Dm, T)       B, C: (Bt, K, G, N, T)
+    A: (K, Dm, N)    D, delta_bias: (K, Dm)   y: (Bt, Dy, Hy, Wy)      last_state: (Bt, K, Dm, N)
+
+``Route`` and ``Source`` are defined here once; the C++ engine and CUDA kernels
+(csrc/include/xscan/routes.h, the same numbers, checked when their extension loads) and the Triton
+kernels (which take these values) evaluate the routes as index maths. ``xscan.routes`` holds the
+same maths as torch index tensors for the reference. docs/ops.md walks through adding a route.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+
+class Route(enum.IntEnum):
+    """How position j of route k maps to a token. ``geometry`` holds the sizes each kind needs."""
+    LINE = 0        # (L,): one route along time (selective_scan); position j is token j of a 1 x L map
+    CROSS = 1       # (H, W): SS2D's routes over the map, k = 0 hf, 1 vf, 2 hb, 3 vb
+    ATROUS = 2      # (H, W): ES2D, route k walks stride-2 sub-lattice k of the map padded to even size
+    CROSS_PAIR = 3  # (H, W): cross_ss2d, 2L positions: modality p % 2 at the CROSS route's (p // 2)-th token
+    HEADS = 4       # (P, L): ssd_exchange, route k = channel k % P of every head, modality k // P, along time,
+    #                 with one decay exp(dt A) per (head, step) shared by the head's channels
+
+
+class Source(enum.IntEnum):
+    """Where u of scanned channel d at a pixel is read from (DIFF-MF's realignment of two maps of
+    C channels and width Ws, ``geometry`` (..., C, Ws)); the output stays on the scanned map."""
+    TOKEN = 0           # the token's own modality, channel d, the same pixel
+    CHANNEL_COLUMN = 1  # channel d is channel d // 2 of map d % 2
+    CHANNEL_HALVES = 2  # channel d is channel d % C of map d // C (row and concat on the channel axis)
+    WIDTH_COLUMN = 3    # column w is column w // 2 of map w % 2
+    WIDTH_HALVES = 4    # column w is column w % Ws of map w // Ws
+
+
+# DIFF-MF realignment (mode, axis) -> Source; "concat" is on the channel axis whatever the axis says.
+REALIGN_SOURCE = {("column", "channel"): Source.CHANNEL_COLUMN, ("row", "channel"): Source.CHANNEL_HALVES,
+                  ("concat", "channel"): Source.CHANNEL_HALVES, ("concat", "width"): Source.CHANNEL_HALVES,
+                  ("column", "width"): Source.WIDTH_COLUMN, ("row", "width"): Source.WIDTH_HALVES}
+
+
+def check_codes(module, what: str) -> None:
+    """Assert that an extension's route and source numbers (attributes ROUTE_<NAME>, SOURCE_<NAME>)
+    are the ones defined here."""
+    for enum_type, prefix in ((Route, "ROUTE_"), (Source, "SOURCE_")):
+        for member in enum_type:
+            got = getattr(module, prefix + member.name, None)
+            if got != member.value:
+                raise ImportError(f"{what}: {prefix}{member.name} is {got}, xscan.spec says {member.value}; "
+                                  "rebuild the extension (pip install -e .)")
+
+
+@dataclass(frozen=True)
+class View:
+    """An argument in an engine layout, as torch views: ``permute`` (if given), then a new axis at
+    each position of ``unsqueeze`` in turn, then ``expand`` to ``shape`` (if given)."""
+    permute: tuple = ()
+    unsqueeze: tuple = ()
+    shape: tuple = ()
+
+    def unexpanded(self, t: torch.Tensor) -> torch.Tensor:
+        if self.permute:
+            t = t.permute(*self.permute)
+        for axis in self.unsqueeze:
+            t = t.unsqueeze(axis)
+        return t
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        t = self.unexpanded(t)
+        return t.expand(*self.shape) if self.shape else t
+
+    def transpose(self, g: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """The gradient of the argument ``like`` from ``g``, a full tensor of the view's shape: sum
+        over the broadcast axes, drop the new ones, undo the permutation."""
+        before = self.unexpanded(like).shape
+        broadcast = [a for a, size in enumerate(before) if size == 1 and g.shape[a] != 1]
+        if broadcast:
+            g = g.sum(broadcast, keepdim=True)
+        for axis in reversed(self.unsqueeze):
+            g = g.squeeze(axis)
+        if self.permute:
+            inverse = [0] * len(self.permute)
+            for i, p in enumerate(self.permute):
+                inverse[p] = i
+            g = g.permute(*inverse)
+        return g
+
+
+SAME = View()
+
+
+@dataclass(frozen=True)
+class Role:
+    """What an op argument is to the engines: its role (u, dt, B, C, z, A, D, delta_bias), the
+    modality slots it fills (the realigned map's dt, B, C serve both) and its view."""
+    name: str
+    slots: tuple = (0,)
+    view: View = SAME
+
+
+PER_TOKEN = ("u", "dt", "B", "C", "z")
+PARAMETERS = ("A", "D", "delta_bias")
+
+
+@dataclass(frozen=True)
+class Output:
+    """One op output: its shape and dtype, and the engine buffer it is a view of (``role`` "y" in
+    the given modality slots, or "last_state")."""
+    shape: tuple
+    dtype: torch.dtype
+    role: str = "y"
+    slots: tuple = (0,)
+    view: View = SAME
+
+
+@dataclass
+class ScanSpec:
+    """One op call as routed selective scans (see the module docstring).
+
+    arguments: op argument name -> (Role, tensor or None); outputs: one per op output;
+    geometry: the route kind's sizes (see ``Route``), then for a realigning ``Source`` the input
+    maps' channels and width; route_sum: the K routes' outputs at a pixel add up (SS2D's recover)."""
+    route: Route
+    geometry: tuple
+    arguments: dict
+    outputs: list
+    softplus: bool
+    source: Source = Source.TOKEN
+    route_sum: bool = True
+    tensors: dict = field(default_factory=dict, init=False)  # role -> [view per modality slot]
+
+    def __post_init__(self):
+        self.modalities = 1 + max(s for role, _ in self.arguments.values() if role is not None for s in role.slots)
+        for name, (role, value) in self.arguments.items():
+            if role is None or value is None:
+                continue
+            views = self.tensors.setdefault(role.name, [None] * self.modalities)
+            for s in role.slots:
+                views[s] = role.view(value)
+        dt = self.tensors["dt"][0]
+        self.batch, self.routes, self.channels, self.tokens = dt.shape
+        self.dstate = self.tensors["A"][0].shape[2]
+
+    def scanned_map(self) -> tuple:
+        """(H, W) of the map the routes walk (a line: 1 x L; heads: P x L per head)."""
+        return (1, self.geometry[0]) if self.route == Route.LINE else (self.geometry[0], self.geometry[1])
+
+    def length(self) -> int:
+        """Positions per route."""
+        H, W = self.scanned_map()
+        if self.route == Route.ATROUS:
+            return ((H + 1) // 2) * ((W + 1) // 2)
+        if self.route == Route.CROSS_PAIR:
+            return 2 * H * W
+        if self.route == Route.HEADS:
+            return W
+        return H * W
+
+    def token_modalities(self) -> int:
+        """How many modalities' per-token tensors the routes read (2 where positions alternate)."""
+        return 2 if self.route in (Route.CROSS_PAIR, Route.HEADS) else 1
+
+    def view(self, role: str, slot: int = 0) -> Optional[torch.Tensor]:
+        views = self.tensors.get(role)
+        return None if views is None else views[slot]
+
+    def argument_gradients(self, grad_of) -> dict:
+        """{argument name: gradient} from the engine's gradients: ``grad_of(role, slot)`` is a
+        role's gradient in its engine layout for one modality slot (u: the slots it fills; dt, B, C:
+        the token modalities the routes read). Each goes back through the transpose of the argument's
+        view, in the argument's dtype."""
+        out = {}
+        for name, (role, value) in self.arguments.items():
+            if value is None:
+                continue
+            if role.name in ("dt", "B", "C"):
+                g = sum(grad_of(role.name, s) for s in role.slots if s < self.token_modalities())
+            elif role.name == "u":
+                g = sum(grad_of("u", s) for s in role.slots)
+            else:
+                g = grad_of(role.name, 0)
+            out[name] = role.view.transpose(g, value).to(value.dtype)
+        return out
+
+    def dtype(self) -> torch.dtype:
+        """The per-token inputs' dtype (one: the ops check it)."""
+        return self.tensors["u"][0].dtype

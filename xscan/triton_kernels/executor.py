@@ -1,0 +1,99 @@
+"""The Triton backend's executor of ``ScanSpec``s.
+
+Map routes (LINE, CROSS with any source, ATROUS, CROSS_PAIR) run the chunked Mamba-1 scan
+(``selective.ScanProblem``) on the spec's views where they lie; HEADS (ssd_exchange) runs the
+chunked Mamba-2 (SSD) kernels of ``ssd``. Only what several programs contribute to is reduced here:
+outputs and u's gradients summed over routes (per-route fp32 slabs, summed in a fixed order), dB
+and dC over channel blocks, dA, dD and d(delta_bias) over batch and chunks; each gradient then goes
+back to its argument through the transpose of the argument's view.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..spec import Route, ScanSpec
+from . import ssd
+from .selective import ScanProblem
+
+MAX_D_STATE = 256
+
+
+def limits(spec: ScanSpec) -> None:
+    """What these kernels cannot take, before any launch."""
+    A = spec.view("A")
+    if A.is_complex():
+        raise ValueError("xscan.selective_scan: the triton backend takes a real A; complex A runs on the reference "
+                         "and cpu backends (xscan.use_backend('reference') for CUDA tensors)")
+    if spec.route == Route.HEADS:
+        ssd.check_limits(spec.geometry[0], spec.dstate)
+    elif spec.dstate > MAX_D_STATE:
+        raise ValueError(f"xscan: the triton backend takes d_state N <= {MAX_D_STATE}, A has N={spec.dstate}")
+
+
+def forward(spec: ScanSpec) -> list:
+    limits(spec)
+    if spec.route == Route.HEADS:
+        return list(ssd.SSDProblem(*_arguments(spec), spec.softplus, spec.outputs[0].dtype).forward())
+    problem = ScanProblem(spec)
+    outs = [o for o in spec.outputs if o.role == "y"]
+    summed = spec.route_sum and spec.routes > 1
+    shape = outs[0].shape
+    dtype = problem.acc_torch if summed else outs[0].dtype
+    buf = torch.empty(spec.routes if summed else 1, len(outs), *shape, device=problem.device, dtype=dtype)
+    viewed = outs[0].view(buf[0, 0])
+    last = problem.forward(buf, viewed.stride(), buf.stride(0) if summed else 0, buf.stride(1) if len(outs) > 1 else 0)
+    ys = buf.sum(0) if summed else buf[0]
+    result = [y.to(o.dtype) for y, o in zip(ys, outs)]
+    for o in spec.outputs:
+        if o.role == "last_state":
+            result.append(o.view.transpose(last.view(spec.batch, spec.routes, spec.channels, spec.dstate),
+                                           torch.empty(o.shape, device="meta")))
+    return result
+
+
+def backward(spec: ScanSpec, grads: list) -> dict:
+    limits(spec)
+    if spec.route == Route.HEADS:
+        return _ssd_backward(spec, grads)
+    problem = ScanProblem(spec)
+    acc = problem.acc_torch
+    y_outs = [(o, g) for o, g in zip(spec.outputs, grads) if o.role == "y"]
+    # the output gradient each token modality reads (the one output of a map serves both)
+    gy = [o.view(g) for o, g in y_outs]
+    gy = gy * 2 if len(gy) == 1 else gy
+    g_last = None
+    for o, g in zip(spec.outputs, grads):
+        if o.role == "last_state":
+            g_last = o.view(g.to(acc)).reshape(spec.batch * spec.routes, spec.channels, spec.dstate).contiguous()
+    u_views = [spec.view("u", m) for m in range(spec.modalities)]
+    summed = spec.route_sum and spec.routes > 1
+    slabs = torch.empty(spec.routes if summed else 1, len(u_views), *u_views[0].shape, device=problem.device,
+                        dtype=acc)
+    z = spec.view("z")
+    g_z = None if z is None else torch.empty(z.shape, device=problem.device, dtype=acc)
+    r = problem.backward([(g, g.stride()) for g in gy], slabs, slabs.stride()[2:], slabs.stride(0) if summed else 0,
+                         slabs.stride(1), g_z, (0, 0, 0, 0) if g_z is None else g_z.stride(), g_last=g_last)
+    g_u = slabs.sum(0)
+    per_group = {role: _group_sum(r[role], spec.view(role).shape[2]) for role in ("B", "C")}
+    token_grads = dict(dt=r["dt"], **per_group)
+    params = dict(A=r["A"], D=r["D"], delta_bias=r["bias"], z=g_z)
+    return spec.argument_gradients(lambda role, slot: g_u[slot] if role == "u" else token_grads[role][slot]
+                                   if role in token_grads else params[role])
+
+
+def _group_sum(partial: torch.Tensor, groups: int) -> torch.Tensor:
+    """Channel-block partials (blocks, M, Bt, K, N, T) -> (M, Bt, K, G, N, T): blocks are ordered
+    by channel, every group has as many and none straddles two."""
+    blocks = partial.shape[0]
+    return partial.view(groups, blocks // groups, *partial.shape[1:]).sum(1).permute(1, 2, 3, 0, 4, 5)
+
+
+def _arguments(spec: ScanSpec) -> list:
+    """ssd_exchange's own arguments (x0, x1, dt0, dt1, A, B0, B1, C0, C1, D, dt_bias)."""
+    return [value for _, value in spec.arguments.values()]
+
+
+def _ssd_backward(spec: ScanSpec, grads: list) -> dict:
+    problem = ssd.SSDProblem(*_arguments(spec), spec.softplus, spec.outputs[0].dtype, backward=True)
+    return dict(zip(spec.arguments, problem.backward(grads[0], grads[1])))
+
