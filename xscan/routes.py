@@ -1,14 +1,17 @@
-"""Scan routes as index maths: route position -> spatial index (SPEC sections 2 and 4).
+"""Scan routes as index maths: route position -> spatial index (docs/ops.md).
 
-Every backend uses these definitions: the reference gathers with them, the kernels evaluate the same
-formulas inline. Spatial index ``s = h * W + w`` (row-major).
+The reference gathers with these definitions; the kernels evaluate the same formulas inline
+(csrc/include/xscan/routes.h, xscan/triton_kernels/routes.py). Spatial index ``s = h * W + w``
+(row-major).
 """
 from __future__ import annotations
 
 import torch
 
+from .spec import Route
+
 CROSS_ROUTES = ("hf", "vf", "hb", "vb")
-# ES2D sub-lattice origin (h0, w0) and whether the route is column-major, per route k (SPEC section 4).
+# ES2D sub-lattice origin (h0, w0) and whether the route is column-major, per route k (docs/ops.md, es2d).
 ATROUS_ROUTES = (((0, 0), False), ((1, 0), True), ((0, 1), False), ((1, 1), True))
 
 
@@ -21,6 +24,11 @@ def cross_route(k: int, H: int, W: int, device=None) -> torch.Tensor:
     if k % 2 == 0:
         return j
     return (j % H) * W + (j // H)
+
+
+# ss2d's route kinds over the map with per-token tensors in spatial order: name -> (kind, positions),
+# positions(k, H, W, device) -> the spatial index at each position of route k.
+MAP_ROUTES = {"cross": (Route.CROSS, cross_route)}
 
 
 def atrous_grid(H: int, W: int) -> tuple[int, int]:

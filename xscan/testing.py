@@ -7,6 +7,7 @@ runs an op on a backend and on the reference and returns the largest forward and
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Optional
 
 import torch
@@ -92,7 +93,8 @@ def public_op(op: str):
 def custom_op_args(op: str, args: tuple, kwargs: dict, backend: str, fp32_output: bool = False) -> tuple:
     """Public (args, kwargs) -> the positional arguments of ``torch.ops.xscan.<op>`` (for opcheck)."""
     names = [n for n, _ in importlib.import_module(f"xscan.ops.{op}").ARGS]
-    values = dict(zip(names, args), **kwargs)
+    defaults = {n: p.default for n, p in inspect.signature(public_op(op)).parameters.items()}
+    values = dict(defaults, **dict(zip(names, args)), **kwargs)
     return tuple(values[n] for n in names) + (fp32_output, backend)
 
 

@@ -23,8 +23,8 @@ using Tensors = std::vector<at::Tensor>;
 // the input maps' C and W.
 template <typename F>
 void with_route(int64_t route, int64_t source, const std::vector<int64_t>& g, F&& f) {
-  TORCH_CHECK(route >= 0 && route <= static_cast<int64_t>(Route::kHeads), "xscan._C: unknown route kind ", route);
-  TORCH_CHECK(source >= 0 && source <= static_cast<int64_t>(Source::kWidthHalves), "xscan._C: unknown source ", source);
+  TORCH_CHECK(route >= 0 && route < kRouteKinds, "xscan._C: unknown route kind ", route);
+  TORCH_CHECK(source >= 0 && source < kSources, "xscan._C: unknown source ", source);
   TORCH_CHECK(source == 0 || route == static_cast<int64_t>(Route::kCross),
               "xscan._C: a realigning source goes with the cross routes");
   const auto r = static_cast<Route>(route);

@@ -35,8 +35,7 @@ void check(const char* error, const char* what) {
 }
 
 void check_spec(const ScanParams& P) {
-  if (P.route < 0 || P.route > static_cast<int32_t>(xscan::Route::kHeads) || P.source < 0 ||
-      P.source > static_cast<int32_t>(xscan::Source::kWidthHalves) ||
+  if (P.route < 0 || P.route >= xscan::kRouteKinds || P.source < 0 || P.source >= xscan::kSources ||
       (P.source != 0 && P.route != static_cast<int32_t>(xscan::Route::kCross)))
     throw std::invalid_argument("xscan CUDA: unknown route or source");
   for (int i = 0; i < xscan::geometry_sizes(static_cast<xscan::Route>(P.route), static_cast<xscan::Source>(P.source)); ++i)

@@ -10,7 +10,6 @@ register-tile shapes). Prints one line per compiled variant and exits non-zero o
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 import time
@@ -74,7 +73,7 @@ def main(argv=None) -> int:
 
     jit.JITFunction.run = compile_instead_of_launch
 
-    from ..testing import make_inputs
+    from ..testing import make_inputs, spec_of
     from . import executor
 
     cases = [("selective_scan", dict(Bt=1, Dm=4, N=16, L=8, G=2)), ("ss2d", dict(Bt=1, Dm=4, N=16, H=3, W=3)),
@@ -82,16 +81,9 @@ def main(argv=None) -> int:
              ("interleave_ss2d", dict(Bt=1, Dm=4, N=16, H=3, W=3)), ("ssd_exchange", dict(Bt=1, L=8, nh=2, P=16, N=16))]
     for dtype in opts.dtypes.split(","):
         for op, shape in cases:
-            args, kwargs = make_inputs(op, dtype=getattr(torch, dtype), **shape)
-            names = [n for n, _ in importlib.import_module(f"xscan.ops.{op}").ARGS]
-            values = dict(zip(names, args), **kwargs)
-            positional = [values[n] for n in names]
-            if op == "selective_scan":  # the custom op always receives grouped 4-D B and C
-                for i in (3, 4):
-                    positional[i] = positional[i].unsqueeze(1) if positional[i].dim() == 3 else positional[i]
             print(f"{op} ({dtype})", flush=True)
             try:
-                spec = importlib.import_module(f"xscan.ops.{op}").plan(*positional, positional[0].dtype)
+                spec = spec_of(op, *make_inputs(op, dtype=getattr(torch, dtype), **shape))
                 outs = executor.forward(spec)
                 executor.backward(spec, [torch.zeros_like(o) for o in outs])
             except Exception as e:  # report which op and variant failed

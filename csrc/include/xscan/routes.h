@@ -36,11 +36,13 @@ constexpr RouteName kRouteNames[] = {{"LINE", Route::kLine},
                                      {"ATROUS", Route::kAtrous},
                                      {"CROSS_PAIR", Route::kCrossPair},
                                      {"HEADS", Route::kHeads}};
+constexpr int kRouteKinds = sizeof(kRouteNames) / sizeof(kRouteNames[0]);
 constexpr SourceName kSourceNames[] = {{"TOKEN", Source::kToken},
                                        {"CHANNEL_COLUMN", Source::kChannelColumn},
                                        {"CHANNEL_HALVES", Source::kChannelHalves},
                                        {"WIDTH_COLUMN", Source::kWidthColumn},
                                        {"WIDTH_HALVES", Source::kWidthHalves}};
+constexpr int kSources = sizeof(kSourceNames) / sizeof(kSourceNames[0]);
 
 struct Token {
   int m;               // modality (0 or 1): which of the per-modality tensors it reads and writes
