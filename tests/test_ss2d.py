@@ -6,8 +6,8 @@ from hypothesis import strategies as st
 
 import xscan
 from xscan import reference
-from xscan.routes import cross_route
-from xscan.testing import make_inputs, non_contiguous
+from xscan.routes import cross_route, snake_route
+from xscan.testing import compare, make_inputs, non_contiguous
 
 
 def test_routes_on_a_2x3_map():
@@ -72,3 +72,30 @@ def test_unknown_route_is_rejected():
     args, kwargs = make_inputs("ss2d")
     with pytest.raises(ValueError, match="route must be one of"):
         xscan.ss2d(*args, **kwargs, route="diagonal")
+
+
+def test_snake_routes_on_a_2x3_map():
+    # s = 3h + w on a 2x3 map, written out by hand: rows 0 -> right, 1 -> left; columns 0 down, 1 up, 2 down
+    assert snake_route(0, 2, 3).tolist() == [0, 1, 2, 5, 4, 3]
+    assert snake_route(1, 2, 3).tolist() == [0, 3, 4, 1, 2, 5]
+    assert snake_route(2, 2, 3).tolist() == [3, 4, 5, 2, 1, 0]
+    assert snake_route(3, 2, 3).tolist() == [5, 2, 1, 4, 3, 0]
+
+
+@pytest.mark.parametrize("H,W", [(1, 1), (2, 3), (4, 5), (5, 2)])
+def test_snake_ss2d_on_every_backend(backend, H, W):
+    """The reference (gathering with snake_route) against the copies a materialising path would build,
+    then every backend against the reference, forward and every gradient."""
+    name, device = backend
+    dtype = torch.float32 if name == "cuda" else torch.float64
+    args, kwargs = make_inputs("ss2d", Bt=2, Dm=3, N=2, H=H, W=W, dtype=dtype, device=device)
+    u, dt, B, C = args
+    L = H * W
+    order = torch.stack([snake_route(k, H, W) for k in range(4)])  # route position -> spatial index
+    ys = [reference.selective_scan(u.flatten(2)[..., order[k]], dt[:, k][..., order[k]], kwargs["A"][k],
+                                   B[:, k][..., order[k]], C[:, k][..., order[k]], kwargs["D"][k], None,
+                                   kwargs["delta_bias"][k], True) for k in range(4)]
+    expected = sum(torch.zeros_like(y).index_copy_(-1, order[k].to(device), y) for k, y in enumerate(ys))
+    torch.testing.assert_close(reference.ss2d(*args, **kwargs, route="snake"), expected.view(u.shape))
+    errors = compare("ss2d", args, dict(kwargs, route="snake"), name)
+    assert all(err < (1e-4 if dtype == torch.float32 else 1e-9) for _, err in errors), errors

@@ -26,9 +26,24 @@ def cross_route(k: int, H: int, W: int, device=None) -> torch.Tensor:
     return (j % H) * W + (j // H)
 
 
+def snake_route(k: int, H: int, W: int, device=None) -> torch.Tensor:
+    """Spatial index visited at each position j of snake (boustrophedon) route k: route 0 walks the
+    rows, even rows left to right and odd ones right to left; route 1 the columns, even columns down
+    and odd ones up; routes 2 and 3 walk 0 and 1 backwards. Every step moves to a neighbouring pixel."""
+    L = H * W
+    j = torch.arange(L, device=device)
+    if k >= 2:
+        j = L - 1 - j
+    if k % 2 == 0:
+        row, along = j // W, j % W
+        return row * W + torch.where(row % 2 == 0, along, W - 1 - along)
+    col, along = j // H, j % H
+    return torch.where(col % 2 == 0, along, H - 1 - along) * W + col
+
+
 # ss2d's route kinds over the map with per-token tensors in spatial order: name -> (kind, positions),
 # positions(k, H, W, device) -> the spatial index at each position of route k.
-MAP_ROUTES = {"cross": (Route.CROSS, cross_route)}
+MAP_ROUTES = {"cross": (Route.CROSS, cross_route), "snake": (Route.SNAKE, snake_route)}
 
 
 def atrous_grid(H: int, W: int) -> tuple[int, int]:

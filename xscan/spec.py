@@ -34,6 +34,8 @@ class Route(enum.IntEnum):
     CROSS_PAIR = 3  # (H, W): cross_ss2d, 2L positions: modality p % 2 at the CROSS route's (p // 2)-th token
     HEADS = 4       # (P, L): ssd_exchange, route k = channel k % P of every head, modality k // P, along time,
     #                 with one decay exp(dt A) per (head, step) shared by the head's channels
+    SNAKE = 5       # (H, W): ss2d(route="snake"), k = 0 rows alternately left-right and right-left, 1 columns
+    #                 alternately down and up, 2 and 3 the same walked backwards
 
 
 class Source(enum.IntEnum):

@@ -13,6 +13,7 @@ LINE = tl.constexpr(Route.LINE.value)
 CROSS = tl.constexpr(Route.CROSS.value)
 ATROUS = tl.constexpr(Route.ATROUS.value)
 CROSS_PAIR = tl.constexpr(Route.CROSS_PAIR.value)
+SNAKE = tl.constexpr(Route.SNAKE.value)
 TOKEN = tl.constexpr(Source.TOKEN.value)
 CHANNEL_COLUMN = tl.constexpr(Source.CHANNEL_COLUMN.value)
 CHANNEL_HALVES = tl.constexpr(Source.CHANNEL_HALVES.value)
@@ -34,6 +35,15 @@ def route_tokens(p, k, H, W, ROUTE: tl.constexpr):
         tok = tl.where(column_major, (p % Hq) * Wq + p // Hq, p)
         h = 2 * (tok // Wq) + k % 2
         w = 2 * (tok % Wq) + k // 2
+        mt = zero
+    elif ROUTE == SNAKE:
+        L = H * W
+        j = tl.where(k >= 2, L - 1 - p, p)
+        rows = (j // W) * W + tl.where((j // W) % 2 == 0, j % W, W - 1 - j % W)
+        cols = tl.where((j // H) % 2 == 0, j % H, H - 1 - j % H) * W + j // H
+        tok = tl.where(column_major, cols, rows)
+        h = tok // W
+        w = tok % W
         mt = zero
     else:
         if ROUTE == CROSS_PAIR:

@@ -20,7 +20,7 @@
 
 namespace xscan {
 
-enum class Route : int32_t { kLine = 0, kCross = 1, kAtrous = 2, kCrossPair = 3, kHeads = 4 };
+enum class Route : int32_t { kLine = 0, kCross = 1, kAtrous = 2, kCrossPair = 3, kHeads = 4, kSnake = 5 };
 enum class Source : int32_t { kToken = 0, kChannelColumn = 1, kChannelHalves = 2, kWidthColumn = 3, kWidthHalves = 4 };
 
 struct RouteName {
@@ -35,7 +35,8 @@ constexpr RouteName kRouteNames[] = {{"LINE", Route::kLine},
                                      {"CROSS", Route::kCross},
                                      {"ATROUS", Route::kAtrous},
                                      {"CROSS_PAIR", Route::kCrossPair},
-                                     {"HEADS", Route::kHeads}};
+                                     {"HEADS", Route::kHeads},
+                                     {"SNAKE", Route::kSnake}};
 constexpr int kRouteKinds = sizeof(kRouteNames) / sizeof(kRouteNames[0]);
 constexpr SourceName kSourceNames[] = {{"TOKEN", Source::kToken},
                                        {"CHANNEL_COLUMN", Source::kChannelColumn},
@@ -179,6 +180,30 @@ struct HeadRoutes : OnMap<HeadRoutes> {
   XSCAN_HD Token at(int64_t k, int64_t t) const { return pixel_token(static_cast<int>(k / P), t, k % P, t); }
 };
 
+// ss2d(route="snake"): boustrophedon routes over an H x W map (xscan/routes.py, snake_route).
+struct SnakeRoutes : OnMap<SnakeRoutes> {
+  static constexpr bool kScalarDecay = false;
+  int64_t H, W;
+  XSCAN_HD SnakeRoutes(int64_t H_, int64_t W_) : H(H_), W(W_) {}
+  XSCAN_HD int64_t length() const { return H * W; }
+  XSCAN_HD int64_t tokens() const { return H * W; }
+  XSCAN_HD int64_t routes() const { return 4; }
+  XSCAN_HD int modalities() const { return 1; }
+  XSCAN_HD Extent map(int64_t Dm) const { return {Dm, H, W}; }
+  XSCAN_HD Token at(int64_t k, int64_t j) const {
+    const int64_t i = k >= 2 ? H * W - 1 - j : j;
+    int64_t h, w;
+    if (k % 2 == 0) {
+      h = i / W;
+      w = h % 2 == 0 ? i % W : W - 1 - i % W;
+    } else {
+      w = i / H;
+      h = w % 2 == 0 ? i % H : H - 1 - i % H;
+    }
+    return pixel_token(0, h * W + w, h, w);
+  }
+};
+
 // The sizes each route kind's geometry holds (xscan.spec.Route), 4 with a realigning source.
 XSCAN_HD int geometry_sizes(Route route, Source source) {
   if (source != Source::kToken) return 4;
@@ -196,6 +221,7 @@ XSCAN_HD auto visit_route(Route route, Source source, const int64_t* g, F&& f) {
     case Route::kAtrous: return f(AtrousRoutes(g[0], g[1]));
     case Route::kCrossPair: return f(CrossPairRoutes(g[0], g[1]));
     case Route::kHeads: return f(HeadRoutes(g[0], g[1]));
+    case Route::kSnake: return f(SnakeRoutes(g[0], g[1]));
     case Route::kLine:
     default: return f(LineRoutes(g[0]));
   }
