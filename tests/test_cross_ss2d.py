@@ -1,4 +1,4 @@
-"""cross_ss2d (SPEC section 3, S4Fusion Algorithm 1): the loop reference against the public code's
+"""cross_ss2d (docs/ops.md, S4Fusion Algorithm 1): the loop reference against the public code's
 materialised interleave, and the CrossSS2D layer against FusionBlock.forward_core's computation."""
 import torch
 from hypothesis import given

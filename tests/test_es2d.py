@@ -1,4 +1,4 @@
-"""es2d (SPEC section 4): the atrous routes, and the reference against the public code's
+"""es2d (docs/ops.md): the atrous routes, and the reference against the public code's
 EfficientScan / EfficientMerge formulation (transpose + strided slices)."""
 import torch
 import torch.nn.functional as F
@@ -12,7 +12,7 @@ from xscan.testing import make_inputs
 
 
 def test_routes_on_a_4x4_map():
-    # SPEC section 4 on a 4x4 map, pixel s = 4h + w, written out by hand
+    # docs/ops.md's table on a 4x4 map, pixel s = 4h + w, written out by hand
     expected = {0: [0, 2, 8, 10], 1: [4, 12, 6, 14], 2: [1, 3, 9, 11], 3: [5, 13, 7, 15]}
     pixels = torch.arange(16.0).view(1, 1, 4, 4)
     subs = atrous_sublattices(pixels)[0, :, 0]  # (4, Lq) row-major per sub-lattice

@@ -1,4 +1,4 @@
-"""Channel-interleaved scanning (SPEC section 5): the realignments written out element by element,
+"""Channel-interleaved scanning (docs/ops.md): the realignments written out element by element,
 and interleave_ss2d == ss2d over the realigned map."""
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""selective_scan (SPEC section 1): the reference against independent formulations, autograd,
+"""selective_scan (docs/ops.md): the reference against independent formulations, autograd,
 the registered op, the mamba_ssm layouts."""
 import pytest
 import torch

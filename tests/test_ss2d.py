@@ -1,4 +1,4 @@
-"""ss2d (SPEC section 2): routes, and the reference against VMamba's materialised cross-scan/merge."""
+"""ss2d (docs/ops.md): routes, and the reference against VMamba's materialised cross-scan/merge."""
 import pytest
 import torch
 from hypothesis import given
@@ -11,7 +11,7 @@ from xscan.testing import compare, make_inputs, non_contiguous
 
 
 def test_routes_on_a_2x3_map():
-    # s = 3h + w on a 2x3 map; the SPEC table written out by hand
+    # s = 3h + w on a 2x3 map; docs/ops.md's table written out by hand
     assert cross_route(0, 2, 3).tolist() == [0, 1, 2, 3, 4, 5]
     assert cross_route(1, 2, 3).tolist() == [0, 3, 1, 4, 2, 5]
     assert cross_route(2, 2, 3).tolist() == [5, 4, 3, 2, 1, 0]
@@ -90,7 +90,6 @@ def test_snake_ss2d_on_every_backend(backend, H, W):
     dtype = torch.float32 if name == "cuda" else torch.float64
     args, kwargs = make_inputs("ss2d", Bt=2, Dm=3, N=2, H=H, W=W, dtype=dtype, device=device)
     u, dt, B, C = args
-    L = H * W
     order = torch.stack([snake_route(k, H, W) for k in range(4)])  # route position -> spatial index
     ys = [reference.selective_scan(u.flatten(2)[..., order[k]], dt[:, k][..., order[k]], kwargs["A"][k],
                                    B[:, k][..., order[k]], C[:, k][..., order[k]], kwargs["D"][k], None,

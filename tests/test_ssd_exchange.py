@@ -1,4 +1,4 @@
-"""ssd_exchange (SPEC section 6): the sequential recurrence against the SSD quadratic (attention-like)
+"""ssd_exchange (docs/ops.md): the sequential recurrence against the SSD quadratic (attention-like)
 form and against selective_scan with A shared over the state, and the exchange of B and C."""
 import pytest
 import torch

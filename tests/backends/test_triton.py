@@ -1,9 +1,11 @@
-"""The triton backend against the reference: every op and option, forward and every gradient.
+"""What is particular to the triton backend, against the reference (the cases every backend shares:
+tests/test_parity.py): its tiles (channel blocks per program, SSD chunks and head widths), the
+fp32-output option, its limits, and every kernel compiled for a GPU target.
 
-On CPU the kernels run in Triton's interpreter (tests/backends/conftest.py sets TRITON_INTERPRET=1
-when there is no CUDA device) with tiny shapes and tiny tiles, so that short sequences still cross
-several chunk boundaries. With a CUDA device the GPU cases run too: larger shapes, the production
-tiles, fp16/bf16 inputs."""
+On CPU the kernels run in Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1 when there
+is no CUDA device) with tiny shapes and tiny tiles, so that short sequences still cross several
+chunk boundaries. With a CUDA device the GPU cases run too: larger shapes, the production tiles,
+fp16/bf16 inputs."""
 import pytest
 import torch
 
@@ -20,7 +22,7 @@ TOLERANCE = {torch.float64: 1e-9, torch.float32: 2e-4, torch.float16: 1e-2, torc
 
 
 def check(op, *, device="cpu", dtype=torch.float32, chunk=4, block_d=2, layout=None, extra=None, **shape):
-    """Compare op on triton with the reference; ``layout`` may restride the inputs, ``extra`` adds
+    """Compare op on triton with the reference; ``layout`` may change the inputs, ``extra`` adds
     keyword arguments of the public op."""
     if device == "cpu" and not INTERPRETER:
         pytest.skip("the Triton interpreter is not active (TRITON_INTERPRET=1 with no CUDA device)")
@@ -36,25 +38,7 @@ def check(op, *, device="cpu", dtype=torch.float32, chunk=4, block_d=2, layout=N
     assert not bad, f"{op} {shape}: errors above {TOLERANCE[dtype]}: {bad}"
 
 
-def transposed(t):
-    """Same values, last two dimensions stored transposed (non-contiguous, dense)."""
-    return t.transpose(-1, -2).contiguous().transpose(-1, -2)
-
-
-def restride(args, kwargs):
-    return (tuple(transposed(a) if isinstance(a, torch.Tensor) and a.dim() >= 2 else a for a in args),
-            {k: transposed(v) if isinstance(v, torch.Tensor) and v.dim() >= 2 else v for k, v in kwargs.items()})
-
-
 # ---- interpreter (CPU) cases ---------------------------------------------------------------------
-OPTIONS = [dict(), dict(D=False, z=False, delta_bias=False, softplus=False), dict(z=False), dict(D=False)]
-
-
-@pytest.mark.parametrize("options", OPTIONS, ids=["all", "none", "no_z", "no_D"])
-def test_selective_scan_options(options):
-    check("selective_scan", Bt=2, Dm=4, N=3, L=11, **options)  # 3 chunks, the last one partial
-
-
 @pytest.mark.parametrize("shape", [dict(Bt=1, Dm=2, N=2, L=1), dict(Bt=1, Dm=3, N=1, L=8), dict(Bt=1, Dm=2, N=5, L=4)],
                          ids=["L1", "N1", "one_chunk"])
 def test_selective_scan_shapes(shape):
@@ -71,105 +55,14 @@ def test_selective_scan_many_channel_blocks():
     check("selective_scan", Bt=1, Dm=10, N=2, L=5, block_d=1)
 
 
-def test_selective_scan_grouped_unequal_b_c():
-    """B with 2 groups, C with 1: channel blocks follow both groupings."""
-    def split_c(args, kwargs):
-        u, delta, A, B, C = args
-        return (u, delta, A, B, C[:, :1].contiguous()), kwargs
-    check("selective_scan", Bt=1, Dm=4, N=2, L=6, G=2, block_d=4, layout=split_c)
-
-
-def test_selective_scan_last_state():
-    """last_state is returned (fp32) and its gradient flows back."""
-    check("selective_scan", Bt=2, Dm=3, N=2, L=10, extra=dict(return_last_state=True))
-
-
-def test_selective_scan_non_contiguous():
-    check("selective_scan", Bt=2, Dm=3, N=2, L=7, layout=restride)
-
-
-def test_selective_scan_bc_3d():
-    """B, C as (Bt, N, L), mamba's ungrouped layout."""
-    check("selective_scan", Bt=2, Dm=3, N=2, L=6, G=None)
-
-
-def test_selective_scan_bc_constant():
-    """B, C as (Dm, N), constant over batch and time (stride-0 views down to the kernels)."""
-    def constant(args, kwargs):
-        u, delta, A, B, C = args
-        return (u, delta, A, torch.linspace(-1, 1, A.numel()).view(A.shape), -0.5 * A.flip(-1)), kwargs
-    check("selective_scan", Bt=2, Dm=3, N=2, L=6, layout=constant)
-
-
-def test_selective_scan_float64():
-    check("selective_scan", Bt=1, Dm=2, N=2, L=6, dtype=torch.float64)
-
-
-@pytest.mark.parametrize("hw", [(3, 5), (1, 1), (2, 4)], ids=["odd", "one_token", "even"])
-def test_ss2d(hw):
-    check("ss2d", Bt=1, Dm=3, N=2, H=hw[0], W=hw[1], block_d=4)
-
-
-def test_ss2d_batch_options():
-    check("ss2d", Bt=2, Dm=2, N=3, H=2, W=3, D=False, delta_bias=False, softplus=False, block_d=2)
-
-
-def test_ss2d_non_contiguous():
-    check("ss2d", Bt=1, Dm=2, N=2, H=3, W=2, block_d=2, layout=restride)
-
-
-@pytest.mark.parametrize("hw", [(3, 5), (4, 2), (1, 3)], ids=["odd", "even", "one_row"])
-def test_es2d(hw):
-    check("es2d", Bt=1, Dm=3, N=2, H=hw[0], W=hw[1], block_d=4)
-
-
-@pytest.mark.parametrize("hw", [(3, 2), (1, 1)], ids=["odd", "one_token"])
-def test_cross_ss2d(hw):
-    check("cross_ss2d", Bt=1, Dm=2, N=2, H=hw[0], W=hw[1], block_d=2)
-
-
-def test_cross_ss2d_non_contiguous():
-    check("cross_ss2d", Bt=1, Dm=2, N=2, H=2, W=3, block_d=2, D=False, layout=restride)
-
-
-@pytest.mark.parametrize("mode", ["column", "row", "concat"])
-@pytest.mark.parametrize("axis", ["channel", "width"])
-def test_interleave_ss2d(mode, axis):
-    check("interleave_ss2d", Bt=1, Dm=2, N=2, H=3, W=2, mode=mode, axis=axis, block_d=4)
-
-
 @pytest.mark.parametrize("shape", [dict(Bt=2, L=37, nh=4, P=3, N=5, G=2), dict(Bt=1, L=1, nh=2, P=2, N=2),
                                    dict(Bt=1, L=16, nh=2, P=17, N=3)], ids=["chunks_groups", "L1", "one_chunk_wide_P"])
 def test_ssd_exchange(shape):
     check("ssd_exchange", **shape)  # SSD chunks are 16 steps: L=37 spans three
 
 
-def test_ssd_exchange_options_non_contiguous():
-    check("ssd_exchange", Bt=1, L=20, nh=2, P=3, N=4, D=False, delta_bias=False, softplus=False, layout=restride)
-
-
 def test_ssd_exchange_float64():
     check("ssd_exchange", Bt=1, L=18, nh=2, P=2, N=3, dtype=torch.float64)
-
-
-def test_deterministic_backward():
-    """No atomics: two backward passes give identical bits under deterministic algorithms."""
-    if not (INTERPRETER or CUDA):
-        pytest.skip("no device for the triton backend")
-    device = "cuda" if CUDA else "cpu"
-    args, kwargs = make_inputs("ss2d", Bt=1, Dm=4, N=2, H=3, W=3, device=device)
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        grads = []
-        for _ in range(2):
-            u = args[0].clone().requires_grad_()
-            with xscan.use_backend("triton"), tiles.override(chunk=4, block_d=2):
-                xscan.ss2d(u, *args[1:], **kwargs).square().sum().backward()
-            grads.append(u.grad)
-    finally:
-        torch.use_deterministic_algorithms(previous)
-    assert torch.equal(grads[0], grads[1])
 
 
 @pytest.mark.parametrize("op", OPS)

@@ -1,4 +1,4 @@
-"""The four fusion networks: parameter counts against the public code's (SPEC "Facts"), shapes at odd
+"""The four fusion networks: parameter counts against the public code's (tests/models/data/, read off the public code), shapes at odd
 sizes and colour inputs, forward/backward equality between the reference backend and every fused
 backend, and the readings that must not change the result (unused-fusion skip, realigned projection).
 
@@ -31,7 +31,7 @@ def n_params(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-# ---- parameter counts: numbers counted on the public code (SPEC "Facts"), not on this code ----
+# ---- parameter counts: numbers counted on the public code (tests/models/data/, read off the public code), not on this code ----
 
 def test_s4fusion_parameter_count_matches_public_code():
     net = S4Fusion()

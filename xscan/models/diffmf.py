@@ -22,7 +22,7 @@ of its text, stated where it is chosen:
   F_ir'])))`` (B x C x 1 in the paper, so a global pooling and a sigmoid to keep it a mixing weight).
 - Spatial exchange (eqs. 9-10), at three scales (full, 1/2, 1/4 by average pooling): three VSS
   blocks, one per realignment (column, row, concat, channel axis as the text indexes channels).
-  SPEC section 5's reading: the realignment is applied at the scan input — per-modality LN, in_proj
+  docs/ops.md (interleave_ss2d) reading: the realignment is applied at the scan input — per-modality LN, in_proj
   and depthwise conv, then ``xscan.interleave_ss2d`` scans the realigned pair without building it,
   then out_norm, the gate (``z`` realigned the same way) and out_proj (2*d_inner -> dim) on the
   realigned layout. The three outputs are concatenated (3C) and projected to C (eq. 10's text);

@@ -42,13 +42,14 @@ def _fresh(outputs, inputs) -> list:
 
 
 def define(name: str, args: Sequence[tuple[str, str]], outputs: int, fake: Callable, check: Callable,
-           plan: Callable) -> Callable:
+           plan: Callable, tokens: Sequence[str]) -> Callable:
     """Define ``xscan::<name>`` with ``args`` as (argument name, schema type) pairs, ``outputs``
     tensors out, ``fake(*args)`` giving their shapes in the per-token inputs' dtype,
     ``check(*args)`` raising a clear error for arguments the kernels cannot take (run by the op
-    itself too, so that a direct ``torch.ops.xscan`` call is as safe as the public function) and
-    ``plan(*args, out_dtype)`` the op's ScanSpec. Returns ``call(args, device)``, which picks the
-    backend for ``device`` and runs the op."""
+    itself too, so that a direct ``torch.ops.xscan`` call is as safe as the public function),
+    ``plan(*args, out_dtype)`` the op's ScanSpec and ``tokens`` the per-token arguments' names (what
+    autocast casts). Returns ``call(args, device)``, which picks the backend for ``device`` and runs
+    the op."""
     params = ", ".join(f"{t} {n}" for n, t in args) + ", bool fp32_output, str backend"
     returns = "Tensor" if outputs == 1 else "(" + ", ".join(["Tensor"] * outputs) + ")"
     _lib.define(f"{name}({params}) -> {returns}")
@@ -164,17 +165,54 @@ def define(name: str, args: Sequence[tuple[str, str]], outputs: int, fake: Calla
                 out[i] = next(d_inputs)
         return (d_grads, *out)
 
+    token_slots = [names.index(t) for t in tokens]
+
+    def autocast_cast(a, device_type: str) -> list:
+        """Under torch.autocast the per-token inputs go to the autocast dtype (the kernels compute
+        in fp32 whatever they get; outputs come in that dtype); A, D, delta_bias keep theirs."""
+        dtype = torch.get_autocast_dtype(device_type)
+        return [x.to(dtype) if i in token_slots and isinstance(x, torch.Tensor) and x.is_floating_point()
+                and x.device.type == device_type else x for i, x in enumerate(a)]
+
+    def autocast(device_type: str):
+        key = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, "Autocast" + device_type.upper()))
+
+        def kernel(*a):
+            with torch._C._ExcludeDispatchKeyGuard(key):  # as torch.library.register_autocast does
+                return op(*autocast_cast(a, device_type))
+        return kernel
+
     qualname = f"xscan::{name}"
     _lib.impl(name, forward, "CompositeExplicitAutograd")
+    for device_type in ("cpu", "cuda"):
+        _lib.impl(name, autocast(device_type), "Autocast" + device_type.upper())
     _lib.impl(f"{name}_backward", backward, "CompositeExplicitAutograd")
     torch.library.register_fake(qualname, fake_forward, lib=_lib)
     torch.library.register_fake(f"{qualname}_backward", fake_backward, lib=_lib)
     torch.library.register_autograd(qualname, autograd, setup_context=setup_context, lib=_lib)
     torch.library.register_autograd(f"{qualname}_backward", double_backward, setup_context=setup_double_backward,
                                     lib=_lib)
-    op = getattr(torch.ops.xscan, name)
+    op = getattr(torch.ops.xscan, name)  # bound late: the autocast kernels above call it
+    return DefinedOp(name, op, autocast_cast)
 
-    def call(args: tuple, device: torch.device):
-        return op(*args, _registry.fp32_output_enabled(), _registry.select(name, device))
 
-    return call
+def device_of(x) -> torch.device:
+    """Where an op's first argument lives (CPU for a non-tensor, which the checks then refuse)."""
+    return x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
+
+
+class DefinedOp:
+    """A defined op as the public functions use it."""
+
+    def __init__(self, name: str, op, autocast_cast: Callable):
+        self.name, self.op, self._autocast_cast = name, op, autocast_cast
+
+    def autocast(self, args: tuple, device: torch.device) -> tuple:
+        """``args`` as the op will take them under torch.autocast (the per-token inputs in the
+        autocast dtype), so that the public function checks what runs; ``args`` outside autocast."""
+        if device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type):
+            return tuple(self._autocast_cast(args, device.type))
+        return args
+
+    def __call__(self, args: tuple, device: torch.device):
+        return self.op(*args, _registry.fp32_output_enabled(), _registry.select(self.name, device))

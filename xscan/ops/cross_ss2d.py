@@ -5,11 +5,12 @@ import torch
 
 from .._checks import Checker
 from ..spec import Output, Role, Route, ScanSpec
-from ._define import define
+from ._define import define, device_of
 from ._map import PARAMS, check_params, check_tokens, param_roles, token_roles
 
 ARGS = (("u0", "Tensor"), ("u1", "Tensor"), ("dt0", "Tensor"), ("dt1", "Tensor"), ("B0", "Tensor"),
         ("B1", "Tensor"), ("C0", "Tensor"), ("C1", "Tensor")) + PARAMS
+TOKENS = ("u0", "u1", "dt0", "dt1", "B0", "B1", "C0", "C1")
 
 
 def check(u0, u1, dt0, dt1, B0, B1, C0, C1, A, D=None, delta_bias=None, delta_softplus=True):
@@ -29,7 +30,11 @@ def plan(u0, u1, dt0, dt1, B0, B1, C0, C1, A, D, delta_bias, delta_softplus, out
     return ScanSpec(Route.CROSS_PAIR, tuple(u0.shape[2:]), arguments, outputs, delta_softplus)
 
 
-_op = define("cross_ss2d", ARGS, 2, lambda u0, u1, *rest: (u0.new_empty(u0.shape), u1.new_empty(u1.shape)), check, plan)
+def _fake(u0, u1, *rest):
+    return u0.new_empty(u0.shape), u1.new_empty(u1.shape)
+
+
+_op = define("cross_ss2d", ARGS, 2, _fake, check, plan, TOKENS)
 
 
 def cross_ss2d(u0, u1, dt0, dt1, B0, B1, C0, C1, A, D=None, delta_bias=None, delta_softplus=True):
@@ -42,5 +47,7 @@ def cross_ss2d(u0, u1, dt0, dt1, B0, B1, C0, C1, A, D=None, delta_bias=None, del
 
     u0, u1: (Bt, Dm, H, W) (patch-marked); dt0, dt1: (Bt, 4, Dm, L); B0, B1, C0, C1: (Bt, 4, N, L)
     (spatial order, L = H*W); shared A: (4, Dm, N); D, delta_bias: (4, Dm). Returns (y0, y1)."""
-    check(u0, u1, dt0, dt1, B0, B1, C0, C1, A, D, delta_bias)
-    return _op((u0, u1, dt0, dt1, B0, B1, C0, C1, A, D, delta_bias, bool(delta_softplus)), u0.device)
+    device = device_of(u0)
+    args = _op.autocast((u0, u1, dt0, dt1, B0, B1, C0, C1, A, D, delta_bias, bool(delta_softplus)), device)
+    check(*args)
+    return _op(args, device)

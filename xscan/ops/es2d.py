@@ -6,7 +6,7 @@ import torch
 from .._checks import Checker
 from ..routes import atrous_grid
 from ..spec import Output, Role, Route, ScanSpec
-from ._define import define
+from ._define import define, device_of
 from ._map import PARAMS, check_params, check_tokens, param_roles, token_roles
 
 ARGS = (("u", "Tensor"), ("dt", "Tensor"), ("B", "Tensor"), ("C", "Tensor")) + PARAMS
@@ -28,7 +28,7 @@ def plan(u, dt, B, C, A, D, delta_bias, delta_softplus, out_dtype: torch.dtype) 
                     route_sum=False)
 
 
-_op = define("es2d", ARGS, 1, lambda u, *rest: u.new_empty(u.shape), check, plan)
+_op = define("es2d", ARGS, 1, lambda u, *rest: u.new_empty(u.shape), check, plan, ("u", "dt", "B", "C"))
 
 
 def es2d(u, dt, B, C, A, D=None, delta_bias=None, delta_softplus=True):
@@ -39,5 +39,7 @@ def es2d(u, dt, B, C, A, D=None, delta_bias=None, delta_softplus=True):
     route k's tensors row-major over its sub-lattice (``xscan.routes.atrous_sublattices`` gives the
     matching projection input); A: (4, Dm, N); D, delta_bias: (4, Dm). Returns (Bt, Dm, H, W).
     See ``xscan.reference.es2d`` for the routes on a 4x4 example."""
-    check(u, dt, B, C, A, D, delta_bias)
-    return _op((u, dt, B, C, A, D, delta_bias, bool(delta_softplus)), u.device)
+    device = device_of(u)
+    args = _op.autocast((u, dt, B, C, A, D, delta_bias, bool(delta_softplus)), device)
+    check(*args)
+    return _op(args, device)

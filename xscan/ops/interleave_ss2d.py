@@ -6,7 +6,7 @@ import torch
 from .._checks import Checker
 from ..reference.realign import AXES, MODES, realigned_shape
 from ..spec import REALIGN_SOURCE, Output, Role, Route, ScanSpec
-from ._define import define
+from ._define import define, device_of
 from ._map import PARAMS, check_params, check_tokens, param_roles, token_roles
 
 ARGS = (("u0", "Tensor"), ("u1", "Tensor"), ("dt", "Tensor"), ("B", "Tensor"), ("C", "Tensor")) + PARAMS + (
@@ -43,7 +43,7 @@ def plan(u0, u1, dt, B, C, A, D, delta_bias, delta_softplus, mode, axis, out_dty
                     source=REALIGN_SOURCE[(mode, axis)])
 
 
-_op = define("interleave_ss2d", ARGS, 1, _fake, check, plan)
+_op = define("interleave_ss2d", ARGS, 1, _fake, check, plan, ("u0", "u1", "dt", "B", "C"))
 
 
 def interleave_ss2d(u0, u1, dt, B, C, A, D=None, delta_bias=None, delta_softplus=True, mode="column",
@@ -54,5 +54,7 @@ def interleave_ss2d(u0, u1, dt, B, C, A, D=None, delta_bias=None, delta_softplus
     (and for ``concat``), (Bt, C, H, 2W) on the width axis. dt: (Bt, 4, Dr, Lr); B, C: (Bt, 4, N, Lr)
     in R's spatial order (Lr = Hr*Wr); A: (4, Dr, N); D, delta_bias: (4, Dr). Returns y in R's layout,
     equal to ``xscan.ss2d(realign(u0, u1, mode, axis), ...)``."""
-    check(u0, u1, dt, B, C, A, D, delta_bias, delta_softplus, mode, axis)
-    return _op((u0, u1, dt, B, C, A, D, delta_bias, bool(delta_softplus), mode, axis), u0.device)
+    device = device_of(u0)
+    args = _op.autocast((u0, u1, dt, B, C, A, D, delta_bias, bool(delta_softplus), mode, axis), device)
+    check(*args)
+    return _op(args, device)

@@ -6,7 +6,7 @@ import torch
 from .._checks import FLOATING, Checker
 from ..reference.selective_scan import state_dtype
 from ..spec import Output, Role, Route, ScanSpec, View
-from ._define import define
+from ._define import define, device_of
 
 ARGS = (("u", "Tensor"), ("delta", "Tensor"), ("A", "Tensor"), ("B", "Tensor"), ("C", "Tensor"),
         ("D", "Tensor?"), ("z", "Tensor?"), ("delta_bias", "Tensor?"), ("delta_softplus", "bool"))
@@ -47,7 +47,7 @@ def plan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, out_dtype: torch.d
     return ScanSpec(Route.LINE, (L,), arguments, outputs, delta_softplus)
 
 
-_op = define("selective_scan", ARGS, 2, _fake, check, plan)
+_op = define("selective_scan", ARGS, 2, _fake, check, plan, ("u", "delta", "B", "C", "z"))
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -62,6 +62,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     B and C are then constant (Dm, N) complex tensors, or real per-token tensors (Bt, [G,] N, 2L)
     holding real and imaginary parts interleaved (mamba-ssm's layout). Complex A runs on the
     reference and cpu backends."""
+    device = device_of(u)
+    u, delta, A, B, C, D, z, delta_bias, _ = _op.autocast((u, delta, A, B, C, D, z, delta_bias, delta_softplus), device)
     c = Checker("selective_scan")
     c.tensor("u", u, "Bt Dm L", token=True)
     c.tensor("delta", delta, "Bt Dm L", token=True)
@@ -74,7 +76,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     c.tensor("z", z, "Bt Dm L", optional=True, token=True)
     c.tensor("delta_bias", delta_bias, "Dm", optional=True)
     args = (u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus))
-    y, last_state = _op(args, u.device)
+    y, last_state = _op(args, device)
     return (y, last_state) if return_last_state else y
 
 

@@ -6,7 +6,7 @@ import torch
 from .._checks import Checker
 from ..routes import MAP_ROUTES
 from ..spec import Output, Role, ScanSpec
-from ._define import define
+from ._define import define, device_of
 from ._map import PARAMS, check_params, check_tokens, param_roles, token_roles
 from .es2d import _op as _es2d_op
 from .es2d import check as _check_es2d
@@ -30,7 +30,7 @@ def plan(u, dt, B, C, A, D, delta_bias, delta_softplus, route, out_dtype: torch.
                     delta_softplus)
 
 
-_op = define("ss2d", ARGS, 1, lambda u, *rest: u.new_empty(u.shape), check, plan)
+_op = define("ss2d", ARGS, 1, lambda u, *rest: u.new_empty(u.shape), check, plan, ("u", "dt", "B", "C"))
 
 
 def ss2d(u, dt, B, C, A, D=None, delta_bias=None, delta_softplus=True, route="cross"):
@@ -43,9 +43,10 @@ def ss2d(u, dt, B, C, A, D=None, delta_bias=None, delta_softplus=True, route="cr
     route over the map), or "atrous", the ES2D scan (:func:`xscan.es2d`), which takes its own
     layout: dt, B, C over the four stride-2 sub-lattices, (Bt, 4, ., ceil(H/2) * ceil(W/2))."""
     Checker("ss2d").choice("route", route, ROUTES)
-    args = (u, dt, B, C, A, D, delta_bias, bool(delta_softplus))
+    device = device_of(u)
+    args = _op.autocast((u, dt, B, C, A, D, delta_bias, bool(delta_softplus)), device)
     if route == "atrous":  # errors say which layout this call expects
         _check_es2d(*args, _caller="ss2d(route='atrous')")
-        return _es2d_op(args, u.device)
+        return _es2d_op(args, device)
     check(*args, route)
-    return _op((*args, route), u.device)
+    return _op((*args, route), device)

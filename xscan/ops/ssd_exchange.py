@@ -5,7 +5,7 @@ import torch
 
 from .._checks import Checker
 from ..spec import Output, Role, Route, ScanSpec, View
-from ._define import define
+from ._define import define, device_of
 
 ARGS = (("x0", "Tensor"), ("x1", "Tensor"), ("dt0", "Tensor"), ("dt1", "Tensor"), ("A", "Tensor"),
         ("B0", "Tensor"), ("B1", "Tensor"), ("C0", "Tensor"), ("C1", "Tensor"), ("D", "Tensor?"),
@@ -45,8 +45,11 @@ def plan(x0, x1, dt0, dt1, A, B0, B1, C0, C1, D, dt_bias, dt_softplus, out_dtype
     return ScanSpec(Route.HEADS, (P, L), arguments, outputs, dt_softplus, route_sum=False)
 
 
-_op = define("ssd_exchange", ARGS, 2, lambda x0, x1, *rest: (x0.new_empty(x0.shape), x1.new_empty(x1.shape)),
-             check, plan)
+def _fake(x0, x1, *rest):
+    return x0.new_empty(x0.shape), x1.new_empty(x1.shape)
+
+
+_op = define("ssd_exchange", ARGS, 2, _fake, check, plan, ("x0", "x1", "dt0", "dt1", "B0", "B1", "C0", "C1"))
 
 
 def ssd_exchange(x0, x1, dt0, dt1, A, B0, B1, C0, C1, D=None, dt_bias=None, dt_softplus=False):
@@ -57,6 +60,7 @@ def ssd_exchange(x0, x1, dt0, dt1, A, B0, B1, C0, C1, D=None, dt_bias=None, dt_s
     x_m: (Bt, L, nh, P); dt_m: (Bt, L, nh); A: (nh,) (negative); B_m, C_m: (Bt, L, G, N), head h
     using group h // (nh/G); D, dt_bias: (nh,). Per head:
     ``h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t^T``, ``y_t = h_t C_t + D x_t``. Returns (y0, y1)."""
-    check(x0, x1, dt0, dt1, A, B0, B1, C0, C1, D, dt_bias)
-    args = (x0, x1, dt0, dt1, A, B0, B1, C0, C1, D, dt_bias, bool(dt_softplus))
-    return _op(args, x0.device)
+    device = device_of(x0)
+    args = _op.autocast((x0, x1, dt0, dt1, A, B0, B1, C0, C1, D, dt_bias, bool(dt_softplus)), device)
+    check(*args)
+    return _op(args, device)
