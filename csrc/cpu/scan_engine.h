@@ -11,12 +11,13 @@
 // tensors shared between items (B, C of a group; A, D, delta_bias across the batch) go to per-thread
 // partial buffers summed afterwards in thread order: deterministic for a given thread count.
 //
-// The forward runs a block's channels side by side, so its inner loops vectorise across channels;
-// the backward runs one channel at a time over a tile, vectorised across the state (see
-// channel_block, backward_block).
+// Both directions run a block's channels side by side, so their inner loops vectorise across
+// channels for any d_state, without reductions in the recurrences (see channel_block,
+// backward_block).
 //
 // Backward keeps no (L, N) history: a first pass stores the state at every chunk start (one chunk of
-// kChunk steps), then the reverse pass recomputes the states and decays inside each chunk.
+// kChunk steps), then the reverse pass recomputes the chunk's states and decays, keeps them for its
+// adjoint sweep, and sums the B and C gradients over the block's channels after the sweep.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -123,29 +124,43 @@ inline int64_t backward_block(int64_t channels, int64_t groups_B, int64_t groups
 }
 
 // One thread's scratch. Shared by the block: tokens, B and C rows of one tile (a backward chunk or
-// a forward tile) and their gradients. Block-major tiles (index [i][c] or [s][c]) for the forward recurrence, which runs the
-// block's channels side by side. Per channel: its tile's step sizes and inputs, the adjoint,
-// chunk-start states and parameter gradients.
+// a forward tile) and their gradients. Block-major tiles (index [i][c] or [i][s][c]) for the
+// recurrences, which run the block's channels side by side; one channel's tile while loading it.
 template <typename acc_t>
 struct Workspace {
   int64_t N, tile;  // d_state; positions per loaded tile
   std::vector<Token> tok;
   std::vector<acc_t*> out_at;                                 // (tile): where a channel's outputs go
   std::vector<int64_t> at_dt, at_u, at_z, at_y;               // (tile): token offsets in a channel's plane
-  bool run = false;                                           // those offsets are consecutive (see load_tokens)
+  std::vector<int64_t> at_dy, at_du, at_dz, at_ddt;           // (tile): the same in the gradients' planes
+  bool run = false, grad_run = false;                         // those offsets are consecutive (see load_tokens)
   std::vector<acc_t> Bc, Cc, dBc, dCc;                        // (tile, N)
   std::vector<acc_t> dtT, dtuT, uT, yT;                       // (tile, block)
-  std::vector<acc_t> aT, hT, gT;                              // (N, block), (N, block), (block)
-  std::vector<acc_t> dt, raw, dsp, u, out, decay, states;  // one channel's tile (out: its outputs, or
-                                                             // the backward's gate inputs C.h + D u)
-  std::vector<acc_t> a, dh, dA, dD, dbias, chunk_start;       // per channel of the block
+  std::vector<acc_t> aT, hT;                                  // (N, block)
+  std::vector<acc_t> gT, Dc;                                  // (block)
+  std::vector<acc_t> dt, raw, dsp, u, out;                    // one channel's tile
+  // backward only
+  std::vector<acc_t> dspT, gyT, zT, duT, ddtT;                // (tile, block); zT becomes dz
+  std::vector<acc_t> statesT, decayT;                         // (tile, N, block); decayT becomes the adjoint
+  std::vector<acc_t> dhT, dAT;                                // (N, block)
+  std::vector<acc_t> sumB, dD, dbias;                         // (block)
+  std::vector<acc_t> chunk_start;                             // (chunks, N, block)
 
+  // chunks: the backward's checkpoints per route (0 for the forward, which needs none of its buffers)
   Workspace(int64_t N_, int64_t block, int64_t chunks, int64_t tile_)
-      : N(N_), tile(tile_), tok(tile_), out_at(tile_), at_dt(tile_), at_u(tile_), at_z(tile_), at_y(tile_), Bc(tile_ * N_), Cc(tile_ * N_), dBc(tile_ * N_), dCc(tile_ * N_),
-        dtT(tile_ * block), dtuT(tile_ * block), uT(tile_ * block), yT(tile_ * block), aT(N_ * block),
-        hT(N_ * block), gT(block), dt(tile_), raw(tile_), dsp(tile_), u(tile_), out(tile_),
-        decay(tile_ * N_), states(tile_ * N_), a(block * N_), dh(block * N_), dA(block * N_), dD(block),
-        dbias(block), chunk_start(block * chunks * N_) {}
+      : N(N_), tile(tile_), tok(tile_), out_at(tile_), at_dt(tile_), at_u(tile_), at_z(tile_), at_y(tile_),
+        Bc(tile_ * N_), Cc(tile_ * N_), dtT(tile_ * block), dtuT(tile_ * block), uT(tile_ * block),
+        yT(tile_ * block), aT(N_ * block), hT(N_ * block), gT(block), Dc(block), dt(tile_), raw(tile_),
+        dsp(tile_), u(tile_), out(tile_) {
+    if (chunks == 0) return;
+    for (auto* offsets : {&at_dy, &at_du, &at_dz, &at_ddt}) offsets->resize(tile_);
+    for (auto* t : {&dBc, &dCc}) t->resize(tile_ * N_);
+    for (auto* t : {&dspT, &gyT, &zT, &duT, &ddtT}) t->resize(tile_ * block);
+    for (auto* t : {&statesT, &decayT}) t->resize(tile_ * N_ * block);
+    for (auto* t : {&dhT, &dAT}) t->resize(N_ * block);
+    for (auto* t : {&sumB, &dD, &dbias}) t->resize(block);
+    chunk_start.resize(chunks * N_ * block);
+  }
 };
 
 template <typename scalar_t, typename acc_t, typename Route>
@@ -167,6 +182,12 @@ struct Engine {
         ws.at_u[i] = t.ur * v.u[t.m].stride[2] + t.uw * v.u[t.m].stride[3];
         ws.at_z[i] = t.ur * v.z.stride[2] + t.uw * v.z.stride[3];
         ws.at_y[i] = t.yr * v.y[t.m].stride[2] + t.yw * v.y[t.m].stride[3];
+        if (v.dy[0]) {  // a backward
+          ws.at_dy[i] = t.yr * v.dy[t.m].stride[2] + t.yw * v.dy[t.m].stride[3];
+          ws.at_du[i] = t.ur * v.du[t.m].stride[2] + t.uw * v.du[t.m].stride[3];
+          ws.at_dz[i] = t.ur * v.dz.stride[2] + t.uw * v.dz.stride[3];
+          ws.at_ddt[i] = t.e * v.ddt[t.m].stride[3];
+        }
       }
       const scalar_t* Bp = v.B[t.m].at5(b, k, gB, 0, t.e);
       const scalar_t* Cp = v.C[t.m].at5(b, k, gC, 0, t.e);
@@ -186,6 +207,11 @@ struct Engine {
         run = ws.tok[i].m == 0 && !ws.tok[i].pad && ws.at_dt[i] == ws.at_dt[0] + i && ws.at_u[i] == ws.at_u[0] + i &&
               ws.at_y[i] == ws.at_y[0] + i && (!v.z || ws.at_z[i] == ws.at_z[0] + i);
       ws.run = run;
+      bool grad_run = run && v.dy[0];
+      for (int64_t i = 0; i < n && grad_run; ++i)
+        grad_run = ws.at_dy[i] == ws.at_dy[0] + i && ws.at_du[i] == ws.at_du[0] + i &&
+                   ws.at_ddt[i] == ws.at_ddt[0] + i && (!v.z || ws.at_dz[i] == ws.at_dz[0] + i);
+      ws.grad_run = grad_run;
     }
   }
 
@@ -237,72 +263,57 @@ struct Engine {
     }
   }
 
-  // A of the block's channels, per channel (a) and block-major (aT).
+  // A of the block's channels, block-major.
   void load_A(Workspace<acc_t>& ws, int64_t k, int64_t d0) const {
     const int64_t N = v.dstate;
     for (int64_t c = 0; c < block; ++c)
-      for (int64_t s = 0; s < N; ++s) ws.a[c * N + s] = ws.aT[s * block + c] = v.A(k, d0 + c, s, 0);
+      for (int64_t s = 0; s < N; ++s) ws.aT[s * block + c] = v.A(k, d0 + c, s, 0);
   }
 
   acc_t param(const Strided<const acc_t>& p, int64_t k, int64_t d) const {
     return p ? p(k, d, 0, 0) : acc_t(0);
   }
 
-  // One step h <- exp(dt A) h + dt u B of one channel; the decays go to `decay`. Returns C . h when
-  // kOutput (the backward needs it only for the gate's gradient).
-  template <bool kOutput>
-  static acc_t step(int64_t N, const acc_t* a, acc_t dt, acc_t dtu, const acc_t* Bn, const acc_t* Cn,
-                    acc_t* h, acc_t* decay) {
-    acc_t y = 0;
-    if (Route::kScalarDecay) {
-      const acc_t g = exp_poly(dt * a[0]);
-#pragma omp simd
-      for (int64_t s = 0; s < N; ++s) {
-        h[s] = g * h[s] + dtu * Bn[s];
-        decay[s] = g;
-      }
-    } else {
-#pragma omp simd
-      for (int64_t s = 0; s < N; ++s) {
-        const acc_t g = exp_poly(dt * a[s]);
-        h[s] = g * h[s] + dtu * Bn[s];
-        decay[s] = g;
-      }
-    }
-    if (kOutput) {
-#pragma omp simd reduction(+ : y)
-      for (int64_t s = 0; s < N; ++s) y += Cn[s] * h[s];
-    }
-    return y;
-  }
-
-  // The block's channels over the loaded chunk of n positions, side by side (the inner loops run
-  // across channels, so they vectorise for any d_state without a reduction): hT (N, block) carries
-  // the states; with_y puts C . h of every position in yT (n, block).
-  void advance_block(Workspace<acc_t>& ws, int64_t b, int64_t k, int64_t d0, int64_t n, bool with_y) const {
-    const int64_t N = v.dstate, nb = block;
+  // The block's step sizes and inputs over the loaded tile of n positions, block-major (dtT, uT,
+  // dtuT; with grad also dspT, d softplus / d raw).
+  void load_block(Workspace<acc_t>& ws, int64_t b, int64_t k, int64_t d0, int64_t n, bool grad) const {
+    const int64_t nb = block;
     for (int64_t c = 0; c < nb; ++c) {
-      load_channel(ws, b, k, d0 + c, n, param(v.bias, k, d0 + c), false);
+      load_channel(ws, b, k, d0 + c, n, param(v.bias, k, d0 + c), grad);
       for (int64_t i = 0; i < n; ++i) {
         ws.dtT[i * nb + c] = ws.dt[i];
         ws.uT[i * nb + c] = ws.u[i];
         ws.dtuT[i * nb + c] = ws.dt[i] * ws.u[i];
       }
+      if (grad)
+        for (int64_t i = 0; i < n; ++i) ws.dspT[i * nb + c] = ws.dsp[i];
     }
-    // a block width known at compile time unrolls the channel loops without masked tails
-    if (nb == 16)
-      recur<16>(ws, n, nb, with_y);
-    else if (nb == 8)
-      recur<8>(ws, n, nb, with_y);
-    else
-      recur<0>(ws, n, nb, with_y);
   }
 
-  // The recurrence of advance_block over the loaded tiles; kWidth: the block width, 0 if not fixed.
-  template <int kWidth>
-  void recur(Workspace<acc_t>& ws, int64_t n, int64_t block_width, bool with_y) const {
-    const int64_t N = v.dstate, nb = kWidth ? kWidth : block_width;
-    acc_t* h = ws.hT.data();
+  // The block's channels over the loaded tile, side by side (the inner loops run across channels,
+  // so they vectorise for any d_state without a reduction), from the states in hT. with_y puts
+  // C . h of every position in yT (n, block). Without `states`, hT carries the states on; with it,
+  // the states and decays of position i go to states and decays[i] (each (N, block)) and hT keeps
+  // the tile's start.
+  void advance_block(Workspace<acc_t>& ws, int64_t n, bool with_y, acc_t* states = nullptr,
+                     acc_t* decays = nullptr) const {
+    // a block width known at compile time unrolls the channel loops without masked tails
+    if (states) {
+      if (block == 32) return recur<32, true>(ws, n, with_y, states, decays);
+      if (block == 16) return recur<16, true>(ws, n, with_y, states, decays);
+      if (block == 8) return recur<8, true>(ws, n, with_y, states, decays);
+      return recur<0, true>(ws, n, with_y, states, decays);
+    }
+    if (block == 32) return recur<32, false>(ws, n, with_y, nullptr, nullptr);
+    if (block == 16) return recur<16, false>(ws, n, with_y, nullptr, nullptr);
+    if (block == 8) return recur<8, false>(ws, n, with_y, nullptr, nullptr);
+    recur<0, false>(ws, n, with_y, nullptr, nullptr);
+  }
+
+  // The recurrence of advance_block; kWidth: the block width, 0 if not fixed.
+  template <int kWidth, bool kStore>
+  void recur(Workspace<acc_t>& ws, int64_t n, bool with_y, acc_t* states, acc_t* decays) const {
+    const int64_t N = v.dstate, nb = kWidth ? kWidth : block;
     acc_t* g = ws.gT.data();
     const acc_t* a = ws.aT.data();
     for (int64_t i = 0; i < n; ++i) {
@@ -310,6 +321,9 @@ struct Engine {
       const acc_t* dtu = &ws.dtuT[i * nb];
       const acc_t* Bn = &ws.Bc[i * N];
       const acc_t* Cn = &ws.Cc[i * N];
+      const acc_t* h_in = kStore && i ? states + (i - 1) * N * nb : ws.hT.data();
+      acc_t* h_out = kStore ? states + i * N * nb : ws.hT.data();
+      acc_t* decay = kStore ? decays + i * N * nb : nullptr;
       acc_t* y = &ws.yT[i * nb];
       if (Route::kScalarDecay) {
 #pragma omp simd
@@ -317,15 +331,21 @@ struct Engine {
       }
       if (with_y) std::fill(y, y + nb, acc_t(0));
       for (int64_t s = 0; s < N; ++s) {
-        acc_t* hs = h + s * nb;
+        const acc_t* hp = h_in + s * nb;
+        acc_t* hs = h_out + s * nb;
         const acc_t* as = a + s * nb;
         const acc_t Bs = Bn[s], Cs = Cn[s];
         if (Route::kScalarDecay) {
 #pragma omp simd
-          for (int64_t c = 0; c < nb; ++c) hs[c] = g[c] * hs[c] + dtu[c] * Bs;
+          for (int64_t c = 0; c < nb; ++c) hs[c] = g[c] * hp[c] + dtu[c] * Bs;
+          if (kStore) std::copy(g, g + nb, decay + s * nb);
         } else {
 #pragma omp simd
-          for (int64_t c = 0; c < nb; ++c) hs[c] = exp_poly(dt[c] * as[c]) * hs[c] + dtu[c] * Bs;
+          for (int64_t c = 0; c < nb; ++c) {
+            const acc_t gc = exp_poly(dt[c] * as[c]);
+            hs[c] = gc * hp[c] + dtu[c] * Bs;
+            if (kStore) decay[s * nb + c] = gc;
+          }
         }
         if (with_y) {
 #pragma omp simd
@@ -343,7 +363,8 @@ struct Engine {
     for (int64_t j0 = 0; j0 < len; j0 += ws.tile) {
       const int64_t n = std::min(ws.tile, len - j0);
       load_tokens(ws, b, k, d0, j0, n);
-      advance_block(ws, b, k, d0, n, true);
+      load_block(ws, b, k, d0, n, false);
+      advance_block(ws, n, true);
       for (int64_t c = 0; c < nb; ++c) {
         const int64_t d = d0 + c;
         const acc_t Dk = param(v.D, k, d);
@@ -399,36 +420,43 @@ struct Engine {
     Strided<acc_t> slot[kSlots];
   };
 
-  // Backward of channels [d0, d0 + block) of batch b along route k.
+  // Backward of channels [d0, d0 + block) of batch b along route k, the block's channels side by
+  // side as in the forward.
   void backward(Workspace<acc_t>& ws, const Sinks& out, int64_t b, int64_t k, int64_t d0) const {
-    const int64_t N = v.dstate, len = route.length();
+    const int64_t N = v.dstate, len = route.length(), nb = block, plane_size = N * nb;
     const int64_t chunks = (len + kChunk - 1) / kChunk;
     const int64_t gB = group(d0, v.groups_B), gC = group(d0, v.groups_C);
     load_A(ws, k, d0);
+    for (int64_t c = 0; c < nb; ++c) ws.Dc[c] = param(v.D, k, d0 + c);
 
-    // Pass 1: every channel's state at every chunk start.
+    // Pass 1: the block's states at every chunk start, (chunks, N, block).
     std::fill(ws.hT.begin(), ws.hT.end(), acc_t(0));
     for (int64_t ch = 0; ch < chunks; ++ch) {
       const int64_t j0 = ch * kChunk, n = std::min(kChunk, len - j0);
-      for (int64_t c = 0; c < block; ++c)
-        for (int64_t s = 0; s < N; ++s) ws.chunk_start[(c * chunks + ch) * N + s] = ws.hT[s * block + c];
+      std::copy(ws.hT.begin(), ws.hT.end(), ws.chunk_start.begin() + ch * plane_size);
       load_tokens(ws, b, k, d0, j0, n);
-      advance_block(ws, b, k, d0, n, false);
+      load_block(ws, b, k, d0, n, false);
+      advance_block(ws, n, false);
     }
 
-    // Pass 2, last chunk first: per channel, recompute the chunk's states from its start, then run
+    // Pass 2, last chunk first: recompute the chunk's states and decays from its start, then run
     // the adjoint recurrence dh_{t-1} = exp(dt_t A) dh_t, with dh_t += C_t gy_t at each output.
-    for (int64_t c = 0; c < block; ++c)
-      for (int64_t s = 0; s < N; ++s) ws.dh[c * N + s] = v.dlast ? v.dlast(b, k, d0 + c, s) : acc_t(0);
-    std::fill(ws.dA.begin(), ws.dA.end(), acc_t(0));
+    for (int64_t c = 0; c < nb; ++c)
+      for (int64_t s = 0; s < N; ++s) ws.dhT[s * nb + c] = v.dlast ? v.dlast(b, k, d0 + c, s) : acc_t(0);
+    std::fill(ws.dAT.begin(), ws.dAT.end(), acc_t(0));
     std::fill(ws.dD.begin(), ws.dD.end(), acc_t(0));
     std::fill(ws.dbias.begin(), ws.dbias.end(), acc_t(0));
     for (int64_t ch = chunks - 1; ch >= 0; --ch) {
       const int64_t j0 = ch * kChunk, n = std::min(kChunk, len - j0);
       load_tokens(ws, b, k, d0, j0, n);
-      std::fill(ws.dBc.begin(), ws.dBc.begin() + n * N, acc_t(0));
-      std::fill(ws.dCc.begin(), ws.dCc.begin() + n * N, acc_t(0));
-      for (int64_t c = 0; c < block; ++c) backward_chunk(ws, b, k, d0 + c, c, ch, chunks, n);
+      load_block(ws, b, k, d0, n, true);
+      std::copy(ws.chunk_start.begin() + ch * plane_size, ws.chunk_start.begin() + (ch + 1) * plane_size,
+                ws.hT.begin());
+      advance_block(ws, n, static_cast<bool>(v.z), ws.statesT.data(), ws.decayT.data());
+      load_output_grads(ws, b, d0, n);
+      gate_backward(ws, n);
+      adjoint_sweep(ws, n);
+      store_input_grads(ws, b, k, d0, n);
       // the block's B, C gradients of this chunk, summed over its channels
       for (int64_t i = 0; i < n; ++i) {
         const Token& t = ws.tok[i];
@@ -443,73 +471,172 @@ struct Engine {
         }
       }
     }
-    for (int64_t c = 0; c < block; ++c) {
+    for (int64_t c = 0; c < nb; ++c) {
       const int64_t d = d0 + c;
-      for (int64_t s = 0; s < N; ++s) out.slot[kdA](k, d, s, 0) += ws.dA[c * N + s];
+      for (int64_t s = 0; s < N; ++s) out.slot[kdA](k, d, s, 0) += ws.dAT[s * nb + c];
       if (out.slot[kdD]) out.slot[kdD](k, d, 0, 0) += ws.dD[c];
       if (out.slot[kdBias]) out.slot[kdBias](k, d, 0, 0) += ws.dbias[c];
     }
   }
 
-  // One channel's part of pass 2 over chunk ch (tokens, B, C already loaded).
-  void backward_chunk(Workspace<acc_t>& ws, int64_t b, int64_t k, int64_t d, int64_t c, int64_t ch, int64_t chunks,
-                      int64_t n) const {
-    const int64_t N = v.dstate;
-    const acc_t Dk = param(v.D, k, d);
-    const acc_t* a = &ws.a[c * N];
-    const acc_t* start = &ws.chunk_start[(c * chunks + ch) * N];
-    load_channel(ws, b, k, d, n, param(v.bias, k, d));
-    acc_t* h = ws.states.data();
-    for (int64_t i = 0; i < n; ++i) {
-      std::copy(i ? h - N : start, (i ? h - N : start) + N, h);
-      const acc_t dtu = ws.dt[i] * ws.u[i];
-      if (v.z)
-        ws.out[i] = step<true>(N, a, ws.dt[i], dtu, &ws.Bc[i * N], &ws.Cc[i * N], h, &ws.decay[i * N]) + Dk * ws.u[i];
-      else
-        step<false>(N, a, ws.dt[i], dtu, &ws.Bc[i * N], &ws.Cc[i * N], h, &ws.decay[i * N]);
-      h += N;
-    }
-    acc_t* dh = &ws.dh[c * N];
-    acc_t* dA = &ws.dA[c * N];
-    acc_t dD = 0, dbias = 0;
-    for (int64_t i = n - 1; i >= 0; --i) {
-      Token t = ws.tok[i];
-      route.source(d, t);
-      const acc_t dt = ws.dt[i], u = ws.u[i];
-      acc_t gy = t.pad ? acc_t(0) : v.dy[t.m](b, t.yc, t.yr, t.yw);
-      if (v.z && !t.pad) {
-        const acc_t zv = static_cast<acc_t>(v.z(b, t.uc, t.ur, t.uw));
-        v.dz(b, t.uc, t.ur, t.uw) += gy * ws.out[i] * silu_grad(zv);
-        gy *= silu(zv);
+  // The output gradients (gyT) and gates (zT) of the loaded tile, block-major.
+  void load_output_grads(Workspace<acc_t>& ws, int64_t b, int64_t d0, int64_t n) const {
+    const int64_t nb = block;
+    for (int64_t c = 0; c < nb; ++c) {
+      const int64_t d = d0 + c;
+      if constexpr (Route::kSameChannel) {
+        const acc_t* dy[2] = {plane(v.dy[0], b, d), plane(v.dy[1], b, d)};
+        const scalar_t* z = plane(v.z, b, d);
+        if (ws.grad_run) {
+          const acc_t* dy0 = dy[0] + ws.at_dy[0];
+          for (int64_t i = 0; i < n; ++i) ws.gyT[i * nb + c] = dy0[i];
+          if (v.z) {
+            const scalar_t* z0 = z + ws.at_z[0];
+            for (int64_t i = 0; i < n; ++i) ws.zT[i * nb + c] = static_cast<acc_t>(z0[i]);
+          }
+        } else {
+          for (int64_t i = 0; i < n; ++i) {
+            const Token& t = ws.tok[i];
+            ws.gyT[i * nb + c] = t.pad ? acc_t(0) : dy[t.m][ws.at_dy[i]];
+            if (v.z) ws.zT[i * nb + c] = t.pad ? acc_t(0) : static_cast<acc_t>(z[ws.at_z[i]]);
+          }
+        }
+      } else {
+        for (int64_t i = 0; i < n; ++i) {
+          Token t = ws.tok[i];
+          route.source(d, t);
+          ws.gyT[i * nb + c] = t.pad ? acc_t(0) : v.dy[t.m](b, t.yc, t.yr, t.yw);
+          if (v.z) ws.zT[i * nb + c] = t.pad ? acc_t(0) : static_cast<acc_t>(v.z(b, t.uc, t.ur, t.uw));
+        }
       }
-      dD += gy * u;
-      const acc_t* hn = &ws.states[i * N];
-      const acc_t* hp = i > 0 ? &ws.states[(i - 1) * N] : start;
-      const acc_t* g = &ws.decay[i * N];
+    }
+  }
+
+  // Through the gate y = (C . h + D u) silu(z): dz into zT, gy scaled by silu(z); D's gradient.
+  void gate_backward(Workspace<acc_t>& ws, int64_t n) const {
+    const int64_t nb = block;
+    for (int64_t i = 0; i < n; ++i) {
+      acc_t* gy = &ws.gyT[i * nb];
+      const acc_t* u = &ws.uT[i * nb];
+      if (v.z) {
+        acc_t* z = &ws.zT[i * nb];
+        const acc_t* ch = &ws.yT[i * nb];
+#pragma omp simd
+        for (int64_t c = 0; c < nb; ++c) {
+          const acc_t zv = z[c], sg = sigmoid_vec(zv);
+          z[c] = gy[c] * (ch[c] + ws.Dc[c] * u[c]) * sg * (acc_t(1) + zv * (acc_t(1) - sg));
+          gy[c] *= zv * sg;
+        }
+      }
+#pragma omp simd
+      for (int64_t c = 0; c < nb; ++c) ws.dD[c] += gy[c] * u[c];
+    }
+  }
+
+  // The adjoint recurrence over the tile, last position first, across the block's channels: du,
+  // ddt (before softplus' derivative) into duT, ddtT, dA and delta_bias accumulated; then the B and C
+  // gradients of each position summed over the channels into dBc, dCc. decayT holds the adjoint
+  // states dh_i + C_i gy_i afterwards (what dB needs).
+  void adjoint_sweep(Workspace<acc_t>& ws, int64_t n) const {
+    const int64_t N = v.dstate, nb = block, plane_size = N * nb;
+    acc_t* dh = ws.dhT.data();
+    acc_t* dA = ws.dAT.data();
+    const acc_t* a = ws.aT.data();
+    acc_t* sB = ws.sumB.data();  // per channel: sum_s dh_s B_s
+    for (int64_t i = n - 1; i >= 0; --i) {
+      const acc_t* gy = &ws.gyT[i * nb];
+      const acc_t* dt = &ws.dtT[i * nb];
+      const acc_t* u = &ws.uT[i * nb];
+      const acc_t* hp = i ? &ws.statesT[(i - 1) * plane_size] : ws.hT.data();
+      acc_t* g = &ws.decayT[i * plane_size];
+      acc_t* ddt = &ws.ddtT[i * nb];
       const acc_t* Bn = &ws.Bc[i * N];
       const acc_t* Cn = &ws.Cc[i * N];
-      acc_t* dBn = &ws.dBc[i * N];
-      acc_t* dCn = &ws.dCc[i * N];
-      const acc_t dtu = dt * u;
-      acc_t du = gy * Dk, ddt = 0;
-#pragma omp simd reduction(+ : du, ddt)
+      std::fill(sB, sB + nb, acc_t(0));
+      std::fill(ddt, ddt + nb, acc_t(0));
       for (int64_t s = 0; s < N; ++s) {
-        dCn[s] += gy * hn[s];
-        const acc_t dhs = dh[s] + gy * Cn[s];
-        dBn[s] += dhs * dtu;
-        du += dhs * dt * Bn[s];
-        const acc_t dh_decay = dhs * g[s] * hp[s];  // d/d(dt A) of the decay term
-        ddt += dh_decay * a[s] + dhs * Bn[s] * u;
-        dA[s] += dh_decay * dt;
-        dh[s] = dhs * g[s];
+        const acc_t Bs = Bn[s], Cs = Cn[s];
+        acc_t* dhs = dh + s * nb;
+        acc_t* gs = g + s * nb;
+        acc_t* dAs = dA + s * nb;
+        const acc_t* hps = hp + s * nb;
+        const acc_t* as = a + s * nb;
+#pragma omp simd
+        for (int64_t c = 0; c < nb; ++c) {
+          const acc_t adj = dhs[c] + gy[c] * Cs;
+          const acc_t decay_term = adj * gs[c] * hps[c];  // d/d(dt A) of the decay term
+          sB[c] += adj * Bs;
+          ddt[c] += decay_term * as[c];
+          dAs[c] += decay_term * dt[c];
+          dhs[c] = adj * gs[c];
+          gs[c] = adj;
+        }
       }
-      const acc_t draw = ddt * ws.dsp[i];
-      dbias += draw;
-      v.ddt[t.m](b, k, d, t.e) += draw;
-      if (!t.pad) v.du[t.m](b, t.uc, t.ur, t.uw) += du;
+      acc_t* du = &ws.duT[i * nb];
+      const acc_t* dsp = &ws.dspT[i * nb];
+#pragma omp simd
+      for (int64_t c = 0; c < nb; ++c) {
+        du[c] = gy[c] * ws.Dc[c] + dt[c] * sB[c];
+        ddt[c] = (ddt[c] + u[c] * sB[c]) * dsp[c];
+        ws.dbias[c] += ddt[c];
+      }
     }
-    ws.dD[c] += dD;
-    ws.dbias[c] += dbias;
+    for (int64_t i = 0; i < n; ++i) {
+      const acc_t* gy = &ws.gyT[i * nb];
+      const acc_t* dtu = &ws.dtuT[i * nb];
+      for (int64_t s = 0; s < N; ++s) {
+        const acc_t* adj = &ws.decayT[i * plane_size + s * nb];
+        const acc_t* h = &ws.statesT[i * plane_size + s * nb];
+        acc_t dB = 0, dC = 0;
+#pragma omp simd reduction(+ : dB, dC)
+        for (int64_t c = 0; c < nb; ++c) {
+          dB += adj[c] * dtu[c];
+          dC += gy[c] * h[c];
+        }
+        ws.dBc[i * N + s] = dB;
+        ws.dCc[i * N + s] = dC;
+      }
+    }
+  }
+
+  // Adds the tile's du, ddt and dz into their gradients.
+  void store_input_grads(Workspace<acc_t>& ws, int64_t b, int64_t k, int64_t d0, int64_t n) const {
+    const int64_t nb = block;
+    for (int64_t c = 0; c < nb; ++c) {
+      const int64_t d = d0 + c;
+      if constexpr (Route::kSameChannel) {
+        acc_t* du[2] = {plane(v.du[0], b, d), plane(v.du[1], b, d)};
+        acc_t* ddt[2] = {v.ddt[0].data + b * v.ddt[0].stride[0] + k * v.ddt[0].stride[1] + d * v.ddt[0].stride[2],
+                         v.ddt[1].data + b * v.ddt[1].stride[0] + k * v.ddt[1].stride[1] + d * v.ddt[1].stride[2]};
+        acc_t* dz = plane(v.dz, b, d);
+        if (ws.grad_run) {
+          acc_t* du0 = du[0] + ws.at_du[0];
+          acc_t* ddt0 = ddt[0] + ws.at_ddt[0];
+          for (int64_t i = 0; i < n; ++i) du0[i] += ws.duT[i * nb + c], ddt0[i] += ws.ddtT[i * nb + c];
+          if (v.z) {
+            acc_t* dz0 = dz + ws.at_dz[0];
+            for (int64_t i = 0; i < n; ++i) dz0[i] += ws.zT[i * nb + c];
+          }
+        } else {
+          for (int64_t i = 0; i < n; ++i) {
+            const Token& t = ws.tok[i];
+            ddt[t.m][ws.at_ddt[i]] += ws.ddtT[i * nb + c];
+            if (t.pad) continue;
+            du[t.m][ws.at_du[i]] += ws.duT[i * nb + c];
+            if (v.z) dz[ws.at_dz[i]] += ws.zT[i * nb + c];
+          }
+        }
+      } else {
+        for (int64_t i = 0; i < n; ++i) {
+          Token t = ws.tok[i];
+          route.source(d, t);
+          v.ddt[t.m](b, k, d, t.e) += ws.ddtT[i * nb + c];
+          if (t.pad) continue;
+          v.du[t.m](b, t.uc, t.ur, t.uw) += ws.duT[i * nb + c];
+          if (v.z) v.dz(b, t.uc, t.ur, t.uw) += ws.zT[i * nb + c];
+        }
+      }
+    }
   }
 };
 

@@ -113,3 +113,34 @@ def test_kernels_compile_for_gpu():
                           env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "compiled" in done.stdout
+
+
+def test_autotuned_kernels_pin_their_configuration_where_autotuning_is_wrong(monkeypatch):
+    """Deterministic mode and CUDA-graph capture launch the kernel itself at the pinned warp count;
+    elsewhere the autotuner chooses. (Dispatch only: the interpreter has no warps to tune.)"""
+    from xscan.triton_kernels import tiles
+
+    launches = []
+
+    class Kernel:
+        def __init__(self, name):
+            self.name = name
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launches.append((self.name, grid, args, kwargs))
+
+    monkeypatch.setattr(tiles.triton, "autotune", lambda configs, key: (lambda kernel: Kernel("tuned")))
+    kernel = tiles._Autotuned(Kernel("pinned"), key=["N"])
+    kernel[(3,)](1, x=2)
+    assert launches.pop() == ("tuned", (3,), (1,), {"x": 2})
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        kernel[(3,)](1, x=2)
+    finally:
+        torch.use_deterministic_algorithms(before)
+    assert launches.pop() == ("pinned", (3,), (1,), {"x": 2, "num_warps": tiles.PINNED_WARPS})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    kernel[(4,)](5)
+    assert launches.pop() == ("pinned", (4,), (5,), {"num_warps": tiles.PINNED_WARPS})

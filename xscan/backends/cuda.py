@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 import math
 import sys
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -68,6 +68,23 @@ def _same_strides(views: list) -> list:
     return [v.contiguous() for v in views]
 
 
+class Tiling(NamedTuple):
+    lanes: int              # lanes per channel: d_state rounded up to a power of 2, at most 32
+    channels_per_tile: int  # channels one block runs
+    group_tiles: int        # B/C group pattern repeats (lcm of the groups)
+    tiles_per_group: int    # blocks per group pattern
+
+
+def tiling(dstate: int, channels: int, groups_B: int, groups_C: int, threads: int) -> Tiling:
+    """How the kernels split the channels of one (batch, route) over blocks of ``threads`` threads
+    (blocks per launch: group_tiles * tiles_per_group * routes * batch; above 32 states a lane
+    holds two)."""
+    lanes = 32 if dstate > 32 else 1 << (dstate - 1).bit_length()
+    per_tile = threads // lanes
+    group_tiles = math.lcm(groups_B, groups_C)
+    return Tiling(lanes, per_tile, group_tiles, -(-(channels // group_tiles) // per_tile))
+
+
 class _Launch:
     """One spec packed into ScanParams; keeps every tensor it points at alive."""
 
@@ -80,13 +97,10 @@ class _Launch:
         P.route, P.source, P.geometry = int(spec.route), int(spec.source), list(spec.geometry)
         P.batch, P.routes, P.channels, P.dstate = spec.batch, spec.routes, spec.channels, spec.dstate
         P.length, P.tokens, P.modalities = spec.length(), spec.tokens, spec.token_modalities()
-        N, Dm = spec.dstate, spec.channels
         G_B, G_C = spec.view("B").shape[2], spec.view("C").shape[2]
-        lanes = 32 if N > 32 else 1 << (N - 1).bit_length()
-        group_tiles = math.lcm(G_B, G_C)
-        per_tile = _C.THREADS_PER_BLOCK // lanes
-        P.lanes_per_channel, P.channels_per_tile = lanes, per_tile
-        P.group_tiles, P.tiles_per_group = group_tiles, -(-(Dm // group_tiles) // per_tile)
+        t = tiling(spec.dstate, spec.channels, G_B, G_C, _C.THREADS_PER_BLOCK)
+        P.lanes_per_channel, P.channels_per_tile = t.lanes, t.channels_per_tile
+        P.group_tiles, P.tiles_per_group = t.group_tiles, t.tiles_per_group
         P.groups_B, P.groups_C = G_B, G_C
         P.delta_softplus = spec.softplus
         self.tiles = P.group_tiles * P.tiles_per_group

@@ -9,6 +9,9 @@ back to its argument through the transpose of the argument's view.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+
 import torch
 
 from ..spec import Route, ScanSpec
@@ -30,6 +33,18 @@ def limits(spec: ScanSpec) -> None:
         raise ValueError(f"xscan: the triton backend takes d_state N <= {MAX_D_STATE}, A has N={spec.dstate}")
 
 
+def on_spec_device(run):
+    """Run with the spec's GPU as the current device: Triton launches on the current device (and its
+    stream), which need not be the one holding the tensors."""
+    @functools.wraps(run)
+    def guarded(spec: ScanSpec, *args):
+        device = spec.view("u").device
+        with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+            return run(spec, *args)
+    return guarded
+
+
+@on_spec_device
 def forward(spec: ScanSpec) -> list:
     limits(spec)
     if spec.route == Route.HEADS:
@@ -51,6 +66,7 @@ def forward(spec: ScanSpec) -> list:
     return result
 
 
+@on_spec_device
 def backward(spec: ScanSpec, grads: list) -> dict:
     limits(spec)
     if spec.route == Route.HEADS:

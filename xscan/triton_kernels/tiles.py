@@ -58,13 +58,33 @@ def override(chunk: Optional[int] = None, block_d: Optional[int] = None):
         _pinned.update(previous)
 
 
+PINNED_WARPS = 4  # the configuration launched without autotuning (see autotuned)
+
+
+class _Autotuned:
+    """A kernel launched through Triton's autotuner, except where autotuning is wrong:
+    - deterministic mode (``torch.use_deterministic_algorithms(True)``): the autotuner picks its
+      configuration by timing, which may differ between processes and with it the reduction order;
+      the pinned configuration gives the same bits in every process;
+    - inside CUDA-graph capture: autotuning launches and times the kernel, which capture forbids; the
+      pinned configuration launches once, as the graph expects."""
+
+    def __init__(self, kernel, key):
+        self.kernel = kernel
+        self.tuned = triton.autotune(configs=[triton.Config({}, num_warps=w) for w in (PINNED_WARPS, 8)],
+                                     key=key)(kernel)
+
+    def __getitem__(self, grid):
+        capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+        if torch.are_deterministic_algorithms_enabled() or capturing:
+            return lambda *args, **kwargs: self.kernel[grid](*args, **kwargs, num_warps=PINNED_WARPS)
+        return self.tuned[grid]
+
+
 def autotuned(key):
     """Two warp counts (compile_check: fewer warps spill the backward's registers), keyed on the
-    tile constexprs (and, by the autotuner, the dtypes). The interpreter has no warps: kernels run
-    as they are there."""
+    tile constexprs (and, by the autotuner, the dtypes); pinned to one in deterministic mode and
+    under graph capture (_Autotuned). The interpreter has no warps: kernels run as they are there."""
     def wrap(kernel):
-        if interpreting():
-            return kernel
-        configs = [triton.Config({}, num_warps=w) for w in (4, 8)]
-        return triton.autotune(configs=configs, key=key)(kernel)
+        return kernel if interpreting() else _Autotuned(kernel, key)
     return wrap
