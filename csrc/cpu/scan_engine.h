@@ -434,6 +434,7 @@ struct Engine {
     for (int64_t ch = 0; ch < chunks; ++ch) {
       const int64_t j0 = ch * kChunk, n = std::min(kChunk, len - j0);
       std::copy(ws.hT.begin(), ws.hT.end(), ws.chunk_start.begin() + ch * plane_size);
+      if (ch == chunks - 1) break;  // the last chunk's end state is not a chunk start
       load_tokens(ws, b, k, d0, j0, n);
       load_block(ws, b, k, d0, n, false);
       advance_block(ws, n, false);
