@@ -693,9 +693,8 @@ def smoke_plan(rehearse) -> list:
     plan = [("triton reverse associative_scan over a tuple", functools.partial(reverse_scan_check, device)),
             ("cuda ssd_exchange float32 N=64 (> 48 KiB shared memory)",
              functools.partial(shared_memory_check, device, big))]
-    # The emulation runs float32 only. N = 8: one state per lane; N = 64: two states per lane (and the
-    # backward's 64 KiB of shared memory).
-    for dtype in ("float32",) if rehearse else ("float32", "float16", "bfloat16"):
+    # N = 8: one state per lane; N = 64: two states per lane (and the backward's 64 KiB of shared memory).
+    for dtype in ("float32", "float16", "bfloat16"):
         for N in (8, 64):
             plan += [(f"cuda {op} {dtype} N={N}", functools.partial(op_check, op, device, dtype, N, shape))
                      for op in OPS]

@@ -3,7 +3,7 @@
 Without a CUDA device the Triton kernels run on CPU tensors in Triton's interpreter: TRITON_INTERPRET
 must be set before the kernels are decorated (xscan imports them on first use), and the triton
 backend re-reads it to list "cpu" among its devices. The CUDA kernels run on CPU tensors through
-their host emulation (tests/backends/cuda_emulator: each CUDA thread a fiber, float32 only)."""
+their host emulation (tests/backends/cuda_emulator: each CUDA thread a fiber)."""
 from __future__ import annotations
 
 import importlib.util

@@ -245,8 +245,8 @@ def test_half_precision_accumulates_in_fp32(on, op, dtype):
     # The reference also computes half inputs in fp32: the two differ by summation order and the
     # final rounding to the output dtype.
     name, device, _ = on
-    if device.type == "cpu" and name in ("cuda", "triton"):
-        pytest.skip("half precision runs on the GPU for these kernels (the emulation and the interpreter take fp32)")
+    if interpreted(name, device):
+        pytest.skip("half precision runs on the GPU for the Triton kernels (the interpreter takes fp32)")
     args, kwargs = inputs(on, op, Bt=2, Dm=6, N=8, L=70, H=5, W=7, G=2, nh=2, P=3, dtype=dtype)
     for what, err in compare(op, args, kwargs, name):
         assert err < (5e-2 if dtype == torch.bfloat16 else 2e-2), what

@@ -14,8 +14,9 @@
 // caller sums (deterministic), or added into one buffer with float atomics (atomic_state_grads).
 //
 // Under nvcc this is plain CUDA. Without nvcc (the host emulation in tests/backends/cuda_emulator/)
-// the includer first defines threadIdx, blockIdx, __shfl_xor_sync, __syncthreads and dynamic_shared(),
-// and runs each kernel once per emulated thread.
+// the includer first defines threadIdx, blockIdx, __shfl_xor_sync, __syncthreads, atomicAdd,
+// dynamic_shared(), __half and __nv_bfloat16 with their conversions to float, and runs each kernel
+// once per emulated thread.
 #pragma once
 
 #include "scan_params.h"
@@ -36,10 +37,10 @@ namespace xscan {
 namespace cuda {
 
 XSCAN_DEVICE float to_float(float x) { return x; }
-#ifdef __CUDACC__
 XSCAN_DEVICE float to_float(__half x) { return __half2float(x); }
 XSCAN_DEVICE float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
 
+#ifdef __CUDACC__
 // The backward's dynamic shared memory.
 XSCAN_DEVICE float* dynamic_shared() {
   extern __shared__ float shared[];

@@ -1,21 +1,27 @@
 """What is particular to the hand-written CUDA backend, against the reference (the cases every
 backend shares: tests/test_parity.py): d_state 1..64 (one or two states per lane), several channel
-tiles per group, the launch limits; GPU only: the fp32-output option, a 2L = 65536 cross scan and
-element offsets beyond 2^31.
+tiles per group, half-precision inputs, the fp32-output option, the launch limits; GPU only: a 2L =
+65536 cross scan and element offsets beyond 2^31.
 
 Two targets: ``gpu``, the compiled ``xscan._C_cuda`` on a CUDA device (skipped without one), and
 ``emulated``, the same kernel source compiled for the host (tests/backends/cuda_emulator), each CUDA
-thread a fiber, on CPU tensors in float32. The emulation checks the kernels' index maths,
-recurrences and reductions and the Python glue where no GPU exists; it proves nothing about the
-hardware. XSCAN_SKIP_CUDA_EMULATION=1 skips it (its first build takes about two minutes).
+thread a fiber, on CPU tensors (fp32, fp16, bf16). The emulation checks the kernels' index maths,
+recurrences, reductions and barriers and the Python glue where no GPU exists; it proves nothing
+about the hardware. It runs the threads of a block in a seeded shuffled order that changes at every
+barrier (XSCAN_EMULATOR_ORDER), so a missing __syncthreads gives wrong results, and models __expf
+(XSCAN_EMULATOR_EXP); the tests at the end check the emulation itself on small test-only kernels.
+XSCAN_SKIP_CUDA_EMULATION=1 skips it (its first build takes about two minutes).
 """
+import contextlib
+import ctypes
+
 import pytest
 import torch
 
 import xscan
 from xscan import reference
 from xscan.backends import cuda as cuda_backend
-from xscan.testing import (OPS, check_fp32_output, compare, make_inputs, spec_of)
+from xscan.testing import (OPS, check_fp32_output, compare, make_inputs, run_with_grads, spec_of)
 
 FP32_TOL = 3e-5
 HALF_TOL = 2e-2
@@ -84,6 +90,20 @@ def test_tiled_channels_match_reference(device, op):
 
 
 # ---------------------------------------------------------------------------------------------
+# Half-precision inputs (fp32 accumulation; every op at N = 8: tests/test_parity.py)
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("N", [5, 40])
+def test_half_inputs_one_and_two_states_per_lane(device, dtype, N):
+    assert_matches_reference("selective_scan", device, tol=HALF_TOL, dtype=dtype, Bt=2, Dm=9, N=N, L=40, G=1)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_fp32_output_option(device, op):
+    check_fp32_output(op, "cuda", device, Bt=1, Dm=6, N=8, L=40, H=5, W=6, G=2, nh=2, P=3)
+
+
+# ---------------------------------------------------------------------------------------------
 # Limits (no device needed: they run before any launch)
 
 def test_limits_reject_dstate_outside_1_to_64(emulated_cuda):
@@ -101,13 +121,7 @@ def test_limits_reject_float64_naming_the_argument(emulated_cuda):
 
 
 # ---------------------------------------------------------------------------------------------
-# GPU only: half precision, fp32 output, long routes, 64-bit offsets
-
-@needs_gpu
-@pytest.mark.parametrize("op", OPS)
-def test_fp32_output_option(op):
-    check_fp32_output(op, "cuda", "cuda", Bt=1, Dm=6, N=8, L=40, H=5, W=6, G=2, nh=2, P=3)
-
+# GPU only: long routes, 64-bit offsets
 
 @pytest.mark.slow
 @needs_gpu
@@ -149,3 +163,106 @@ def test_element_offsets_beyond_2_pow_31():
     torch.testing.assert_close(y[tail].float(), y_ref, rtol=HALF_TOL, atol=HALF_TOL)
     torch.testing.assert_close(du[tail].float(), du_ref, rtol=HALF_TOL, atol=HALF_TOL)
     torch.testing.assert_close(ddelta[tail].float(), ddelta_ref, rtol=HALF_TOL, atol=HALF_TOL)
+
+
+# ---------------------------------------------------------------------------------------------
+# The emulation itself: thread order, barriers, shuffles (tests/backends/cuda_emulator/emulator.cpp)
+
+THREADS = 128  # one block of the test-only kernels: kThreadsPerBlock (csrc/cuda/scan_params.h)
+
+
+def probe(emulator, kernel: str, values: torch.Tensor, barrier: bool = True) -> torch.Tensor:
+    """One block of the emulator's test-only kernel ``kernel`` (xscan_emulator_probe, through ctypes)
+    on ``values`` (THREADS floats), with or without its __syncthreads."""
+    run = ctypes.CDLL(emulator.__file__).xscan_emulator_probe
+    run.restype, run.argtypes = ctypes.c_char_p, [ctypes.c_char_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    assert values.dtype == torch.float32 and values.shape == (emulator.THREADS_PER_BLOCK,)
+    out = torch.empty_like(values)
+    error = run(kernel.encode(), int(barrier), values.data_ptr(), out.data_ptr())
+    if error:
+        raise RuntimeError(error.decode())
+    return out
+
+
+VALUES = torch.arange(1.0, THREADS + 1)
+# neighbour: each thread's left neighbour's value (thread 0 its own), through shared memory
+LEFT = torch.cat([VALUES[:1], VALUES[:-1]])
+# warp_sum: the sum of the thread's warp by shuffles plus the value a warp to the left (cyclically)
+WARP_SUM = VALUES.view(-1, 32).sum(1).repeat_interleave(32) + VALUES.roll(32)
+
+
+def test_emulator_catches_a_missing_barrier(emulator, monkeypatch):
+    # The default order shuffles the threads: a thread may read its neighbour's slot before the
+    # neighbour writes it. In thread order (the only order the emulation had before, which hid such
+    # races) every left neighbour writes first: there the bug goes unseen.
+    monkeypatch.delenv("XSCAN_EMULATOR_ORDER", raising=False)
+    assert torch.equal(probe(emulator, "neighbour", VALUES), LEFT)
+    assert not torch.equal(probe(emulator, "neighbour", VALUES, barrier=False), LEFT)
+    monkeypatch.setenv("XSCAN_EMULATOR_ORDER", "forward")
+    assert torch.equal(probe(emulator, "neighbour", VALUES, barrier=False), LEFT)
+
+
+@pytest.mark.parametrize("order", ["forward", "reverse", "shuffle", "shuffle:1", "shuffle:2"])
+def test_every_order_keeps_warps_consistent_and_shows_races(emulator, monkeypatch, order):
+    # Lanes see their whole warp's values at every shuffle in any order. A shuffle syncs only its
+    # warp, so without the __syncthreads another warp's shared-memory slot is read unwritten (the
+    # emulation before made every shuffle a block barrier, which hid such races).
+    monkeypatch.setenv("XSCAN_EMULATOR_ORDER", order)
+    assert torch.equal(probe(emulator, "warp_sum", VALUES), WARP_SUM)
+    assert not torch.equal(probe(emulator, "warp_sum", VALUES, barrier=False), WARP_SUM)
+    assert torch.equal(probe(emulator, "neighbour", VALUES), LEFT)
+    if order != "forward":
+        assert not torch.equal(probe(emulator, "neighbour", VALUES, barrier=False), LEFT)
+
+
+def test_emulator_rejects_divergent_barriers_and_shuffles(emulator):
+    with pytest.raises(RuntimeError, match="a __syncthreads that not every thread of the block reached"):
+        probe(emulator, "divergent_barrier", VALUES)
+    with pytest.raises(RuntimeError, match="a warp shuffle that not every lane of the warp reached"):
+        probe(emulator, "divergent_shuffle", VALUES)
+
+
+@pytest.mark.parametrize("variable, value", [("XSCAN_EMULATOR_ORDER", "sideways"), ("XSCAN_EMULATOR_ORDER", "shuffle:"),
+                                             ("XSCAN_EMULATOR_EXP", "approximate")])
+def test_emulator_rejects_unknown_settings(emulated_cuda, monkeypatch, variable, value):
+    monkeypatch.setenv(variable, value)
+    args, kwargs = make_inputs("selective_scan", Bt=1, Dm=2, N=2, L=3)
+    with pytest.raises(RuntimeError, match=f"{variable}={value}: expected"), xscan.use_backend("cuda"):
+        xscan.selective_scan(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def deterministic():
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def test_kernel_results_do_not_depend_on_the_thread_order(emulated_cuda, monkeypatch):
+    # Deterministic mode (no float atomics): every order gives the same bits, forward and backward
+    # (two states per lane, two channel tiles, four routes summed).
+    args, kwargs = make_inputs("cross_ss2d", Bt=1, Dm=5, N=40, H=2, W=3)
+    runs = []
+    for order in ("forward", "reverse", "shuffle", "shuffle:1"):
+        monkeypatch.setenv("XSCAN_EMULATOR_ORDER", order)
+        with deterministic():
+            runs.append(run_with_grads("cross_ss2d", args, kwargs, "cuda"))
+    (out, grads), rest = runs[0], runs[1:]
+    for other_out, other_grads in rest:
+        assert all(torch.equal(a, b) for a, b in zip(out, other_out))
+        assert all(torch.equal(grads[k], other_grads[k]) for k in grads)
+
+
+def test_emulator_models_expf_and_can_use_exact_exp(emulated_cuda, monkeypatch):
+    # XSCAN_EMULATOR_EXP=fast (the default) stands for the GPU's __expf, exact for std::exp: the
+    # results differ in their last bits and both match the reference.
+    args, kwargs = make_inputs("selective_scan", Bt=1, Dm=3, N=16, L=37)
+    results = {}
+    for exp in ("fast", "exact"):
+        monkeypatch.setenv("XSCAN_EMULATOR_EXP", exp)
+        results[exp] = run_with_grads("selective_scan", args, kwargs, "cuda")
+        assert all(err < FP32_TOL for _, err in compare("selective_scan", args, kwargs, "cuda"))
+    assert not torch.equal(results["fast"][0][0], results["exact"][0][0])

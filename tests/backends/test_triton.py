@@ -124,7 +124,7 @@ def test_autotuned_kernels_pin_their_configuration_where_autotuning_is_wrong(mon
 
     class Kernel:
         def __init__(self, name):
-            self.name = name
+            self.name = self.__name__ = name
 
         def __getitem__(self, grid):
             return lambda *args, **kwargs: launches.append((self.name, grid, args, kwargs))
@@ -144,3 +144,23 @@ def test_autotuned_kernels_pin_their_configuration_where_autotuning_is_wrong(mon
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
     kernel[(4,)](5)
     assert launches.pop() == ("pinned", (4,), (5,), {"num_warps": tiles.PINNED_WARPS})
+
+
+def test_a_tile_over_the_gpus_resources_is_refused_clearly(monkeypatch):
+    """Triton's OutOfResources at launch (a tile over this GPU's shared memory) becomes a ValueError
+    naming the kernel, its tiles, what it needs and what the GPU allows."""
+    from triton.runtime.errors import OutOfResources
+
+    from xscan.triton_kernels import tiles
+
+    class Kernel:
+        __name__ = "ssd_backward"
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                raise OutOfResources(204928, 166912, "shared memory")
+            return launch
+
+    monkeypatch.setattr(tiles.triton, "autotune", lambda configs, key: (lambda kernel: Kernel()))
+    with pytest.raises(ValueError, match=r"ssd_backward.*BLOCK_P.: 128.*204928 bytes of shared memory.*166912"):
+        tiles._Autotuned(Kernel(), key=[])[(1,)](x=1, BLOCK_P=128, BLOCK_N=128)

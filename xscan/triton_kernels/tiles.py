@@ -4,12 +4,14 @@ sequences still cross several chunk boundaries)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.errors import OutOfResources
 
 from . import interpreting
 
@@ -77,8 +79,21 @@ class _Autotuned:
     def __getitem__(self, grid):
         capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
         if torch.are_deterministic_algorithms_enabled() or capturing:
-            return lambda *args, **kwargs: self.kernel[grid](*args, **kwargs, num_warps=PINNED_WARPS)
-        return self.tuned[grid]
+            launch = lambda *args, **kwargs: self.kernel[grid](*args, **kwargs, num_warps=PINNED_WARPS)  # noqa: E731
+        else:
+            launch = self.tuned[grid]
+        return functools.partial(self._refusing_oversized, launch)
+
+    def _refusing_oversized(self, launch, *args, **kwargs):
+        """A clear error where a tile needs more of a GPU resource than this GPU has (the largest SSD
+        tiles, P = N = 128, need ~205 KB of shared memory in the backward: over an A100's 163 KB)."""
+        try:
+            return launch(*args, **kwargs)
+        except OutOfResources as e:
+            tiles = {k: v for k, v in kwargs.items() if k.isupper()}
+            raise ValueError(f"xscan (triton backend): kernel {self.kernel.__name__} with tiles {tiles} needs "
+                             f"{e.required} bytes of {e.name}, this GPU allows {e.limit}; use a smaller d_state or "
+                             f"head dim, or another backend (xscan.use_backend)") from e
 
 
 def autotuned(key):

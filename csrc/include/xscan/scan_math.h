@@ -16,14 +16,22 @@
 #define XSCAN_HD inline
 #endif
 
+#ifdef XSCAN_HOST_EXPF
+// The host emulation of the CUDA kernels (tests/backends/cuda_emulator) builds every file with
+// -DXSCAN_HOST_EXPF=<its model of __expf>, defined there.
+float XSCAN_HOST_EXPF(float x);
+#endif
+
 namespace xscan {
 
 // ---------------------------------------------------------------------------------------------
 // Elementary functions, overloaded for float and double (the accumulation types).
 
 XSCAN_HD float exp_acc(float x) {
-#ifdef __CUDA_ARCH__
+#if defined(__CUDA_ARCH__)
   return __expf(x);
+#elif defined(XSCAN_HOST_EXPF)
+  return XSCAN_HOST_EXPF(x);
 #else
   return std::exp(x);
 #endif

@@ -25,4 +25,6 @@ def build():
             digest.update(f.read())
     return cpp_extension.load(
         name=f"xscan_cuda_host_emulation_{digest.hexdigest()[:12]}", sources=SOURCES,
-        extra_include_paths=[CUDA_DIR, INCLUDE_DIR], extra_cflags=["-O1", "-std=c++17"], verbose=False)
+        extra_include_paths=[CUDA_DIR, INCLUDE_DIR],
+        # every file sees the declaration of emulator.cpp's __expf (csrc/include/xscan/scan_math.h)
+        extra_cflags=["-O1", "-std=c++17", "-DXSCAN_HOST_EXPF=xscan_emulated_expf"], verbose=False)
