@@ -109,18 +109,19 @@ inline int64_t channel_block(int64_t channels, int64_t groups_B, int64_t groups_
   return 1;
 }
 
-// The backward's block: as wide as 32 channels while every thread still gets two items. Its
-// per-token work (gathering B, C rows, scattering their gradients, strided through the
+// The backward's block: the widest (up to 32 channels) that still gives every thread an item, else
+// the widest. Its recurrences run across the block's channels, so a narrow block wastes vector lanes;
+// and its per-token work (gathering B, C rows, scattering their gradients, strided through the
 // token-major layouts) is shared by the block, so a wide block pays it fewer times.
 inline int64_t backward_block(int64_t channels, int64_t groups_B, int64_t groups_C, int64_t batch, int64_t threads) {
   const int64_t a = group_width(channels, groups_B, groups_C);
-  int64_t chosen = 1;
+  int64_t widest = 1;
   for (int64_t block = std::min<int64_t>(a, 32); block > 1; --block)
     if (a % block == 0) {
-      chosen = block;
-      if (batch * (channels / block) >= 2 * threads) return block;
+      if (widest == 1) widest = block;
+      if (batch * (channels / block) >= threads) return block;
     }
-  return chosen;
+  return widest;
 }
 
 // One thread's scratch. Shared by the block: tokens, B and C rows of one tile (a backward chunk or
