@@ -6,6 +6,11 @@ Runs each op's forward and backward on small CPU tensors with the Triton launche
 ahead-of-time compile to PTX/cubin for ``sm_<arch>`` (nothing is launched, the numbers are not
 computed): it catches what the interpreter does not check (types, layouts, unsupported ops,
 register-tile shapes). Prints one line per compiled variant and exits non-zero on the first error.
+Then runs selective_scan, ss2d and ssd_exchange again at other sequence lengths and map sizes
+(batch 2) whose strides keep their divisibility by 16: a variant compiled anew there is a recompile
+on a new image size, and fails the check (the sizes are unspecialised; a stride's divisibility by 16
+or a stride equal to 1 still selects a variant). The cross, atrous and interleaved routes still
+recompile between such sizes (strides of their token layouts that become 1 or change class).
 """
 from __future__ import annotations
 
@@ -61,7 +66,8 @@ def main(argv=None) -> int:
         binder = jit.create_function_from_signature(self.signature, self.params, backend)
         bound, specialization, options = binder(*args, **kwargs)
         options, signature, constexprs, attrs = self._pack_args(backend, kwargs, bound, specialization, options)
-        key = (self.fn.__name__, str(sorted(signature.items())), str(sorted(constexprs.items())))
+        key = (self.fn.__name__, str(sorted(signature.items())), str(sorted(constexprs.items())),
+               str(sorted(attrs.items())))
         if key in seen:
             return None
         seen.add(key)
@@ -76,19 +82,37 @@ def main(argv=None) -> int:
     from ..testing import make_inputs, spec_of
     from . import executor
 
-    cases = [("selective_scan", dict(Bt=1, Dm=4, N=16, L=8, G=2)), ("ss2d", dict(Bt=1, Dm=4, N=16, H=3, W=3)),
-             ("es2d", dict(Bt=1, Dm=4, N=16, H=3, W=3)), ("cross_ss2d", dict(Bt=1, Dm=4, N=16, H=3, W=3)),
-             ("interleave_ss2d", dict(Bt=1, Dm=4, N=16, H=3, W=3)), ("ssd_exchange", dict(Bt=1, L=8, nh=2, P=16, N=16))]
+    cases = [("selective_scan", dict(Bt=1, Dm=4, N=16, L=8, G=2)), ("ss2d", dict(Bt=1, Dm=4, N=16, H=9, W=9)),
+             ("es2d", dict(Bt=1, Dm=4, N=16, H=9, W=9)), ("cross_ss2d", dict(Bt=1, Dm=4, N=16, H=9, W=9)),
+             ("interleave_ss2d", dict(Bt=1, Dm=4, N=16, H=9, W=9)), ("ssd_exchange", dict(Bt=1, L=8, nh=2, P=16, N=16))]
+    # maps of more than one 64-step chunk at both sizes (a one-chunk sequence makes a stride 1: a variant)
+    resized = {"L": 24, "H": 7, "W": 11, "Bt": 2}
+
+    def run(op, shape, dtype) -> bool:
+        try:
+            spec = spec_of(op, *make_inputs(op, dtype=getattr(torch, dtype), **shape))
+            outs = executor.forward(spec)
+            executor.backward(spec, [torch.zeros_like(o) for o in outs])
+            return True
+        except Exception as e:  # report which op and variant failed
+            print(f"FAILED {op} ({dtype}): {type(e).__name__}: {e}")
+            return False
+
     for dtype in opts.dtypes.split(","):
         for op, shape in cases:
             print(f"{op} ({dtype})", flush=True)
-            try:
-                spec = spec_of(op, *make_inputs(op, dtype=getattr(torch, dtype), **shape))
-                outs = executor.forward(spec)
-                executor.backward(spec, [torch.zeros_like(o) for o in outs])
-            except Exception as e:  # report which op and variant failed
-                print(f"FAILED {op} ({dtype}): {type(e).__name__}: {e}")
+            if not run(op, shape, dtype):
                 return 1
+    compiled = len(seen)
+    for op, shape in cases:
+        if op not in ("selective_scan", "ss2d", "ssd_exchange"):
+            continue
+        print(f"{op} ({dtype}) at other sizes", flush=True)
+        if not run(op, {k: resized.get(k, v) for k, v in shape.items()}, dtype):
+            return 1
+    if len(seen) > compiled:
+        print(f"FAILED: {len(seen) - compiled} kernel variants compiled again for new sizes (above)")
+        return 1
     print(f"compiled {len(seen)} kernel variants for sm_{opts.arch}")
     return 0
 

@@ -25,6 +25,14 @@ import triton.language as tl
 from .routes import route_tokens, source_of
 
 
+
+# Sizes that change with the image (sequence length, map sizes, segments, chunk counts): passed
+# unspecialised, so that a new image size reuses the compiled kernels. The stride tuples stay
+# specialised (a unit stride is what makes a load contiguous; a stride's divisibility by 16 selects
+# one of at most two variants per stride, whatever the size).
+IMAGE_SIZES = ["Lseq", "H", "W", "Ws", "SEG", "BPS", "n_chunks"]
+
+
 @triton.jit
 def combine(a1, b1, a2, b2):
     """Compose h -> a1 h + b1 then h -> a2 h + b2."""
@@ -118,7 +126,7 @@ def map_offset(s, b, d, h, w):
     return b * s[0] + d[:, None] * s[1] + h[None, :] * s[2] + w[None, :] * s[3]
 
 
-@triton.jit
+@triton.jit(do_not_specialize=IMAGE_SIZES)
 def chunk_summary(
         u0, u1, s_u0, s_u1, z, s_z, gy0, gy1, s_gy0, s_gy1,
         dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, C0, C1, s_C0, s_C1,
@@ -164,7 +172,7 @@ def chunk_summary(
         tl.store(adjoints + (row[:, None] * n_chunks + c) * N + n[None, :], adjoint, mask=smask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["rows", "n_chunks"])
 def chunk_carry(carry_io, dt_sums, A, s_carry, s_sum, s_A, last, s_last, K, rows, N, n_chunks,
                 REVERSE: tl.constexpr, HAS_LAST: tl.constexpr, HAS_INIT: tl.constexpr, BLOCK_R: tl.constexpr,
                 BLOCK_N: tl.constexpr):
@@ -212,7 +220,7 @@ def chunk_states(b, k, d, dmask, c, p, pmask, dt, u, Bm, An, states, K, Dr, N, n
     return local + decay * start[:, None, :], a
 
 
-@triton.jit
+@triton.jit(do_not_specialize=IMAGE_SIZES)
 def scan_forward(
         u0, u1, s_u0, s_u1, z, s_z, y, s_y, s_yk, s_ym,
         dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, C0, C1, s_C0, s_C1,
@@ -248,7 +256,7 @@ def scan_forward(
     tl.store(y + off, out.to(y.dtype.element_ty), mask=valid)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=IMAGE_SIZES)
 def scan_backward(
         u0, u1, s_u0, s_u1, z, s_z, gy0, gy1, s_gy0, s_gy1,
         dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, C0, C1, s_C0, s_C1,

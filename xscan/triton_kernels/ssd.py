@@ -88,7 +88,7 @@ def ssd_state_offsets(seq, c, n_chunks, P, N, BLOCK_P: tl.constexpr, BLOCK_N: tl
     return ((seq * P + p[:, None]) * n_chunks + c) * N + n[None, :], (p < P)[:, None] & (n < N)[None, :]
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["Bt", "L", "n_chunks"])  # batch and length: no recompiles
 def ssd_summary(x0, x1, s_x0, s_x1, dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, C0, C1, s_C0, s_C1,
                 A, s_A, bias, s_bias, gy0, gy1, s_gy0, s_gy1, states, adjoints, dt_sums,
                 Bt, nh, G, L, P, N, n_chunks,
@@ -116,7 +116,7 @@ def ssd_summary(x0, x1, s_x0, s_x1, dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, 
         tl.store(adjoints + off, dot(tl.trans(gy * tl.exp(cs)[:, None]), Cm), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["Bt", "L", "n_chunks"])  # batch and length: no recompiles
 def ssd_forward(x0, x1, s_x0, s_x1, dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, C0, C1, s_C0, s_C1,
                 A, s_A, bias, s_bias, Dp, s_D, y, s_y, states,
                 Bt, nh, G, L, P, N, n_chunks,
@@ -140,7 +140,7 @@ def ssd_forward(x0, x1, s_x0, s_x1, dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, 
     tl.store(y + y_off, out.to(y.dtype.element_ty), mask=tmask[:, None] & (p < P)[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["Bt", "L", "n_chunks"])  # batch and length: no recompiles
 def ssd_backward(x0, x1, s_x0, s_x1, dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, C0, C1, s_C0, s_C1,
                  A, s_A, bias, s_bias, Dp, s_D, gy0, gy1, s_gy0, s_gy1, states, adjoints,
                  g_x, s_gx, g_dt, s_gdt, g_B, g_C, s_gbc, g_A, g_D, g_bias,
