@@ -123,6 +123,8 @@ def test_autotuned_kernels_pin_their_configuration_where_autotuning_is_wrong(mon
     launches = []
 
     class Kernel:
+        arg_names = ["N", "x"]
+
         def __init__(self, name):
             self.name = self.__name__ = name
 
@@ -155,6 +157,7 @@ def test_a_tile_over_the_gpus_resources_is_refused_clearly(monkeypatch):
 
     class Kernel:
         __name__ = "ssd_backward"
+        arg_names = ["x", "BLOCK_P", "BLOCK_N"]
 
         def __getitem__(self, grid):
             def launch(*args, **kwargs):

@@ -13,7 +13,7 @@ from ..spec import Route, ScanSpec
 from . import scan
 from .tiles import Tiles, acc_dtype, autotuned, scan_tiles
 
-# what the best warp count depends on (flags a kernel lacks are skipped by the autotuner; it adds the dtypes)
+# what the best warp count depends on (each kernel keys on those it takes; the autotuner adds the dtypes)
 _KEY = ["ROUTE", "SOURCE", "TWO_U", "TWO_TOK", "HAS_Z", "BACKWARD", "BLOCK_D", "BLOCK_N", "CHUNK"]
 _summary = autotuned(_KEY)(scan.chunk_summary)
 _forward = autotuned(_KEY)(scan.scan_forward)

@@ -73,6 +73,7 @@ class _Autotuned:
 
     def __init__(self, kernel, key):
         self.kernel = kernel
+        key = [name for name in key if name in kernel.arg_names]  # the names this kernel takes
         self.tuned = triton.autotune(configs=[triton.Config({}, num_warps=w) for w in (PINNED_WARPS, 8)],
                                      key=key)(kernel)
 
