@@ -16,7 +16,8 @@ import torch
 
 import xscan
 from xscan import reference
-from xscan.testing import OPS, compare, make_inputs, non_contiguous, public_op, run_both, run_with_grads
+from xscan.testing import (OPS, compare, deterministic, make_inputs, non_contiguous, public_op, run_both,
+                           run_with_grads)
 
 MAP_OPS = ("ss2d", "es2d", "cross_ss2d", "interleave_ss2d")
 NO_OPTIONS = dict(D=False, z=False, delta_bias=False, softplus=False)
@@ -188,16 +189,6 @@ def test_layouts(on, op, layout):
 
 # Several channel tiles or blocks per group, two groups.
 TILED = dict(Bt=2, Dm=40, N=8, L=40, H=4, W=5, G=2, nh=8, P=5)
-
-
-@contextlib.contextmanager
-def deterministic():
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(previous)
 
 
 @pytest.mark.parametrize("op", OPS)

@@ -6,6 +6,7 @@ runs an op on a backend and on the reference and returns the largest forward and
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 from typing import Optional
@@ -223,3 +224,13 @@ def check_fp32_output(op: str, backend: str, device="cpu", **shape) -> None:
     for key, g in grads.items():
         assert g.dtype == inputs[key].dtype, key
 
+
+@contextlib.contextmanager
+def deterministic():
+    """torch's deterministic mode inside the block, the previous setting restored after it."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)

@@ -12,7 +12,6 @@ barrier (XSCAN_EMULATOR_ORDER), so a missing __syncthreads gives wrong results, 
 (XSCAN_EMULATOR_EXP); the tests at the end check the emulation itself on small test-only kernels.
 XSCAN_SKIP_CUDA_EMULATION=1 skips it (its first build takes about two minutes).
 """
-import contextlib
 import ctypes
 
 import pytest
@@ -21,7 +20,8 @@ import torch
 import xscan
 from xscan import reference
 from xscan.backends import cuda as cuda_backend
-from xscan.testing import (OPS, check_fp32_output, compare, make_inputs, run_with_grads, spec_of)
+from xscan.testing import (OPS, check_fp32_output, compare, deterministic, make_inputs, run_with_grads,
+                           spec_of)
 
 FP32_TOL = 3e-5
 HALF_TOL = 2e-2
@@ -229,16 +229,6 @@ def test_emulator_rejects_unknown_settings(emulated_cuda, monkeypatch, variable,
     args, kwargs = make_inputs("selective_scan", Bt=1, Dm=2, N=2, L=3)
     with pytest.raises(RuntimeError, match=f"{variable}={value}: expected"), xscan.use_backend("cuda"):
         xscan.selective_scan(*args, **kwargs)
-
-
-@contextlib.contextmanager
-def deterministic():
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(previous)
 
 
 def test_kernel_results_do_not_depend_on_the_thread_order(emulated_cuda, monkeypatch):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import xscan
-from xscan.testing import OPS, check_fp32_output, compare, make_inputs
+from xscan.testing import OPS, check_fp32_output, compare, deterministic, make_inputs
 
 REASON = xscan.backends()["triton"]
 pytestmark = pytest.mark.skipif(REASON is not True, reason=f"triton backend unavailable: {REASON}")
@@ -135,12 +135,8 @@ def test_autotuned_kernels_pin_their_configuration_where_autotuning_is_wrong(mon
     kernel = tiles._Autotuned(Kernel("pinned"), key=["N"])
     kernel[(3,)](1, x=2)
     assert launches.pop() == ("tuned", (3,), (1,), {"x": 2})
-    before = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
+    with deterministic():
         kernel[(3,)](1, x=2)
-    finally:
-        torch.use_deterministic_algorithms(before)
     assert launches.pop() == ("pinned", (3,), (1,), {"x": 2, "num_warps": tiles.PINNED_WARPS})
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
