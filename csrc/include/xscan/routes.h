@@ -85,16 +85,22 @@ struct LineRoutes : OnMap<LineRoutes> {
   XSCAN_HD Token at(int64_t, int64_t j) const { return pixel_token(0, j, 0, j); }
 };
 
-// SS2D's four cross routes over an H x W map.
-struct CrossRoutes : OnMap<CrossRoutes> {
+// Four routes that each visit every pixel of one H x W map once (Self supplies at(k, j)).
+template <typename Self>
+struct WholeMapRoutes : OnMap<Self> {
   static constexpr bool kScalarDecay = false;
   int64_t H, W;
-  XSCAN_HD CrossRoutes(int64_t H_, int64_t W_) : H(H_), W(W_) {}
+  XSCAN_HD WholeMapRoutes(int64_t H_, int64_t W_) : H(H_), W(W_) {}
   XSCAN_HD int64_t length() const { return H * W; }
   XSCAN_HD int64_t tokens() const { return H * W; }
   XSCAN_HD int64_t routes() const { return 4; }
   XSCAN_HD int modalities() const { return 1; }
   XSCAN_HD Extent map(int64_t Dm) const { return {Dm, H, W}; }
+};
+
+// SS2D's four cross routes over an H x W map.
+struct CrossRoutes : WholeMapRoutes<CrossRoutes> {
+  XSCAN_HD CrossRoutes(int64_t H_, int64_t W_) : WholeMapRoutes(H_, W_) {}
   XSCAN_HD Token at(int64_t k, int64_t j) const {
     const int64_t s = cross_route(k, j, H, W);
     return pixel_token(0, s, s / W, s % W);
@@ -181,15 +187,8 @@ struct HeadRoutes : OnMap<HeadRoutes> {
 };
 
 // ss2d(route="snake"): boustrophedon routes over an H x W map (xscan/routes.py, snake_route).
-struct SnakeRoutes : OnMap<SnakeRoutes> {
-  static constexpr bool kScalarDecay = false;
-  int64_t H, W;
-  XSCAN_HD SnakeRoutes(int64_t H_, int64_t W_) : H(H_), W(W_) {}
-  XSCAN_HD int64_t length() const { return H * W; }
-  XSCAN_HD int64_t tokens() const { return H * W; }
-  XSCAN_HD int64_t routes() const { return 4; }
-  XSCAN_HD int modalities() const { return 1; }
-  XSCAN_HD Extent map(int64_t Dm) const { return {Dm, H, W}; }
+struct SnakeRoutes : WholeMapRoutes<SnakeRoutes> {
+  XSCAN_HD SnakeRoutes(int64_t H_, int64_t W_) : WholeMapRoutes(H_, W_) {}
   XSCAN_HD Token at(int64_t k, int64_t j) const {
     const int64_t i = k >= 2 ? H * W - 1 - j : j;
     int64_t h, w;
