@@ -153,7 +153,7 @@ def demangle(names: list[str]) -> dict:
         full = out if len(out) == len(names) else names
     short = {}
     for mangled, name in zip(names, full):
-        name = name.removeprefix("void ").replace("xscan::cuda::", "")
+        name = name.removeprefix("void ").replace("xscan::cuda::", "").replace("xscan::", "").replace("<int> >", ">")
         depth, end = 0, len(name)
         for i, ch in enumerate(name):  # the parameter list: the first '(' outside <...>
             depth += (ch == "<") - (ch == ">")
@@ -274,16 +274,21 @@ def cuda_report(files: list[str], jobs: int) -> dict:
 
 
 def cuda_launch(spec, threads: int, chunk: int) -> dict:
-    """A spec's CUDA launch, by xscan.backends.cuda.tiling and scan_launch.cu: blocks, states per
-    lane, share of the threads holding a (channel, state), the backward's dynamic shared memory."""
+    """A spec's CUDA launch, by xscan.backends.cuda.tiling and scan_device.cuh: the route policy its
+    kernels are instantiated for, blocks, states per lane, share of the threads holding a (channel,
+    state), the backward's dynamic shared memory (backward_shared_bytes)."""
     from xscan.backends.cuda import tiling
+    from xscan.spec import Route, Source
 
     N, Dm = spec.dstate, spec.channels
     t = tiling(N, Dm, spec.view("B").shape[2], spec.view("C").shape[2], threads)
     tiles = t.group_tiles * t.tiles_per_group
     states = 2 if t.lanes < N else 1
-    return dict(blocks=tiles * spec.routes * spec.batch, states_per_lane=states,
-                busy=Dm * N / (tiles * threads * states), backward_smem=2 * 4 * t.channels_per_tile * N * chunk)
+    policy = "RealignRoutes" if spec.source != Source.TOKEN else \
+        "".join(w.capitalize() for w in spec.route.name.split("_")).replace("Heads", "Head") + "Routes"
+    partials = 2 * chunk * (t.channels_per_tile * N + 1)
+    return dict(policy=policy, blocks=tiles * spec.routes * spec.batch, states_per_lane=states,
+                busy=Dm * N / (tiles * threads * states), backward_smem=4 * (partials + states * chunk * threads))
 
 
 # ---- Triton ---------------------------------------------------------------------------------------
@@ -488,7 +493,7 @@ def ops_rows(ops: list[OpCall], cuda: dict, tri: dict) -> list[dict]:
         launch = cuda_launch(call.spec, threads, chunk)
         waves = {}
         for kind, smem in (("forward", 0), ("backward", launch["backward_smem"])):
-            k = by_name.get(f"scan_{kind}_kernel<float, {launch['states_per_lane']}, AnyRoutes>")
+            k = by_name.get(f"scan_{kind}_kernel<float, {launch['states_per_lane']}, {launch['policy']}>")
             if k:
                 warps, _ = occupancy(k["regs"], k["smem"] + smem, threads // 32)
                 waves[kind] = round(launch["blocks"] / (H100.sms * (warps // (threads // 32))), 3)

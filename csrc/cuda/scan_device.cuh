@@ -1,15 +1,21 @@
 // The scan kernels, templated on the per-token input type (float, __half, __nv_bfloat16), the number
-// of states each lane holds and the route policy (xscan/routes.h, the CPU engine's own). Plain CUDA:
-// no torch headers (the CPU torch wheel has none).
+// of states each lane holds and the route policy (xscan/routes.h, the CPU engine's own, with 32-bit
+// indices: a position's route location is inlined 32-bit arithmetic, no 64-bit division calls).
+// Plain CUDA: no torch headers (the CPU torch wheel has none).
 //
-// Work split: a block owns one (batch b, route k, tile of channels); each channel is scanned by a
+// Work split: a block owns one (batch b, route k, tile of channels), grid (batch x tiles, routes);
+// each channel is scanned by a
 // group of `lanes_per_channel` lanes of one warp, each lane holding `kStatesPerLane` of the N states;
 // C.h is summed over the group with warp shuffles. Time runs sequentially inside the block. All
 // accumulation is fp32; outputs and gradients are fp32 (the caller casts them).
 //
+// Inputs are loaded a stage of positions at a time, all loads of a stage in flight before the math
+// that uses them (and before the stage's stores).
+//
 // Backward: the forward is rerun with the state saved at the start of every kChunkLength positions;
-// the backward walks the chunks in reverse, recomputes the states of one chunk into registers and runs
-// the adjoint recurrence through it. dB and dC (shared by the channels of a group) are summed over the
+// the backward walks the chunks in reverse, recomputes the states of one chunk into shared memory
+// (each thread its own column, so the loops over a chunk need not be unrolled to keep the states in
+// registers: the kernel stays a few thousand instructions) and runs the adjoint recurrence through it. dB and dC (shared by the channels of a group) are summed over the
 // block's channels in shared memory in a fixed order, then written as per-tile partials that the
 // caller sums (deterministic), or added into one buffer with float atomics (atomic_state_grads).
 //
@@ -86,6 +92,16 @@ XSCAN_DEVICE float group_sum(float x, int width) {
   return x;
 }
 
+// The launch grid: x = (batch b, channel tile), tiles fastest (x takes 2^31 - 1 blocks, y and z
+// only 65,535); y = route k.
+struct GridSize {
+  unsigned x, y, z;
+};
+XSCAN_HD int scan_tiles(const ScanParams& P) { return P.group_tiles * P.tiles_per_group; }
+inline GridSize scan_grid_size(const ScanParams& P) {
+  return {static_cast<unsigned>(scan_tiles(P)) * static_cast<unsigned>(P.batch), static_cast<unsigned>(P.routes), 1u};
+}
+
 // The thread's place in the launch: its channel, lane in the channel's group, groups of B and C.
 struct Lane {
   int b, k, tile, local_channel, lane, d, group_B, group_C;
@@ -95,9 +111,10 @@ struct Lane {
 
 XSCAN_DEVICE Lane lane_of(const ScanParams& P) {
   Lane l;
-  l.tile = blockIdx.x;
+  const int tiles = scan_tiles(P);
+  l.tile = blockIdx.x % tiles;
+  l.b = blockIdx.x / tiles;
   l.k = blockIdx.y;
-  l.b = blockIdx.z;
   l.local_channel = threadIdx.x / P.lanes_per_channel;
   l.lane = threadIdx.x % P.lanes_per_channel;
   const int group_tile = l.tile / P.tiles_per_group;
@@ -112,9 +129,12 @@ XSCAN_DEVICE Lane lane_of(const ScanParams& P) {
   return l;
 }
 
-// Positions whose token data the forward loads ahead of the recurrence.
-constexpr int kStage = 8;
-static_assert(kChunkLength % kStage == 0, "chunk starts must fall on a stage's first position");
+// Positions whose inputs are loaded together, ahead of the math that uses them: all loads of a stage
+// are in flight at once (they depend neither on the state nor on the stage's stores).
+// The backward stages fewer positions than the forward: its chunk's states already take registers.
+constexpr int kStage = 8, kBackwardStage = 4;
+static_assert(kChunkLength % kStage == 0 && kChunkLength % kBackwardStage == 0,
+              "chunk starts must fall on a stage's first position");
 
 // One position of a sequence: where it reads and writes (the route policy's token for this lane's
 // channel, in 32-bit coordinates: the launcher keeps every size below 2^31) and its inputs.
@@ -128,18 +148,36 @@ struct TokenStep {
 };
 
 template <typename T, typename Routes>
-XSCAN_DEVICE TokenStep load_step(const ScanParams& P, const Routes& routes, const Lane& l, float bias, int64_t p) {
-  Token t = routes.at(l.k, p);
+XSCAN_DEVICE TokenStep load_step(const ScanParams& P, const Routes& routes, const Lane& l, float bias, int32_t p) {
+  auto t = routes.at(l.k, p);
   routes.source(l.d, t);
   TokenStep s;
   s.m = t.m, s.pad = t.pad;
-  s.e = static_cast<int32_t>(t.e), s.uc = static_cast<int32_t>(t.uc), s.ur = static_cast<int32_t>(t.ur);
-  s.uw = static_cast<int32_t>(t.uw), s.yc = static_cast<int32_t>(t.yc), s.yr = static_cast<int32_t>(t.yr);
-  s.yw = static_cast<int32_t>(t.yw);
+  s.e = t.e, s.uc = t.uc, s.ur = t.ur, s.uw = t.uw, s.yc = t.yc, s.yr = t.yr, s.yw = t.yw;
   s.delta_raw = load_token<T>(P.delta, s.m, l.b, l.k, l.d, s.e) + bias;
   s.dt = P.delta_softplus ? softplus(s.delta_raw) : s.delta_raw;
   s.u = s.pad ? 0.f : load_map<T>(P.u, s.m, l.b, s.uc, s.ur, s.uw);
   return s;
+}
+
+// The state n of lane slot i.
+XSCAN_DEVICE int state_of(const ScanParams& P, const Lane& l, int i) { return l.lane + i * P.lanes_per_channel; }
+
+// A position's B (and C) for the lane's states; 0 past N.
+template <typename T, int kStatesPerLane>
+XSCAN_DEVICE void load_states(const ScanParams& P, const TokenTensor& t, const Lane& l, int group, const TokenStep& s,
+                              float (&out)[kStatesPerLane]) {
+#pragma unroll
+  for (int i = 0; i < kStatesPerLane; ++i) {
+    const int n = state_of(P, l, i);
+    out[i] = n < P.dstate ? load_state<T>(t, s.m, l.b, l.k, group, n, s.e) : 0.f;
+  }
+}
+
+// z at the position's pixel of u (selective_scan only; 0 when there is no z).
+template <typename T>
+XSCAN_DEVICE float load_gate(const ScanParams& P, const Lane& l, const TokenStep& s) {
+  return P.z.data[0] ? load_map<T>(P.z, 0, l.b, s.uc, s.ur, s.uw) : 0.f;
 }
 
 template <typename T, int kStatesPerLane, typename Routes>
@@ -149,7 +187,7 @@ XSCAN_KERNEL scan_forward_kernel(const ScanParams P, const Routes routes) {
   float A[kStatesPerLane], h[kStatesPerLane];
 #pragma unroll
   for (int i = 0; i < kStatesPerLane; ++i) {
-    const int n = l.lane + i * P.lanes_per_channel;
+    const int n = state_of(P, l, i);
     A[i] = n < P.dstate ? P.A[(static_cast<int64_t>(l.k) * P.channels + l.d) * P.dstate + n] : 0.f;
     h[i] = 0.f;
   }
@@ -157,32 +195,26 @@ XSCAN_KERNEL scan_forward_kernel(const ScanParams P, const Routes routes) {
   const float bias = P.delta_bias ? P.delta_bias[param] : 0.f;
   const float skip = P.D ? P.D[param] : 0.f;
 
-  // Positions go in groups of kStage: the group's token data are loaded first, all loads in flight
-  // together (they do not depend on h), then the recurrence runs through them.
-  for (int64_t start = 0; start < P.length; start += kStage) {
+  for (int32_t start = 0; start < P.length; start += kStage) {
     TokenStep steps[kStage];
-    float Bs[kStage][kStatesPerLane], Cs[kStage][kStatesPerLane];
+    float Bs[kStage][kStatesPerLane], Cs[kStage][kStatesPerLane], zs[kStage];
 #pragma unroll
     for (int t = 0; t < kStage; ++t) {
       if (start + t < P.length) {
         steps[t] = load_step<T>(P, routes, l, bias, start + t);
-#pragma unroll
-        for (int i = 0; i < kStatesPerLane; ++i) {
-          const int n = l.lane + i * P.lanes_per_channel;
-          const bool live = n < P.dstate;
-          Bs[t][i] = live ? load_state<T>(P.B, steps[t].m, l.b, l.k, l.group_B, n, steps[t].e) : 0.f;
-          Cs[t][i] = live ? load_state<T>(P.C, steps[t].m, l.b, l.k, l.group_C, n, steps[t].e) : 0.f;
-        }
+        load_states<T>(P, P.B, l, l.group_B, steps[t], Bs[t]);
+        load_states<T>(P, P.C, l, l.group_C, steps[t], Cs[t]);
+        zs[t] = load_gate<T>(P, l, steps[t]);
       }
     }
 #pragma unroll
     for (int t = 0; t < kStage; ++t) {
-      const int64_t p = start + t;
+      const int32_t p = start + t;
       if (p < P.length) {
         if (P.chunk_states && p % kChunkLength == 0 && l.active) {
 #pragma unroll
           for (int i = 0; i < kStatesPerLane; ++i) {
-            const int n = l.lane + i * P.lanes_per_channel;
+            const int n = state_of(P, l, i);
             if (n < P.dstate) P.chunk_states[(seq * P.chunks + p / kChunkLength) * P.dstate + n] = h[i];
           }
         }
@@ -197,7 +229,7 @@ XSCAN_KERNEL scan_forward_kernel(const ScanParams P, const Routes routes) {
         readout = group_sum(readout, P.lanes_per_channel);
         if (P.y.data[0] && l.active && l.lane == 0 && !s.pad) {
           float y = readout + skip * s.u;
-          if (P.z.data[0]) y *= silu(load_map<T>(P.z, 0, l.b, s.uc, s.ur, s.uw));
+          if (P.z.data[0]) y *= silu(zs[t]);
           store(P.atomic_routes, &P.y.data[s.m][map_offset(P.y, l.b, l.k, s.yc, s.yr, s.yw)], y);
         }
       }
@@ -206,21 +238,38 @@ XSCAN_KERNEL scan_forward_kernel(const ScanParams P, const Routes routes) {
   if (P.last_state && l.active) {
 #pragma unroll
     for (int i = 0; i < kStatesPerLane; ++i) {
-      const int n = l.lane + i * P.lanes_per_channel;
+      const int n = state_of(P, l, i);
       if (n < P.dstate) P.last_state[seq * P.dstate + n] = h[i];
     }
   }
 }
+
+// The backward's shared memory, per chunk: the block's channels' contributions to dB and dC,
+// [position t][channel c][state n], each position's row padded by one float so that both the
+// lanes' stores (consecutive (c, n)) and the reduction's loads (consecutive t) hit distinct banks;
+// then the recomputed states, [state slot i][position t][thread], each thread's own.
+XSCAN_HD int partial_row(const ScanParams& P) { return P.channels_per_tile * P.dstate + 1; }
+XSCAN_HD size_t partial_floats(const ScanParams& P) { return 2 * static_cast<size_t>(kChunkLength) * partial_row(P); }
+
+// Inputs of one position of the adjoint sweep, loaded a stage ahead of its math.
+template <int kStatesPerLane>
+struct AdjointStep {
+  TokenStep s;
+  float B[kStatesPerLane], C[kStatesPerLane];
+  float z, dout;
+  float h[kStatesPerLane], prev[kStatesPerLane];  // the state after this position and before it
+};
 
 template <typename T, int kStatesPerLane, typename Routes>
 XSCAN_KERNEL scan_backward_kernel(const ScanParams P, const Routes routes) {
   float* shared = dynamic_shared();
   const Lane l = lane_of(P);
   const int N = P.dstate;
-  const int tiles = P.group_tiles * P.tiles_per_group;
-  // Per-chunk contributions of this block's channels to dB and dC: [channel][n][position in chunk].
+  const int row_floats = partial_row(P);
   float* dB_shared = shared;
-  float* dC_shared = shared + P.channels_per_tile * N * kChunkLength;
+  float* dC_shared = shared + kChunkLength * row_floats;
+  float* states = shared + partial_floats(P) + threadIdx.x;  // states[(i * kChunkLength + t) * kThreadsPerBlock]
+  auto state_at = [&](int i, int t) -> float& { return states[(i * kChunkLength + t) * kThreadsPerBlock]; };
 
   const int64_t seq = (static_cast<int64_t>(l.b) * P.routes + l.k) * P.channels + l.d;
   const int64_t param = static_cast<int64_t>(l.k) * P.channels + l.d;
@@ -229,7 +278,7 @@ XSCAN_KERNEL scan_backward_kernel(const ScanParams P, const Routes routes) {
   float A[kStatesPerLane], adjoint[kStatesPerLane], dA[kStatesPerLane];
 #pragma unroll
   for (int i = 0; i < kStatesPerLane; ++i) {
-    const int n = l.lane + i * P.lanes_per_channel;
+    const int n = state_of(P, l, i);
     A[i] = n < N ? P.A[param * N + n] : 0.f;
     // dLoss/dh_t from positions after t, already multiplied by their decay; at the end, dLoss/dlast_state
     adjoint[i] = P.dlast_state && n < N ? P.dlast_state[seq * N + n] : 0.f;
@@ -238,79 +287,103 @@ XSCAN_KERNEL scan_backward_kernel(const ScanParams P, const Routes routes) {
   float dskip = 0.f, dbias = 0.f;
 
   for (int chunk = P.chunks - 1; chunk >= 0; --chunk) {
-    const int64_t start = static_cast<int64_t>(chunk) * kChunkLength;
-    float h_start[kStatesPerLane], hs[kStatesPerLane][kChunkLength];
+    const int32_t start = chunk * kChunkLength;
+    float h_start[kStatesPerLane], h[kStatesPerLane];
 #pragma unroll
     for (int i = 0; i < kStatesPerLane; ++i) {
-      const int n = l.lane + i * P.lanes_per_channel;
-      h_start[i] = n < N ? P.chunk_states[(seq * P.chunks + chunk) * N + n] : 0.f;
+      const int n = state_of(P, l, i);
+      h[i] = h_start[i] = n < N ? P.chunk_states[(seq * P.chunks + chunk) * N + n] : 0.f;
     }
-    // Recompute the chunk's states.
+    // Recompute the chunk's states into shared memory, a stage at a time (loads first).
+#pragma unroll 1
+    for (int stage = 0; stage < kChunkLength && start + stage < P.length; stage += kBackwardStage) {
+      TokenStep steps[kBackwardStage];
+      float Bs[kBackwardStage][kStatesPerLane];
 #pragma unroll
-    for (int t = 0; t < kChunkLength; ++t) {
-      if (start + t < P.length) {
-        const TokenStep s = load_step<T>(P, routes, l, bias, start + t);
+      for (int j = 0; j < kBackwardStage; ++j) {
+        if (start + stage + j < P.length) {
+          steps[j] = load_step<T>(P, routes, l, bias, start + stage + j);
+          load_states<T>(P, P.B, l, l.group_B, steps[j], Bs[j]);
+        }
+      }
 #pragma unroll
-        for (int i = 0; i < kStatesPerLane; ++i) {
-          const int n = l.lane + i * P.lanes_per_channel;
-          const float prev = t == 0 ? h_start[i] : hs[i][t > 0 ? t - 1 : 0];
-          const float Bn = n < N ? load_state<T>(P.B, s.m, l.b, l.k, l.group_B, n, s.e) : 0.f;
-          hs[i][t] = decay(s.dt, A[i]) * prev + s.dt * Bn * s.u;
+      for (int j = 0; j < kBackwardStage; ++j) {
+        if (start + stage + j < P.length) {
+#pragma unroll
+          for (int i = 0; i < kStatesPerLane; ++i) {
+            h[i] = decay(steps[j].dt, A[i]) * h[i] + steps[j].dt * Bs[j][i] * steps[j].u;
+            state_at(i, stage + j) = h[i];
+          }
         }
       }
     }
-    // The adjoint recurrence through the chunk, last position first.
+    // The adjoint recurrence through the chunk, last stage first, each stage's inputs loaded before
+    // its gradient stores.
+#pragma unroll 1
+    for (int stage = kChunkLength - kBackwardStage; stage >= 0; stage -= kBackwardStage) {
+      if (start + stage >= P.length) continue;
+      AdjointStep<kStatesPerLane> in[kBackwardStage];
 #pragma unroll
-    for (int t = kChunkLength - 1; t >= 0; --t) {
-      if (start + t < P.length) {
-        const TokenStep s = load_step<T>(P, routes, l, bias, start + t);
-        float dout = 0.f;
-        if (!s.pad) dout = P.dout.data[s.m][map_offset(P.dout, l.b, 0, s.yc, s.yr, s.yw)];
-        float Bn[kStatesPerLane], Cn[kStatesPerLane];
-        float readout = 0.f;
+      for (int j = 0; j < kBackwardStage; ++j) {
+        const int t = stage + j;
+        if (start + t < P.length) {
+          AdjointStep<kStatesPerLane>& x = in[j];
+          x.s = load_step<T>(P, routes, l, bias, start + t);
+          load_states<T>(P, P.B, l, l.group_B, x.s, x.B);
+          load_states<T>(P, P.C, l, l.group_C, x.s, x.C);
+          x.z = load_gate<T>(P, l, x.s);
+          x.dout = x.s.pad ? 0.f : P.dout.data[x.s.m][map_offset(P.dout, l.b, 0, x.s.yc, x.s.yr, x.s.yw)];
 #pragma unroll
-        for (int i = 0; i < kStatesPerLane; ++i) {
-          const int n = l.lane + i * P.lanes_per_channel;
-          Bn[i] = n < N ? load_state<T>(P.B, s.m, l.b, l.k, l.group_B, n, s.e) : 0.f;
-          Cn[i] = n < N ? load_state<T>(P.C, s.m, l.b, l.k, l.group_C, n, s.e) : 0.f;
-          readout += Cn[i] * hs[i][t];
-        }
-        float dy = dout;
-        if (P.z.data[0]) {  // selective_scan only: y = (C.h + D u) * silu(z)
-          const float y = group_sum(readout, P.lanes_per_channel) + skip * s.u;
-          const float z = load_map<T>(P.z, 0, l.b, s.uc, s.ur, s.uw);
-          dy = dout * silu(z);
-          if (l.active && l.lane == 0)
-            P.dz[l.b * P.dz_stride_b + s.uc * P.dz_stride_c + s.ur * P.dz_stride_h + s.uw * P.dz_stride_w] =
-                dout * y * silu_grad(z);
-        }
-        float du = 0.f, ddt = 0.f;
-#pragma unroll
-        for (int i = 0; i < kStatesPerLane; ++i) {
-          const int n = l.lane + i * P.lanes_per_channel;
-          const float prev = t == 0 ? h_start[i] : hs[i][t > 0 ? t - 1 : 0];
-          const float a = decay(s.dt, A[i]);
-          adjoint[i] += Cn[i] * dy;
-          du += adjoint[i] * s.dt * Bn[i];
-          ddt += adjoint[i] * (Bn[i] * s.u + A[i] * a * prev);
-          dA[i] += adjoint[i] * s.dt * a * prev;
-          if (n < N) {
-            const int cell = (l.local_channel * N + n) * kChunkLength + t;
-            dB_shared[cell] = l.active ? adjoint[i] * s.dt * s.u : 0.f;
-            dC_shared[cell] = l.active ? dy * hs[i][t] : 0.f;
+          for (int i = 0; i < kStatesPerLane; ++i) {
+            x.h[i] = state_at(i, t);
+            x.prev[i] = t == 0 ? h_start[i] : state_at(i, t > 0 ? t - 1 : 0);
           }
-          adjoint[i] *= a;
         }
-        du = group_sum(du, P.lanes_per_channel) + skip * dy;
-        ddt = group_sum(ddt, P.lanes_per_channel);
-        const float ddelta = P.delta_softplus ? ddt * softplus_grad(s.delta_raw) : ddt;
-        dskip += dy * s.u;
-        dbias += ddelta;
-        if (l.active && l.lane == 0) {
-          if (!s.pad)
-            store(P.atomic_routes, &P.du.data[s.m][map_offset(P.du, l.b, l.k, s.uc, s.ur, s.uw)], du);
-          P.ddelta[s.m][l.b * P.ddelta_stride_b + l.k * P.ddelta_stride_k + l.d * P.ddelta_stride_c +
-                            s.e * P.ddelta_stride_t] = ddelta;
+      }
+#pragma unroll
+      for (int j = kBackwardStage - 1; j >= 0; --j) {
+        const int t = stage + j;
+        if (start + t < P.length) {
+          const AdjointStep<kStatesPerLane>& x = in[j];
+          const TokenStep& s = x.s;
+          float dy = x.dout;
+          if (P.z.data[0]) {  // selective_scan only: y = (C.h + D u) * silu(z)
+            float readout = 0.f;
+#pragma unroll
+            for (int i = 0; i < kStatesPerLane; ++i) readout += x.C[i] * x.h[i];
+            const float y = group_sum(readout, P.lanes_per_channel) + skip * s.u;
+            dy = x.dout * silu(x.z);
+            if (l.active && l.lane == 0)
+              P.dz[l.b * P.dz_stride_b + s.uc * P.dz_stride_c + s.ur * P.dz_stride_h + s.uw * P.dz_stride_w] =
+                  x.dout * y * silu_grad(x.z);
+          }
+          float du = 0.f, ddt = 0.f;
+#pragma unroll
+          for (int i = 0; i < kStatesPerLane; ++i) {
+            const int n = state_of(P, l, i);
+            const float a = decay(s.dt, A[i]);
+            adjoint[i] += x.C[i] * dy;
+            du += adjoint[i] * s.dt * x.B[i];
+            ddt += adjoint[i] * (x.B[i] * s.u + A[i] * a * x.prev[i]);
+            dA[i] += adjoint[i] * s.dt * a * x.prev[i];
+            if (n < N) {
+              const int cell = t * row_floats + l.local_channel * N + n;
+              dB_shared[cell] = l.active ? adjoint[i] * s.dt * s.u : 0.f;
+              dC_shared[cell] = l.active ? dy * x.h[i] : 0.f;
+            }
+            adjoint[i] *= a;
+          }
+          du = group_sum(du, P.lanes_per_channel) + skip * dy;
+          ddt = group_sum(ddt, P.lanes_per_channel);
+          const float ddelta = P.delta_softplus ? ddt * softplus_grad(s.delta_raw) : ddt;
+          dskip += dy * s.u;
+          dbias += ddelta;
+          if (l.active && l.lane == 0) {
+            if (!s.pad)
+              store(P.atomic_routes, &P.du.data[s.m][map_offset(P.du, l.b, l.k, s.uc, s.ur, s.uw)], du);
+            P.ddelta[s.m][l.b * P.ddelta_stride_b + l.k * P.ddelta_stride_k + l.d * P.ddelta_stride_c +
+                              s.e * P.ddelta_stride_t] = ddelta;
+          }
         }
       }
     }
@@ -322,10 +395,10 @@ XSCAN_KERNEL scan_backward_kernel(const ScanParams P, const Routes routes) {
       if (start + t >= P.length) continue;
       float sum_B = 0.f, sum_C = 0.f;
       for (int c = 0; c < P.channels_per_tile; ++c) {
-        sum_B += dB_shared[(c * N + n) * kChunkLength + t];
-        sum_C += dC_shared[(c * N + n) * kChunkLength + t];
+        sum_B += dB_shared[t * row_floats + c * N + n];
+        sum_C += dC_shared[t * row_floats + c * N + n];
       }
-      const Token pos = routes.at(l.k, start + t);
+      const auto pos = routes.at(l.k, start + t);
       const int64_t token = static_cast<int64_t>(pos.m) * P.tokens + pos.e;
       const int64_t row = static_cast<int64_t>(l.b) * P.routes + l.k;
       const int64_t per_state = static_cast<int64_t>(P.modalities) * P.tokens;
@@ -333,7 +406,7 @@ XSCAN_KERNEL scan_backward_kernel(const ScanParams P, const Routes routes) {
         atomicAdd(&P.dB_part[((row * P.groups_B + l.tile_group_B) * N + n) * per_state + token], sum_B);
         atomicAdd(&P.dC_part[((row * P.groups_C + l.tile_group_C) * N + n) * per_state + token], sum_C);
       } else {
-        const int64_t at = ((row * tiles + l.tile) * N + n) * per_state + token;
+        const int64_t at = ((row * scan_tiles(P) + l.tile) * N + n) * per_state + token;
         P.dB_part[at] = sum_B;
         P.dC_part[at] = sum_C;
       }
@@ -343,7 +416,7 @@ XSCAN_KERNEL scan_backward_kernel(const ScanParams P, const Routes routes) {
   if (l.active) {
 #pragma unroll
     for (int i = 0; i < kStatesPerLane; ++i) {
-      const int n = l.lane + i * P.lanes_per_channel;
+      const int n = state_of(P, l, i);
       if (n < N) P.dA_part[seq * N + n] = dA[i];
     }
     if (l.lane == 0) {
@@ -359,7 +432,8 @@ XSCAN_KERNEL scan_backward_kernel(const ScanParams P, const Routes routes) {
 inline bool two_states_per_lane(const ScanParams& P) { return P.lanes_per_channel < P.dstate; }
 
 inline size_t backward_shared_bytes(const ScanParams& P) {
-  return 2 * sizeof(float) * static_cast<size_t>(P.channels_per_tile) * P.dstate * kChunkLength;
+  const size_t states = (two_states_per_lane(P) ? 2 : 1) * static_cast<size_t>(kChunkLength) * kThreadsPerBlock;
+  return sizeof(float) * (partial_floats(P) + states);
 }
 
 // The backward first reruns the forward with only the chunk start states as output.

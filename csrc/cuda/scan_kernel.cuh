@@ -4,44 +4,28 @@
 #pragma once
 
 #include <type_traits>
+#include <utility>
 
 #include "scan_device.cuh"
 
 namespace xscan {
 namespace cuda {
 
-// Every route policy behind one type, chosen per position at run time (visit_route): one
-// instantiation of each kernel instead of one per policy (compile time, code size), at the price of
-// a switch per step.
-struct AnyRoutes {
-  static constexpr bool kScalarDecay = false;  // HEADS' shared decay is computed per lane here
-  Route route;
-  Source source_kind;
-  int64_t g[4];
-  explicit AnyRoutes(const ScanParams& P)
-      : route(static_cast<Route>(P.route)), source_kind(static_cast<Source>(P.source)),
-        g{P.geometry[0], P.geometry[1], P.geometry[2], P.geometry[3]} {}
-  XSCAN_HD Token at(int64_t k, int64_t j) const {
-    return visit_route(route, source_kind, g, [&](const auto& r) { return r.at(k, j); });
-  }
-  XSCAN_HD void source(int64_t d, Token& t) const {
-    visit_route(route, source_kind, g, [&](const auto& r) { r.source(d, t); });
-  }
-};
-
 // Calls f(policy) with the route policy of P's route, source and geometry (the binding has checked
-// the numbers).
+// the numbers), 32-bit indices: every kernel is instantiated per route policy (a static switch), so
+// a position's route location is that policy's index maths, inlined, and nothing else.
 template <typename F>
 auto with_routes(const ScanParams& P, F&& f) {
-  return f(AnyRoutes(P));
+  return visit_route<int32_t>(static_cast<Route>(P.route), static_cast<Source>(P.source), P.geometry,
+                              std::forward<F>(f));
 }
 
 #ifdef __CUDACC__
 #include <cuda_runtime.h>
 
-// Launch configuration shared by both passes.
 inline dim3 scan_grid(const ScanParams& P) {
-  return dim3(P.group_tiles * P.tiles_per_group, P.routes, P.batch);
+  const GridSize g = scan_grid_size(P);
+  return dim3(g.x, g.y, g.z);
 }
 
 inline const char* last_error() {

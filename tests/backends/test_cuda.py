@@ -71,6 +71,22 @@ def test_selective_scan_several_channel_tiles(device):
     assert_matches_reference("selective_scan", device, Bt=2, Dm=48, N=16, L=40, G=2)
 
 
+@pytest.mark.parametrize("L", [1, 3, 4, 5, 8, 9, 31, 32, 33, 64, 67])
+@pytest.mark.parametrize("N", [3, 40])
+def test_lengths_around_stage_and_chunk_boundaries(device, L, N):
+    # The forward loads 8 positions at a time; the backward recomputes 32-position chunks into shared
+    # memory and sweeps them 4 positions at a time: lengths on, before and after each boundary, with
+    # one and two states per lane.
+    assert_matches_reference("selective_scan", device, Bt=1, Dm=2, N=N, L=L, G=1)
+
+
+@pytest.mark.parametrize("op,N", [("cross_ss2d", 18), ("ss2d", 16), ("es2d", 16), ("interleave_ss2d", 12)])
+def test_network_tilings(device, op, N):
+    # The networks' d_state (S4Fusion 18 and 12: 32 and 16 lanes; DIFF-MF, FusionMamba 16) with
+    # several channel tiles and batches: the grid's x decodes (batch, tile), tiles fastest.
+    assert_matches_reference(op, device, Bt=3, Dm=20, N=N, H=5, W=7)
+
+
 # ---------------------------------------------------------------------------------------------
 # 2-D map ops
 
@@ -112,6 +128,13 @@ def test_limits_reject_dstate_outside_1_to_64(emulated_cuda):
             cuda_backend.limits(spec_of("selective_scan", *make_inputs("selective_scan", Bt=1, Dm=2, N=N, L=3)))
     with pytest.raises(ValueError, match="d_state"):
         cuda_backend.limits(spec_of("ss2d", *make_inputs("ss2d", Bt=1, Dm=2, N=65, H=2, W=2)))
+
+
+def test_limits_take_batch_beyond_65535_and_reject_routes_beyond(emulated_cuda):
+    # batch shares gridDim.x (2^31 - 1 blocks) with the channel tiles; routes are gridDim.y (65,535)
+    cuda_backend.limits(spec_of("selective_scan", *make_inputs("selective_scan", Bt=70000, Dm=1, N=1, L=1)))
+    with pytest.raises(ValueError, match="65536 routes exceed 65535"):
+        cuda_backend.limits(spec_of("ssd_exchange", *make_inputs("ssd_exchange", Bt=1, nh=1, P=32768, N=1, L=1)))
 
 
 def test_limits_reject_float64_naming_the_argument(emulated_cuda):

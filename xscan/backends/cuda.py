@@ -32,8 +32,8 @@ except ImportError as e:
     _registry.set_available("cuda", (), f"xscan._C_cuda is not built ({e})")
 
 DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-GRID_LIMIT = 65535  # gridDim.y (routes) and gridDim.z (batch)
-INT32_MAX = 2**31 - 1
+ROUTES_LIMIT = 65535  # gridDim.y (routes)
+INT32_MAX = 2**31 - 1  # also gridDim.x: (batch, channel tile) pairs
 
 
 def atomic_sums() -> bool:
@@ -53,8 +53,13 @@ def limits(spec: ScanSpec) -> None:
     if not 1 <= spec.dstate <= _C.MAX_DSTATE:
         raise ValueError(f"xscan (cuda backend): d_state N = {spec.dstate} is outside the kernels' range "
                          f"1..{_C.MAX_DSTATE}")
-    if spec.batch > GRID_LIMIT or spec.routes > GRID_LIMIT:
-        raise ValueError(f"xscan (cuda backend): batch {spec.batch} or routes {spec.routes} exceed {GRID_LIMIT}")
+    if spec.routes > ROUTES_LIMIT:
+        raise ValueError(f"xscan (cuda backend): {spec.routes} routes exceed {ROUTES_LIMIT} (one grid row each)")
+    t = tiling(spec.dstate, spec.channels, spec.view("B").shape[2], spec.view("C").shape[2], _C.THREADS_PER_BLOCK)
+    blocks = spec.batch * t.group_tiles * t.tiles_per_group
+    if blocks > INT32_MAX:
+        raise ValueError(f"xscan (cuda backend): batch {spec.batch} needs {blocks} blocks per route, more than "
+                         f"2^31 - 1")
     sizes = (spec.length(), spec.tokens, *spec.view("u").shape, *spec.outputs[0].shape)
     if max(sizes) > INT32_MAX:
         raise ValueError(f"xscan (cuda backend): a route length, token count or map size of {max(sizes)} exceeds "

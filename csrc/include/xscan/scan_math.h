@@ -1,9 +1,9 @@
 // The maths every xscan kernel shares (CPU C++ and CUDA): discretisation, gating, and the index maths
 // that turns a scan position into the token it reads, so that no backend materialises flipped,
 // transposed, interleaved or realigned copies (routes.h builds the route policies on it). Plain
-// C++17, no torch/ATen: include it from .cpp and .cu files alike. Every index is int64_t. The
-// definitions mirror xscan/routes.py and the reference ops (docs/ops.md); the tests compare every
-// backend against those.
+// C++17, no torch/ATen: include it from .cpp and .cu files alike. The index maths is a template on
+// the index type (routes.h). The definitions mirror xscan/routes.py and the reference ops
+// (docs/ops.md); the tests compare every backend against those.
 #pragma once
 
 #include <cmath>
@@ -156,31 +156,36 @@ XSCAN_HD T sigmoid_vec(T x) {
 
 // SS2D route k in VMamba order (0 hf row-major, 1 vf column-major, 2 hb, 3 vb reversed): the
 // spatial index visited at route position j in [0, H*W).
-XSCAN_HD int64_t cross_route(int64_t k, int64_t j, int64_t H, int64_t W) {
-  const int64_t L = H * W;
-  const int64_t i = k >= 2 ? L - 1 - j : j;
+template <typename I>
+XSCAN_HD I cross_route(I k, I j, I H, I W) {
+  const I i = k >= 2 ? H * W - 1 - j : j;
   return (k & 1) ? (i % H) * W + i / H : i;
 }
 
 // ES2D (atrous) sub-lattice size of an H x W map zero-padded to even H and W.
-XSCAN_HD int64_t atrous_extent(int64_t n) { return (n + 1) / 2; }
+template <typename I>
+XSCAN_HD I atrous_extent(I n) { return (n + 1) / 2; }
 
 // ES2D route k: origin (h0, w0) of its stride-2 sub-lattice and whether it walks column-major.
 // k = 0 (0,0) row-major, 1 (1,0) column-major, 2 (0,1) row-major, 3 (1,1) column-major.
-XSCAN_HD int64_t atrous_h0(int64_t k) { return k & 1; }
-XSCAN_HD int64_t atrous_w0(int64_t k) { return k >> 1; }
-XSCAN_HD bool atrous_column_major(int64_t k) { return (k & 1) != 0; }
+template <typename I>
+XSCAN_HD I atrous_h0(I k) { return k & 1; }
+template <typename I>
+XSCAN_HD I atrous_w0(I k) { return k >> 1; }
+template <typename I>
+XSCAN_HD bool atrous_column_major(I k) { return (k & 1) != 0; }
 
 // ES2D route k at position j in [0, Hq*Wq): the token index q = i * Wq + w' inside the sub-lattice
 // (row-major, the order of es2d's per-token tensors).
-XSCAN_HD int64_t atrous_route(int64_t k, int64_t j, int64_t Hq, int64_t Wq) {
+template <typename I>
+XSCAN_HD I atrous_route(I k, I j, I Hq, I Wq) {
   return atrous_column_major(k) ? (j % Hq) * Wq + j / Hq : j;
 }
 
 // The padded-map pixel of sub-lattice token q of route k. Returns false for padding (h >= H or
 // w >= W): the scan reads u = 0 there and its output is dropped.
-XSCAN_HD bool atrous_pixel(int64_t k, int64_t q, int64_t H, int64_t W, int64_t Wq, int64_t* h,
-                           int64_t* w) {
+template <typename I>
+XSCAN_HD bool atrous_pixel(I k, I q, I H, I W, I Wq, I* h, I* w) {
   *h = 2 * (q / Wq) + atrous_h0(k);
   *w = 2 * (q % Wq) + atrous_w0(k);
   return *h < H && *w < W;
@@ -188,9 +193,11 @@ XSCAN_HD bool atrous_pixel(int64_t k, int64_t q, int64_t H, int64_t W, int64_t W
 
 // cross_ss2d route position p in [0, 2L): modality p % 2 at the route's (p / 2)-th token, so route k
 // reads I_1, V_1, I_2, V_2, ... (modality 0 first in every pair, also on the reversed routes).
-XSCAN_HD int cross_pair_modality(int64_t p) { return static_cast<int>(p & 1); }
-XSCAN_HD int64_t cross_pair_spatial(int64_t k, int64_t p, int64_t H, int64_t W) {
-  return cross_route(k, p >> 1, H, W);
+template <typename I>
+XSCAN_HD int cross_pair_modality(I p) { return static_cast<int>(p & 1); }
+template <typename I>
+XSCAN_HD I cross_pair_spatial(I k, I p, I H, I W) {
+  return cross_route<I>(k, p >> 1, H, W);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -199,22 +206,31 @@ XSCAN_HD int64_t cross_pair_spatial(int64_t k, int64_t p, int64_t H, int64_t W) 
 //   channel column (1): R is (2C, H, W), channel r = 2c + m;   channel halves (2): r = m * C + c;
 //   width column (3):   R is (C, H, 2W), column r = 2w + m;    width halves (4):   r = m * W + w.
 
+// Each source kind splits one realigned coordinate x (the channel r on the channel axis, the column
+// wr on the width) as x = (2 hi + m) * period + lo, with m the map and hi * period + lo the index
+// read in it: the column kinds interleave (period 1: x = 2 i + m), the halves kinds concatenate
+// (period C or W: x = m * period + i). One division, no branch on the kind.
+template <typename I>
 struct RealignSource {
-  int m;          // which map, 0 or 1
-  int64_t c, w;   // its channel and column (the row is the realigned row)
+  int m;    // which map, 0 or 1
+  I c, w;   // its channel and column (the row is the realigned row)
 };
 
-// Realigned channel r and column wr -> the map, channel and column they are read from. C and W are
-// the channels and width of each input map.
-XSCAN_HD RealignSource realign_source(int32_t source, int64_t C, int64_t W, int64_t r, int64_t wr) {
-  RealignSource src;
-  switch (source) {
-    case 1: src.m = static_cast<int>(r & 1), src.c = r >> 1, src.w = wr; break;
-    case 2: src.m = static_cast<int>(r / C), src.c = r % C, src.w = wr; break;
-    case 3: src.m = static_cast<int>(wr & 1), src.c = r, src.w = wr >> 1; break;
-    default: src.m = static_cast<int>(wr / W), src.c = r, src.w = wr % W; break;
-  }
-  return src;
+XSCAN_HD bool realigns_channels(int32_t source) { return source == 1 || source == 2; }
+
+// The period of source kind `source` over (C, H, W) input maps.
+template <typename I>
+XSCAN_HD I realign_period(int32_t source, I C, I W) {
+  return source == 1 || source == 3 ? I(1) : (source == 2 ? C : W);
+}
+
+// Realigned channel r and column wr -> the map, channel and column they are read from.
+template <typename I>
+XSCAN_HD RealignSource<I> realign_source(bool on_channels, I period, I r, I wr) {
+  const I x = on_channels ? r : wr;
+  const I q = x / period, lo = x - q * period;
+  const I i = (q >> 1) * period + lo;
+  return RealignSource<I>{static_cast<int>(q & 1), on_channels ? i : r, on_channels ? wr : i};
 }
 
 }  // namespace xscan

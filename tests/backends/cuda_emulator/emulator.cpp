@@ -47,7 +47,7 @@ constexpr int kThreads = xscan::cuda::kThreadsPerBlock;
 constexpr int kWarp = 32;
 static_assert(kThreads % kWarp == 0, "a block is whole warps");
 constexpr size_t kFiberStack = 256 * 1024;
-constexpr unsigned kGridLimitYZ = 65535;
+constexpr unsigned kGridLimitX = 2147483647u, kGridLimitYZ = 65535;
 constexpr size_t kSharedLimit = 163 * 1024;  // dynamic shared memory per block, sm_80 (sm_90: 227 KB)
 
 // ---------------------------------------------------------------------------------------------
@@ -321,7 +321,8 @@ namespace {
 
 // The grid's blocks one after the other, each thread of a block a fiber running body.
 bool run_grid(Dim3 grid, size_t shared_bytes, const std::function<void()>& body) {
-  if (grid.y > kGridLimitYZ || grid.z > kGridLimitYZ) return fail("grid beyond 65535 blocks in y or z");
+  if (grid.x > kGridLimitX || grid.y > kGridLimitYZ || grid.z > kGridLimitYZ)
+    return fail("grid beyond 2^31 - 1 blocks in x or 65535 in y or z");
   if (shared_bytes > kSharedLimit) return fail(std::to_string(shared_bytes) + " bytes of shared memory per block");
   Block block(shared_bytes / sizeof(float));
   running_block() = &block;
@@ -339,8 +340,8 @@ bool run_grid(Dim3 grid, size_t shared_bytes, const std::function<void()>& body)
 using xscan::cuda::ScanParams;
 
 Dim3 scan_grid(const ScanParams& P) {
-  return Dim3{static_cast<unsigned>(P.group_tiles * P.tiles_per_group), static_cast<unsigned>(P.routes),
-              static_cast<unsigned>(P.batch)};
+  const xscan::cuda::GridSize g = xscan::cuda::scan_grid_size(P);
+  return Dim3{g.x, g.y, g.z};
 }
 
 template <typename T>
