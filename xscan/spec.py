@@ -171,6 +171,11 @@ class ScanSpec:
             return W
         return H * W
 
+    def largest_index(self) -> int:
+        """The largest route length, token count, map or output size: the CUDA and Triton kernels
+        locate positions in 32-bit arithmetic (offsets stay 64-bit), so it must stay below 2^31."""
+        return max(self.length(), self.tokens, *self.view("u").shape, *self.outputs[0].shape)
+
     def token_modalities(self) -> int:
         """How many modalities' per-token tensors the routes read (2 where positions alternate)."""
         return 2 if self.route in (Route.CROSS_PAIR, Route.HEADS) else 1

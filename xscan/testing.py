@@ -107,6 +107,14 @@ def spec_of(op: str, args: tuple, kwargs: dict):
     return importlib.import_module(f"xscan.ops.{op}").plan(*full, full[0].dtype)
 
 
+def long_line_spec(L: int, N: int = 2):
+    """selective_scan's spec for one channel over L positions, on zero-stride views (no memory):
+    for the backends' size limits."""
+    def line(*shape):
+        return torch.zeros(1).expand(*shape)
+    return spec_of("selective_scan", (line(1, 1, L), line(1, 1, L), -torch.ones(1, N), line(1, N, L), line(1, N, L)), {})
+
+
 def _outputs(out) -> tuple:
     return out if isinstance(out, tuple) else (out,)
 

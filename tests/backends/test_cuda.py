@@ -20,8 +20,8 @@ import torch
 import xscan
 from xscan import reference
 from xscan.backends import cuda as cuda_backend
-from xscan.testing import (OPS, check_fp32_output, compare, deterministic, make_inputs, run_with_grads,
-                           spec_of)
+from xscan.testing import (OPS, check_fp32_output, compare, deterministic, long_line_spec, make_inputs,
+                           run_with_grads, spec_of)
 
 FP32_TOL = 3e-5
 HALF_TOL = 2e-2
@@ -135,6 +135,12 @@ def test_limits_take_batch_beyond_65535_and_reject_routes_beyond(emulated_cuda):
     cuda_backend.limits(spec_of("selective_scan", *make_inputs("selective_scan", Bt=70000, Dm=1, N=1, L=1)))
     with pytest.raises(ValueError, match="65536 routes exceed 65535"):
         cuda_backend.limits(spec_of("ssd_exchange", *make_inputs("ssd_exchange", Bt=1, nh=1, P=32768, N=1, L=1)))
+
+
+def test_limits_reject_routes_beyond_32_bit_positions(emulated_cuda):
+    cuda_backend.limits(long_line_spec(2**31 - 1))
+    with pytest.raises(ValueError, match=r"2147483648 exceeds 2\^31 - 1"):
+        cuda_backend.limits(long_line_spec(2**31))
 
 
 def test_limits_reject_float64_naming_the_argument(emulated_cuda):

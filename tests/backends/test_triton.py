@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import xscan
-from xscan.testing import OPS, check_fp32_output, compare, deterministic, make_inputs
+from xscan.testing import OPS, check_fp32_output, compare, deterministic, long_line_spec, make_inputs
 
 REASON = xscan.backends()["triton"]
 pytestmark = pytest.mark.skipif(REASON is not True, reason=f"triton backend unavailable: {REASON}")
@@ -79,6 +79,28 @@ def test_limits_name_the_argument():
     kwargs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
     with xscan.use_backend("triton"), pytest.raises(ValueError, match="d_state"):
         xscan.selective_scan(*args, **kwargs)
+
+
+def test_carry_launch_is_wide_enough_for_the_gpu():
+    # DIFF-MF's ss2d at batch 1 (4 routes x 64 channels): one row per program, 256 programs
+    assert tiles.carry_launch(4, 64, 16) == ((4, 64), 1, 1)
+    assert tiles.carry_launch(1024, 64, 16) == ((1024, 4), 16, 4)
+
+
+@pytest.mark.parametrize("programs", [1, 3])
+def test_carry_with_several_rows_per_program(monkeypatch, programs):
+    # fewer programs wanted -> 16 rows per program (1) or 2 rows with the last one masked (3, Dm = 5)
+    monkeypatch.setattr(tiles, "CARRY_PROGRAMS", programs)
+    check("selective_scan", Bt=1, Dm=5, N=3, L=20)
+    check("ssd_exchange", Bt=1, L=37, nh=1, P=5, N=3)
+
+
+def test_limits_reject_routes_beyond_32_bit_positions():
+    # the kernels locate positions in 32 bits: 2^31 - 1 positions pass, 2^31 are refused
+    from xscan.triton_kernels import executor
+    executor.limits(long_line_spec(2**31 - 1))
+    with pytest.raises(ValueError, match=r"2147483648 exceeds 2\^31 - 1"):
+        executor.limits(long_line_spec(2**31))
 
 
 # ---- GPU cases: production tiles, larger shapes, half precision ----------------------------------

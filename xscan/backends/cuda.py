@@ -60,10 +60,9 @@ def limits(spec: ScanSpec) -> None:
     if blocks > INT32_MAX:
         raise ValueError(f"xscan (cuda backend): batch {spec.batch} needs {blocks} blocks per route, more than "
                          f"2^31 - 1")
-    sizes = (spec.length(), spec.tokens, *spec.view("u").shape, *spec.outputs[0].shape)
-    if max(sizes) > INT32_MAX:
-        raise ValueError(f"xscan (cuda backend): a route length, token count or map size of {max(sizes)} exceeds "
-                         "2^31 - 1 (the kernels index positions in 32 bits; offsets are 64-bit)")
+    if spec.largest_index() > INT32_MAX:
+        raise ValueError(f"xscan (cuda backend): a route length, token count or map size of {spec.largest_index()} "
+                         "exceeds 2^31 - 1 (the kernels index positions in 32 bits; offsets are 64-bit)")
 
 
 def _same_strides(views: list) -> list:

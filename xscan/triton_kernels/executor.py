@@ -31,6 +31,9 @@ def limits(spec: ScanSpec) -> None:
         ssd.check_limits(spec.geometry[0], spec.dstate)
     elif spec.dstate > MAX_D_STATE:
         raise ValueError(f"xscan: the triton backend takes d_state N <= {MAX_D_STATE}, A has N={spec.dstate}")
+    if spec.largest_index() > 2**31 - 1:
+        raise ValueError(f"xscan (triton backend): a route length, token count or map size of {spec.largest_index()} "
+                         "exceeds 2^31 - 1 (the kernels locate positions in 32 bits; offsets are 64-bit)")
 
 
 def on_spec_device(run):

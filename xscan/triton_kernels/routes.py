@@ -3,6 +3,9 @@
 
 A scan program handles positions ``p`` of route ``k`` over a scanned map of ``H x W`` tokens; these
 functions say where each position's data lies, so no gathered or interleaved copy is ever built.
+Their divisions run in 32 bits (route lengths, map sizes and channel counts are below 2^31: the
+executor's ``limits``), inline, where 64-bit ones are a subroutine call each; what they return is
+64-bit, for offsets.
 """
 import triton
 import triton.language as tl
@@ -22,9 +25,11 @@ WIDTH_COLUMN = tl.constexpr(Source.WIDTH_COLUMN.value)
 
 @triton.jit
 def route_tokens(p, k, H, W, ROUTE: tl.constexpr):
-    """Positions p (int64) of route k -> (tok, mt, h, w): the token index into dt/B/C, the modality
+    """Positions p of route k -> (tok, mt, h, w), int64: the token index into dt/B/C, the modality
     whose dt/B/C the position uses, and the position's (h, w) on the scanned map (ATROUS: on the map
     padded to even size, so h >= H or w >= W marks padding)."""
+    p = p.to(tl.int32)
+    k = k.to(tl.int32)
     zero = p * 0
     column_major = (k % 2) == 1
     if ROUTE == LINE:
@@ -57,14 +62,16 @@ def route_tokens(p, k, H, W, ROUTE: tl.constexpr):
         tok = tl.where(column_major, (j % H) * W + j // H, j)
         h = tok // W
         w = tok % W
-    return tok, mt, h, w
+    return tok.to(tl.int64), mt.to(tl.int64), h.to(tl.int64), w.to(tl.int64)
 
 
 @triton.jit
 def source_of(d, h, w, mt, C, Ws, SOURCE: tl.constexpr):
     """Channels d (BLOCK_D, 1) at map positions (h, w) (1, T) of token modality mt (1, T) ->
     (m, c, hs, ws), each (BLOCK_D, T): the input u_m and its channel and position that the scanned
-    map reads there (C, Ws: channels and width of each input map of a realignment)."""
+    map reads there (C, Ws: channels and width of each input map of a realignment), int64."""
+    d = d.to(tl.int32)
+    w = w.to(tl.int32)
     zero = d * 0 + w * 0
     if SOURCE == TOKEN:
         m, c, ws = mt + zero, d + zero, w + zero
@@ -76,4 +83,4 @@ def source_of(d, h, w, mt, C, Ws, SOURCE: tl.constexpr):
         m, c, ws = w % 2 + zero, d + zero, w // 2 + zero
     else:
         m, c, ws = w // Ws + zero, d + zero, w % Ws + zero
-    return m, c, h + zero, ws
+    return m.to(tl.int64), c.to(tl.int64), h + zero.to(tl.int64), ws.to(tl.int64)

@@ -64,12 +64,21 @@ def program_block(K, Lseq, SEG, BPS, WIDTH: tl.constexpr, CHUNK: tl.constexpr):
     """Program ids -> (b, k, channel block index, its first channel, the end of its segment, chunk c,
     positions p (CHUNK,), their mask). A block is WIDTH channels; blocks never straddle a segment of
     SEG channels, so a block reads a single B group and a single C group."""
-    seq = tl.program_id(0).to(tl.int64)
-    blk = tl.program_id(1).to(tl.int64)
+    seq = tl.program_id(0)  # 32-bit divisions here (inline); 64-bit results for offsets
+    blk = tl.program_id(1)
     c = tl.program_id(2).to(tl.int64)
-    seg = blk // BPS
+    seg = (blk // BPS).to(tl.int64)
+    first = seg * SEG + (blk % BPS).to(tl.int64) * WIDTH
     p = c * CHUNK + tl.arange(0, CHUNK).to(tl.int64)
-    return seq // K, seq % K, blk, seg * SEG + (blk % BPS) * WIDTH, (seg + 1) * SEG, c, p, p < Lseq
+    b = (seq // K).to(tl.int64)
+    k = (seq % K).to(tl.int64)
+    return b, k, blk.to(tl.int64), first, (seg + 1) * SEG, c, p, p < Lseq
+
+
+@triton.jit
+def group_of(blk, BPS, SEG, G_SIZE):
+    """The B or C group (of G_SIZE channels) of channel block blk: its segment's first channel's."""
+    return (((blk.to(tl.int32) // BPS) * SEG) // G_SIZE).to(tl.int64)
 
 
 @triton.jit
@@ -149,8 +158,7 @@ def chunk_summary(
     dt, raw = load_dt(dt0, dt1, s_dt0, s_dt1, bias, s_bias, b, k, d, dmask, p, pmask, H, W,
                       ROUTE, TWO_TOK, HAS_BIAS, SOFTPLUS, ACC)
     u, m, cs, hs, ws = load_u(u0, u1, s_u0, s_u1, b, d, h, w, mt, valid, C, Ws, SOURCE, TWO_U, ACC)
-    first = (blk // BPS) * SEG  # first channel of the block's segment: picks the B and C group
-    Bm = load_bc(B0, B1, s_B0, s_B1, b, k, first // SB, tok, mt, pmask, N, BLOCK_N, TWO_TOK, ACC)
+    Bm = load_bc(B0, B1, s_B0, s_B1, b, k, group_of(blk, BPS, SEG, SB), tok, mt, pmask, N, BLOCK_N, TWO_TOK, ACC)
     An = tl.load(A + k * s_A[0] + d[:, None] * s_A[1] + n[None, :] * s_A[2],
                  mask=dmask[:, None] & nmask[None, :], other=0.0).to(ACC)
     cum = tl.cumsum(dt, axis=1)
@@ -167,7 +175,8 @@ def chunk_summary(
         if HAS_Z:
             zv = tl.load(z + map_offset(s_z, b, d, h, w), mask=valid, other=0.0).to(ACC)
             gy = gy * zv * sigmoid(zv)
-        Cm = load_bc(C0, C1, s_C0, s_C1, b, k, first // SC, tok, mt, pmask, N, BLOCK_N, TWO_TOK, ACC)
+        Cm = load_bc(C0, C1, s_C0, s_C1, b, k, group_of(blk, BPS, SEG, SC), tok, mt, pmask, N, BLOCK_N, TWO_TOK,
+                     ACC)
         adjoint = tl.sum(tl.exp(An[:, None, :] * cum[:, :, None]) * gy[:, :, None] * Cm[None, :, :], axis=1)
         tl.store(adjoints + (row[:, None] * n_chunks + c) * N + n[None, :], adjoint, mask=smask)
 
@@ -187,7 +196,7 @@ def chunk_carry(carry_io, dt_sums, A, s_carry, s_sum, s_A, last, s_last, K, rows
     n = tl.arange(0, BLOCK_N).to(tl.int64)
     rmask = r < rows
     mask = rmask[:, None] & (n < N)[None, :]
-    An = tl.load(A + (seq % K) * s_A[0] + r[:, None] * s_A[1] + n[None, :] * s_A[2], mask=mask,
+    An = tl.load(A + (tl.program_id(0) % K).to(tl.int64) * s_A[0] + r[:, None] * s_A[1] + n[None, :] * s_A[2], mask=mask,
                  other=0.0).to(carry_io.dtype.element_ty)
     base = seq * s_carry[0] + r[:, None] * s_carry[1] + n[None, :] * s_carry[3]
     sum_base = seq * s_sum[0] + r * s_sum[1]
@@ -240,9 +249,8 @@ def scan_forward(
     dt, raw = load_dt(dt0, dt1, s_dt0, s_dt1, bias, s_bias, b, k, d, dmask, p, pmask, H, W,
                       ROUTE, TWO_TOK, HAS_BIAS, SOFTPLUS, ACC)
     u, m, cs, hs, ws = load_u(u0, u1, s_u0, s_u1, b, d, h, w, mt, valid, C, Ws, SOURCE, TWO_U, ACC)
-    first = (blk // BPS) * SEG
-    Bm = load_bc(B0, B1, s_B0, s_B1, b, k, first // SB, tok, mt, pmask, N, BLOCK_N, TWO_TOK, ACC)
-    Cm = load_bc(C0, C1, s_C0, s_C1, b, k, first // SC, tok, mt, pmask, N, BLOCK_N, TWO_TOK, ACC)
+    Bm = load_bc(B0, B1, s_B0, s_B1, b, k, group_of(blk, BPS, SEG, SB), tok, mt, pmask, N, BLOCK_N, TWO_TOK, ACC)
+    Cm = load_bc(C0, C1, s_C0, s_C1, b, k, group_of(blk, BPS, SEG, SC), tok, mt, pmask, N, BLOCK_N, TWO_TOK, ACC)
     An = tl.load(A + k * s_A[0] + d[:, None] * s_A[1] + n[None, :] * s_A[2],
                  mask=dmask[:, None] & (n < N)[None, :], other=0.0).to(ACC)
     h_t, a = chunk_states(b, k, d, dmask, c, p, pmask, dt, u, Bm, An, states, K, Dr, N, n_chunks, BLOCK_N)
@@ -286,10 +294,10 @@ def scan_backward(
     behind = (tl.arange(0, CHUNK) > 0) & pmask
     tok_prev, mt_prev, h_prev_map, w_prev_map = route_tokens(p - 1, k, H, W, ROUTE)
     in_map_prev = behind & (h_prev_map < H) & (w_prev_map < W)
-    group = (blk // BPS) * SEG
-    Bm = load_bc(B0, B1, s_B0, s_B1, b, k, group // SB, tok, mt, pmask, N, BLOCK_N, TWO_TOK, ACC)
-    Cm = load_bc(C0, C1, s_C0, s_C1, b, k, group // SC, tok, mt, pmask, N, BLOCK_N, TWO_TOK, ACC)
-    B_prev = load_bc(B0, B1, s_B0, s_B1, b, k, group // SB, tok_prev, mt_prev, behind, N, BLOCK_N, TWO_TOK, ACC)
+    group_B = group_of(blk, BPS, SEG, SB)
+    Bm = load_bc(B0, B1, s_B0, s_B1, b, k, group_B, tok, mt, pmask, N, BLOCK_N, TWO_TOK, ACC)
+    Cm = load_bc(C0, C1, s_C0, s_C1, b, k, group_of(blk, BPS, SEG, SC), tok, mt, pmask, N, BLOCK_N, TWO_TOK, ACC)
+    B_prev = load_bc(B0, B1, s_B0, s_B1, b, k, group_B, tok_prev, mt_prev, behind, N, BLOCK_N, TWO_TOK, ACC)
     g_B_acc = tl.zeros((CHUNK, BLOCK_N), dtype=ACC)
     g_C_acc = tl.zeros((CHUNK, BLOCK_N), dtype=ACC)
     part = (b * n_chunks + c) * K + k  # one slot per (batch, chunk, route), reduced on the host

@@ -11,7 +11,7 @@ import triton
 
 from ..spec import Route, ScanSpec
 from . import scan
-from .tiles import Tiles, acc_dtype, autotuned, scan_tiles
+from .tiles import Tiles, acc_dtype, autotuned, carry_launch, scan_tiles
 
 # what the best warp count depends on (each kernel keys on those it takes; the autotuner adds the dtypes)
 _KEY = ["ROUTE", "SOURCE", "TWO_U", "TWO_TOK", "HAS_Z", "BACKWARD", "BLOCK_D", "BLOCK_N", "CHUNK"]
@@ -19,7 +19,6 @@ _summary = autotuned(_KEY)(scan.chunk_summary)
 _forward = autotuned(_KEY)(scan.scan_forward)
 _backward = autotuned(_KEY)(scan.scan_backward)
 NO_STRIDES = (0, 0, 0, 0)
-CARRY_ROWS = 16  # rows per program of the (cheap, N-wide) sequential pass over chunks
 BACKWARD_SUB = 8  # channel blocks per backward program
 
 
@@ -99,11 +98,12 @@ class ScanProblem:
         or the carry starting from ``init`` (both (Bt*K, Dr, N), contiguous)."""
         s_io = (self.Dr * self.n_chunks * self.N, self.n_chunks * self.N, self.N, 1)
         s_sum = (self.Dr * self.n_chunks, self.n_chunks, 1)
-        grid = (self.Bt * self.K, triton.cdiv(self.Dr, CARRY_ROWS))
+        grid, rows, warps = carry_launch(self.Bt * self.K, self.Dr, self.tiles.block_n)
         scan.chunk_carry[grid](
             io, dt_sums, self.A, s_io, s_sum, self.A.stride(), next((t for t in (last, init) if t is not None), io),
             (self.Dr * self.N, self.N, 1), self.K, self.Dr, self.N, self.n_chunks,
-            REVERSE=reverse, HAS_LAST=last is not None, HAS_INIT=init is not None, BLOCK_R=CARRY_ROWS, BLOCK_N=self.tiles.block_n)
+            REVERSE=reverse, HAS_LAST=last is not None, HAS_INIT=init is not None, BLOCK_R=rows,
+            BLOCK_N=self.tiles.block_n, num_warps=warps)
 
     def _states(self, gy=None, g_last=None):
         """Passes 1 and 2: start state of every chunk, the last states (Bt*K, Dr, N), and with gy the

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from .scan import chunk_carry, load_pair, sigmoid, softplus
-from .tiles import acc_dtype, autotuned, ssd_chunk
+from .tiles import acc_dtype, autotuned, carry_launch, ssd_chunk
 
 
 @triton.jit
@@ -253,12 +253,13 @@ class SSDProblem:
                     HAS_D=self.D is not None)
 
     def _carry(self, io, dt_sums, reverse):
-        seqs = 2 * self.Bt * self.nh
-        chunk_carry[(seqs, triton.cdiv(self.P, 16))](
+        block_n = triton.next_power_of_2(self.N)
+        grid, rows, warps = carry_launch(2 * self.Bt * self.nh, self.P, block_n)
+        chunk_carry[grid](
             io, dt_sums, self.A, (self.P * self.n_chunks * self.N, self.n_chunks * self.N, self.N, 1),
             (self.n_chunks, 0, 1), (self.A.stride(0), 0, 0), io, (0, 0, 0), self.nh, self.P, self.N,
-            self.n_chunks, REVERSE=reverse, HAS_LAST=False, HAS_INIT=False, BLOCK_R=16,
-            BLOCK_N=triton.next_power_of_2(self.N))
+            self.n_chunks, REVERSE=reverse, HAS_LAST=False, HAS_INIT=False, BLOCK_R=rows, BLOCK_N=block_n,
+            num_warps=warps)
 
     def _states(self, gy=None):
         seqs = 2 * self.Bt * self.nh

@@ -33,13 +33,33 @@ def acc_dtype(dtype: torch.dtype):
 
 
 def scan_tiles(N: int, backward: bool = False) -> Tiles:
-    """Mamba-1 tiles for d_state N; the backward keeps about twice as many tiles live (state,
-    adjoint, their inputs), so it takes half as many channels per program."""
+    """Mamba-1 tiles for d_state N. The backward keeps several times as many tiles live (state,
+    adjoint, their inputs, one step behind), so its tiles are an eighth of the forward's: at a
+    quarter (2,048 elements) scan_backward spilled 12-2,280 bytes per thread at the networks'
+    shapes (benchmarks/gpu_static.py, sm_90), at 512 nothing."""
     block_n = triton.next_power_of_2(N)
     chunk = _pinned.get("chunk") or (64 if block_n <= 16 else 32 if block_n <= 64 else 16)
-    budget = TILE_ELEMENTS // 2 if backward else TILE_ELEMENTS
+    budget = TILE_ELEMENTS // 8 if backward else TILE_ELEMENTS
+    if backward and "chunk" not in _pinned:
+        chunk = max(16, min(chunk, budget // block_n))
     block_d = _pinned.get("block_d") or max(1, budget // (chunk * block_n))
     return Tiles(chunk, block_d, block_n)
+
+
+# The sequential pass over chunks (scan.chunk_carry) is latency-bound: what makes it fast is many
+# programs walking their chunks at once, not wide ones.
+CARRY_PROGRAMS = 264  # twice the SMs of an H100
+CARRY_MAX_ROWS = 16
+
+
+def carry_launch(sequences: int, rows: int, block_n: int) -> tuple:
+    """(grid, rows per program, warps) of scan.chunk_carry over sequences x rows carries of block_n
+    states: the widest program that still gives CARRY_PROGRAMS programs, down to one row each."""
+    per = CARRY_MAX_ROWS
+    while per > 1 and sequences * triton.cdiv(rows, per) < CARRY_PROGRAMS:
+        per //= 2
+    warps = max(1, min(4, per * block_n // 32))
+    return (sequences, triton.cdiv(rows, per)), per, warps
 
 
 def ssd_chunk(backward: bool = False) -> int:
