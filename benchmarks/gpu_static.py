@@ -274,11 +274,12 @@ def cuda_report(files: list[str], jobs: int) -> dict:
 
 
 def cuda_launch(spec, threads: int, chunk: int) -> dict:
-    """A spec's CUDA launch, by xscan.backends.cuda.tiling and scan_device.cuh: the route policy its
-    kernels are instantiated for, blocks, states per lane, share of the threads holding a (channel,
-    state), the backward's dynamic shared memory (backward_shared_bytes)."""
-    from xscan.backends.cuda import tiling
-    from xscan.spec import Route, Source
+    """A spec's CUDA launch, by xscan.backends.cuda (tiling, sequence_split) and scan_device.cuh: the
+    route policy its kernels are instantiated for, blocks (after the sequence split: spans per
+    sequence), states per lane, share of the threads holding a (channel, state), the backward's
+    dynamic shared memory (backward_shared_bytes)."""
+    from xscan.backends.cuda import sequence_split, tiling
+    from xscan.spec import Source
 
     N, Dm = spec.dstate, spec.channels
     t = tiling(N, Dm, spec.view("B").shape[2], spec.view("C").shape[2], threads)
@@ -287,7 +288,9 @@ def cuda_launch(spec, threads: int, chunk: int) -> dict:
     policy = "RealignRoutes" if spec.source != Source.TOKEN else \
         "".join(w.capitalize() for w in spec.route.name.split("_")).replace("Heads", "Head") + "Routes"
     partials = 2 * chunk * (t.channels_per_tile * N + 1)
-    return dict(policy=policy, blocks=tiles * spec.routes * spec.batch, states_per_lane=states,
+    blocks = tiles * spec.routes * spec.batch
+    segments, span = sequence_split(spec.length(), blocks, spec.batch, H100.sms, chunk)
+    return dict(policy=policy, blocks=blocks * segments, spans=segments, span_length=span, states_per_lane=states,
                 busy=Dm * N / (tiles * threads * states), backward_smem=4 * (partials + states * chunk * threads))
 
 
@@ -508,13 +511,15 @@ def ops_table(rows: list[dict], batch: int) -> str:
     cells = []
     for r in rows:
         c = r["cuda"]
-        cells.append([r["network"], r["op"], r["calls"], f"{c['blocks']:,} ({c['blocks'] / H100.sms:.2f}/SM)",
+        spans = f" = {c['blocks'] // c['spans']:,} x {c['spans']} spans of {c['span_length']:,}" if c["spans"] > 1 else ""
+        cells.append([r["network"], r["op"], r["calls"], f"{c['blocks']:,}{spans} ({c['blocks'] / H100.sms:.2f}/SM)",
                       f"{c['busy']:.0%}", " / ".join(f"{w:.2f}" for w in c["waves"].values()) or "-"]
                      + [" · ".join(f"{SHORT.get(x['kernel'], x['kernel'])} {math.prod(x['grid']):,}"
                                    for x in r[f"triton_{kind}"]) or "-" for kind in ("forward", "backward")])
     threads, _ = cuda_constants()
-    return (f"Grids per op call at batch {batch} ({H100.sms} SMs). CUDA: blocks of {threads} threads, one grid "
-            "for the forward and both backward kernels; busy: threads that hold a (channel, state); waves: "
+    return (f"Grids per op call at batch {batch} ({H100.sms} SMs). CUDA: blocks of {threads} threads of the scan "
+            "kernels, forward and backward (a launch of fewer than two blocks per SM runs its sequences as spans, "
+            "one block each, after a summary pass on the same grid and a carry pass); busy: threads that hold a (channel, state); waves: "
             "blocks / (SMs x resident blocks per SM) for the fp32 kernels, the backward with its dynamic shared "
             "memory. Triton: programs per launch. calls: per network forward.\n\n"
             + table(["network", "op", "calls", "CUDA blocks", "CUDA busy", "CUDA waves fwd / bwd",

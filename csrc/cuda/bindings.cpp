@@ -42,6 +42,12 @@ void check_spec(const ScanParams& P) {
     if (P.geometry[i] < 1) throw std::invalid_argument("xscan CUDA: route sizes must be positive");
   if (P.dstate < 1 || P.dstate > xscan::cuda::kMaxDState || P.batch < 1 || P.routes < 1 || P.channels < 1)
     throw std::invalid_argument("xscan CUDA: sizes outside the kernels' range");
+  if (P.segments < 1 || P.segments > 65535 ||
+      (P.segments > 1 && (P.span_length < 1 || P.span_length % xscan::cuda::kChunkLength != 0 ||
+                          static_cast<int64_t>(P.span_length) * (P.segments - 1) >= P.length ||
+                          static_cast<int64_t>(P.span_length) * P.segments < P.length || !P.span_states ||
+                          !P.span_dt || P.batch > 65535)))
+    throw std::invalid_argument("xscan CUDA: a sequence split must cover the length with whole chunks per span");
 }
 
 }  // namespace
@@ -131,6 +137,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .XSCAN_POINTER(ScanParams, last_state, float*)
       .XSCAN_POINTER(ScanParams, chunk_states, float*)
       .def_readwrite("chunks", &ScanParams::chunks)
+      .def_readwrite("segments", &ScanParams::segments)
+      .def_readwrite("span_length", &ScanParams::span_length)
+      .XSCAN_POINTER(ScanParams, span_states, float*)
+      .XSCAN_POINTER(ScanParams, span_dt, float*)
+      .XSCAN_POINTER(ScanParams, span_adjoints, float*)
       .def_readwrite("dout", &ScanParams::dout)
       .XSCAN_POINTER(ScanParams, dlast_state, const float*)
       .def_readwrite("du", &ScanParams::du)
@@ -164,6 +175,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "backward",
       [](const ScanParams& params, int dtype, int64_t stream) {
         check_spec(params);
+        if (params.segments > 1 && !params.span_adjoints)
+          throw std::invalid_argument("xscan CUDA: a split backward needs span_adjoints");
         check(xscan::cuda::launch_scan_backward(params, static_cast<DType>(dtype), pointer<void*>(stream)),
               "backward");
       },

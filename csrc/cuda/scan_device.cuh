@@ -34,9 +34,14 @@
 #include <cuda_fp16.h>
 #define XSCAN_DEVICE __device__ __forceinline__
 #define XSCAN_KERNEL __global__ void __launch_bounds__(kThreadsPerBlock)
+// The backward's kernels ask for 2 resident blocks per SM, no more: left free, ptxas held some
+// variants at fewer registers (168 for 3 blocks; 48 for the span summary) and spilled 4-40 bytes;
+// with this hint none spills on sm_90.
+#define XSCAN_BACKWARD_KERNEL __global__ void __launch_bounds__(kThreadsPerBlock, 2)
 #else
 #define XSCAN_DEVICE inline
 #define XSCAN_KERNEL void
+#define XSCAN_BACKWARD_KERNEL void
 #endif
 
 namespace xscan {
@@ -93,13 +98,27 @@ XSCAN_DEVICE float group_sum(float x, int width) {
 }
 
 // The launch grid: x = (batch b, channel tile), tiles fastest (x takes 2^31 - 1 blocks, y and z
-// only 65,535); y = route k.
+// only 65,535); y = route k; z = span of a split sequence.
 struct GridSize {
   unsigned x, y, z;
 };
 XSCAN_HD int scan_tiles(const ScanParams& P) { return P.group_tiles * P.tiles_per_group; }
 inline GridSize scan_grid_size(const ScanParams& P) {
-  return {static_cast<unsigned>(scan_tiles(P)) * static_cast<unsigned>(P.batch), static_cast<unsigned>(P.routes), 1u};
+  return {static_cast<unsigned>(scan_tiles(P)) * static_cast<unsigned>(P.batch), static_cast<unsigned>(P.routes),
+          static_cast<unsigned>(P.segments)};
+}
+
+// The block's span of its sequence: positions [first, end) (the whole sequence unless split), and
+// its row in the per-span buffers.
+struct Span {
+  int index;
+  int32_t first, end;
+};
+
+XSCAN_DEVICE Span span_of(const ScanParams& P) {
+  if (P.segments == 1) return Span{0, 0, P.length};
+  const int32_t first = static_cast<int32_t>(blockIdx.z) * P.span_length;
+  return Span{static_cast<int>(blockIdx.z), first, P.length - first < P.span_length ? P.length : first + P.span_length};
 }
 
 // The thread's place in the launch: its channel, lane in the channel's group, groups of B and C.
@@ -183,24 +202,28 @@ XSCAN_DEVICE float load_gate(const ScanParams& P, const Lane& l, const TokenStep
 template <typename T, int kStatesPerLane, typename Routes>
 XSCAN_KERNEL scan_forward_kernel(const ScanParams P, const Routes routes) {
   const Lane l = lane_of(P);
+  const Span span = span_of(P);
   const int64_t seq = (static_cast<int64_t>(l.b) * P.routes + l.k) * P.channels + l.d;
   float A[kStatesPerLane], h[kStatesPerLane];
 #pragma unroll
   for (int i = 0; i < kStatesPerLane; ++i) {
     const int n = state_of(P, l, i);
     A[i] = n < P.dstate ? P.A[(static_cast<int64_t>(l.k) * P.channels + l.d) * P.dstate + n] : 0.f;
-    h[i] = 0.f;
+    // a span of a split sequence starts from its carried state, except in the summary pass
+    const bool carried = P.segments > 1 && !P.span_summary && n < P.dstate;
+    h[i] = carried ? P.span_states[(seq * P.segments + span.index) * P.dstate + n] : 0.f;
   }
   const int64_t param = static_cast<int64_t>(l.k) * P.channels + l.d;
   const float bias = P.delta_bias ? P.delta_bias[param] : 0.f;
   const float skip = P.D ? P.D[param] : 0.f;
+  float dt_sum = 0.f;  // the summary pass's: the span's decay is exp(A dt_sum)
 
-  for (int32_t start = 0; start < P.length; start += kStage) {
+  for (int32_t start = span.first; start < span.end; start += kStage) {
     TokenStep steps[kStage];
     float Bs[kStage][kStatesPerLane], Cs[kStage][kStatesPerLane], zs[kStage];
 #pragma unroll
     for (int t = 0; t < kStage; ++t) {
-      if (start + t < P.length) {
+      if (start + t < span.end) {
         steps[t] = load_step<T>(P, routes, l, bias, start + t);
         load_states<T>(P, P.B, l, l.group_B, steps[t], Bs[t]);
         load_states<T>(P, P.C, l, l.group_C, steps[t], Cs[t]);
@@ -210,7 +233,7 @@ XSCAN_KERNEL scan_forward_kernel(const ScanParams P, const Routes routes) {
 #pragma unroll
     for (int t = 0; t < kStage; ++t) {
       const int32_t p = start + t;
-      if (p < P.length) {
+      if (p < span.end) {
         if (P.chunk_states && p % kChunkLength == 0 && l.active) {
 #pragma unroll
           for (int i = 0; i < kStatesPerLane; ++i) {
@@ -219,6 +242,7 @@ XSCAN_KERNEL scan_forward_kernel(const ScanParams P, const Routes routes) {
           }
         }
         const TokenStep& s = steps[t];
+        if (P.span_summary) dt_sum += s.dt;
         float readout = 0.f;
 #pragma unroll
         for (int i = 0; i < kStatesPerLane; ++i) {
@@ -235,12 +259,90 @@ XSCAN_KERNEL scan_forward_kernel(const ScanParams P, const Routes routes) {
       }
     }
   }
-  if (P.last_state && l.active) {
+  if (P.span_summary && l.active) {
+    const int64_t span_row = seq * P.segments + span.index;
+#pragma unroll
+    for (int i = 0; i < kStatesPerLane; ++i) {
+      const int n = state_of(P, l, i);
+      if (n < P.dstate) P.span_states[span_row * P.dstate + n] = h[i];
+    }
+    if (l.lane == 0) P.span_dt[span_row] = dt_sum;
+  }
+  if (P.last_state && l.active && span.index == P.segments - 1) {
 #pragma unroll
     for (int i = 0; i < kStatesPerLane; ++i) {
       const int n = state_of(P, l, i);
       if (n < P.dstate) P.last_state[seq * P.dstate + n] = h[i];
     }
+  }
+}
+
+// The summary of a split sequence's spans for the backward: the adjoint each span passes to the
+// state before it when nothing enters it from its successors (linear in what enters: the span's
+// decay exp(A span_dt) times that, plus this).
+template <typename T, int kStatesPerLane, typename Routes>
+XSCAN_BACKWARD_KERNEL span_adjoint_kernel(const ScanParams P, const Routes routes) {
+  const Lane l = lane_of(P);
+  const Span span = span_of(P);
+  const int64_t seq = (static_cast<int64_t>(l.b) * P.routes + l.k) * P.channels + l.d;
+  const int64_t param = static_cast<int64_t>(l.k) * P.channels + l.d;
+  const float bias = P.delta_bias ? P.delta_bias[param] : 0.f;
+  float A[kStatesPerLane], adjoint[kStatesPerLane];
+#pragma unroll
+  for (int i = 0; i < kStatesPerLane; ++i) {
+    const int n = state_of(P, l, i);
+    A[i] = n < P.dstate ? P.A[param * P.dstate + n] : 0.f;
+    adjoint[i] = 0.f;
+  }
+  for (int32_t stop = span.end; stop > span.first; stop -= kBackwardStage) {
+    TokenStep steps[kBackwardStage];
+    float Cs[kBackwardStage][kStatesPerLane], dys[kBackwardStage];
+#pragma unroll
+    for (int j = 0; j < kBackwardStage; ++j) {  // positions stop - 1, stop - 2, ...
+      if (stop - 1 - j >= span.first) {
+        steps[j] = load_step<T>(P, routes, l, bias, stop - 1 - j);
+        const TokenStep& s = steps[j];
+        load_states<T>(P, P.C, l, l.group_C, s, Cs[j]);
+        const float dout = s.pad ? 0.f : P.dout.data[s.m][map_offset(P.dout, l.b, 0, s.yc, s.yr, s.yw)];
+        dys[j] = P.z.data[0] ? dout * silu(load_gate<T>(P, l, s)) : dout;
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kBackwardStage; ++j) {
+      if (stop - 1 - j >= span.first) {
+#pragma unroll
+        for (int i = 0; i < kStatesPerLane; ++i)
+          adjoint[i] = (adjoint[i] + Cs[j][i] * dys[j]) * decay(steps[j].dt, A[i]);
+      }
+    }
+  }
+  if (l.active) {
+#pragma unroll
+    for (int i = 0; i < kStatesPerLane; ++i) {
+      const int n = state_of(P, l, i);
+      if (n < P.dstate) P.span_adjoints[(seq * P.segments + span.index) * P.dstate + n] = adjoint[i];
+    }
+  }
+}
+
+// The carry over a split sequence's spans, one thread per (sequence, state), grid
+// (ceil(K Dm / threads), N, Bt): turns each span's summary (span_states, or span_adjoints when
+// kReverse) into what enters the span: h <- exp(A span_dt) h + summary, from the first span with
+// h = 0, or from the last with the gradient of the last state.
+template <bool kReverse>
+XSCAN_KERNEL span_carry_kernel(const ScanParams P) {
+  const int32_t param = static_cast<int32_t>(blockIdx.x) * kThreadsPerBlock + threadIdx.x;  // k Dm + d
+  if (param >= P.routes * P.channels) return;
+  const int n = blockIdx.y;
+  const int64_t seq = static_cast<int64_t>(blockIdx.z) * P.routes * P.channels + param;
+  const float A = P.A[static_cast<int64_t>(param) * P.dstate + n];
+  float* spans = kReverse ? P.span_adjoints : P.span_states;
+  float carry = kReverse && P.dlast_state ? P.dlast_state[seq * P.dstate + n] : 0.f;
+  for (int i = 0; i < P.segments; ++i) {
+    const int64_t row = seq * P.segments + (kReverse ? P.segments - 1 - i : i);
+    const float summary = spans[row * P.dstate + n];
+    spans[row * P.dstate + n] = carry;
+    carry = decay(P.span_dt[row], A) * carry + summary;
   }
 }
 
@@ -261,9 +363,10 @@ struct AdjointStep {
 };
 
 template <typename T, int kStatesPerLane, typename Routes>
-XSCAN_KERNEL scan_backward_kernel(const ScanParams P, const Routes routes) {
+XSCAN_BACKWARD_KERNEL scan_backward_kernel(const ScanParams P, const Routes routes) {
   float* shared = dynamic_shared();
   const Lane l = lane_of(P);
+  const Span span = span_of(P);
   const int N = P.dstate;
   const int row_floats = partial_row(P);
   float* dB_shared = shared;
@@ -281,12 +384,15 @@ XSCAN_KERNEL scan_backward_kernel(const ScanParams P, const Routes routes) {
     const int n = state_of(P, l, i);
     A[i] = n < N ? P.A[param * N + n] : 0.f;
     // dLoss/dh_t from positions after t, already multiplied by their decay; at the end, dLoss/dlast_state
-    adjoint[i] = P.dlast_state && n < N ? P.dlast_state[seq * N + n] : 0.f;
+    // (a span of a split sequence: what its successors pass it, carried)
+    const float* entering = P.segments > 1 ? P.span_adjoints + (seq * P.segments + span.index) * N
+                            : P.dlast_state ? P.dlast_state + seq * N : nullptr;
+    adjoint[i] = entering && n < N ? entering[n] : 0.f;
     dA[i] = 0.f;
   }
   float dskip = 0.f, dbias = 0.f;
 
-  for (int chunk = P.chunks - 1; chunk >= 0; --chunk) {
+  for (int chunk = (span.end - 1) / kChunkLength; chunk >= span.first / kChunkLength; --chunk) {
     const int32_t start = chunk * kChunkLength;
     float h_start[kStatesPerLane], h[kStatesPerLane];
 #pragma unroll
@@ -414,14 +520,15 @@ XSCAN_KERNEL scan_backward_kernel(const ScanParams P, const Routes routes) {
     __syncthreads();
   }
   if (l.active) {
+    const int64_t part = P.segments > 1 ? seq * P.segments + span.index : seq;  // this block's partials' row
 #pragma unroll
     for (int i = 0; i < kStatesPerLane; ++i) {
       const int n = state_of(P, l, i);
-      if (n < N) P.dA_part[seq * N + n] = dA[i];
+      if (n < N) P.dA_part[part * N + n] = dA[i];
     }
     if (l.lane == 0) {
-      if (P.dD_part) P.dD_part[seq] = dskip;
-      if (P.ddelta_bias_part) P.ddelta_bias_part[seq] = dbias;
+      if (P.dD_part) P.dD_part[part] = dskip;
+      if (P.ddelta_bias_part) P.ddelta_bias_part[part] = dbias;
     }
   }
 }
@@ -442,6 +549,20 @@ inline ScanParams state_saving_pass(const ScanParams& P) {
   saving.y.data[0] = saving.y.data[1] = nullptr;
   saving.last_state = nullptr;
   return saving;
+}
+
+// A split forward's first pass: every span from a zero state, only its summary as output.
+inline ScanParams span_summary_pass(const ScanParams& P) {
+  ScanParams summary = state_saving_pass(P);
+  summary.chunk_states = nullptr;
+  summary.span_summary = true;
+  return summary;
+}
+
+inline GridSize span_carry_grid(const ScanParams& P) {
+  const unsigned params = static_cast<unsigned>(P.routes) * static_cast<unsigned>(P.channels);
+  return {(params + kThreadsPerBlock - 1) / kThreadsPerBlock, static_cast<unsigned>(P.dstate),
+          static_cast<unsigned>(P.batch)};
 }
 
 }  // namespace cuda

@@ -20,53 +20,78 @@ auto with_routes(const ScanParams& P, F&& f) {
                               std::forward<F>(f));
 }
 
-#ifdef __CUDACC__
-#include <cuda_runtime.h>
-
-inline dim3 scan_grid(const ScanParams& P) {
-  const GridSize g = scan_grid_size(P);
-  return dim3(g.x, g.y, g.z);
+// The launches of one forward and of one backward, for any `launch(kernel, grid, shared bytes,
+// arguments...)` that runs a kernel and returns false when it fails (a CUDA launch below, or the host
+// emulation's). A split sequence (P.segments > 1) adds a summary and a carry pass before each scan.
+template <typename T, int kStatesPerLane, typename Routes, typename Launch>
+bool forward_passes(const ScanParams& P, const Routes& routes, Launch&& launch) {
+  const auto forward = scan_forward_kernel<T, kStatesPerLane, Routes>;
+  const GridSize grid = scan_grid_size(P);
+  if (P.segments == 1) return launch(forward, grid, 0, P, routes);
+  return launch(forward, grid, 0, span_summary_pass(P), routes) &&
+         launch(span_carry_kernel<false>, span_carry_grid(P), 0, P) && launch(forward, grid, 0, P, routes);
 }
 
-inline const char* last_error() {
-  const cudaError_t err = cudaGetLastError();
-  return err == cudaSuccess ? "" : cudaGetErrorString(err);
+template <typename T, int kStatesPerLane, typename Routes, typename Launch>
+bool backward_passes(const ScanParams& P, const Routes& routes, Launch&& launch) {
+  const GridSize grid = scan_grid_size(P);
+  return forward_passes<T, kStatesPerLane>(state_saving_pass(P), routes, launch) &&
+         (P.segments == 1 || (launch(span_adjoint_kernel<T, kStatesPerLane, Routes>, grid, 0, P, routes) &&
+                              launch(span_carry_kernel<true>, span_carry_grid(P), 0, P))) &&
+         launch(scan_backward_kernel<T, kStatesPerLane, Routes>, grid, backward_shared_bytes(P), P, routes);
 }
 
-template <typename T>
-const char* scan_forward(const ScanParams& P, cudaStream_t stream) {
+// pass(routes, states per lane) for P's route policy and states per lane.
+template <typename Pass>
+auto with_policy(const ScanParams& P, Pass&& pass) {
   return with_routes(P, [&](const auto& routes) {
-    using Routes = std::decay_t<decltype(routes)>;
-    if (two_states_per_lane(P))
-      scan_forward_kernel<T, 2, Routes><<<scan_grid(P), kThreadsPerBlock, 0, stream>>>(P, routes);
-    else
-      scan_forward_kernel<T, 1, Routes><<<scan_grid(P), kThreadsPerBlock, 0, stream>>>(P, routes);
-    return last_error();
+    return two_states_per_lane(P) ? pass(routes, std::integral_constant<int, 2>())
+                                  : pass(routes, std::integral_constant<int, 1>());
   });
 }
 
-template <typename T, int kStatesPerLane, typename Routes>
-const char* launch_backward_with(const ScanParams& P, const Routes& routes, cudaStream_t stream) {
-  scan_forward_kernel<T, kStatesPerLane, Routes><<<scan_grid(P), kThreadsPerBlock, 0, stream>>>(
-      state_saving_pass(P), routes);
-  const size_t bytes = backward_shared_bytes(P);
-  auto kernel = scan_backward_kernel<T, kStatesPerLane, Routes>;
-  if (bytes > 48 * 1024) {
-    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                 static_cast<int>(bytes));
-    if (err != cudaSuccess) return cudaGetErrorString(err);
+#ifdef __CUDACC__
+#include <cuda_runtime.h>
+
+// Runs a kernel on a stream (forward_passes' `launch`); keeps the first error.
+struct StreamLaunch {
+  cudaStream_t stream;
+  const char* error = "";
+
+  template <typename... Params, typename... Args>
+  bool operator()(void (*kernel)(Params...), GridSize grid, size_t shared_bytes, const Args&... args) {
+    if (shared_bytes > 48 * 1024) {
+      const cudaError_t err =
+          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared_bytes));
+      if (err != cudaSuccess) return fail(err);
+    }
+    kernel<<<dim3(grid.x, grid.y, grid.z), kThreadsPerBlock, shared_bytes, stream>>>(args...);
+    const cudaError_t err = cudaGetLastError();
+    return err == cudaSuccess || fail(err);
   }
-  kernel<<<scan_grid(P), kThreadsPerBlock, bytes, stream>>>(P, routes);
-  return last_error();
+
+  bool fail(cudaError_t err) {
+    error = cudaGetErrorString(err);
+    return false;
+  }
+};
+
+template <typename T>
+const char* scan_forward(const ScanParams& P, cudaStream_t stream) {
+  StreamLaunch launch{stream};
+  with_policy(P, [&](const auto& routes, auto states) {
+    return forward_passes<T, decltype(states)::value>(P, routes, launch);
+  });
+  return launch.error;
 }
 
 template <typename T>
 const char* scan_backward(const ScanParams& P, cudaStream_t stream) {
-  return with_routes(P, [&](const auto& routes) {
-    using Routes = std::decay_t<decltype(routes)>;
-    return two_states_per_lane(P) ? launch_backward_with<T, 2, Routes>(P, routes, stream)
-                                  : launch_backward_with<T, 1, Routes>(P, routes, stream);
+  StreamLaunch launch{stream};
+  with_policy(P, [&](const auto& routes, auto states) {
+    return backward_passes<T, decltype(states)::value>(P, routes, launch);
   });
+  return launch.error;
 }
 #endif  // __CUDACC__
 

@@ -70,6 +70,20 @@ struct ScanParams {
   float* chunk_states = nullptr;
   int32_t chunks = 0;
 
+  // Sequence split, for launches of too few blocks to fill the GPU: each sequence runs as
+  // `segments` spans of `span_length` positions (a multiple of kChunkLength), one block each
+  // (gridDim.z). A summary pass runs every span from a zero state and records its end state and
+  // summed dt, a carry pass turns those into each span's start state, then the spans run for real
+  // (scan_kernel.cuh). Buffers (seq = (b, k, d)): span_states (seq, segments, N) and span_dt (seq,
+  // segments) fp32; the backward's adjoints entering each span from its successors likewise in
+  // span_adjoints (seq, segments, N). With segments > 1, dA_part, dD_part, ddelta_bias_part hold a
+  // partial per span: (Bt, K, Dm, segments, N) and (Bt, K, Dm, segments).
+  int32_t segments = 1, span_length = 0;
+  float* span_states = nullptr;
+  float* span_dt = nullptr;
+  float* span_adjoints = nullptr;
+  bool span_summary = false;  // set by the launcher for the summary pass
+
   // Backward. dout: the outputs' gradients, fp32 (no route axis: every route reads the same).
   // du: u's gradient on u's maps, like y; ddelta (Bt, K, Dm, T) per modality, fp32 (strides of dt's
   // layout, every route its own); dz on z's map. dB, dC per-tile partials (Bt, K, tiles, N,

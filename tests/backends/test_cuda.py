@@ -12,6 +12,7 @@ barrier (XSCAN_EMULATOR_ORDER), so a missing __syncthreads gives wrong results, 
 (XSCAN_EMULATOR_EXP); the tests at the end check the emulation itself on small test-only kernels.
 XSCAN_SKIP_CUDA_EMULATION=1 skips it (its first build takes about two minutes).
 """
+import contextlib
 import ctypes
 
 import pytest
@@ -85,6 +86,55 @@ def test_network_tilings(device, op, N):
     # The networks' d_state (S4Fusion 18 and 12: 32 and 16 lanes; DIFF-MF, FusionMamba 16) with
     # several channel tiles and batches: the grid's x decodes (batch, tile), tiles fastest.
     assert_matches_reference(op, device, Bt=3, Dm=20, N=N, H=5, W=7)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sequence split (few blocks: each sequence runs as spans, with a summary and a carry pass)
+
+@pytest.fixture
+def split_sequences(monkeypatch):
+    """Spans of whole chunks from 16 positions up: every launch here splits; records the splits."""
+    monkeypatch.setattr(cuda_backend, "MIN_SPAN", 16)
+    splits = []
+    plan = cuda_backend.sequence_split
+
+    def recorded(*args):
+        splits.append(plan(*args))
+        return splits[-1]
+    monkeypatch.setattr(cuda_backend, "sequence_split", recorded)
+    return splits
+
+
+SPLIT = dict(Bt=2, Dm=5, L=150, H=12, W=14, nh=2, P=3)
+
+
+@pytest.mark.parametrize("N", [3, 40])
+@pytest.mark.parametrize("op", OPS)
+def test_split_sequences_match_reference(device, split_sequences, op, N):
+    assert_matches_reference(op, device, **SPLIT, N=N)
+    segments = [s for s, _ in split_sequences]
+    assert len(segments) == 2 and min(segments) > 1, split_sequences  # forward and backward both split
+
+
+@pytest.mark.parametrize("deterministic_mode", [False, True])
+def test_split_sequence_last_state_and_partials(device, split_sequences, deterministic_mode):
+    # last_state comes from the last span; its gradient enters the last span's carry; dA, dD and
+    # delta_bias's gradient are summed over spans (per-tile partials in deterministic mode)
+    args, kwargs = make_inputs("selective_scan", device=device, Bt=1, Dm=3, N=4, L=100, G=1)
+    with deterministic() if deterministic_mode else contextlib.nullcontext():
+        errors = compare("selective_scan", args, dict(kwargs, return_last_state=True), "cuda")
+    assert all(err < FP32_TOL for _, err in errors), errors
+    assert split_sequences[0] == (4, 32)  # 100 positions: spans 32, 32, 32, 4
+
+
+def test_sequence_split_rule():
+    def split(length, blocks):
+        return cuda_backend.sequence_split(length, blocks, 1, 132, 32)
+    assert split(65536, 32) == (9, 7296)     # DIFF-MF's ss2d at 256x256: 32 blocks -> 288
+    assert split(65536, 264) == (1, 0)       # enough blocks already
+    assert split(1023, 1) == (1, 0)          # too short to pay for the summary pass
+    assert split(1024, 1) == (2, 512)
+    assert split(1936, 72) == (3, 672)       # S4Fusion's 44x44 ss2d: 646 rounds up to whole chunks
 
 
 # ---------------------------------------------------------------------------------------------

@@ -65,6 +65,26 @@ def limits(spec: ScanSpec) -> None:
                          "exceeds 2^31 - 1 (the kernels index positions in 32 bits; offsets are 64-bit)")
 
 
+# Sequence split (csrc/cuda/scan_params.h): a launch of fewer blocks than twice the GPU's SMs runs
+# each sequence as spans, one block each, so that long routes over few channels still fill the GPU.
+# The spans cost a summary pass (a second run of every span) and a carry pass: only sequences of at
+# least two MIN_SPAN positions split. Not yet tuned on a GPU.
+MIN_SPAN = 512
+EMULATED_SMS = 132  # the host emulation plans as for an H100
+
+
+def sequence_split(length: int, blocks: int, batch: int, sms: int, chunk: int) -> tuple:
+    """(segments, span length: whole chunks of ``chunk`` positions) for a launch of ``blocks``
+    blocks on ``sms`` SMs: (1, 0) when it does not split."""
+    if blocks >= 2 * sms or length < 2 * MIN_SPAN or batch > ROUTES_LIMIT:
+        return 1, 0
+    segments = min(-(-2 * sms // blocks), length // MIN_SPAN, ROUTES_LIMIT)
+    span = -(-length // segments)
+    span = -(-span // chunk) * chunk
+    segments = -(-length // span)
+    return (segments, span) if segments > 1 else (1, 0)
+
+
 def _same_strides(views: list) -> list:
     """The kernel reads both modalities with one set of strides: make them agree."""
     if all(v.stride() == views[0].stride() for v in views):
@@ -118,6 +138,14 @@ class _Launch:
         P.D = 0 if params["D"] is None else params["D"].data_ptr()
         P.delta_bias = 0 if params["delta_bias"] is None else params["delta_bias"].data_ptr()
         self.code = DTYPE_CODE[spec.dtype()]
+        sms = (torch.cuda.get_device_properties(self.device).multi_processor_count if self.device.type == "cuda"
+               else EMULATED_SMS)
+        P.segments, P.span_length = sequence_split(P.length, self.tiles * P.batch * P.routes, P.batch, sms,
+                                                   _C.CHUNK_LENGTH)
+        if P.segments > 1:
+            rows = P.batch * P.routes * P.channels * P.segments
+            P.span_states = self._keep(torch.empty(rows, P.dstate, **self.f32)).data_ptr()
+            P.span_dt = self._keep(torch.empty(rows, **self.f32)).data_ptr()
 
     def _keep(self, t):
         self.keep.append(t)
@@ -243,8 +271,11 @@ def backward(spec: ScanSpec, grads: list) -> dict:
         else:
             state_grads[role] = fresh(Bt, K, run.tiles, N, M * spec.tokens, **f32)
     P.dB_part, P.dC_part = state_grads["B"].data_ptr(), state_grads["C"].data_ptr()
-    dA = torch.empty(Bt, K, Dm, N, **f32)
-    dD, dbias = torch.empty(Bt, K, Dm, **f32), torch.empty(Bt, K, Dm, **f32)
+    S = P.segments  # a partial per span of a split sequence
+    if S > 1:
+        P.span_adjoints = run._keep(torch.empty(Bt * K * Dm * S, N, **f32)).data_ptr()
+    dA = torch.empty(Bt, K, Dm, S, N, **f32)
+    dD, dbias = torch.empty(Bt, K, Dm, S, **f32), torch.empty(Bt, K, Dm, S, **f32)
     P.dA_part, P.dD_part, P.ddelta_bias_part = dA.data_ptr(), dD.data_ptr(), dbias.data_ptr()
     if P.length > 0:
         run.run(_C.backward)
@@ -257,7 +288,7 @@ def backward(spec: ScanSpec, grads: list) -> dict:
         return part.view(Bt, K, G, N, M, spec.tokens).permute(4, 0, 1, 2, 3, 5)
 
     tokens = dict(dt=ddelta, B=by_group("B"), C=by_group("C"))
-    params = dict(A=dA.sum(0), D=dD.sum(0), delta_bias=dbias.sum(0), z=dz)
+    params = dict(A=dA.sum((0, 3)), D=dD.sum((0, 3)), delta_bias=dbias.sum((0, 3)), z=dz)
     return spec.argument_gradients(lambda role, slot: g_u[slot] if role == "u" else tokens[role][slot]
                                    if role in tokens else params[role])
 

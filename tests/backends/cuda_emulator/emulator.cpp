@@ -339,32 +339,27 @@ bool run_grid(Dim3 grid, size_t shared_bytes, const std::function<void()>& body)
 
 using xscan::cuda::ScanParams;
 
-Dim3 scan_grid(const ScanParams& P) {
-  const xscan::cuda::GridSize g = xscan::cuda::scan_grid_size(P);
-  return Dim3{g.x, g.y, g.z};
-}
+// Runs a kernel over its grid (scan_kernel.cuh's forward_passes and backward_passes `launch`).
+struct EmulatedLaunch {
+  template <typename Kernel, typename... Args>
+  bool operator()(Kernel kernel, xscan::cuda::GridSize grid, size_t shared_bytes, const Args&... args) const {
+    return run_grid(Dim3{grid.x, grid.y, grid.z}, shared_bytes, [&] { kernel(args...); });
+  }
+};
 
 template <typename T>
 bool scan_forward(const ScanParams& P) {
   using namespace xscan::cuda;
-  return with_routes(P, [&](const auto& routes) {
-    using Routes = std::decay_t<decltype(routes)>;
-    const auto kernel = two_states_per_lane(P) ? scan_forward_kernel<T, 2, Routes> : scan_forward_kernel<T, 1, Routes>;
-    return run_grid(scan_grid(P), 0, [&] { kernel(P, routes); });
+  return with_policy(P, [&](const auto& routes, auto states) {
+    return forward_passes<T, decltype(states)::value>(P, routes, EmulatedLaunch());
   });
 }
 
 template <typename T>
 bool scan_backward(const ScanParams& P) {
   using namespace xscan::cuda;
-  return with_routes(P, [&](const auto& routes) {
-    using Routes = std::decay_t<decltype(routes)>;
-    const bool two = two_states_per_lane(P);
-    const auto forward = two ? scan_forward_kernel<T, 2, Routes> : scan_forward_kernel<T, 1, Routes>;
-    const auto backward = two ? scan_backward_kernel<T, 2, Routes> : scan_backward_kernel<T, 1, Routes>;
-    const ScanParams saving = state_saving_pass(P);
-    return run_grid(scan_grid(P), 0, [&] { forward(saving, routes); }) &&
-           run_grid(scan_grid(P), backward_shared_bytes(P), [&] { backward(P, routes); });
+  return with_policy(P, [&](const auto& routes, auto states) {
+    return backward_passes<T, decltype(states)::value>(P, routes, EmulatedLaunch());
   });
 }
 
