@@ -13,7 +13,7 @@ item, not the run. Logs: DIR/logs/. See benchmarks/GPU.md.
   build   xscan._C and xscan._C_cuda for this GPU's architecture only (setup.py build_ext --inplace,
           MAX_JOBS = all cores); reused when already built from the same sources for the same GPU
   smoke   the riskiest primitives one at a time: Triton's reverse associative_scan over a tuple,
-          one launch of every CUDA kernel (op x dtype x one or two states per lane) against the
+          one launch of every CUDA kernel (op x dtype x one, two or three states per lane) against the
           reference, a backward that needs more than 48 KiB of dynamic shared memory
   tests   pytest with JUnit XML (default: the cuda and triton cases without the slow ones, GPU files
           first), one summary line per test file
@@ -674,12 +674,13 @@ def op_check(op, device, dtype, N, shape):
 
 def shared_memory_check(device, shape):
     """ssd_exchange with d_state 64: 32 lanes of two states, 4 channels per 128-thread block; the
-    backward's dB/dC tiles (backward_shared_bytes in csrc/cuda/scan_device.cuh) exceed 48 KiB, so the
-    launch raises the kernel's limit with cudaFuncSetAttribute."""
+    backward's shared memory (backward_shared_bytes in csrc/cuda/scan_device.cuh) exceeds 48 KiB, so
+    the launch raises the kernel's limit with cudaFuncSetAttribute."""
     outcome, text = op_check("ssd_exchange", device, "float32", 64, shape)
     from xscan.backends import cuda as cuda_backend
     C = cuda_backend._C
-    shared = 2 * 4 * (C.THREADS_PER_BLOCK // 32) * 64 * C.CHUNK_LENGTH
+    t = cuda_backend.tiling(64, shape["nh"], 1, 1, C.THREADS_PER_BLOCK)
+    shared = cuda_backend.backward_shared_bytes(t, 64, C.THREADS_PER_BLOCK, C.CHUNK_LENGTH)
     return outcome, f"backward dynamic shared memory {shared // 1024} KiB; {text}"
 
 
@@ -693,9 +694,9 @@ def smoke_plan(rehearse) -> list:
     plan = [("triton reverse associative_scan over a tuple", functools.partial(reverse_scan_check, device)),
             ("cuda ssd_exchange float32 N=64 (> 48 KiB shared memory)",
              functools.partial(shared_memory_check, device, big))]
-    # N = 8: one state per lane; N = 64: two states per lane (and the backward's 64 KiB of shared memory).
+    # N = 8: one state per lane; N = 12: three; N = 64: two (and the backward's 96 KiB of shared memory).
     for dtype in ("float32", "float16", "bfloat16"):
-        for N in (8, 64):
+        for N in (8, 12, 64):
             plan += [(f"cuda {op} {dtype} N={N}", functools.partial(op_check, op, device, dtype, N, shape))
                      for op in OPS]
     return plan

@@ -273,25 +273,25 @@ def cuda_report(files: list[str], jobs: int) -> dict:
     return report
 
 
-def cuda_launch(spec, threads: int, chunk: int) -> dict:
-    """A spec's CUDA launch, by xscan.backends.cuda (tiling, sequence_split) and scan_device.cuh: the
-    route policy its kernels are instantiated for, blocks (after the sequence split: spans per
-    sequence), states per lane, share of the threads holding a (channel, state), the backward's
-    dynamic shared memory (backward_shared_bytes)."""
-    from xscan.backends.cuda import sequence_split, tiling
+def cuda_launch(spec, threads: int, chunk: int, backward: bool) -> dict:
+    """A spec's CUDA forward or backward launch, by xscan.backends.cuda (tiling, sequence_split) and
+    scan_device.cuh: the route policy its kernels are instantiated for, blocks (after the sequence
+    split: spans per sequence), states per lane, share of the threads holding a (channel, state),
+    dynamic shared memory (the backward's backward_shared_bytes)."""
+    from xscan.backends.cuda import backward_shared_bytes, sequence_split, tiling
     from xscan.spec import Source
 
     N, Dm = spec.dstate, spec.channels
-    t = tiling(N, Dm, spec.view("B").shape[2], spec.view("C").shape[2], threads)
+    t = tiling(N, Dm, spec.view("B").shape[2], spec.view("C").shape[2], threads, backward)
     tiles = t.group_tiles * t.tiles_per_group
-    states = 2 if t.lanes < N else 1
+    states = t.states_per_lane
     policy = "RealignRoutes" if spec.source != Source.TOKEN else \
         "".join(w.capitalize() for w in spec.route.name.split("_")).replace("Heads", "Head") + "Routes"
-    partials = 2 * chunk * (t.channels_per_tile * N + 1)
     blocks = tiles * spec.routes * spec.batch
     segments, span = sequence_split(spec.length(), blocks, spec.batch, H100.sms, chunk)
     return dict(policy=policy, blocks=blocks * segments, spans=segments, span_length=span, states_per_lane=states,
-                busy=Dm * N / (tiles * threads * states), backward_smem=4 * (partials + states * chunk * threads))
+                busy=Dm * N / (tiles * threads * states),
+                smem=backward_shared_bytes(t, N, threads, chunk) if backward else 0)
 
 
 # ---- Triton ---------------------------------------------------------------------------------------
@@ -487,42 +487,46 @@ SHORT = {"chunk_summary": "summary", "chunk_carry": "carry", "scan_forward": "fw
 
 
 def ops_rows(ops: list[OpCall], cuda: dict, tri: dict) -> list[dict]:
-    """Per op call: the CUDA launch (blocks, waves at the fp32 kernels' occupancy) and the Triton
+    """Per op call: the CUDA launches (blocks, waves at the fp32 kernels' occupancy) and the Triton
     launches (kernel, grid) of its forward and backward."""
     threads, chunk = cuda_constants()
     by_name = {k["kernel"]: k for k in cuda.get("kernels", [])}
     rows = []
     for i, call in enumerate(ops):
-        launch = cuda_launch(call.spec, threads, chunk)
-        waves = {}
-        for kind, smem in (("forward", 0), ("backward", launch["backward_smem"])):
+        launches = {}
+        for kind in ("forward", "backward"):
+            launch = launches[kind] = cuda_launch(call.spec, threads, chunk, kind == "backward")
             k = by_name.get(f"scan_{kind}_kernel<float, {launch['states_per_lane']}, {launch['policy']}>")
             if k:
-                warps, _ = occupancy(k["regs"], k["smem"] + smem, threads // 32)
-                waves[kind] = round(launch["blocks"] / (H100.sms * (warps // (threads // 32))), 3)
-        launches = tri.get("launches", {})
-        rows.append(dict(network=call.network, op=call.label(), calls=call.calls, cuda=dict(launch, waves=waves),
+                warps, _ = occupancy(k["regs"], k["smem"] + launch["smem"], threads // 32)
+                launch["waves"] = round(launch["blocks"] / (H100.sms * (warps // (threads // 32))), 3)
+        triton = tri.get("launches", {})
+        rows.append(dict(network=call.network, op=call.label(), calls=call.calls, cuda=launches,
                          **{f"triton_{kind}": [dict(kernel=x["kernel"], grid=x["grid"]) for x in
-                                               launches.get((i, kind), [])] for kind in ("forward", "backward")}))
+                                               triton.get((i, kind), [])] for kind in ("forward", "backward")}))
     return rows
 
 
 def ops_table(rows: list[dict], batch: int) -> str:
+    def blocks(c):
+        spans = f" = {c['blocks'] // c['spans']:,} x {c['spans']} spans of {c['span_length']:,}" if c["spans"] > 1 else ""
+        return f"{c['blocks']:,}{spans}"
+
     cells = []
     for r in rows:
-        c = r["cuda"]
-        spans = f" = {c['blocks'] // c['spans']:,} x {c['spans']} spans of {c['span_length']:,}" if c["spans"] > 1 else ""
-        cells.append([r["network"], r["op"], r["calls"], f"{c['blocks']:,}{spans} ({c['blocks'] / H100.sms:.2f}/SM)",
-                      f"{c['busy']:.0%}", " / ".join(f"{w:.2f}" for w in c["waves"].values()) or "-"]
+        f, b = r["cuda"]["forward"], r["cuda"]["backward"]
+        cells.append([r["network"], r["op"], r["calls"], f"{blocks(f)} / {blocks(b)}",
+                      f"{f['states_per_lane']} / {b['states_per_lane']}", f"{f['busy']:.0%} / {b['busy']:.0%}",
+                      " / ".join(f"{c['waves']:.2f}" if "waves" in c else "-" for c in (f, b))]
                      + [" · ".join(f"{SHORT.get(x['kernel'], x['kernel'])} {math.prod(x['grid']):,}"
                                    for x in r[f"triton_{kind}"]) or "-" for kind in ("forward", "backward")])
     threads, _ = cuda_constants()
-    return (f"Grids per op call at batch {batch} ({H100.sms} SMs). CUDA: blocks of {threads} threads of the scan "
-            "kernels, forward and backward (a launch of fewer than two blocks per SM runs its sequences as spans, "
-            "one block each, after a summary pass on the same grid and a carry pass); busy: threads that hold a (channel, state); waves: "
-            "blocks / (SMs x resident blocks per SM) for the fp32 kernels, the backward with its dynamic shared "
-            "memory. Triton: programs per launch. calls: per network forward.\n\n"
-            + table(["network", "op", "calls", "CUDA blocks", "CUDA busy", "CUDA waves fwd / bwd",
+    return (f"Grids per op call at batch {batch} ({H100.sms} SMs). CUDA, forward / backward: blocks of {threads} "
+            "threads of the scan kernels (a launch of fewer than two blocks per SM runs its sequences as spans, one "
+            "block each, after a summary pass on the same grid and a carry pass); states per lane; busy: lane "
+            "slots that hold a state; waves: blocks / (SMs x resident blocks per SM) for the fp32 kernels, the "
+            "backward with its dynamic shared memory. Triton: programs per launch. calls: per network forward.\n\n"
+            + table(["network", "op", "calls", "CUDA blocks", "states/lane", "CUDA busy", "CUDA waves",
                      "Triton forward programs", "Triton backward programs"], cells))
 
 
@@ -554,9 +558,11 @@ def findings(cuda: dict, tri: dict, rows: list[dict]) -> list[str]:
                     top = max(hits, key=badness)
                     which = f"{top['variant']}, {top['num_warps']} warps" if "variant" in top else top["kernel"]
                     out.append(f"{backend} `{name}`: {what} in {len(hits)} of {len(ks)}; worst {reads(top)} ({which})")
-    low = [f"{r['network']} {r['op']}: {r['cuda']['blocks']}" for r in rows if r["cuda"]["blocks"] < H100.sms]
+    low = [f"{r['network']} {r['op']} {kind}: {c['blocks']}" for r in rows for kind, c in r["cuda"].items()
+           if c["blocks"] < H100.sms]
     if low:
-        out.append(f"CUDA grids under {H100.sms} blocks in {len(low)} of {len(rows)} op calls: " + "; ".join(low))
+        out.append(f"CUDA grids under {H100.sms} blocks in {len(low)} of {2 * len(rows)} launches (op calls x forward, "
+                   "backward): " + "; ".join(low))
     small = {}
     for r in rows:
         for x in r["triton_forward"] + r["triton_backward"]:

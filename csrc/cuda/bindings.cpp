@@ -40,7 +40,9 @@ void check_spec(const ScanParams& P) {
     throw std::invalid_argument("xscan CUDA: unknown route or source");
   for (int i = 0; i < xscan::geometry_sizes(static_cast<xscan::Route>(P.route), static_cast<xscan::Source>(P.source)); ++i)
     if (P.geometry[i] < 1) throw std::invalid_argument("xscan CUDA: route sizes must be positive");
-  if (P.dstate < 1 || P.dstate > xscan::cuda::kMaxDState || P.batch < 1 || P.routes < 1 || P.channels < 1)
+  const int lanes = P.lanes_per_channel;
+  if (P.dstate < 1 || P.dstate > xscan::cuda::kMaxDState || P.batch < 1 || P.routes < 1 || P.channels < 1 ||
+      lanes < 1 || lanes > 32 || (lanes & (lanes - 1)) != 0 || xscan::cuda::states_per_lane(P) > xscan::cuda::kMaxStatesPerLane)
     throw std::invalid_argument("xscan CUDA: sizes outside the kernels' range");
   if (P.segments < 1 || P.segments > 65535 ||
       (P.segments > 1 && (P.span_length < 1 || P.span_length % xscan::cuda::kChunkLength != 0 ||
@@ -177,6 +179,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         check_spec(params);
         if (params.segments > 1 && !params.span_adjoints)
           throw std::invalid_argument("xscan CUDA: a split backward needs span_adjoints");
+        if (xscan::cuda::states_per_lane(params) > xscan::cuda::kMaxBackwardStatesPerLane)
+          throw std::invalid_argument("xscan CUDA: the backward takes at most 2 states per lane");
         check(xscan::cuda::launch_scan_backward(params, static_cast<DType>(dtype), pointer<void*>(stream)),
               "backward");
       },

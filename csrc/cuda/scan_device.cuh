@@ -3,11 +3,11 @@
 // indices: a position's route location is inlined 32-bit arithmetic, no 64-bit division calls).
 // Plain CUDA: no torch headers (the CPU torch wheel has none).
 //
-// Work split: a block owns one (batch b, route k, tile of channels), grid (batch x tiles, routes);
-// each channel is scanned by a
-// group of `lanes_per_channel` lanes of one warp, each lane holding `kStatesPerLane` of the N states;
-// C.h is summed over the group with warp shuffles. Time runs sequentially inside the block. All
-// accumulation is fp32; outputs and gradients are fp32 (the caller casts them).
+// Work split: a block owns one (batch b, route k, tile of channels) and, for a split sequence, one
+// span of its positions: grid (batch x tiles, routes, spans). Each channel is scanned by a group of
+// `lanes_per_channel` lanes (a power of 2) of one warp, each lane holding `kStatesPerLane` (1 to 3)
+// of the N states; C.h is summed over the group with warp shuffles. Time runs sequentially inside
+// the block. All accumulation is fp32; outputs and gradients are fp32 (the caller casts them).
 //
 // Inputs are loaded a stage of positions at a time, all loads of a stage in flight before the math
 // that uses them (and before the stage's stores).
@@ -33,15 +33,13 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #define XSCAN_DEVICE __device__ __forceinline__
-#define XSCAN_KERNEL __global__ void __launch_bounds__(kThreadsPerBlock)
-// The backward's kernels ask for 2 resident blocks per SM, no more: left free, ptxas held some
-// variants at fewer registers (168 for 3 blocks; 48 for the span summary) and spilled 4-40 bytes;
-// with this hint none spills on sm_90.
-#define XSCAN_BACKWARD_KERNEL __global__ void __launch_bounds__(kThreadsPerBlock, 2)
+// Kernels ask for 2 resident blocks per SM, no more: left free, ptxas held some variants at fewer
+// registers (168 for 3 blocks of the backward, 48 for the span summary, 128 for a forward) and
+// spilled 4-40 bytes.
+#define XSCAN_KERNEL __global__ void __launch_bounds__(kThreadsPerBlock, 2)
 #else
 #define XSCAN_DEVICE inline
 #define XSCAN_KERNEL void
-#define XSCAN_BACKWARD_KERNEL void
 #endif
 
 namespace xscan {
@@ -281,7 +279,7 @@ XSCAN_KERNEL scan_forward_kernel(const ScanParams P, const Routes routes) {
 // state before it when nothing enters it from its successors (linear in what enters: the span's
 // decay exp(A span_dt) times that, plus this).
 template <typename T, int kStatesPerLane, typename Routes>
-XSCAN_BACKWARD_KERNEL span_adjoint_kernel(const ScanParams P, const Routes routes) {
+XSCAN_KERNEL span_adjoint_kernel(const ScanParams P, const Routes routes) {
   const Lane l = lane_of(P);
   const Span span = span_of(P);
   const int64_t seq = (static_cast<int64_t>(l.b) * P.routes + l.k) * P.channels + l.d;
@@ -363,7 +361,7 @@ struct AdjointStep {
 };
 
 template <typename T, int kStatesPerLane, typename Routes>
-XSCAN_BACKWARD_KERNEL scan_backward_kernel(const ScanParams P, const Routes routes) {
+XSCAN_KERNEL scan_backward_kernel(const ScanParams P, const Routes routes) {
   float* shared = dynamic_shared();
   const Lane l = lane_of(P);
   const Span span = span_of(P);
@@ -535,11 +533,8 @@ XSCAN_BACKWARD_KERNEL scan_backward_kernel(const ScanParams P, const Routes rout
 
 // Launch rules shared by the CUDA launchers and the host emulation.
 
-// N <= 32: one state per lane (lanes_per_channel >= N); 32 < N <= 64: two states per lane.
-inline bool two_states_per_lane(const ScanParams& P) { return P.lanes_per_channel < P.dstate; }
-
 inline size_t backward_shared_bytes(const ScanParams& P) {
-  const size_t states = (two_states_per_lane(P) ? 2 : 1) * static_cast<size_t>(kChunkLength) * kThreadsPerBlock;
+  const size_t states = static_cast<size_t>(states_per_lane(P)) * kChunkLength * kThreadsPerBlock;
   return sizeof(float) * (partial_floats(P) + states);
 }
 

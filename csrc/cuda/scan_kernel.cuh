@@ -41,12 +41,16 @@ bool backward_passes(const ScanParams& P, const Routes& routes, Launch&& launch)
          launch(scan_backward_kernel<T, kStatesPerLane, Routes>, grid, backward_shared_bytes(P), P, routes);
 }
 
-// pass(routes, states per lane) for P's route policy and states per lane.
-template <typename Pass>
+// pass(routes, states per lane) for P's route policy and states per lane (at most kMaxStates: the
+// backward takes 1 or 2, xscan.backends.cuda.tiling).
+template <int kMaxStates, typename Pass>
 auto with_policy(const ScanParams& P, Pass&& pass) {
   return with_routes(P, [&](const auto& routes) {
-    return two_states_per_lane(P) ? pass(routes, std::integral_constant<int, 2>())
-                                  : pass(routes, std::integral_constant<int, 1>());
+    switch (states_per_lane(P)) {
+      case 3: return pass(routes, std::integral_constant<int, kMaxStates < 3 ? kMaxStates : 3>());
+      case 2: return pass(routes, std::integral_constant<int, 2>());
+      default: return pass(routes, std::integral_constant<int, 1>());
+    }
   });
 }
 
@@ -79,7 +83,7 @@ struct StreamLaunch {
 template <typename T>
 const char* scan_forward(const ScanParams& P, cudaStream_t stream) {
   StreamLaunch launch{stream};
-  with_policy(P, [&](const auto& routes, auto states) {
+  with_policy<kMaxStatesPerLane>(P, [&](const auto& routes, auto states) {
     return forward_passes<T, decltype(states)::value>(P, routes, launch);
   });
   return launch.error;
@@ -88,7 +92,7 @@ const char* scan_forward(const ScanParams& P, cudaStream_t stream) {
 template <typename T>
 const char* scan_backward(const ScanParams& P, cudaStream_t stream) {
   StreamLaunch launch{stream};
-  with_policy(P, [&](const auto& routes, auto states) {
+  with_policy<kMaxBackwardStatesPerLane>(P, [&](const auto& routes, auto states) {
     return backward_passes<T, decltype(states)::value>(P, routes, launch);
   });
   return launch.error;

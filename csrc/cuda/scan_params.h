@@ -48,7 +48,7 @@ struct ScanParams {
   // plain sum. group_tiles = lcm(G_B, G_C); each group holds tiles_per_group tiles.
   int32_t group_tiles = 1, tiles_per_group = 1, channels_per_tile = 1;
   int32_t groups_B = 1, groups_C = 1;
-  int32_t lanes_per_channel = 1;  // power of two >= N (1 state per lane) or 32 (2 states per lane)
+  int32_t lanes_per_channel = 1;  // a power of two, at most 32, holding 1 to 3 states each
 
   bool delta_softplus = false;
 
@@ -117,6 +117,11 @@ const char* launch_scan_backward(const ScanParams& params, DType dtype, void* st
 constexpr int kChunkLength = 32;
 constexpr int kMaxDState = 64;
 constexpr int kThreadsPerBlock = 128;
+
+// The N states of a channel over its lanes (xscan.backends.cuda.tiling picks the lanes): 1 to 3
+// each, 1 or 2 in the backward (its shared memory grows with the states a block holds).
+constexpr int kMaxStatesPerLane = 3, kMaxBackwardStatesPerLane = 2;
+inline int states_per_lane(const ScanParams& P) { return (P.dstate + P.lanes_per_channel - 1) / P.lanes_per_channel; }
 
 }  // namespace cuda
 }  // namespace xscan

@@ -1,5 +1,5 @@
 """What is particular to the hand-written CUDA backend, against the reference (the cases every
-backend shares: tests/test_parity.py): d_state 1..64 (one or two states per lane), several channel
+backend shares: tests/test_parity.py): d_state 1..64 (one to three states per lane), several channel
 tiles per group, half-precision inputs, the fp32-output option, the launch limits; GPU only: a 2L =
 65536 cross scan and element offsets beyond 2^31.
 
@@ -61,9 +61,10 @@ def test_cuda_is_the_default_for_cuda_tensors():
 # ---------------------------------------------------------------------------------------------
 # selective_scan
 
-@pytest.mark.parametrize("N", [1, 2, 16, 31, 33, 64])
+@pytest.mark.parametrize("N", [1, 2, 3, 12, 16, 18, 31, 33, 40, 64])
 def test_selective_scan_dstate(device, N):
-    # N <= 32: one state per lane; N > 32: two per lane
+    # states per lane (xscan.backends.cuda.tiling), forward: 1 (N = 1, 2, 16, 31), 3 (N = 3, 12,
+    # 18, 33, 40), 2 (N = 64); backward: 1 up to N = 32, then 2
     assert_matches_reference("selective_scan", device, Bt=1, Dm=3, N=N, L=37, G=1)
 
 
@@ -73,11 +74,11 @@ def test_selective_scan_several_channel_tiles(device):
 
 
 @pytest.mark.parametrize("L", [1, 3, 4, 5, 8, 9, 31, 32, 33, 64, 67])
-@pytest.mark.parametrize("N", [3, 40])
+@pytest.mark.parametrize("N", [3, 16, 64])
 def test_lengths_around_stage_and_chunk_boundaries(device, L, N):
     # The forward loads 8 positions at a time; the backward recomputes 32-position chunks into shared
     # memory and sweeps them 4 positions at a time: lengths on, before and after each boundary, with
-    # one and two states per lane.
+    # 1 to 3 states per lane (N = 3: three in the forward; 16: one; 64: two).
     assert_matches_reference("selective_scan", device, Bt=1, Dm=2, N=N, L=L, G=1)
 
 
@@ -108,7 +109,7 @@ def split_sequences(monkeypatch):
 SPLIT = dict(Bt=2, Dm=5, L=150, H=12, W=14, nh=2, P=3)
 
 
-@pytest.mark.parametrize("N", [3, 40])
+@pytest.mark.parametrize("N", [3, 16, 64])
 @pytest.mark.parametrize("op", OPS)
 def test_split_sequences_match_reference(device, split_sequences, op, N):
     assert_matches_reference(op, device, **SPLIT, N=N)
@@ -127,6 +128,19 @@ def test_split_sequence_last_state_and_partials(device, split_sequences, determi
     assert split_sequences[0] == (4, 32)  # 100 positions: spans 32, 32, 32, 4
 
 
+def test_tiling_puts_each_channel_on_the_fewest_idle_lanes():
+    def lanes(N, backward=False):
+        t = cuda_backend.tiling(N, 64, 1, 1, 128, backward)
+        return t.lanes, t.states_per_lane
+    assert lanes(1) == (1, 1) and lanes(16) == (16, 1) and lanes(32) == (32, 1)
+    assert lanes(3) == (1, 3) and lanes(12) == (4, 3) and lanes(18) == (8, 3)  # S4Fusion's 12 and 18
+    assert lanes(40) == (16, 3) and lanes(48) == (16, 3) and lanes(64) == (32, 2)
+    assert cuda_backend.tiling(18, 64, 1, 1, 128).channels_per_tile == 16
+    # the backward: one or two states per lane
+    assert lanes(3, True) == (4, 1) and lanes(12, True) == (16, 1) and lanes(18, True) == (32, 1)
+    assert lanes(40, True) == (32, 2) and lanes(64, True) == (32, 2)
+
+
 def test_sequence_split_rule():
     def split(length, blocks):
         return cuda_backend.sequence_split(length, blocks, 1, 132, 32)
@@ -142,7 +156,8 @@ def test_sequence_split_rule():
 
 @pytest.mark.parametrize("op", MAP_OPS)
 def test_map_ops_many_channels_and_wide_state(device, op):
-    # N = 40: two states per lane, 4 channels per block, so 9 channels span 3 tiles
+    # N = 40: 16 lanes of three states, 8 channels per block (9 channels: 2 tiles); the backward 32
+    # lanes of two, 4 channels per block (3 tiles)
     assert_matches_reference(op, device, Bt=1, Dm=9, N=40, H=3, W=3)
 
 
@@ -159,8 +174,8 @@ def test_tiled_channels_match_reference(device, op):
 # Half-precision inputs (fp32 accumulation; every op at N = 8: tests/test_parity.py)
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("N", [5, 40])
-def test_half_inputs_one_and_two_states_per_lane(device, dtype, N):
+@pytest.mark.parametrize("N", [8, 40, 64])
+def test_half_inputs_one_to_three_states_per_lane(device, dtype, N):
     assert_matches_reference("selective_scan", device, tol=HALF_TOL, dtype=dtype, Bt=2, Dm=9, N=N, L=40, G=1)
 
 
@@ -313,7 +328,7 @@ def test_emulator_rejects_unknown_settings(emulated_cuda, monkeypatch, variable,
 def test_kernel_results_do_not_depend_on_the_thread_order(emulated_cuda, monkeypatch):
     # Deterministic mode (no float atomics): every order gives the same bits, forward and backward
     # (two states per lane, two channel tiles, four routes summed).
-    args, kwargs = make_inputs("cross_ss2d", Bt=1, Dm=5, N=40, H=2, W=3)
+    args, kwargs = make_inputs("cross_ss2d", Bt=1, Dm=5, N=64, H=2, W=3)
     runs = []
     for order in ("forward", "reverse", "shuffle", "shuffle:1"):
         monkeypatch.setenv("XSCAN_EMULATOR_ORDER", order)

@@ -93,26 +93,42 @@ def _same_strides(views: list) -> list:
 
 
 class Tiling(NamedTuple):
-    lanes: int              # lanes per channel: d_state rounded up to a power of 2, at most 32
+    lanes: int              # lanes per channel (a power of 2, at most 32)
     channels_per_tile: int  # channels one block runs
     group_tiles: int        # B/C group pattern repeats (lcm of the groups)
     tiles_per_group: int    # blocks per group pattern
+    states_per_lane: int    # 1 to 3: the N states of a channel over its lanes
 
 
-def tiling(dstate: int, channels: int, groups_B: int, groups_C: int, threads: int) -> Tiling:
+def tiling(dstate: int, channels: int, groups_B: int, groups_C: int, threads: int, backward: bool = False) -> Tiling:
     """How the kernels split the channels of one (batch, route) over blocks of ``threads`` threads
-    (blocks per launch: group_tiles * tiles_per_group * routes * batch; above 32 states a lane
-    holds two)."""
-    lanes = 32 if dstate > 32 else 1 << (dstate - 1).bit_length()
+    (blocks per launch: group_tiles * tiles_per_group * routes * batch, times the spans of a split
+    sequence). A channel's N states lie on a power of 2 of lanes (a warp at most), 1 to 3 states
+    each (the backward: 1 or 2): the fewest idle slots, then the fewest states per lane (N = 18: 8
+    lanes of 3, 6 idle slots, where 32 lanes of one leave 14 idle; N = 12: 4 lanes of 3, none
+    idle). The backward's shared memory grows with the states a block holds (its dB, dC partials
+    and recomputed states): three per lane would hold it to one block per SM at N = 18."""
+    def lanes_for(states):
+        return 1 << (-(-dstate // states) - 1).bit_length()
+    choices = (1, 2) if backward else (1, 2, 3)
+    states = min((s for s in choices if lanes_for(s) <= 32), key=lambda s: (lanes_for(s) * s - dstate, s))
+    lanes = lanes_for(states)
     per_tile = threads // lanes
     group_tiles = math.lcm(groups_B, groups_C)
-    return Tiling(lanes, per_tile, group_tiles, -(-(channels // group_tiles) // per_tile))
+    return Tiling(lanes, per_tile, group_tiles, -(-(channels // group_tiles) // per_tile), states)
+
+
+def backward_shared_bytes(t: Tiling, dstate: int, threads: int, chunk: int) -> int:
+    """The backward kernel's dynamic shared memory (csrc/cuda/scan_device.cuh, backward_shared_bytes):
+    the block's dB and dC partials of one chunk, padded rows, and its threads' recomputed states."""
+    partials = 2 * chunk * (t.channels_per_tile * dstate + 1)
+    return 4 * (partials + t.states_per_lane * chunk * threads)
 
 
 class _Launch:
     """One spec packed into ScanParams; keeps every tensor it points at alive."""
 
-    def __init__(self, spec: ScanSpec):
+    def __init__(self, spec: ScanSpec, backward: bool):
         limits(spec)
         self.spec, self.keep = spec, []
         self.device = spec.view("u").device
@@ -122,7 +138,7 @@ class _Launch:
         P.batch, P.routes, P.channels, P.dstate = spec.batch, spec.routes, spec.channels, spec.dstate
         P.length, P.tokens, P.modalities = spec.length(), spec.tokens, spec.token_modalities()
         G_B, G_C = spec.view("B").shape[2], spec.view("C").shape[2]
-        t = tiling(spec.dstate, spec.channels, G_B, G_C, _C.THREADS_PER_BLOCK)
+        t = tiling(spec.dstate, spec.channels, G_B, G_C, _C.THREADS_PER_BLOCK, backward)
         P.lanes_per_channel, P.channels_per_tile = t.lanes, t.channels_per_tile
         P.group_tiles, P.tiles_per_group = t.group_tiles, t.tiles_per_group
         P.groups_B, P.groups_C = G_B, G_C
@@ -205,7 +221,7 @@ def _route_sum(spec: ScanSpec) -> tuple:
 
 
 def forward(spec: ScanSpec) -> list:
-    run = _Launch(spec)
+    run = _Launch(spec, backward=False)
     P = run.P
     y_outs = [o for o in spec.outputs if o.role == "y"]
     partial, atomic = _route_sum(spec)
@@ -231,7 +247,7 @@ def forward(spec: ScanSpec) -> list:
 
 
 def backward(spec: ScanSpec, grads: list) -> dict:
-    run = _Launch(spec)
+    run = _Launch(spec, backward=True)
     P = run.P
     f32 = run.f32
     N, K, Bt, Dm = spec.dstate, spec.routes, spec.batch, spec.channels

@@ -350,7 +350,7 @@ struct EmulatedLaunch {
 template <typename T>
 bool scan_forward(const ScanParams& P) {
   using namespace xscan::cuda;
-  return with_policy(P, [&](const auto& routes, auto states) {
+  return with_policy<kMaxStatesPerLane>(P, [&](const auto& routes, auto states) {
     return forward_passes<T, decltype(states)::value>(P, routes, EmulatedLaunch());
   });
 }
@@ -358,7 +358,7 @@ bool scan_forward(const ScanParams& P) {
 template <typename T>
 bool scan_backward(const ScanParams& P) {
   using namespace xscan::cuda;
-  return with_policy(P, [&](const auto& routes, auto states) {
+  return with_policy<kMaxBackwardStatesPerLane>(P, [&](const auto& routes, auto states) {
     return backward_passes<T, decltype(states)::value>(P, routes, EmulatedLaunch());
   });
 }
