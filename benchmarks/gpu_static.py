@@ -509,8 +509,9 @@ def ops_rows(ops: list[OpCall], cuda: dict, tri: dict) -> list[dict]:
 
 def ops_table(rows: list[dict], batch: int) -> str:
     def blocks(c):
-        spans = f" = {c['blocks'] // c['spans']:,} x {c['spans']} spans of {c['span_length']:,}" if c["spans"] > 1 else ""
-        return f"{c['blocks']:,}{spans}"
+        if c["spans"] == 1:
+            return f"{c['blocks']:,}"
+        return f"{c['blocks']:,} = {c['blocks'] // c['spans']:,} x {c['spans']} spans of {c['span_length']:,}"
 
     cells = []
     for r in rows:

@@ -95,6 +95,16 @@ def test_carry_with_several_rows_per_program(monkeypatch, programs):
     check("ssd_exchange", Bt=1, L=37, nh=1, P=5, N=3)
 
 
+def test_ssd_matmuls_follow_torchs_fp32_matmul_precision(monkeypatch):
+    # tf32 tensor cores only where torch allows them for fp32 matmuls; exact fp32 by default
+    from xscan.triton_kernels import ssd
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    assert ssd.dot_precision(torch.float32) == "ieee" and ssd.dot_precision(torch.bfloat16) == "ieee"
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    assert ssd.dot_precision(torch.float32) == "tf32" and ssd.dot_precision(torch.float16) == "tf32"
+    assert ssd.dot_precision(torch.float64) == "ieee"
+
+
 def test_limits_reject_routes_beyond_32_bit_positions():
     # the kernels locate positions in 32 bits: 2^31 - 1 positions pass, 2^31 are refused
     from xscan.triton_kernels import executor

@@ -196,7 +196,8 @@ def chunk_carry(carry_io, dt_sums, A, s_carry, s_sum, s_A, last, s_last, K, rows
     n = tl.arange(0, BLOCK_N).to(tl.int64)
     rmask = r < rows
     mask = rmask[:, None] & (n < N)[None, :]
-    An = tl.load(A + (tl.program_id(0) % K).to(tl.int64) * s_A[0] + r[:, None] * s_A[1] + n[None, :] * s_A[2], mask=mask,
+    k = (tl.program_id(0) % K).to(tl.int64)
+    An = tl.load(A + k * s_A[0] + r[:, None] * s_A[1] + n[None, :] * s_A[2], mask=mask,
                  other=0.0).to(carry_io.dtype.element_ty)
     base = seq * s_carry[0] + r[:, None] * s_carry[1] + n[None, :] * s_carry[3]
     sum_base = seq * s_sum[0] + r * s_sum[1]

@@ -77,8 +77,9 @@ def causal_decay(cs, CHUNK: tl.constexpr):
 
 
 @triton.jit
-def dot(a, b):
-    return tl.dot(a, b, input_precision="ieee")
+def dot(a, b, DOT: tl.constexpr):
+    """a @ b in the accumulation dtype: "tf32" on tensor cores, "ieee" exact (dot_precision)."""
+    return tl.dot(a, b, input_precision=DOT)
 
 
 @triton.jit
@@ -93,7 +94,8 @@ def ssd_summary(x0, x1, s_x0, s_x1, dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, 
                 A, s_A, bias, s_bias, gy0, gy1, s_gy0, s_gy1, states, adjoints, dt_sums,
                 Bt, nh, G, L, P, N, n_chunks,
                 HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BACKWARD: tl.constexpr,
-                CHUNK: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr):
+                CHUNK: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr,
+                DOT: tl.constexpr):
     """Pass 1: the chunk's end state from a zero start, (x o w)^T B; its summed dt; with BACKWARD
     the adjoint it sends to its start state, (gy o exp(cs))^T C."""
     seq, direction, b, head, c, t, tmask = ssd_program(Bt, nh, L, CHUNK)
@@ -105,7 +107,7 @@ def ssd_summary(x0, x1, s_x0, s_x1, dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, 
     total = tl.sum(dt, axis=0)
     w = tl.exp(a * total - cs) * dt
     off, mask = ssd_state_offsets(seq, c, n_chunks, P, N, BLOCK_P, BLOCK_N)
-    tl.store(states + off, dot(tl.trans(x * w[:, None]), Bm), mask=mask)
+    tl.store(states + off, dot(tl.trans(x * w[:, None]), Bm, DOT), mask=mask)
     tl.store(dt_sums + seq * n_chunks + c, total)
     if BACKWARD:
         p = tl.arange(0, BLOCK_P).to(tl.int64)
@@ -113,7 +115,7 @@ def ssd_summary(x0, x1, s_x0, s_x1, dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, 
         gy = load_pair(gy0, gy1, b * s_gy0[0] + t[:, None] * s_gy0[1] + head * s_gy0[2] + p[None, :] * s_gy0[3],
                        b * s_gy1[0] + t[:, None] * s_gy1[1] + head * s_gy1[2] + p[None, :] * s_gy1[3],
                        (direction + t * 0)[:, None], gmask, True, ACC)
-        tl.store(adjoints + off, dot(tl.trans(gy * tl.exp(cs)[:, None]), Cm), mask=mask)
+        tl.store(adjoints + off, dot(tl.trans(gy * tl.exp(cs)[:, None]), Cm, DOT), mask=mask)
 
 
 @triton.jit(do_not_specialize=["Bt", "L", "n_chunks"])  # batch and length: no recompiles
@@ -121,7 +123,8 @@ def ssd_forward(x0, x1, s_x0, s_x1, dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, 
                 A, s_A, bias, s_bias, Dp, s_D, y, s_y, states,
                 Bt, nh, G, L, P, N, n_chunks,
                 HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                CHUNK: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr):
+                CHUNK: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr,
+                DOT: tl.constexpr):
     """Pass 3: y[direction, b, t, head, p] (strides s_y over those five)."""
     seq, direction, b, head, c, t, tmask = ssd_program(Bt, nh, L, CHUNK)
     x, dt, raw, Bm, Cm = ssd_tiles(x0, x1, s_x0, s_x1, dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, C0, C1,
@@ -131,8 +134,8 @@ def ssd_forward(x0, x1, s_x0, s_x1, dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, 
     cs = a * tl.cumsum(dt, axis=0)
     off, mask = ssd_state_offsets(seq, c, n_chunks, P, N, BLOCK_P, BLOCK_N)
     start = tl.load(states + off, mask=mask, other=0.0)
-    mixing = dot(Cm, tl.trans(Bm)) * causal_decay(cs, CHUNK)
-    out = dot(mixing, x * dt[:, None]) + tl.exp(cs)[:, None] * dot(Cm, tl.trans(start))
+    mixing = dot(Cm, tl.trans(Bm), DOT) * causal_decay(cs, CHUNK)
+    out = dot(mixing, x * dt[:, None], DOT) + tl.exp(cs)[:, None] * dot(Cm, tl.trans(start), DOT)
     if HAS_D:
         out += tl.load(Dp + head * s_D).to(ACC) * x
     p = tl.arange(0, BLOCK_P).to(tl.int64)
@@ -146,7 +149,8 @@ def ssd_backward(x0, x1, s_x0, s_x1, dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1,
                  g_x, s_gx, g_dt, s_gdt, g_B, g_C, s_gbc, g_A, g_D, g_bias,
                  Bt, nh, G, L, P, N, n_chunks,
                  HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                 CHUNK: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr):
+                 CHUNK: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr,
+                DOT: tl.constexpr):
     """Pass 3 of the backward, with S0 the chunk's start state and Gs = dL/d(end state) from the
     chunks after it. Writes g_x[direction, b, t, head, p], g_dt[direction, b, t, head], per-head
     g_B, g_C[direction, b, t, head, n] (summed over a group's heads on the host) and per-program
@@ -169,18 +173,19 @@ def ssd_backward(x0, x1, s_x0, s_x1, dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1,
     after = tl.load(adjoints + off, mask=mask, other=0.0)
 
     decay = causal_decay(cs, CHUNK)
-    mixing = dot(Cm, tl.trans(Bm)) * decay             # [t, s]
-    gy_x = dot(gy, tl.trans(x))                         # [t, s] = gy_t . x_s
+    mixing = dot(Cm, tl.trans(Bm), DOT) * decay             # [t, s]
+    gy_x = dot(gy, tl.trans(x), DOT)                         # [t, s] = gy_t . x_s
     weighted = gy_x * decay
     to_end = tl.exp(cs_end - cs)                        # [s]
-    x_after = dot(x, after)                             # [s, n] = (x_s^T Gs)_n
-    g_x_t = dt[:, None] * (dot(tl.trans(mixing), gy) + to_end[:, None] * dot(Bm, tl.trans(after)))
+    x_after = dot(x, after, DOT)                             # [s, n] = (x_s^T Gs)_n
+    g_x_t = dt[:, None] * (dot(tl.trans(mixing), gy, DOT)
+                           + to_end[:, None] * dot(Bm, tl.trans(after), DOT))
     if HAS_D:
         Dv = tl.load(Dp + head * s_D).to(ACC)
         g_x_t += Dv * gy
-    g_B_t = dt[:, None] * (dot(tl.trans(weighted), Cm) + to_end[:, None] * x_after)
-    from_start = tl.exp(cs)[:, None] * dot(Cm, tl.trans(start))  # y's part from the start state
-    g_C_t = dot(weighted * dt[None, :], Bm) + tl.exp(cs)[:, None] * dot(gy, start)
+    g_B_t = dt[:, None] * (dot(tl.trans(weighted), Cm, DOT) + to_end[:, None] * x_after)
+    from_start = tl.exp(cs)[:, None] * dot(Cm, tl.trans(start), DOT)  # y's part from the start state
+    g_C_t = dot(weighted * dt[None, :], Bm, DOT) + tl.exp(cs)[:, None] * dot(gy, start, DOT)
 
     # gradient w.r.t. the log-decays cs, then w.r.t. each step's increment a dt_s (reverse cumsum)
     pair = mixing * gy_x
@@ -211,11 +216,19 @@ def ssd_backward(x0, x1, s_x0, s_x1, dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1,
         tl.store(g_bias + part, tl.sum(g_dt_t, axis=0))
 
 
-_KEY = ["CHUNK", "BLOCK_P", "BLOCK_N"]
+_KEY = ["CHUNK", "BLOCK_P", "BLOCK_N", "DOT"]
 _summary = autotuned(_KEY)(ssd_summary)
 _forward = autotuned(_KEY)(ssd_forward)
 _backward = autotuned(_KEY)(ssd_backward)
 MAX_TILE = 128  # P and N per program (padded to a power of 2, at least 16 for tl.dot)
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """How the chunk matmuls multiply their fp32 tiles (half inputs are scanned in fp32 too): in tf32
+    on tensor cores where torch allows it for fp32 matmuls (torch.backends.cuda.matmul.allow_tf32,
+    e.g. torch.set_float32_matmul_precision("high")), else, torch's default, in full fp32 ("ieee");
+    fp64 inputs in fp64."""
+    return "tf32" if dtype != torch.float64 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
 
 
 def check_limits(P: int, N: int) -> None:
@@ -244,7 +257,7 @@ class SSDProblem:
             Bt=self.Bt, nh=self.nh, G=self.G, L=self.L, P=self.P, N=self.N, n_chunks=self.n_chunks,
             HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, CHUNK=self.chunk,
             BLOCK_P=max(16, triton.next_power_of_2(self.P)), BLOCK_N=max(16, triton.next_power_of_2(self.N)),
-            ACC=self.acc)
+            ACC=self.acc, DOT=dot_precision(x0.dtype))
         self.A = A
         self.grid = (2 * self.Bt * self.nh, self.n_chunks)
 
