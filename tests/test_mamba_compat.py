@@ -153,6 +153,9 @@ def test_mamba_inner_fn_equals_its_maths():
                 else fn(*a)
             out.square().sum().backward()
             results.append([out] + [p.grad for p in leaves])
+        # normwise: the gradients reach 1e5 while single elements cancel to ~1, where two fp32
+        # evaluations may differ by 3e-4 relative (both within 1e-6 of an fp64 evaluation, normwise)
         for u, v in zip(*results):
-            torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-4)
+            err = ((u - v).abs().max() / v.abs().max()).item()
+            assert err < 1e-5, err
         """)
