@@ -15,6 +15,7 @@ one of two ways:
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 import sys
@@ -71,6 +72,12 @@ def limits(spec: ScanSpec) -> None:
 # least two MIN_SPAN positions split. Not yet tuned on a GPU.
 MIN_SPAN = 512
 EMULATED_SMS = 132  # the host emulation plans as for an H100
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: Optional[int]) -> int:
+    return torch.cuda.get_device_properties(device_index if device_index is not None else
+                                            torch.cuda.current_device()).multi_processor_count
 
 
 def sequence_split(length: int, blocks: int, batch: int, sms: int, chunk: int) -> tuple:
@@ -154,8 +161,7 @@ class _Launch:
         P.D = 0 if params["D"] is None else params["D"].data_ptr()
         P.delta_bias = 0 if params["delta_bias"] is None else params["delta_bias"].data_ptr()
         self.code = DTYPE_CODE[spec.dtype()]
-        sms = (torch.cuda.get_device_properties(self.device).multi_processor_count if self.device.type == "cuda"
-               else EMULATED_SMS)
+        sms = _sm_count(self.device.index) if self.device.type == "cuda" else EMULATED_SMS
         P.segments, P.span_length = sequence_split(P.length, self.tiles * P.batch * P.routes, P.batch, sms,
                                                    _C.CHUNK_LENGTH)
         if P.segments > 1:
