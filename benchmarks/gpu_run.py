@@ -575,18 +575,13 @@ STEP_FUNCTIONS = dict(env=step_env, build=step_build, smoke=step_smoke, tests=st
 # (smoke writes DIR/smoke.jsonl as it goes, models DIR/models.jsonl).
 
 def use_emulated_cuda(repo: Path) -> str:
-    """The cuda backend on CPU tensors through the host emulation of its kernels, as the
-    ``emulated_cuda`` fixture of tests/conftest.py sets it up. Returns the emulation's module name."""
+    """The cuda backend on CPU tensors through the host emulation of its kernels. Returns the
+    emulation's module name."""
     path = repo / "tests" / "backends" / "cuda_emulator" / "__init__.py"
     spec = importlib.util.spec_from_file_location("xscan_cuda_emulator", path)
     emulator = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(emulator)
-    from xscan import _registry
-    from xscan.backends import cuda as cuda_backend
-    cuda_backend._C = emulator.build()
-    b = _registry.backend("cuda")
-    b.executor, b.devices, b.reason = cuda_backend, ("cpu",), None
-    return cuda_backend._C.__name__
+    return emulator.install().__name__
 
 
 def worker_env(opts):

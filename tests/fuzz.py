@@ -1,6 +1,7 @@
 """Random cases for every op on every backend that runs here, against the reference.
 
     python tests/fuzz.py --cases 2000 --seed 0      # prints a summary line per 100 cases and at the end
+    python tests/fuzz.py --cases 500 --emulated-cuda # the cuda backend among them, on its host emulation
 
 A case is a random op, shape (odd sizes, size 1), dtype, set of optional inputs, memory layout
 (non-contiguous, channels-last) and backend; one case in three is made invalid (a dimension off by
@@ -8,10 +9,13 @@ one, a per-token dtype mixture, a tensor on the meta device, a non-tensor) and m
 a ``ValueError``/``TypeError`` naming the argument. Valid cases compare outputs and every gradient
 with the reference. Cases run in child processes of at most ``--batch`` cases, so a crash (a
 segfault, an abort, a heap corruption) is caught and reported with the case that caused it.
+With ``--emulated-cuda`` the cuda backend runs too (tests/backends/cuda_emulator), its sequences split
+into spans of 16, 32 or 512 positions (xscan.backends.cuda.MIN_SPAN) so that short cases split.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import random
@@ -44,7 +48,7 @@ def draw(seed: int) -> dict:
     return dict(seed=seed, op=op, shape=shape, flags=flags, dtype=r.choice(["float32", "float32", "float64", "bfloat16"]),
                 layout=r.choice(["contiguous", "non_contiguous", "channels_last"]),
                 mutation=r.choice([None, None, "dim", "dtype", "device", "type"]), backend_pick=r.random(),
-                pick=r.random())
+                pick=r.random(), min_span=r.choice([16, 32, 512]))
 
 
 def run_case(case: dict) -> dict:
@@ -55,8 +59,13 @@ def run_case(case: dict) -> dict:
     backends = [b for b, ok in xscan.backends().items() if ok is True and b != "reference"
                 and ("cpu" in xscan._registry.backend(b).devices)]
     if dtype == torch.bfloat16:
-        backends = [b for b in backends if b == "cpu"] or ["reference"]
+        backends = [b for b in backends if b in ("cpu", "cuda")] or ["reference"]
+    if dtype == torch.float64:  # the cuda kernels refuse fp64 (a clear error, tested apart)
+        backends = [b for b in backends if b != "cuda"] or ["reference"]
     backend = backends[int(case["backend_pick"] * len(backends))] if backends else "reference"
+    if backend == "cuda":
+        from xscan.backends import cuda as cuda_backend
+        cuda_backend.MIN_SPAN = case["min_span"]
     args, kwargs = make_inputs(op, dtype=dtype, seed=case["seed"], **case["shape"], **case["flags"])
     layout = {"contiguous": lambda t: t, "non_contiguous": non_contiguous,
               "channels_last": lambda t: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t}
@@ -119,15 +128,23 @@ def run_case(case: dict) -> dict:
 
 
 def child(seeds: list[int]) -> None:
+    if os.environ.get("XSCAN_FUZZ_EMULATED_CUDA") == "1":
+        spec = importlib.util.spec_from_file_location(
+            "xscan_cuda_emulator", os.path.join(os.path.dirname(os.path.abspath(__file__)), "backends",
+                                                "cuda_emulator", "__init__.py"))
+        emulator = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(emulator)
+        emulator.install()
     for seed in seeds:
         case = draw(seed)
         print(json.dumps(dict(seed=seed, started=True)), flush=True)
         print(json.dumps(dict(case, **run_case(case))), flush=True)
 
 
-def fuzz(cases: int, seed: int, batch: int, log=print) -> dict:
+def fuzz(cases: int, seed: int, batch: int, log=print, emulated_cuda: bool = False) -> dict:
     """Run ``cases`` cases from ``seed`` in child processes. Returns the summary."""
-    env = dict(os.environ, TRITON_INTERPRET=os.environ.get("TRITON_INTERPRET", "1"))
+    env = dict(os.environ, TRITON_INTERPRET=os.environ.get("TRITON_INTERPRET", "1"),
+               XSCAN_FUZZ_EMULATED_CUDA="1" if emulated_cuda else "0")
     seeds = list(range(seed, seed + cases))
     done, failures, crashes = 0, [], []
     for start in range(0, cases, batch):
@@ -158,12 +175,14 @@ def main(argv=None) -> int:
     parser.add_argument("--cases", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--emulated-cuda", action="store_true",
+                        help="also the cuda backend, on the host emulation of its kernels")
     parser.add_argument("--child", nargs="*", type=int, help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
     if opts.child is not None:
         child(opts.child)
         return 0
-    summary = fuzz(opts.cases, opts.seed, opts.batch)
+    summary = fuzz(opts.cases, opts.seed, opts.batch, emulated_cuda=opts.emulated_cuda)
     for f in summary["wrong"][:10] + summary["crashes"][:10]:
         print(json.dumps(f))
     return 1 if summary["wrong"] or summary["crashes"] else 0

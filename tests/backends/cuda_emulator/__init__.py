@@ -28,3 +28,16 @@ def build():
         extra_include_paths=[CUDA_DIR, INCLUDE_DIR],
         # every file sees the declaration of emulator.cpp's __expf (csrc/include/xscan/scan_math.h)
         extra_cflags=["-O1", "-std=c++17", "-DXSCAN_HOST_EXPF=xscan_emulated_expf"], verbose=False)
+
+
+def install():
+    """Build the emulation and make xscan's cuda backend run on CPU tensors through it, for the rest
+    of the process (scripts: benchmarks/gpu_run.py --rehearse, tests/fuzz.py --emulated-cuda; the
+    tests' ``emulated_cuda`` fixture sets the same fields undoably). Returns the built module."""
+    from xscan import _registry
+    from xscan.backends import cuda as cuda_backend
+    cuda_backend._C = build()
+    backend = _registry.backend("cuda")
+    backend.executor, backend.devices, backend.reason = cuda_backend, ("cpu",), None
+    return cuda_backend._C
+
