@@ -15,8 +15,8 @@
 // Backward: the forward is rerun with the state saved at the start of every kChunkLength positions;
 // the backward walks the chunks in reverse, recomputes the states of one chunk into shared memory
 // (each thread its own column, so the loops over a chunk need not be unrolled to keep the states in
-// registers: the kernel stays a few thousand instructions) and runs the adjoint recurrence through it. dB and dC (shared by the channels of a group) are summed over the
-// block's channels in shared memory in a fixed order, then written as per-tile partials that the
+// registers: the kernel stays a few thousand instructions) and runs the adjoint recurrence through
+// it. dB and dC (shared by the channels of a group) are summed over the block's channels in shared memory in a fixed order, then written as per-tile partials that the
 // caller sums (deterministic), or added into one buffer with float atomics (atomic_state_grads).
 //
 // Under nvcc this is plain CUDA. Without nvcc (the host emulation in tests/backends/cuda_emulator/)
@@ -119,6 +119,12 @@ XSCAN_DEVICE Span span_of(const ScanParams& P) {
   return Span{static_cast<int>(blockIdx.z), first, P.length - first < P.span_length ? P.length : first + P.span_length};
 }
 
+// The span's row (sequence seq = (b, k, d)) in the per-span buffers: span_states, span_dt,
+// span_adjoints, and the split backward's partials.
+XSCAN_DEVICE int64_t span_row(const ScanParams& P, int64_t seq, const Span& span) {
+  return seq * P.segments + span.index;
+}
+
 // The thread's place in the launch: its channel, lane in the channel's group, groups of B and C.
 struct Lane {
   int b, k, tile, local_channel, lane, d, group_B, group_C;
@@ -191,6 +197,11 @@ XSCAN_DEVICE void load_states(const ScanParams& P, const TokenTensor& t, const L
   }
 }
 
+// The gradient of the position's output (0 at padding, which has no output).
+XSCAN_DEVICE float load_dout(const ScanParams& P, const Lane& l, const TokenStep& s) {
+  return s.pad ? 0.f : P.dout.data[s.m][map_offset(P.dout, l.b, 0, s.yc, s.yr, s.yw)];
+}
+
 // z at the position's pixel of u (selective_scan only; 0 when there is no z).
 template <typename T>
 XSCAN_DEVICE float load_gate(const ScanParams& P, const Lane& l, const TokenStep& s) {
@@ -209,7 +220,7 @@ XSCAN_KERNEL scan_forward_kernel(const ScanParams P, const Routes routes) {
     A[i] = n < P.dstate ? P.A[(static_cast<int64_t>(l.k) * P.channels + l.d) * P.dstate + n] : 0.f;
     // a span of a split sequence starts from its carried state, except in the summary pass
     const bool carried = P.segments > 1 && !P.span_summary && n < P.dstate;
-    h[i] = carried ? P.span_states[(seq * P.segments + span.index) * P.dstate + n] : 0.f;
+    h[i] = carried ? P.span_states[span_row(P, seq, span) * P.dstate + n] : 0.f;
   }
   const int64_t param = static_cast<int64_t>(l.k) * P.channels + l.d;
   const float bias = P.delta_bias ? P.delta_bias[param] : 0.f;
@@ -258,13 +269,13 @@ XSCAN_KERNEL scan_forward_kernel(const ScanParams P, const Routes routes) {
     }
   }
   if (P.span_summary && l.active) {
-    const int64_t span_row = seq * P.segments + span.index;
+    const int64_t row = span_row(P, seq, span);
 #pragma unroll
     for (int i = 0; i < kStatesPerLane; ++i) {
       const int n = state_of(P, l, i);
-      if (n < P.dstate) P.span_states[span_row * P.dstate + n] = h[i];
+      if (n < P.dstate) P.span_states[row * P.dstate + n] = h[i];
     }
-    if (l.lane == 0) P.span_dt[span_row] = dt_sum;
+    if (l.lane == 0) P.span_dt[row] = dt_sum;
   }
   if (P.last_state && l.active && span.index == P.segments - 1) {
 #pragma unroll
@@ -301,7 +312,7 @@ XSCAN_KERNEL span_adjoint_kernel(const ScanParams P, const Routes routes) {
         steps[j] = load_step<T>(P, routes, l, bias, stop - 1 - j);
         const TokenStep& s = steps[j];
         load_states<T>(P, P.C, l, l.group_C, s, Cs[j]);
-        const float dout = s.pad ? 0.f : P.dout.data[s.m][map_offset(P.dout, l.b, 0, s.yc, s.yr, s.yw)];
+        const float dout = load_dout(P, l, s);
         dys[j] = P.z.data[0] ? dout * silu(load_gate<T>(P, l, s)) : dout;
       }
     }
@@ -318,7 +329,7 @@ XSCAN_KERNEL span_adjoint_kernel(const ScanParams P, const Routes routes) {
 #pragma unroll
     for (int i = 0; i < kStatesPerLane; ++i) {
       const int n = state_of(P, l, i);
-      if (n < P.dstate) P.span_adjoints[(seq * P.segments + span.index) * P.dstate + n] = adjoint[i];
+      if (n < P.dstate) P.span_adjoints[span_row(P, seq, span) * P.dstate + n] = adjoint[i];
     }
   }
 }
@@ -376,15 +387,16 @@ XSCAN_KERNEL scan_backward_kernel(const ScanParams P, const Routes routes) {
   const int64_t param = static_cast<int64_t>(l.k) * P.channels + l.d;
   const float bias = P.delta_bias ? P.delta_bias[param] : 0.f;
   const float skip = P.D ? P.D[param] : 0.f;
+  // dLoss/dh at the span's end: dLoss/dlast_state, or for a span of a split sequence what its
+  // successors pass it (carried)
+  const float* entering = P.segments > 1 ? P.span_adjoints + span_row(P, seq, span) * N
+                          : P.dlast_state ? P.dlast_state + seq * N : nullptr;
   float A[kStatesPerLane], adjoint[kStatesPerLane], dA[kStatesPerLane];
 #pragma unroll
   for (int i = 0; i < kStatesPerLane; ++i) {
     const int n = state_of(P, l, i);
     A[i] = n < N ? P.A[param * N + n] : 0.f;
-    // dLoss/dh_t from positions after t, already multiplied by their decay; at the end, dLoss/dlast_state
-    // (a span of a split sequence: what its successors pass it, carried)
-    const float* entering = P.segments > 1 ? P.span_adjoints + (seq * P.segments + span.index) * N
-                            : P.dlast_state ? P.dlast_state + seq * N : nullptr;
+    // dLoss/dh_t from positions after t, already multiplied by their decay
     adjoint[i] = entering && n < N ? entering[n] : 0.f;
     dA[i] = 0.f;
   }
@@ -436,7 +448,7 @@ XSCAN_KERNEL scan_backward_kernel(const ScanParams P, const Routes routes) {
           load_states<T>(P, P.B, l, l.group_B, x.s, x.B);
           load_states<T>(P, P.C, l, l.group_C, x.s, x.C);
           x.z = load_gate<T>(P, l, x.s);
-          x.dout = x.s.pad ? 0.f : P.dout.data[x.s.m][map_offset(P.dout, l.b, 0, x.s.yc, x.s.yr, x.s.yw)];
+          x.dout = load_dout(P, l, x.s);
 #pragma unroll
           for (int i = 0; i < kStatesPerLane; ++i) {
             x.h[i] = state_at(i, t);
@@ -518,7 +530,7 @@ XSCAN_KERNEL scan_backward_kernel(const ScanParams P, const Routes routes) {
     __syncthreads();
   }
   if (l.active) {
-    const int64_t part = P.segments > 1 ? seq * P.segments + span.index : seq;  // this block's partials' row
+    const int64_t part = P.segments > 1 ? span_row(P, seq, span) : seq;  // this block's partials' row
 #pragma unroll
     for (int i = 0; i < kStatesPerLane; ++i) {
       const int n = state_of(P, l, i);

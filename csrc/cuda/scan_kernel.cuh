@@ -54,6 +54,22 @@ auto with_policy(const ScanParams& P, Pass&& pass) {
   });
 }
 
+// One forward / one backward of P with input type T, every kernel run by `launch` (forward_passes):
+// the entry points of the CUDA launchers below and of the host emulation.
+template <typename T, typename Launch>
+bool run_forward(const ScanParams& P, Launch&& launch) {
+  return with_policy<kMaxStatesPerLane>(P, [&](const auto& routes, auto states) {
+    return forward_passes<T, decltype(states)::value>(P, routes, launch);
+  });
+}
+
+template <typename T, typename Launch>
+bool run_backward(const ScanParams& P, Launch&& launch) {
+  return with_policy<kMaxBackwardStatesPerLane>(P, [&](const auto& routes, auto states) {
+    return backward_passes<T, decltype(states)::value>(P, routes, launch);
+  });
+}
+
 #ifdef __CUDACC__
 #include <cuda_runtime.h>
 
@@ -83,18 +99,14 @@ struct StreamLaunch {
 template <typename T>
 const char* scan_forward(const ScanParams& P, cudaStream_t stream) {
   StreamLaunch launch{stream};
-  with_policy<kMaxStatesPerLane>(P, [&](const auto& routes, auto states) {
-    return forward_passes<T, decltype(states)::value>(P, routes, launch);
-  });
+  run_forward<T>(P, launch);
   return launch.error;
 }
 
 template <typename T>
 const char* scan_backward(const ScanParams& P, cudaStream_t stream) {
   StreamLaunch launch{stream};
-  with_policy<kMaxBackwardStatesPerLane>(P, [&](const auto& routes, auto states) {
-    return backward_passes<T, decltype(states)::value>(P, routes, launch);
-  });
+  run_backward<T>(P, launch);
   return launch.error;
 }
 #endif  // __CUDACC__

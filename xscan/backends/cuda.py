@@ -56,7 +56,9 @@ def limits(spec: ScanSpec) -> None:
                          f"1..{_C.MAX_DSTATE}")
     if spec.routes > ROUTES_LIMIT:
         raise ValueError(f"xscan (cuda backend): {spec.routes} routes exceed {ROUTES_LIMIT} (one grid row each)")
-    t = tiling(spec.dstate, spec.channels, spec.view("B").shape[2], spec.view("C").shape[2], _C.THREADS_PER_BLOCK)
+    # the backward's tiling has the most tiles (at most 2 states per lane: the most lanes per channel)
+    t = tiling(spec.dstate, spec.channels, spec.view("B").shape[2], spec.view("C").shape[2], _C.THREADS_PER_BLOCK,
+               backward=True)
     blocks = spec.batch * t.group_tiles * t.tiles_per_group
     if blocks > INT32_MAX:
         raise ValueError(f"xscan (cuda backend): batch {spec.batch} needs {blocks} blocks per route, more than "

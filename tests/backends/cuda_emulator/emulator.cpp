@@ -347,22 +347,6 @@ struct EmulatedLaunch {
   }
 };
 
-template <typename T>
-bool scan_forward(const ScanParams& P) {
-  using namespace xscan::cuda;
-  return with_policy<kMaxStatesPerLane>(P, [&](const auto& routes, auto states) {
-    return forward_passes<T, decltype(states)::value>(P, routes, EmulatedLaunch());
-  });
-}
-
-template <typename T>
-bool scan_backward(const ScanParams& P) {
-  using namespace xscan::cuda;
-  return with_policy<kMaxBackwardStatesPerLane>(P, [&](const auto& routes, auto states) {
-    return backward_passes<T, decltype(states)::value>(P, routes, EmulatedLaunch());
-  });
-}
-
 // pass(T()) for the input type T of `dtype`; returns the launch's error, empty on success.
 template <typename Pass>
 const char* launch(xscan::cuda::DType dtype, const Pass& pass) {
@@ -384,11 +368,11 @@ namespace xscan {
 namespace cuda {
 
 const char* launch_scan_forward(const ScanParams& P, DType dtype, void*) {
-  return launch(dtype, [&](auto type) { return scan_forward<decltype(type)>(P); });
+  return launch(dtype, [&](auto type) { return run_forward<decltype(type)>(P, EmulatedLaunch()); });
 }
 
 const char* launch_scan_backward(const ScanParams& P, DType dtype, void*) {
-  return launch(dtype, [&](auto type) { return scan_backward<decltype(type)>(P); });
+  return launch(dtype, [&](auto type) { return run_backward<decltype(type)>(P, EmulatedLaunch()); });
 }
 
 }  // namespace cuda
