@@ -279,14 +279,17 @@ def cuda_launch(spec, threads: int, chunk: int, backward: bool) -> dict:
     split: spans per sequence), states per lane, share of the threads holding a (channel, state),
     dynamic shared memory (the backward's backward_shared_bytes)."""
     from xscan.backends.cuda import backward_shared_bytes, sequence_split, tiling
-    from xscan.spec import Source
+    from xscan.spec import Route, Source
+
+    # the route policy of each kind (csrc/include/xscan/routes.h, visit_route)
+    ROUTE_POLICIES = {Route.LINE: "LineRoutes", Route.CROSS: "CrossRoutes", Route.ATROUS: "AtrousRoutes",
+                      Route.CROSS_PAIR: "CrossPairRoutes", Route.HEADS: "HeadRoutes", Route.SNAKE: "SnakeRoutes"}
 
     N, Dm = spec.dstate, spec.channels
     t = tiling(N, Dm, spec.view("B").shape[2], spec.view("C").shape[2], threads, backward)
     tiles = t.group_tiles * t.tiles_per_group
     states = t.states_per_lane
-    policy = "RealignRoutes" if spec.source != Source.TOKEN else \
-        "".join(w.capitalize() for w in spec.route.name.split("_")).replace("Heads", "Head") + "Routes"
+    policy = "RealignRoutes" if spec.source != Source.TOKEN else ROUTE_POLICIES[spec.route]
     blocks = tiles * spec.routes * spec.batch
     segments, span = sequence_split(spec.length(), blocks, spec.batch, H100.sms, chunk)
     return dict(policy=policy, blocks=blocks * segments, spans=segments, span_length=span, states_per_lane=states,
