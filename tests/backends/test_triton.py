@@ -95,12 +95,35 @@ def test_carry_with_several_rows_per_program(monkeypatch, programs):
     check("ssd_exchange", Bt=1, L=37, nh=1, P=5, N=3)
 
 
-def test_ssd_matmuls_follow_torchs_fp32_matmul_precision(monkeypatch):
+@pytest.fixture
+def fp32_matmul_precision():
+    """Sets torch's fp32 matmul precision for CUDA through the API this torch has ("ieee" or "tf32")
+    and restores it afterwards (monkeypatch cannot: the flag is a dynamic attribute, and torch >= 2.9
+    refuses a mix of its old and new APIs)."""
+    matmul = torch.backends.cuda.matmul
+    new_api = hasattr(matmul, "fp32_precision")
+    saved = matmul.fp32_precision if new_api else matmul.allow_tf32
+
+    def set_precision(precision):
+        if new_api:
+            matmul.fp32_precision = precision
+        else:
+            matmul.allow_tf32 = precision == "tf32"
+
+    yield set_precision
+    if new_api:
+        matmul.fp32_precision = saved
+    else:
+        matmul.allow_tf32 = saved
+
+
+def test_ssd_matmuls_follow_torchs_fp32_matmul_precision(fp32_matmul_precision):
     # tf32 tensor cores only where torch allows them for fp32 matmuls; exact fp32 by default
     from xscan.triton_kernels import ssd
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    assert ssd.dot_precision(torch.float32) == "ieee"
+    fp32_matmul_precision("ieee")
     assert ssd.dot_precision(torch.float32) == "ieee" and ssd.dot_precision(torch.bfloat16) == "ieee"
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    fp32_matmul_precision("tf32")
     assert ssd.dot_precision(torch.float32) == "tf32" and ssd.dot_precision(torch.float16) == "tf32"
     assert ssd.dot_precision(torch.float64) == "ieee"
 

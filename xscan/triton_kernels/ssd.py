@@ -223,12 +223,25 @@ _backward = autotuned(_KEY)(ssd_backward)
 MAX_TILE = 128  # P and N per program (padded to a power of 2, at least 16 for tl.dot)
 
 
+def tf32_matmuls() -> bool:
+    """Whether torch allows tf32 for fp32 matmuls on CUDA: ``torch.backends.cuda.matmul.fp32_precision``
+    (torch >= 2.9; "none" inherits ``torch.backends.fp32_precision``), else the older ``allow_tf32``.
+    Reading the one torch has avoids its error on a mix of the two APIs."""
+    matmul = torch.backends.cuda.matmul
+    precision = getattr(matmul, "fp32_precision", None)
+    if precision is None:
+        return bool(matmul.allow_tf32)
+    if precision == "none":
+        precision = getattr(torch.backends, "fp32_precision", "none")
+    return precision == "tf32"
+
+
 def dot_precision(dtype: torch.dtype) -> str:
     """How the chunk matmuls multiply their fp32 tiles (half inputs are scanned in fp32 too): in tf32
-    on tensor cores where torch allows it for fp32 matmuls (torch.backends.cuda.matmul.allow_tf32,
-    e.g. torch.set_float32_matmul_precision("high")), else, torch's default, in full fp32 ("ieee");
+    on tensor cores where torch allows it for fp32 matmuls (``tf32_matmuls``, e.g.
+    torch.set_float32_matmul_precision("high")), else, torch's default, in full fp32 ("ieee");
     fp64 inputs in fp64."""
-    return "tf32" if dtype != torch.float64 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    return "tf32" if dtype != torch.float64 and tf32_matmuls() else "ieee"
 
 
 def check_limits(P: int, N: int) -> None:
