@@ -40,12 +40,13 @@ void check_spec(const ScanParams& P) {
     throw std::invalid_argument("xscan CUDA: unknown route or source");
   for (int i = 0; i < xscan::geometry_sizes(static_cast<xscan::Route>(P.route), static_cast<xscan::Source>(P.source)); ++i)
     if (P.geometry[i] < 1) throw std::invalid_argument("xscan CUDA: route sizes must be positive");
-  const int lanes = P.lanes_per_channel;
+  const int W = P.warps_per_channel;
   if (P.dstate < 1 || P.dstate > xscan::cuda::kMaxDState || P.batch < 1 || P.routes < 1 || P.channels < 1 ||
-      lanes < 1 || lanes > 32 || (lanes & (lanes - 1)) != 0 || xscan::cuda::states_per_lane(P) > xscan::cuda::kMaxStatesPerLane)
-    throw std::invalid_argument("xscan CUDA: sizes outside the kernels' range");
+      (W != 1 && W != 2 && W != 4) || P.chunk_length != W * xscan::cuda::kWarpSize * xscan::cuda::kItems ||
+      P.chunks != (P.length + P.chunk_length - 1) / P.chunk_length || P.group_tiles < 1 || P.tiles_per_group < 1)
+    throw std::invalid_argument("xscan CUDA: sizes outside the kernels' range (plan the launch with plan())");
   if (P.segments < 1 || P.segments > 65535 ||
-      (P.segments > 1 && (P.span_length < 1 || P.span_length % xscan::cuda::kChunkLength != 0 ||
+      (P.segments > 1 && (P.span_length < 1 || P.span_length % P.chunk_length != 0 ||
                           static_cast<int64_t>(P.span_length) * (P.segments - 1) >= P.length ||
                           static_cast<int64_t>(P.span_length) * P.segments < P.length || !P.span_states ||
                           !P.span_dt || P.batch > 65535)))
@@ -70,8 +71,9 @@ void check_spec(const ScanParams& P) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "xscan CUDA scan kernels (driven by xscan.backends.cuda)";
-  m.attr("CHUNK_LENGTH") = xscan::cuda::kChunkLength;
   m.attr("MAX_DSTATE") = xscan::cuda::kMaxDState;
+  m.attr("ITEMS_PER_LANE") = xscan::cuda::kItems;
+  m.attr("WARPS_PER_BLOCK") = xscan::cuda::kWarps;
   m.attr("THREADS_PER_BLOCK") = xscan::cuda::kThreadsPerBlock;
   // xscan.spec's Route and Source numbers, checked by xscan/backends/cuda.py when it loads
   for (const auto& r : xscan::kRouteNames) m.attr((std::string("ROUTE_") + r.name).c_str()) = static_cast<int>(r.value);
@@ -122,10 +124,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readwrite("modalities", &ScanParams::modalities)
       .def_readwrite("group_tiles", &ScanParams::group_tiles)
       .def_readwrite("tiles_per_group", &ScanParams::tiles_per_group)
-      .def_readwrite("channels_per_tile", &ScanParams::channels_per_tile)
       .def_readwrite("groups_B", &ScanParams::groups_B)
       .def_readwrite("groups_C", &ScanParams::groups_C)
-      .def_readwrite("lanes_per_channel", &ScanParams::lanes_per_channel)
+      .def_readwrite("warps_per_channel", &ScanParams::warps_per_channel)
+      .def_readwrite("chunk_length", &ScanParams::chunk_length)
       .def_readwrite("delta_softplus", &ScanParams::delta_softplus)
       .def_readwrite("u", &ScanParams::u)
       .def_readwrite("z", &ScanParams::z)
@@ -166,6 +168,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .XSCAN_POINTER(ScanParams, ddelta_bias_part, float*);
 
   m.def(
+      "plan",
+      [](ScanParams& params, int64_t min_blocks, int64_t min_span, int max_warps) {
+        xscan::cuda::plan_launch(params, min_blocks, min_span, max_warps);
+      },
+      "Set the launch layout (warps per channel, chunk length, tiling, sequence split) from its sizes.");
+  m.def(
+      "shared_bytes", [](const ScanParams& params, bool backward) { return xscan::cuda::shared_bytes(params, backward); },
+      "Dynamic shared memory per block of the forward or backward scan kernel.");
+  m.def(
       "forward",
       [](const ScanParams& params, int dtype, int64_t stream) {
         check_spec(params);
@@ -179,8 +190,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         check_spec(params);
         if (params.segments > 1 && !params.span_adjoints)
           throw std::invalid_argument("xscan CUDA: a split backward needs span_adjoints");
-        if (xscan::cuda::states_per_lane(params) > xscan::cuda::kMaxBackwardStatesPerLane)
-          throw std::invalid_argument("xscan CUDA: the backward takes at most 2 states per lane");
         check(xscan::cuda::launch_scan_backward(params, static_cast<DType>(dtype), pointer<void*>(stream)),
               "backward");
       },

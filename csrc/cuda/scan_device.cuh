@@ -1,28 +1,30 @@
-// The scan kernels, templated on the per-token input type (float, __half, __nv_bfloat16), the number
-// of states each lane holds and the route policy (xscan/routes.h, the CPU engine's own, with 32-bit
-// indices: a position's route location is inlined 32-bit arithmetic, no 64-bit division calls).
-// Plain CUDA: no torch headers (the CPU torch wheel has none).
+// The scan kernels, templated on the per-token input type (float, __half, __nv_bfloat16) and the
+// route policy (xscan/routes.h, the CPU engine's own, with 32-bit indices: a position's route
+// location is inlined 32-bit arithmetic). Plain CUDA: no torch headers (the CPU torch wheel has none).
 //
-// Work split: a block owns one (batch b, route k, tile of channels) and, for a split sequence, one
-// span of its positions: grid (batch x tiles, routes, spans). Each channel is scanned by a group of
-// `lanes_per_channel` lanes (a power of 2) of one warp, each lane holding `kStatesPerLane` (1 to 3)
-// of the N states; C.h is summed over the group with warp shuffles. Time runs sequentially inside
-// the block. All accumulation is fp32; outputs and gradients are fp32 (the caller casts them).
+// Layout (position-parallel, as the fastest selective-scan kernels): a sequence (batch b, route k,
+// channel d) is scanned by `warps_per_channel` (W) warps of a 128-thread block; each lane owns
+// kItems consecutive positions of a chunk of W * 32 * kItems positions, so a position's route
+// location, dt (and its softplus), u and z are computed once per channel, not once per state. The
+// N states are looped with each state's (decay, increment) pairs in registers: a lane folds its own
+// positions, a warp scan (shuffles) and, for W > 1, a combine of the warps' totals in shared memory
+// give each lane the state entering its positions, from the chunk's start state, which is carried
+// from chunk to chunk in shared memory. A block holds 4 / W channels of one B and C group (a
+// "tile"); grid (batch x tiles, routes, spans). All accumulation is fp32; outputs and gradients are
+// fp32 (the caller casts them).
 //
-// Inputs are loaded a stage of positions at a time, all loads of a stage in flight before the math
-// that uses them (and before the stage's stores).
-//
-// Backward: the forward is rerun with the state saved at the start of every kChunkLength positions;
-// the backward walks the chunks in reverse, recomputes the states of one chunk into shared memory
-// (each thread its own column, so the loops over a chunk need not be unrolled to keep the states in
-// registers: the kernel stays a few thousand instructions) and runs the adjoint recurrence through
-// it. dB and dC (shared by the channels of a group) are summed over the block's channels in shared memory in a fixed order, then written as per-tile partials that the
-// caller sums (deterministic), or added into one buffer with float atomics (atomic_state_grads).
+// Backward: the forward is rerun first, saving each chunk's start state; the backward walks the
+// chunks last to first and, per state, recomputes the chunk's states by the same scan, runs the
+// adjoint recurrence as a reverse scan (the adjoint a position passes to the one before it is
+// q_t = a_t (C_t dy_t + q_{t+1}), carried from chunk to chunk), and accumulates the gradients of
+// every argument. dB and dC (shared by a group's channels) are summed over the block's channels in
+// shared memory in a fixed order, then written as per-tile partials that the caller sums
+// (deterministic), or added into one buffer with float atomics (atomic_state_grads).
 //
 // Under nvcc this is plain CUDA. Without nvcc (the host emulation in tests/backends/cuda_emulator/)
-// the includer first defines threadIdx, blockIdx, __shfl_xor_sync, __syncthreads, atomicAdd,
-// dynamic_shared(), __half and __nv_bfloat16 with their conversions to float, and runs each kernel
-// once per emulated thread.
+// the includer first defines threadIdx, blockIdx, __shfl_{xor,up,down}_sync, __syncwarp,
+// __syncthreads, atomicAdd, dynamic_shared(), __half and __nv_bfloat16 with their conversions to
+// float, and runs each kernel once per emulated thread.
 #pragma once
 
 #include "scan_params.h"
@@ -33,10 +35,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #define XSCAN_DEVICE __device__ __forceinline__
-// Kernels ask for 2 resident blocks per SM, no more: left free, ptxas held some variants at fewer
-// registers (168 for 3 blocks of the backward, 48 for the span summary, 128 for a forward) and
-// spilled 4-40 bytes.
-#define XSCAN_KERNEL __global__ void __launch_bounds__(kThreadsPerBlock, 2)
+#define XSCAN_KERNEL __global__ void __launch_bounds__(kThreadsPerBlock)
 #else
 #define XSCAN_DEVICE inline
 #define XSCAN_KERNEL void
@@ -45,53 +44,53 @@
 namespace xscan {
 namespace cuda {
 
+constexpr unsigned kFullMask = 0xffffffffu;
+constexpr float kLog2e = 1.4426950408889634f;
+
 XSCAN_DEVICE float to_float(float x) { return x; }
 XSCAN_DEVICE float to_float(__half x) { return __half2float(x); }
 XSCAN_DEVICE float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
 
 #ifdef __CUDACC__
-// The backward's dynamic shared memory.
 XSCAN_DEVICE float* dynamic_shared() {
   extern __shared__ float shared[];
   return shared;
 }
 #endif
 
-template <typename T>
-XSCAN_DEVICE float load_map(const MapTensor& t, int m, int b, int64_t c, int64_t r, int64_t w) {
-  const T* base = static_cast<const T*>(t.data[m]);
-  return to_float(base[b * t.stride_b + c * t.stride_c + r * t.stride_h + w * t.stride_w]);
-}
+// exp(dt A) as 2^(dt A log2(e)), with A log2(e) taken once per state: on the GPU one multiply and
+// one ex2.approx, what __expf(dt A) costs after its own multiply by log2(e).
+XSCAN_DEVICE float decay_of(float dt, float A_log2) { return exp2_acc(dt * A_log2); }
 
-template <typename T>
-XSCAN_DEVICE float load_token(const TokenTensor& t, int m, int b, int k, int64_t c, int64_t tok) {
-  const T* base = static_cast<const T*>(t.data[m]);
-  return to_float(base[b * t.stride_b + k * t.stride_k + c * t.stride_c + tok * t.stride_t]);
-}
-
-template <typename T>
-XSCAN_DEVICE float load_state(const TokenTensor& t, int m, int b, int k, int group, int n, int64_t tok) {
-  const T* base = static_cast<const T*>(t.data[m]);
-  return to_float(base[b * t.stride_b + k * t.stride_k + group * t.stride_c + n * t.stride_n + tok * t.stride_t]);
-}
-
-// The element of an output map (y, du, dout) at a pixel of route k.
-XSCAN_DEVICE int64_t map_offset(const OutputMap& o, int b, int k, int64_t c, int64_t r, int64_t w) {
-  return k * o.stride_k + b * o.stride_b + c * o.stride_c + r * o.stride_h + w * o.stride_w;
-}
-
-// A write of one route's output (or input gradient): plain, or added into a zeroed sum over routes.
-XSCAN_DEVICE void store(bool atomic, float* at, float value) {
-  if (atomic) {
-    atomicAdd(at, value);
-  } else {
-    *at = value;
+// (decay, increment) pairs of h <- a h + b, composed in position order: (a1, b1) then (a2, b2) is
+// (a1 a2, a2 b1 + b2). Inclusive scan over the lanes of a warp.
+XSCAN_DEVICE void warp_scan(float& a, float& b, int lane) {
+#pragma unroll
+  for (int offset = 1; offset < kWarpSize; offset <<= 1) {
+    const float a_up = __shfl_up_sync(kFullMask, a, offset), b_up = __shfl_up_sync(kFullMask, b, offset);
+    if (lane >= offset) {
+      b = a * b_up + b;
+      a = a * a_up;
+    }
   }
 }
 
-// Sum over the `width` lanes (a power of two) of a channel's group; every lane gets the sum.
-XSCAN_DEVICE float group_sum(float x, int width) {
-  for (int offset = width >> 1; offset > 0; offset >>= 1) x += __shfl_xor_sync(0xffffffffu, x, offset, width);
+// The same in reverse position order, for the adjoint: q_out = a q_in + b, the lanes above first.
+XSCAN_DEVICE void warp_reverse_scan(float& a, float& b, int lane) {
+#pragma unroll
+  for (int offset = 1; offset < kWarpSize; offset <<= 1) {
+    const float a_down = __shfl_down_sync(kFullMask, a, offset), b_down = __shfl_down_sync(kFullMask, b, offset);
+    if (lane + offset < kWarpSize) {
+      b = a * b_down + b;
+      a = a * a_down;
+    }
+  }
+}
+
+// Sum over the 32 lanes of a warp; every lane gets it.
+XSCAN_DEVICE float warp_sum(float x) {
+#pragma unroll
+  for (int offset = kWarpSize / 2; offset > 0; offset >>= 1) x += __shfl_xor_sync(kFullMask, x, offset);
   return x;
 }
 
@@ -100,7 +99,6 @@ XSCAN_DEVICE float group_sum(float x, int width) {
 struct GridSize {
   unsigned x, y, z;
 };
-XSCAN_HD int scan_tiles(const ScanParams& P) { return P.group_tiles * P.tiles_per_group; }
 inline GridSize scan_grid_size(const ScanParams& P) {
   return {static_cast<unsigned>(scan_tiles(P)) * static_cast<unsigned>(P.batch), static_cast<unsigned>(P.routes),
           static_cast<unsigned>(P.segments)};
@@ -119,17 +117,15 @@ XSCAN_DEVICE Span span_of(const ScanParams& P) {
   return Span{static_cast<int>(blockIdx.z), first, P.length - first < P.span_length ? P.length : first + P.span_length};
 }
 
-// The span's row (sequence seq = (b, k, d)) in the per-span buffers: span_states, span_dt,
-// span_adjoints, and the split backward's partials.
-XSCAN_DEVICE int64_t span_row(const ScanParams& P, int64_t seq, const Span& span) {
-  return seq * P.segments + span.index;
-}
-
-// The thread's place in the launch: its channel, lane in the channel's group, groups of B and C.
+// The thread's place in the launch.
 struct Lane {
-  int b, k, tile, local_channel, lane, d, group_B, group_C;
-  int tile_group_B, tile_group_C;  // the B and C groups of the whole tile (a tile never straddles one)
-  bool active;  // false for lanes past the tile's last channel: they compute on channel 0 and write nothing
+  int b, k, tile, d, group_B, group_C;
+  int slot;   // the block's channel this warp scans, 0 .. 4 / W - 1
+  int part;   // which of the channel's W warps, in position order
+  int warp, lane;
+  int64_t seq;    // (b, k, d): row of the per-sequence buffers
+  int64_t param;  // (k, d): row of A, D, delta_bias
+  bool active;    // false past the tile's last channel: the warp computes on channel 0 and writes nothing
 };
 
 XSCAN_DEVICE Lane lane_of(const ScanParams& P) {
@@ -138,200 +134,301 @@ XSCAN_DEVICE Lane lane_of(const ScanParams& P) {
   l.tile = blockIdx.x % tiles;
   l.b = blockIdx.x / tiles;
   l.k = blockIdx.y;
-  l.local_channel = threadIdx.x / P.lanes_per_channel;
-  l.lane = threadIdx.x % P.lanes_per_channel;
+  l.warp = threadIdx.x / kWarpSize;
+  l.lane = threadIdx.x % kWarpSize;
+  l.slot = l.warp / P.warps_per_channel;
+  l.part = l.warp % P.warps_per_channel;
   const int group_tile = l.tile / P.tiles_per_group;
-  const int in_group = (l.tile % P.tiles_per_group) * P.channels_per_tile + l.local_channel;
+  const int in_group = (l.tile % P.tiles_per_group) * channels_per_tile(P) + l.slot;
   const int channels_per_group_tile = P.channels / P.group_tiles;
-  l.active = l.local_channel < P.channels_per_tile && in_group < channels_per_group_tile;
+  l.active = in_group < channels_per_group_tile;
   l.d = l.active ? group_tile * channels_per_group_tile + in_group : 0;
-  l.tile_group_B = group_tile / (P.group_tiles / P.groups_B);
-  l.tile_group_C = group_tile / (P.group_tiles / P.groups_C);
   l.group_B = l.d / (P.channels / P.groups_B);
   l.group_C = l.d / (P.channels / P.groups_C);
+  l.seq = (static_cast<int64_t>(l.b) * P.routes + l.k) * P.channels + l.d;
+  l.param = static_cast<int64_t>(l.k) * P.channels + l.d;
   return l;
 }
 
-// Positions whose inputs are loaded together, ahead of the math that uses them: all loads of a stage
-// are in flight at once (they depend neither on the state nor on the stage's stores).
-// The backward stages fewer positions than the forward: its chunk's states already take registers.
-constexpr int kStage = 8, kBackwardStage = 4;
-static_assert(kChunkLength % kStage == 0 && kChunkLength % kBackwardStage == 0,
-              "chunk starts must fall on a stage's first position");
-
-// One position of a sequence: where it reads and writes (the route policy's token for this lane's
-// channel, in 32-bit coordinates: the launcher keeps every size below 2^31) and its inputs.
-struct TokenStep {
-  int m;                         // modality
-  bool pad;                      // u reads 0, no output
-  int32_t e, uc, ur, uw, yc, yr, yw;
-  float delta_raw;  // delta + delta_bias, before softplus
-  float dt;         // the step size used
-  float u;
-};
-
-template <typename T, typename Routes>
-XSCAN_DEVICE TokenStep load_step(const ScanParams& P, const Routes& routes, const Lane& l, float bias, int32_t p) {
-  auto t = routes.at(l.k, p);
-  routes.source(l.d, t);
-  TokenStep s;
-  s.m = t.m, s.pad = t.pad;
-  s.e = t.e, s.uc = t.uc, s.ur = t.ur, s.uw = t.uw, s.yc = t.yc, s.yr = t.yr, s.yw = t.yw;
-  s.delta_raw = load_token<T>(P.delta, s.m, l.b, l.k, l.d, s.e) + bias;
-  s.dt = P.delta_softplus ? softplus(s.delta_raw) : s.delta_raw;
-  s.u = s.pad ? 0.f : load_map<T>(P.u, s.m, l.b, s.uc, s.ur, s.uw);
-  return s;
+// The sequence's row in the per-span buffers.
+XSCAN_DEVICE int64_t span_row(const ScanParams& P, const Lane& l, const Span& span) {
+  return l.seq * P.segments + span.index;
 }
 
-// The state n of lane slot i.
-XSCAN_DEVICE int state_of(const ScanParams& P, const Lane& l, int i) { return l.lane + i * P.lanes_per_channel; }
+// A per-token tensor (B or C) of one state, seen from the lane's channel: element offsets, from the
+// first modality's data, of the lane's positions (the second modality's tensor is reached through
+// its distance from the first, so one pointer serves both).
+template <typename T>
+struct StateRows {
+  const T* base;     // data[0] at (b, k, group)
+  int64_t stride_n;  // to the next state
+};
 
-// A position's B (and C) for the lane's states; 0 past N.
-template <typename T, int kStatesPerLane>
-XSCAN_DEVICE void load_states(const ScanParams& P, const TokenTensor& t, const Lane& l, int group, const TokenStep& s,
-                              float (&out)[kStatesPerLane]) {
-#pragma unroll
-  for (int i = 0; i < kStatesPerLane; ++i) {
-    const int n = state_of(P, l, i);
-    out[i] = n < P.dstate ? load_state<T>(t, s.m, l.b, l.k, group, n, s.e) : 0.f;
+template <typename T>
+XSCAN_DEVICE StateRows<T> state_rows(const TokenTensor& t, const Lane& l, int group) {
+  const T* base = static_cast<const T*>(t.data[0]);
+  return {base + l.b * t.stride_b + l.k * t.stride_k + group * t.stride_c, t.stride_n};
+}
+
+template <typename T>
+XSCAN_DEVICE int64_t token_offset(const TokenTensor& t, int m, int32_t e) {
+  const int64_t other = m ? static_cast<const T*>(t.data[1]) - static_cast<const T*>(t.data[0]) : 0;
+  return other + e * t.stride_t;
+}
+
+template <typename T>
+XSCAN_DEVICE float load_map(const MapTensor& t, int m, int b, int64_t c, int64_t r, int64_t w) {
+  const T* base = static_cast<const T*>(t.data[m]);
+  return to_float(base[b * t.stride_b + c * t.stride_c + r * t.stride_h + w * t.stride_w]);
+}
+
+template <typename T>
+XSCAN_DEVICE float load_token(const TokenTensor& t, int m, int b, int k, int64_t c, int64_t tok) {
+  const T* base = static_cast<const T*>(t.data[m]);
+  return to_float(base[b * t.stride_b + k * t.stride_k + c * t.stride_c + tok * t.stride_t]);
+}
+
+// The element of an output map (y, du, dout) at a pixel of route k.
+XSCAN_DEVICE int64_t map_offset(const OutputMap& o, int b, int k, int64_t c, int64_t r, int64_t w) {
+  return k * o.stride_k + b * o.stride_b + c * o.stride_c + r * o.stride_h + w * o.stride_w;
+}
+
+// A write of one route's output (or input gradient): plain, or added into a zeroed sum over routes.
+XSCAN_DEVICE void store(bool atomic, float* at, float value) {
+  if (atomic) {
+    atomicAdd(at, value);
+  } else {
+    *at = value;
   }
 }
 
-// The gradient of the position's output (0 at padding, which has no output).
-XSCAN_DEVICE float load_dout(const ScanParams& P, const Lane& l, const TokenStep& s) {
-  return s.pad ? 0.f : P.dout.data[s.m][map_offset(P.dout, l.b, 0, s.yc, s.yr, s.yw)];
+// One position of a lane's run: the token it reads and the pixels it reads and writes.
+struct Position {
+  TokenOf<int32_t> t;
+  int token_m;  // the token's modality before the channel's source (the row of dt, B, C it reads)
+  bool valid;   // inside the span (else it is the identity step: decay 1, increment 0)
+};
+
+template <typename Routes>
+XSCAN_DEVICE Position locate(const Routes& routes, const Lane& l, int32_t p, int32_t end) {
+  Position s;
+  s.valid = p < end;
+  s.t = routes.at(l.k, s.valid ? p : 0);
+  s.token_m = s.t.m;
+  routes.source(l.d, s.t);
+  return s;
+}
+
+// delta + delta_bias at the position, before softplus (0 past the span).
+template <typename T>
+XSCAN_DEVICE float load_delta(const ScanParams& P, const Lane& l, const Position& s, float bias) {
+  return s.valid ? load_token<T>(P.delta, s.t.m, l.b, l.k, l.d, s.t.e) + bias : 0.f;
+}
+
+XSCAN_DEVICE float step_of(const ScanParams& P, const Position& s, float delta_raw) {
+  return !s.valid ? 0.f : P.delta_softplus ? softplus(delta_raw) : delta_raw;
+}
+
+// u at the position (0 at padding and past the span).
+template <typename T>
+XSCAN_DEVICE float load_u(const ScanParams& P, const Lane& l, const Position& s) {
+  return s.valid && !s.t.pad ? load_map<T>(P.u, s.t.m, l.b, s.t.uc, s.t.ur, s.t.uw) : 0.f;
+}
+
+// The gradient of the position's output (0 at padding, which has no output, and past the span).
+XSCAN_DEVICE float load_dout(const ScanParams& P, const Lane& l, const Position& s) {
+  return s.valid && !s.t.pad ? P.dout.data[s.t.m][map_offset(P.dout, l.b, 0, s.t.yc, s.t.yr, s.t.yw)] : 0.f;
 }
 
 // z at the position's pixel of u (selective_scan only; 0 when there is no z).
 template <typename T>
-XSCAN_DEVICE float load_gate(const ScanParams& P, const Lane& l, const TokenStep& s) {
-  return P.z.data[0] ? load_map<T>(P.z, 0, l.b, s.uc, s.ur, s.uw) : 0.f;
+XSCAN_DEVICE float load_gate(const ScanParams& P, const Lane& l, const Position& s) {
+  return P.z.data[0] && s.valid ? load_map<T>(P.z, 0, l.b, s.t.uc, s.t.ur, s.t.uw) : 0.f;
 }
 
-template <typename T, int kStatesPerLane, typename Routes>
+// The shared memory of a block, in floats: per channel slot its carried state (forward) or adjoint
+// (backward) of each state; the warps' scan totals per state parity (W > 1); the backward's dA per
+// warp and its dB, dC contributions per state parity (one row of a chunk's positions per slot).
+// The state entering a warp's positions (W > 1): the chunk's start state h0 through the totals of
+// the channel's warps before it (forward), or the adjoint entering from after the chunk through the
+// totals of the warps after it (reverse). Every warp of the block calls it (one barrier).
+XSCAN_DEVICE float enter_warp(const ScanParams& P, const Lane& l, float* totals, int parity, float a, float b,
+                              float entering, bool reverse) {
+  if (P.warps_per_channel == 1) return entering;
+  float* mine = totals + (parity * kWarps + l.warp) * 2;
+  if (l.lane == (reverse ? 0 : kWarpSize - 1)) mine[0] = a, mine[1] = b;
+  __syncthreads();
+  const int first = l.slot * P.warps_per_channel;
+  float h = entering;
+  for (int i = 0; i < P.warps_per_channel - 1; ++i) {
+    const int part = reverse ? P.warps_per_channel - 1 - i : i;
+    if (reverse ? part <= l.part : part >= l.part) break;
+    const float* other = totals + (parity * kWarps + first + part) * 2;
+    h = other[0] * h + other[1];
+  }
+  return h;
+}
+
+// The forward over the block's span; also the state-saving rerun of the backward (chunk_states set,
+// no y) and a split sequence's summary pass (span_summary: no outputs but each span's end state and
+// summed dt).
+template <typename T, typename Routes>
 XSCAN_KERNEL scan_forward_kernel(const ScanParams P, const Routes routes) {
+  float* shared = dynamic_shared();
+  const SharedLayout layout = shared_layout(P, false);
   const Lane l = lane_of(P);
   const Span span = span_of(P);
-  const int64_t seq = (static_cast<int64_t>(l.b) * P.routes + l.k) * P.channels + l.d;
-  float A[kStatesPerLane], h[kStatesPerLane];
-#pragma unroll
-  for (int i = 0; i < kStatesPerLane; ++i) {
-    const int n = state_of(P, l, i);
-    A[i] = n < P.dstate ? P.A[(static_cast<int64_t>(l.k) * P.channels + l.d) * P.dstate + n] : 0.f;
-    // a span of a split sequence starts from its carried state, except in the summary pass
-    const bool carried = P.segments > 1 && !P.span_summary && n < P.dstate;
-    h[i] = carried ? P.span_states[span_row(P, seq, span) * P.dstate + n] : 0.f;
-  }
-  const int64_t param = static_cast<int64_t>(l.k) * P.channels + l.d;
-  const float bias = P.delta_bias ? P.delta_bias[param] : 0.f;
-  const float skip = P.D ? P.D[param] : 0.f;
+  const int N = P.dstate;
+  float* carry = shared + layout.carry + l.slot * N;
+  float* totals = shared + layout.totals;
+  // the span's start state: 0, or for a span of a split sequence its carried state
+  const bool carried = P.segments > 1 && !P.span_summary;
+  if (l.part == 0)
+    for (int n = l.lane; n < N; n += kWarpSize) carry[n] = carried ? P.span_states[span_row(P, l, span) * N + n] : 0.f;
+  const float bias = P.delta_bias ? P.delta_bias[l.param] : 0.f;
+  const float skip = P.D ? P.D[l.param] : 0.f;
+  const StateRows<T> Brows = state_rows<T>(P.B, l, l.group_B), Crows = state_rows<T>(P.C, l, l.group_C);
+  const float* A = P.A + l.param * N;
+  const bool outputs = P.y.data[0] != nullptr;
   float dt_sum = 0.f;  // the summary pass's: the span's decay is exp(A dt_sum)
+  __syncthreads();
 
-  for (int32_t start = span.first; start < span.end; start += kStage) {
-    TokenStep steps[kStage];
-    float Bs[kStage][kStatesPerLane], Cs[kStage][kStatesPerLane], zs[kStage];
+  for (int32_t chunk = span.first; chunk < span.end; chunk += P.chunk_length) {
+    const int32_t first = chunk + (l.part * kWarpSize + l.lane) * kItems;
+    float dt[kItems], dtu[kItems], y[kItems];
+    int64_t at_B[kItems], at_C[kItems];
 #pragma unroll
-    for (int t = 0; t < kStage; ++t) {
-      if (start + t < span.end) {
-        steps[t] = load_step<T>(P, routes, l, bias, start + t);
-        load_states<T>(P, P.B, l, l.group_B, steps[t], Bs[t]);
-        load_states<T>(P, P.C, l, l.group_C, steps[t], Cs[t]);
-        zs[t] = load_gate<T>(P, l, steps[t]);
+    for (int i = 0; i < kItems; ++i) {
+      const Position s = locate(routes, l, first + i, span.end);
+      dt[i] = step_of(P, s, load_delta<T>(P, l, s, bias));
+      dtu[i] = dt[i] * load_u<T>(P, l, s);
+      y[i] = 0.f;
+      at_B[i] = token_offset<T>(P.B, s.token_m, s.t.e);
+      at_C[i] = token_offset<T>(P.C, s.token_m, s.t.e);
+      dt_sum += dt[i];
+    }
+    if (P.chunk_states && l.part == 0 && l.active) {
+      float* saved = P.chunk_states + (l.seq * P.chunks + chunk / P.chunk_length) * N;
+      for (int n = l.lane; n < N; n += kWarpSize) saved[n] = carry[n];
+    }
+#pragma unroll 1
+    for (int n = 0; n < N; ++n) {
+      const float A_log2 = A[n] * kLog2e;
+      const T* Bn = Brows.base + n * Brows.stride_n;
+      float a[kItems], b[kItems];
+      float fold_a = 1.f, fold_b = 0.f;  // this lane's positions as one step
+#pragma unroll
+      for (int i = 0; i < kItems; ++i) {
+        a[i] = decay_of(dt[i], A_log2);
+        b[i] = dtu[i] * to_float(Bn[at_B[i]]);
+        fold_b = a[i] * fold_b + b[i];
+        fold_a *= a[i];
+      }
+      const float h0 = carry[n];
+      float scan_a = fold_a, scan_b = fold_b;
+      warp_scan(scan_a, scan_b, l.lane);
+      // the lanes before this one as one step: the inclusive scan of the lane before
+      float before_a = __shfl_up_sync(kFullMask, scan_a, 1), before_b = __shfl_up_sync(kFullMask, scan_b, 1);
+      if (l.lane == 0) before_a = 1.f, before_b = 0.f;
+      const float warp_start = enter_warp(P, l, totals, n & 1, scan_a, scan_b, h0, false);
+      float h = before_a * warp_start + before_b;
+      if (outputs) {
+        const T* Cn = Crows.base + n * Crows.stride_n;
+#pragma unroll
+        for (int i = 0; i < kItems; ++i) {
+          h = a[i] * h + b[i];
+          y[i] += to_float(Cn[at_C[i]]) * h;
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < kItems; ++i) h = a[i] * h + b[i];
+      }
+      __syncwarp();
+      if (l.part == P.warps_per_channel - 1 && l.lane == kWarpSize - 1) carry[n] = h;
+    }
+    if (outputs && l.active) {
+#pragma unroll
+      for (int i = 0; i < kItems; ++i) {
+        const Position s = locate(routes, l, first + i, span.end);
+        if (!s.valid || s.t.pad) continue;
+        float out = y[i] + skip * load_u<T>(P, l, s);
+        if (P.z.data[0]) out *= silu(load_gate<T>(P, l, s));
+        store(P.atomic_routes, &P.y.data[s.t.m][map_offset(P.y, l.b, l.k, s.t.yc, s.t.yr, s.t.yw)], out);
       }
     }
-#pragma unroll
-    for (int t = 0; t < kStage; ++t) {
-      const int32_t p = start + t;
-      if (p < span.end) {
-        if (P.chunk_states && p % kChunkLength == 0 && l.active) {
-#pragma unroll
-          for (int i = 0; i < kStatesPerLane; ++i) {
-            const int n = state_of(P, l, i);
-            if (n < P.dstate) P.chunk_states[(seq * P.chunks + p / kChunkLength) * P.dstate + n] = h[i];
-          }
-        }
-        const TokenStep& s = steps[t];
-        if (P.span_summary) dt_sum += s.dt;
-        float readout = 0.f;
-#pragma unroll
-        for (int i = 0; i < kStatesPerLane; ++i) {
-          // lanes past N hold A = 0, B = C = 0: their h stays 0 and adds nothing
-          h[i] = decay(s.dt, A[i]) * h[i] + s.dt * Bs[t][i] * s.u;
-          readout += Cs[t][i] * h[i];
-        }
-        readout = group_sum(readout, P.lanes_per_channel);
-        if (P.y.data[0] && l.active && l.lane == 0 && !s.pad) {
-          float y = readout + skip * s.u;
-          if (P.z.data[0]) y *= silu(zs[t]);
-          store(P.atomic_routes, &P.y.data[s.m][map_offset(P.y, l.b, l.k, s.yc, s.yr, s.yw)], y);
-        }
+    __syncthreads();  // the carry is written; the next chunk reads it
+  }
+  if (P.span_summary) {
+    dt_sum = warp_sum(dt_sum);
+    float* sums = totals;  // free again after the last barrier
+    if (l.lane == 0) sums[l.warp] = dt_sum;
+    __syncthreads();
+    if (l.part == 0 && l.active) {
+      const int64_t row = span_row(P, l, span);
+      for (int n = l.lane; n < N; n += kWarpSize) P.span_states[row * N + n] = carry[n];
+      if (l.lane == 0) {
+        float total = 0.f;
+        for (int w = 0; w < P.warps_per_channel; ++w) total += sums[l.warp + w];
+        P.span_dt[row] = total;
       }
     }
   }
-  if (P.span_summary && l.active) {
-    const int64_t row = span_row(P, seq, span);
-#pragma unroll
-    for (int i = 0; i < kStatesPerLane; ++i) {
-      const int n = state_of(P, l, i);
-      if (n < P.dstate) P.span_states[row * P.dstate + n] = h[i];
-    }
-    if (l.lane == 0) P.span_dt[row] = dt_sum;
-  }
-  if (P.last_state && l.active && span.index == P.segments - 1) {
-#pragma unroll
-    for (int i = 0; i < kStatesPerLane; ++i) {
-      const int n = state_of(P, l, i);
-      if (n < P.dstate) P.last_state[seq * P.dstate + n] = h[i];
-    }
-  }
+  if (P.last_state && l.active && l.part == 0 && span.index == P.segments - 1)
+    for (int n = l.lane; n < N; n += kWarpSize) P.last_state[l.seq * N + n] = carry[n];
 }
 
 // The summary of a split sequence's spans for the backward: the adjoint each span passes to the
 // state before it when nothing enters it from its successors (linear in what enters: the span's
 // decay exp(A span_dt) times that, plus this).
-template <typename T, int kStatesPerLane, typename Routes>
+template <typename T, typename Routes>
 XSCAN_KERNEL span_adjoint_kernel(const ScanParams P, const Routes routes) {
+  float* shared = dynamic_shared();
+  const SharedLayout layout = shared_layout(P, false);
   const Lane l = lane_of(P);
   const Span span = span_of(P);
-  const int64_t seq = (static_cast<int64_t>(l.b) * P.routes + l.k) * P.channels + l.d;
-  const int64_t param = static_cast<int64_t>(l.k) * P.channels + l.d;
-  const float bias = P.delta_bias ? P.delta_bias[param] : 0.f;
-  float A[kStatesPerLane], adjoint[kStatesPerLane];
+  const int N = P.dstate;
+  float* carry = shared + layout.carry + l.slot * N;
+  float* totals = shared + layout.totals;
+  if (l.part == 0)
+    for (int n = l.lane; n < N; n += kWarpSize) carry[n] = 0.f;
+  const float bias = P.delta_bias ? P.delta_bias[l.param] : 0.f;
+  const StateRows<T> Crows = state_rows<T>(P.C, l, l.group_C);
+  const float* A = P.A + l.param * N;
+  __syncthreads();
+  const int32_t last_chunk = span.first + (span.end - 1 - span.first) / P.chunk_length * P.chunk_length;
+  for (int32_t chunk = last_chunk; chunk >= span.first; chunk -= P.chunk_length) {
+    const int32_t first = chunk + (l.part * kWarpSize + l.lane) * kItems;
+    float dt[kItems], dy[kItems];
+    int64_t at_C[kItems];
 #pragma unroll
-  for (int i = 0; i < kStatesPerLane; ++i) {
-    const int n = state_of(P, l, i);
-    A[i] = n < P.dstate ? P.A[param * P.dstate + n] : 0.f;
-    adjoint[i] = 0.f;
-  }
-  for (int32_t stop = span.end; stop > span.first; stop -= kBackwardStage) {
-    TokenStep steps[kBackwardStage];
-    float Cs[kBackwardStage][kStatesPerLane], dys[kBackwardStage];
+    for (int i = 0; i < kItems; ++i) {
+      const Position s = locate(routes, l, first + i, span.end);
+      const float dout = load_dout(P, l, s);
+      dt[i] = step_of(P, s, load_delta<T>(P, l, s, bias));
+      dy[i] = P.z.data[0] ? dout * silu(load_gate<T>(P, l, s)) : dout;
+      at_C[i] = token_offset<T>(P.C, s.token_m, s.t.e);
+    }
+#pragma unroll 1
+    for (int n = 0; n < N; ++n) {
+      const float A_log2 = A[n] * kLog2e;
+      const T* Cn = Crows.base + n * Crows.stride_n;
+      float fold_a = 1.f, fold_b = 0.f;
 #pragma unroll
-    for (int j = 0; j < kBackwardStage; ++j) {  // positions stop - 1, stop - 2, ...
-      if (stop - 1 - j >= span.first) {
-        steps[j] = load_step<T>(P, routes, l, bias, stop - 1 - j);
-        const TokenStep& s = steps[j];
-        load_states<T>(P, P.C, l, l.group_C, s, Cs[j]);
-        const float dout = load_dout(P, l, s);
-        dys[j] = P.z.data[0] ? dout * silu(load_gate<T>(P, l, s)) : dout;
+      for (int i = kItems - 1; i >= 0; --i) {
+        const float a = decay_of(dt[i], A_log2);
+        fold_b = a * (to_float(Cn[at_C[i]]) * dy[i] + fold_b);
+        fold_a *= a;
       }
+      const float q_after = carry[n];
+      warp_reverse_scan(fold_a, fold_b, l.lane);
+      const float entering = enter_warp(P, l, totals, n & 1, fold_a, fold_b, q_after, true);
+      __syncwarp();
+      if (l.part == 0 && l.lane == 0) carry[n] = fold_a * entering + fold_b;
     }
-#pragma unroll
-    for (int j = 0; j < kBackwardStage; ++j) {
-      if (stop - 1 - j >= span.first) {
-#pragma unroll
-        for (int i = 0; i < kStatesPerLane; ++i)
-          adjoint[i] = (adjoint[i] + Cs[j][i] * dys[j]) * decay(steps[j].dt, A[i]);
-      }
-    }
+    __syncthreads();
   }
-  if (l.active) {
-#pragma unroll
-    for (int i = 0; i < kStatesPerLane; ++i) {
-      const int n = state_of(P, l, i);
-      if (n < P.dstate) P.span_adjoints[span_row(P, seq, span) * P.dstate + n] = adjoint[i];
-    }
-  }
+  if (l.part == 0 && l.active)
+    for (int n = l.lane; n < N; n += kWarpSize) P.span_adjoints[span_row(P, l, span) * N + n] = carry[n];
 }
 
 // The carry over a split sequence's spans, one thread per (sequence, state), grid
@@ -355,199 +452,186 @@ XSCAN_KERNEL span_carry_kernel(const ScanParams P) {
   }
 }
 
-// The backward's shared memory, per chunk: the block's channels' contributions to dB and dC,
-// [position t][channel c][state n], each position's row padded by one float so that both the
-// lanes' stores (consecutive (c, n)) and the reduction's loads (consecutive t) hit distinct banks;
-// then the recomputed states, [state slot i][position t][thread], each thread's own.
-XSCAN_HD int partial_row(const ScanParams& P) { return P.channels_per_tile * P.dstate + 1; }
-XSCAN_HD size_t partial_floats(const ScanParams& P) { return 2 * static_cast<size_t>(kChunkLength) * partial_row(P); }
-
-// Inputs of one position of the adjoint sweep, loaded a stage ahead of its math.
-template <int kStatesPerLane>
-struct AdjointStep {
-  TokenStep s;
-  float B[kStatesPerLane], C[kStatesPerLane];
-  float z, dout;
-  float h[kStatesPerLane], prev[kStatesPerLane];  // the state after this position and before it
-};
-
-template <typename T, int kStatesPerLane, typename Routes>
+// The backward over the block's span (after the state-saving forward).
+template <typename T, typename Routes>
 XSCAN_KERNEL scan_backward_kernel(const ScanParams P, const Routes routes) {
   float* shared = dynamic_shared();
+  const SharedLayout layout = shared_layout(P, true);
   const Lane l = lane_of(P);
   const Span span = span_of(P);
   const int N = P.dstate;
-  const int row_floats = partial_row(P);
-  float* dB_shared = shared;
-  float* dC_shared = shared + kChunkLength * row_floats;
-  float* states = shared + partial_floats(P) + threadIdx.x;  // states[(i * kChunkLength + t) * kThreadsPerBlock]
-  auto state_at = [&](int i, int t) -> float& { return states[(i * kChunkLength + t) * kThreadsPerBlock]; };
-
-  const int64_t seq = (static_cast<int64_t>(l.b) * P.routes + l.k) * P.channels + l.d;
-  const int64_t param = static_cast<int64_t>(l.k) * P.channels + l.d;
-  const float bias = P.delta_bias ? P.delta_bias[param] : 0.f;
-  const float skip = P.D ? P.D[param] : 0.f;
+  const int slots = channels_per_tile(P);
+  float* carry = shared + layout.carry + l.slot * N;  // the adjoint entering the chunk from after it
+  float* totals = shared + layout.totals;
+  float* dA_sums = shared + layout.dA + l.warp * N;
+  float* partials = shared + layout.partials;  // [parity][B or C][slot][chunk position]
   // dLoss/dh at the span's end: dLoss/dlast_state, or for a span of a split sequence what its
   // successors pass it (carried)
-  const float* entering = P.segments > 1 ? P.span_adjoints + span_row(P, seq, span) * N
-                          : P.dlast_state ? P.dlast_state + seq * N : nullptr;
-  float A[kStatesPerLane], adjoint[kStatesPerLane], dA[kStatesPerLane];
-#pragma unroll
-  for (int i = 0; i < kStatesPerLane; ++i) {
-    const int n = state_of(P, l, i);
-    A[i] = n < N ? P.A[param * N + n] : 0.f;
-    // dLoss/dh_t from positions after t, already multiplied by their decay
-    adjoint[i] = entering && n < N ? entering[n] : 0.f;
-    dA[i] = 0.f;
-  }
+  const float* entering = P.segments > 1 ? P.span_adjoints + span_row(P, l, span) * N
+                          : P.dlast_state ? P.dlast_state + l.seq * N : nullptr;
+  if (l.part == 0)
+    for (int n = l.lane; n < N; n += kWarpSize) carry[n] = entering ? entering[n] : 0.f;
+  if (l.lane == 0)
+    for (int n = 0; n < N; ++n) dA_sums[n] = 0.f;
+  const float bias = P.delta_bias ? P.delta_bias[l.param] : 0.f;
+  const float skip = P.D ? P.D[l.param] : 0.f;
+  const StateRows<T> Brows = state_rows<T>(P.B, l, l.group_B), Crows = state_rows<T>(P.C, l, l.group_C);
+  const float* A = P.A + l.param * N;
+  const bool gated = P.z.data[0] != nullptr;
+  const int64_t row = static_cast<int64_t>(l.b) * P.routes + l.k;
+  const int64_t per_state = static_cast<int64_t>(P.modalities) * P.tokens;
   float dskip = 0.f, dbias = 0.f;
+  __syncthreads();
 
-  for (int chunk = (span.end - 1) / kChunkLength; chunk >= span.first / kChunkLength; --chunk) {
-    const int32_t start = chunk * kChunkLength;
-    float h_start[kStatesPerLane], h[kStatesPerLane];
+  const int32_t last_chunk = span.first + (span.end - 1 - span.first) / P.chunk_length * P.chunk_length;
+  for (int32_t chunk = last_chunk; chunk >= span.first; chunk -= P.chunk_length) {
+    const int32_t first = chunk + (l.part * kWarpSize + l.lane) * kItems;
+    const int place = partial_place((l.part * kWarpSize + l.lane) * kItems);  // this lane's run in a partials row
+    float dt[kItems], dtu[kItems], dy[kItems];
+    float grad_B[kItems], grad_A[kItems], readout[kItems];  // sums over states: adjoint B, adjoint A a h_prev, C h
+    int64_t at_B[kItems], at_C[kItems];
+    int32_t token[kItems];  // modality * tokens + e: the position's column of dB and dC
 #pragma unroll
-    for (int i = 0; i < kStatesPerLane; ++i) {
-      const int n = state_of(P, l, i);
-      h[i] = h_start[i] = n < N ? P.chunk_states[(seq * P.chunks + chunk) * N + n] : 0.f;
+    for (int i = 0; i < kItems; ++i) {
+      const Position s = locate(routes, l, first + i, span.end);
+      const float dout = load_dout(P, l, s);
+      dt[i] = step_of(P, s, load_delta<T>(P, l, s, bias));
+      dtu[i] = dt[i] * load_u<T>(P, l, s);
+      dy[i] = gated ? dout * silu(load_gate<T>(P, l, s)) : dout;
+      at_B[i] = token_offset<T>(P.B, s.token_m, s.t.e);
+      at_C[i] = token_offset<T>(P.C, s.token_m, s.t.e);
+      token[i] = s.token_m * P.tokens + s.t.e;
+      grad_B[i] = grad_A[i] = readout[i] = 0.f;
     }
-    // Recompute the chunk's states into shared memory, a stage at a time (loads first).
+    const float* saved = P.chunk_states + (l.seq * P.chunks + chunk / P.chunk_length) * N;
 #pragma unroll 1
-    for (int stage = 0; stage < kChunkLength && start + stage < P.length; stage += kBackwardStage) {
-      TokenStep steps[kBackwardStage];
-      float Bs[kBackwardStage][kStatesPerLane];
+    for (int n = 0; n < N; ++n) {
+      const float A_n = A[n], A_log2 = A_n * kLog2e;
+      const T* Bn = Brows.base + n * Brows.stride_n;
+      const T* Cn = Crows.base + n * Crows.stride_n;
+      float a[kItems], Bv[kItems], Cv[kItems];
+      float fold_a = 1.f, fold_b = 0.f;
 #pragma unroll
-      for (int j = 0; j < kBackwardStage; ++j) {
-        if (start + stage + j < P.length) {
-          steps[j] = load_step<T>(P, routes, l, bias, start + stage + j);
-          load_states<T>(P, P.B, l, l.group_B, steps[j], Bs[j]);
-        }
+      for (int i = 0; i < kItems; ++i) {
+        a[i] = decay_of(dt[i], A_log2);
+        Bv[i] = to_float(Bn[at_B[i]]);
+        Cv[i] = to_float(Cn[at_C[i]]);
+        fold_b = a[i] * fold_b + dtu[i] * Bv[i];
+        fold_a *= a[i];
       }
+      // the states: the chunk's saved start state through the lanes (and warps) before this one
+      float scan_a = fold_a, scan_b = fold_b;
+      warp_scan(scan_a, scan_b, l.lane);
+      float before_a = __shfl_up_sync(kFullMask, scan_a, 1), before_b = __shfl_up_sync(kFullMask, scan_b, 1);
+      if (l.lane == 0) before_a = 1.f, before_b = 0.f;
+      const float warp_start = enter_warp(P, l, totals, 0, scan_a, scan_b, saved[n], false);
+      float h_prev[kItems], h[kItems];
+      float state = before_a * warp_start + before_b;
 #pragma unroll
-      for (int j = 0; j < kBackwardStage; ++j) {
-        if (start + stage + j < P.length) {
+      for (int i = 0; i < kItems; ++i) {
+        h_prev[i] = state;
+        state = a[i] * state + dtu[i] * Bv[i];
+        h[i] = state;
+      }
+      // the adjoints: q_t = a_t (C_t dy_t + q_{t+1}) from the adjoint entering the chunk
+      float rfold_a = 1.f, rfold_b = 0.f;
 #pragma unroll
-          for (int i = 0; i < kStatesPerLane; ++i) {
-            h[i] = decay(steps[j].dt, A[i]) * h[i] + steps[j].dt * Bs[j][i] * steps[j].u;
-            state_at(i, stage + j) = h[i];
+      for (int i = kItems - 1; i >= 0; --i) {
+        rfold_b = a[i] * (Cv[i] * dy[i] + rfold_b);
+        rfold_a *= a[i];
+      }
+      const float q_after = carry[n];
+      float rscan_a = rfold_a, rscan_b = rfold_b;
+      warp_reverse_scan(rscan_a, rscan_b, l.lane);
+      float after_a = __shfl_down_sync(kFullMask, rscan_a, 1), after_b = __shfl_down_sync(kFullMask, rscan_b, 1);
+      if (l.lane == kWarpSize - 1) after_a = 1.f, after_b = 0.f;
+      const float warp_entering = enter_warp(P, l, totals, 1, rscan_a, rscan_b, q_after, true);
+      float q = after_a * warp_entering + after_b;
+      float dA = 0.f;
+      float* row_B = partials + ((n & 1) * 2 * slots + l.slot) * partial_row(P) + place;
+      float* row_C = row_B + slots * partial_row(P);
+#pragma unroll
+      for (int i = kItems - 1; i >= 0; --i) {
+        const float g = Cv[i] * dy[i] + q;  // dLoss/dh at this position
+        const float g_decayed = g * a[i] * h_prev[i];
+        grad_B[i] += g * Bv[i];
+        grad_A[i] += A_n * g_decayed;
+        dA += dt[i] * g_decayed;
+        readout[i] += Cv[i] * h[i];
+        row_B[i] = l.active ? g * dtu[i] : 0.f;
+        row_C[i] = l.active ? dy[i] * h[i] : 0.f;
+        q = a[i] * g;
+      }
+      dA = warp_sum(dA);
+      __syncwarp();
+      if (l.lane == 0) dA_sums[n] += dA;
+      if (l.part == 0 && l.lane == 0) carry[n] = q;
+      // dB, dC of this state: the block's channels summed in slot order by the warps of slot 0
+      // (one partial per tile), each lane over its own positions
+      __syncthreads();
+      if (l.slot == 0) {
+        const float* sum_B = partials + (n & 1) * 2 * slots * partial_row(P) + place;
+        const float* sum_C = sum_B + slots * partial_row(P);
+#pragma unroll
+        for (int i = 0; i < kItems; ++i) {
+          if (first + i >= span.end) continue;
+          float total_B = 0.f, total_C = 0.f;
+          for (int c = 0; c < slots; ++c) total_B += sum_B[c * partial_row(P) + i], total_C += sum_C[c * partial_row(P) + i];
+          if (P.atomic_state_grads) {  // straight into dB (Bt, K, G_B, N, M*T) and dC (Bt, K, G_C, N, M*T)
+            atomicAdd(&P.dB_part[((row * P.groups_B + l.group_B) * N + n) * per_state + token[i]], total_B);
+            atomicAdd(&P.dC_part[((row * P.groups_C + l.group_C) * N + n) * per_state + token[i]], total_C);
+          } else {
+            const int64_t at = ((row * scan_tiles(P) + l.tile) * N + n) * per_state + token[i];
+            P.dB_part[at] = total_B;
+            P.dC_part[at] = total_C;
           }
         }
       }
     }
-    // The adjoint recurrence through the chunk, last stage first, each stage's inputs loaded before
-    // its gradient stores.
-#pragma unroll 1
-    for (int stage = kChunkLength - kBackwardStage; stage >= 0; stage -= kBackwardStage) {
-      if (start + stage >= P.length) continue;
-      AdjointStep<kStatesPerLane> in[kBackwardStage];
+    // this chunk's per-position gradients
 #pragma unroll
-      for (int j = 0; j < kBackwardStage; ++j) {
-        const int t = stage + j;
-        if (start + t < P.length) {
-          AdjointStep<kStatesPerLane>& x = in[j];
-          x.s = load_step<T>(P, routes, l, bias, start + t);
-          load_states<T>(P, P.B, l, l.group_B, x.s, x.B);
-          load_states<T>(P, P.C, l, l.group_C, x.s, x.C);
-          x.z = load_gate<T>(P, l, x.s);
-          x.dout = load_dout(P, l, x.s);
-#pragma unroll
-          for (int i = 0; i < kStatesPerLane; ++i) {
-            x.h[i] = state_at(i, t);
-            x.prev[i] = t == 0 ? h_start[i] : state_at(i, t > 0 ? t - 1 : 0);
-          }
-        }
+    for (int i = 0; i < kItems; ++i) {
+      const Position s = locate(routes, l, first + i, span.end);
+      if (!s.valid) continue;
+      const float delta_raw = load_delta<T>(P, l, s, bias), u = load_u<T>(P, l, s);
+      if (gated && l.active) {  // selective_scan only: y = (C.h + D u) * silu(z)
+        const float dout = load_dout(P, l, s);
+        P.dz[l.b * P.dz_stride_b + s.t.uc * P.dz_stride_c + s.t.ur * P.dz_stride_h + s.t.uw * P.dz_stride_w] =
+            dout * (readout[i] + skip * u) * silu_grad(load_gate<T>(P, l, s));
       }
-#pragma unroll
-      for (int j = kBackwardStage - 1; j >= 0; --j) {
-        const int t = stage + j;
-        if (start + t < P.length) {
-          const AdjointStep<kStatesPerLane>& x = in[j];
-          const TokenStep& s = x.s;
-          float dy = x.dout;
-          if (P.z.data[0]) {  // selective_scan only: y = (C.h + D u) * silu(z)
-            float readout = 0.f;
-#pragma unroll
-            for (int i = 0; i < kStatesPerLane; ++i) readout += x.C[i] * x.h[i];
-            const float y = group_sum(readout, P.lanes_per_channel) + skip * s.u;
-            dy = x.dout * silu(x.z);
-            if (l.active && l.lane == 0)
-              P.dz[l.b * P.dz_stride_b + s.uc * P.dz_stride_c + s.ur * P.dz_stride_h + s.uw * P.dz_stride_w] =
-                  x.dout * y * silu_grad(x.z);
-          }
-          float du = 0.f, ddt = 0.f;
-#pragma unroll
-          for (int i = 0; i < kStatesPerLane; ++i) {
-            const int n = state_of(P, l, i);
-            const float a = decay(s.dt, A[i]);
-            adjoint[i] += x.C[i] * dy;
-            du += adjoint[i] * s.dt * x.B[i];
-            ddt += adjoint[i] * (x.B[i] * s.u + A[i] * a * x.prev[i]);
-            dA[i] += adjoint[i] * s.dt * a * x.prev[i];
-            if (n < N) {
-              const int cell = t * row_floats + l.local_channel * N + n;
-              dB_shared[cell] = l.active ? adjoint[i] * s.dt * s.u : 0.f;
-              dC_shared[cell] = l.active ? dy * x.h[i] : 0.f;
-            }
-            adjoint[i] *= a;
-          }
-          du = group_sum(du, P.lanes_per_channel) + skip * dy;
-          ddt = group_sum(ddt, P.lanes_per_channel);
-          const float ddelta = P.delta_softplus ? ddt * softplus_grad(s.delta_raw) : ddt;
-          dskip += dy * s.u;
-          dbias += ddelta;
-          if (l.active && l.lane == 0) {
-            if (!s.pad)
-              store(P.atomic_routes, &P.du.data[s.m][map_offset(P.du, l.b, l.k, s.uc, s.ur, s.uw)], du);
-            P.ddelta[s.m][l.b * P.ddelta_stride_b + l.k * P.ddelta_stride_k + l.d * P.ddelta_stride_c +
-                              s.e * P.ddelta_stride_t] = ddelta;
-          }
-        }
+      const float du = dt[i] * grad_B[i] + skip * dy[i];
+      const float ddt = grad_B[i] * u + grad_A[i];
+      const float ddelta = P.delta_softplus ? ddt * softplus_grad(delta_raw) : ddt;
+      dskip += dy[i] * u;
+      dbias += ddelta;
+      if (l.active) {
+        if (!s.t.pad) store(P.atomic_routes, &P.du.data[s.t.m][map_offset(P.du, l.b, l.k, s.t.uc, s.t.ur, s.t.uw)], du);
+        P.ddelta[s.t.m][l.b * P.ddelta_stride_b + l.k * P.ddelta_stride_k + l.d * P.ddelta_stride_c +
+                        s.t.e * P.ddelta_stride_t] = ddelta;
       }
     }
-    // dB, dC of this chunk: sum the block's channels in a fixed order, one partial per tile.
-    __syncthreads();
-    const int cells = N * kChunkLength;
-    for (int cell = threadIdx.x; cell < cells; cell += kThreadsPerBlock) {
-      const int n = cell / kChunkLength, t = cell % kChunkLength;
-      if (start + t >= P.length) continue;
-      float sum_B = 0.f, sum_C = 0.f;
-      for (int c = 0; c < P.channels_per_tile; ++c) {
-        sum_B += dB_shared[t * row_floats + c * N + n];
-        sum_C += dC_shared[t * row_floats + c * N + n];
-      }
-      const auto pos = routes.at(l.k, start + t);
-      const int64_t token = static_cast<int64_t>(pos.m) * P.tokens + pos.e;
-      const int64_t row = static_cast<int64_t>(l.b) * P.routes + l.k;
-      const int64_t per_state = static_cast<int64_t>(P.modalities) * P.tokens;
-      if (P.atomic_state_grads) {  // straight into dB (Bt, K, G_B, N, M*T) and dC (Bt, K, G_C, N, M*T)
-        atomicAdd(&P.dB_part[((row * P.groups_B + l.tile_group_B) * N + n) * per_state + token], sum_B);
-        atomicAdd(&P.dC_part[((row * P.groups_C + l.tile_group_C) * N + n) * per_state + token], sum_C);
-      } else {
-        const int64_t at = ((row * scan_tiles(P) + l.tile) * N + n) * per_state + token;
-        P.dB_part[at] = sum_B;
-        P.dC_part[at] = sum_C;
-      }
-    }
-    __syncthreads();
+    __syncthreads();  // the carried adjoints are written; the next chunk reads them
   }
-  if (l.active) {
-    const int64_t part = P.segments > 1 ? span_row(P, seq, span) : seq;  // this block's partials' row
-#pragma unroll
-    for (int i = 0; i < kStatesPerLane; ++i) {
-      const int n = state_of(P, l, i);
-      if (n < N) P.dA_part[part * N + n] = dA[i];
+  // dA, dD, delta_bias's gradient: the channel's warps summed in order
+  dskip = warp_sum(dskip);
+  dbias = warp_sum(dbias);
+  float* sums = totals;  // free after the last barrier
+  if (l.lane == 0) sums[l.warp * 2] = dskip, sums[l.warp * 2 + 1] = dbias;
+  __syncthreads();
+  if (l.part == 0 && l.active) {
+    const int64_t part = P.segments > 1 ? span_row(P, l, span) : l.seq;  // this block's partials' row
+    for (int n = l.lane; n < N; n += kWarpSize) {
+      float total = 0.f;
+      for (int w = 0; w < P.warps_per_channel; ++w) total += dA_sums[w * N + n];
+      P.dA_part[part * N + n] = total;
     }
     if (l.lane == 0) {
-      if (P.dD_part) P.dD_part[part] = dskip;
-      if (P.ddelta_bias_part) P.ddelta_bias_part[part] = dbias;
+      float total_skip = 0.f, total_bias = 0.f;
+      for (int w = 0; w < P.warps_per_channel; ++w) total_skip += sums[(l.warp + w) * 2], total_bias += sums[(l.warp + w) * 2 + 1];
+      if (P.dD_part) P.dD_part[part] = total_skip;
+      if (P.ddelta_bias_part) P.ddelta_bias_part[part] = total_bias;
     }
   }
-}
-
-// Launch rules shared by the CUDA launchers and the host emulation.
-
-inline size_t backward_shared_bytes(const ScanParams& P) {
-  const size_t states = static_cast<size_t>(states_per_lane(P)) * kChunkLength * kThreadsPerBlock;
-  return sizeof(float) * (partial_floats(P) + states);
 }
 
 // The backward first reruns the forward with only the chunk start states as output.

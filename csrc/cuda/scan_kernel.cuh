@@ -23,51 +23,35 @@ auto with_routes(const ScanParams& P, F&& f) {
 // The launches of one forward and of one backward, for any `launch(kernel, grid, shared bytes,
 // arguments...)` that runs a kernel and returns false when it fails (a CUDA launch below, or the host
 // emulation's). A split sequence (P.segments > 1) adds a summary and a carry pass before each scan.
-template <typename T, int kStatesPerLane, typename Routes, typename Launch>
+template <typename T, typename Routes, typename Launch>
 bool forward_passes(const ScanParams& P, const Routes& routes, Launch&& launch) {
-  const auto forward = scan_forward_kernel<T, kStatesPerLane, Routes>;
+  const auto forward = scan_forward_kernel<T, Routes>;
   const GridSize grid = scan_grid_size(P);
-  if (P.segments == 1) return launch(forward, grid, 0, P, routes);
-  return launch(forward, grid, 0, span_summary_pass(P), routes) &&
-         launch(span_carry_kernel<false>, span_carry_grid(P), 0, P) && launch(forward, grid, 0, P, routes);
+  const size_t shared = shared_bytes(P, false);
+  if (P.segments == 1) return launch(forward, grid, shared, P, routes);
+  return launch(forward, grid, shared, span_summary_pass(P), routes) &&
+         launch(span_carry_kernel<false>, span_carry_grid(P), 0, P) && launch(forward, grid, shared, P, routes);
 }
 
-template <typename T, int kStatesPerLane, typename Routes, typename Launch>
+template <typename T, typename Routes, typename Launch>
 bool backward_passes(const ScanParams& P, const Routes& routes, Launch&& launch) {
   const GridSize grid = scan_grid_size(P);
-  return forward_passes<T, kStatesPerLane>(state_saving_pass(P), routes, launch) &&
-         (P.segments == 1 || (launch(span_adjoint_kernel<T, kStatesPerLane, Routes>, grid, 0, P, routes) &&
+  return forward_passes<T>(state_saving_pass(P), routes, launch) &&
+         (P.segments == 1 || (launch(span_adjoint_kernel<T, Routes>, grid, shared_bytes(P, false), P, routes) &&
                               launch(span_carry_kernel<true>, span_carry_grid(P), 0, P))) &&
-         launch(scan_backward_kernel<T, kStatesPerLane, Routes>, grid, backward_shared_bytes(P), P, routes);
-}
-
-// pass(routes, states per lane) for P's route policy and states per lane (at most kMaxStates: the
-// backward takes 1 or 2, xscan.backends.cuda.tiling).
-template <int kMaxStates, typename Pass>
-auto with_policy(const ScanParams& P, Pass&& pass) {
-  return with_routes(P, [&](const auto& routes) {
-    switch (states_per_lane(P)) {
-      case 3: return pass(routes, std::integral_constant<int, kMaxStates < 3 ? kMaxStates : 3>());
-      case 2: return pass(routes, std::integral_constant<int, 2>());
-      default: return pass(routes, std::integral_constant<int, 1>());
-    }
-  });
+         launch(scan_backward_kernel<T, Routes>, grid, shared_bytes(P, true), P, routes);
 }
 
 // One forward / one backward of P with input type T, every kernel run by `launch` (forward_passes):
 // the entry points of the CUDA launchers below and of the host emulation.
 template <typename T, typename Launch>
 bool run_forward(const ScanParams& P, Launch&& launch) {
-  return with_policy<kMaxStatesPerLane>(P, [&](const auto& routes, auto states) {
-    return forward_passes<T, decltype(states)::value>(P, routes, launch);
-  });
+  return with_routes(P, [&](const auto& routes) { return forward_passes<T>(P, routes, launch); });
 }
 
 template <typename T, typename Launch>
 bool run_backward(const ScanParams& P, Launch&& launch) {
-  return with_policy<kMaxBackwardStatesPerLane>(P, [&](const auto& routes, auto states) {
-    return backward_passes<T, decltype(states)::value>(P, routes, launch);
-  });
+  return with_routes(P, [&](const auto& routes) { return backward_passes<T>(P, routes, launch); });
 }
 
 #ifdef __CUDACC__

@@ -8,7 +8,15 @@
 // order. Element offsets and strides are 64-bit.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+
+// Sizing helpers the kernels call too.
+#ifdef __CUDACC__
+#define XSCAN_PARAMS_HD __host__ __device__ inline
+#else
+#define XSCAN_PARAMS_HD inline
+#endif
 
 namespace xscan {
 namespace cuda {
@@ -44,11 +52,13 @@ struct ScanParams {
   int32_t tokens = 0;    // tokens per modality of the per-token tensors
   int32_t modalities = 1;
 
-  // Channel tiling: tiles never straddle a B or C group, so the in-block reduction of dB, dC is a
-  // plain sum. group_tiles = lcm(G_B, G_C); each group holds tiles_per_group tiles.
-  int32_t group_tiles = 1, tiles_per_group = 1, channels_per_tile = 1;
+  // Layout (scan_device.cuh): each channel's sequence is scanned by warps_per_channel (W = 1, 2 or
+  // 4) warps, chunk_length = W * 32 * kItems positions at a time; a block (tile) holds 4 / W
+  // channels of one B and C group, so the in-block reduction of dB, dC is a plain sum.
+  // group_tiles = lcm(G_B, G_C); each group holds tiles_per_group tiles. plan_launch() sets these.
+  int32_t group_tiles = 1, tiles_per_group = 1;
   int32_t groups_B = 1, groups_C = 1;
-  int32_t lanes_per_channel = 1;  // a power of two, at most 32, holding 1 to 3 states each
+  int32_t warps_per_channel = 1, chunk_length = 0;
 
   bool delta_softplus = false;
 
@@ -66,12 +76,12 @@ struct ScanParams {
   OutputMap y;
   float* last_state = nullptr;
   // Chunk start states, (Bt, K, Dm, chunks, N) fp32: written by the forward when non-null, read by
-  // the backward, which recomputes the states inside each chunk.
+  // the backward, which recomputes the states inside each chunk (chunks of chunk_length positions).
   float* chunk_states = nullptr;
   int32_t chunks = 0;
 
   // Sequence split, for launches of too few blocks to fill the GPU: each sequence runs as
-  // `segments` spans of `span_length` positions (a multiple of kChunkLength), one block each
+  // `segments` spans of `span_length` positions (whole chunks), one block each
   // (gridDim.z). A summary pass runs every span from a zero state and records its end state and
   // summed dt, a carry pass turns those into each span's start state, then the spans run for real
   // (scan_kernel.cuh). Buffers (seq = (b, k, d)): span_states (seq, segments, N) and span_dt (seq,
@@ -112,16 +122,80 @@ enum class DType : int32_t { kFloat = 0, kHalf = 1, kBFloat16 = 2 };
 const char* launch_scan_forward(const ScanParams& params, DType dtype, void* stream);
 const char* launch_scan_backward(const ScanParams& params, DType dtype, void* stream);
 
-// Sizing rules the binding needs before it allocates: chunk length of the saved states, and the
-// largest d_state the kernels take.
-constexpr int kChunkLength = 32;
-constexpr int kMaxDState = 64;
 constexpr int kThreadsPerBlock = 128;
+constexpr int kWarpSize = 32;
+constexpr int kWarps = kThreadsPerBlock / kWarpSize;
+constexpr int kItems = 8;  // consecutive positions per lane
+constexpr int kMaxDState = 256;
 
-// The N states of a channel over its lanes (xscan.backends.cuda.tiling picks the lanes): 1 to 3
-// each, 1 or 2 in the backward (its shared memory grows with the states a block holds).
-constexpr int kMaxStatesPerLane = 3, kMaxBackwardStatesPerLane = 2;
-inline int states_per_lane(const ScanParams& P) { return (P.dstate + P.lanes_per_channel - 1) / P.lanes_per_channel; }
+XSCAN_PARAMS_HD int channels_per_tile(const ScanParams& P) { return kWarps / P.warps_per_channel; }
+XSCAN_PARAMS_HD int scan_tiles(const ScanParams& P) { return P.group_tiles * P.tiles_per_group; }
+
+// A row of the backward's dB, dC contributions: a chunk's positions, one float of padding after
+// every 32 so that the lanes' runs of kItems positions fall on distinct banks.
+XSCAN_PARAMS_HD int partial_row(const ScanParams& P) { return P.chunk_length + P.chunk_length / kWarpSize; }
+XSCAN_PARAMS_HD int partial_place(int position) { return position + (position >> 5); }
+
+struct SharedLayout {
+  int carry, totals, dA, partials, floats;
+};
+
+XSCAN_PARAMS_HD SharedLayout shared_layout(const ScanParams& P, bool backward) {
+  SharedLayout s;
+  s.carry = 0;
+  s.totals = s.carry + kWarps * P.dstate;
+  s.dA = s.totals + 2 * kWarps * 2;
+  s.partials = s.dA + (backward ? kWarps * P.dstate : 0);
+  s.floats = s.partials + (backward ? 2 * 2 * channels_per_tile(P) * partial_row(P) : 0);
+  return s;
+}
+
+inline size_t shared_bytes(const ScanParams& P, bool backward) {
+  return sizeof(float) * static_cast<size_t>(shared_layout(P, backward).floats);
+}
+
+inline int64_t lcm64(int64_t a, int64_t b) {
+  int64_t x = a, y = b;
+  while (y) {
+    const int64_t r = x % y;
+    x = y, y = r;
+  }
+  return a / x * b;
+}
+
+// The layout of a launch, from its sizes (batch, routes, channels, dstate, length, groups_B,
+// groups_C): warps per channel, chunk length, tiling, and the sequence split. A launch should bring
+// at least `min_blocks` blocks (the GPU's SMs times the blocks each holds): more warps per channel
+// first (up to max_warps and what the length fills), then, for sequences of at least 2 * min_span
+// positions, spans of whole chunks (each costs a summary pass).
+inline void plan_launch(ScanParams& P, int64_t min_blocks, int64_t min_span, int max_warps) {
+  const int64_t group_tiles = lcm64(P.groups_B, P.groups_C);
+  P.group_tiles = static_cast<int32_t>(group_tiles);
+  const int64_t warp_chunk = static_cast<int64_t>(kWarpSize) * kItems;
+  int widest = 1;
+  while (widest < kWarps && widest < max_warps && widest * warp_chunk < P.length) widest *= 2;
+  const auto blocks = [&](int W) {
+    const int64_t per_tile = kWarps / W, per_group = P.channels / group_tiles;
+    return static_cast<int64_t>(P.batch) * P.routes * group_tiles * ((per_group + per_tile - 1) / per_tile);
+  };
+  int W = 1;
+  while (W < widest && blocks(W) < min_blocks) W *= 2;
+  P.warps_per_channel = W;
+  P.chunk_length = static_cast<int32_t>(W * warp_chunk);
+  const int64_t per_group = P.channels / group_tiles, per_tile = kWarps / W;
+  P.tiles_per_group = static_cast<int32_t>((per_group + per_tile - 1) / per_tile);
+  P.chunks = static_cast<int32_t>((P.length + P.chunk_length - 1) / P.chunk_length);
+  P.segments = 1, P.span_length = 0;
+  const int64_t have = blocks(W), span_floor = min_span > P.chunk_length ? min_span : P.chunk_length;
+  if (have >= min_blocks || P.length < 2 * span_floor || P.batch > 65535) return;
+  int64_t segments = (min_blocks + have - 1) / have;
+  if (segments > P.length / span_floor) segments = P.length / span_floor;
+  if (segments > 65535) segments = 65535;
+  int64_t span = (P.length + segments - 1) / segments;
+  span = (span + P.chunk_length - 1) / P.chunk_length * P.chunk_length;
+  segments = (P.length + span - 1) / span;
+  if (segments > 1) P.segments = static_cast<int32_t>(segments), P.span_length = static_cast<int32_t>(span);
+}
 
 }  // namespace cuda
 }  // namespace xscan

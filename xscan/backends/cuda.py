@@ -1,9 +1,10 @@
 """The hand-written CUDA backend (``xscan._C_cuda``, sources in csrc/cuda/): executes ``ScanSpec``s.
 
-One kernel pair (forward, backward) serves every op: the launch carries the spec's route, source
-and geometry, and the kernels are instantiated per route policy (csrc/include/xscan/routes.h, the
-CPU engine's own). This module packs a spec into the kernel's parameters (pointers, 64-bit
-strides of the spec's views) and allocates the fp32 buffers it writes.
+The same kernels (a forward; a backward with its state-saving forward; the span summary and carry
+passes of a split sequence) serve every op: the launch carries the spec's route, source and
+geometry, and the kernels are instantiated per route policy (csrc/include/xscan/routes.h, the CPU
+engine's own). This module packs a spec into the kernels' parameters (pointers, 64-bit strides of
+the spec's views; the layout from csrc/cuda's plan_launch) and allocates the fp32 buffers they write.
 
 Outputs and gradients are written in fp32. Sums across blocks (the routes' outputs and input
 gradients where routes share a pixel; dB and dC over the channel tiles that share a group) are done
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import math
 import sys
 from typing import NamedTuple, Optional
 
@@ -56,10 +56,10 @@ def limits(spec: ScanSpec) -> None:
                          f"1..{_C.MAX_DSTATE}")
     if spec.routes > ROUTES_LIMIT:
         raise ValueError(f"xscan (cuda backend): {spec.routes} routes exceed {ROUTES_LIMIT} (one grid row each)")
-    # the backward's tiling has the most tiles (at most 2 states per lane: the most lanes per channel)
-    t = tiling(spec.dstate, spec.channels, spec.view("B").shape[2], spec.view("C").shape[2], _C.THREADS_PER_BLOCK,
-               backward=True)
-    blocks = spec.batch * t.group_tiles * t.tiles_per_group
+    # the most blocks a layout can take: one channel per warp
+    P = _sizes(spec)
+    _C.plan(P, 0, MIN_SPAN, 1)
+    blocks = spec.batch * P.group_tiles * P.tiles_per_group
     if blocks > INT32_MAX:
         raise ValueError(f"xscan (cuda backend): batch {spec.batch} needs {blocks} blocks per route, more than "
                          f"2^31 - 1")
@@ -68,11 +68,12 @@ def limits(spec: ScanSpec) -> None:
                          "exceeds 2^31 - 1 (the kernels index positions in 32 bits; offsets are 64-bit)")
 
 
-# Sequence split (csrc/cuda/scan_params.h): a launch of fewer blocks than twice the GPU's SMs runs
-# each sequence as spans, one block each, so that long routes over few channels still fill the GPU.
-# The spans cost a summary pass (a second run of every span) and a carry pass: only sequences of at
-# least two MIN_SPAN positions split. Not yet tuned on a GPU.
+# Layout (csrc/cuda/scan_params.h, plan_launch): a launch should bring RESIDENT_BLOCKS blocks per SM;
+# it gets more warps per channel (up to MAX_WARPS), then, where still short, splits each sequence
+# into spans of at least MIN_SPAN positions (each span costs a summary pass). Not yet tuned on a GPU.
+RESIDENT_BLOCKS = 2
 MIN_SPAN = 512
+MAX_WARPS = 4
 EMULATED_SMS = 132  # the host emulation plans as for an H100
 
 
@@ -82,18 +83,6 @@ def _sm_count(device_index: Optional[int]) -> int:
                                             torch.cuda.current_device()).multi_processor_count
 
 
-def sequence_split(length: int, blocks: int, batch: int, sms: int, chunk: int) -> tuple:
-    """(segments, span length: whole chunks of ``chunk`` positions) for a launch of ``blocks``
-    blocks on ``sms`` SMs: (1, 0) when it does not split."""
-    if blocks >= 2 * sms or length < 2 * MIN_SPAN or batch > ROUTES_LIMIT:
-        return 1, 0
-    segments = min(-(-2 * sms // blocks), length // MIN_SPAN, ROUTES_LIMIT)
-    span = -(-length // segments)
-    span = -(-span // chunk) * chunk
-    segments = -(-length // span)
-    return (segments, span) if segments > 1 else (1, 0)
-
-
 def _same_strides(views: list) -> list:
     """The kernel reads both modalities with one set of strides: make them agree."""
     if all(v.stride() == views[0].stride() for v in views):
@@ -101,56 +90,33 @@ def _same_strides(views: list) -> list:
     return [v.contiguous() for v in views]
 
 
-class Tiling(NamedTuple):
-    lanes: int              # lanes per channel (a power of 2, at most 32)
-    channels_per_tile: int  # channels one block runs
-    group_tiles: int        # B/C group pattern repeats (lcm of the groups)
-    tiles_per_group: int    # blocks per group pattern
-    states_per_lane: int    # 1 to 3: the N states of a channel over its lanes
+def _sizes(spec: ScanSpec):
+    """ScanParams with the spec's route, sizes and groups: what plan_launch reads."""
+    P = _C.ScanParams()
+    P.route, P.source, P.geometry = int(spec.route), int(spec.source), list(spec.geometry)
+    P.batch, P.routes, P.channels, P.dstate = spec.batch, spec.routes, spec.channels, spec.dstate
+    P.length, P.tokens, P.modalities = spec.length(), spec.tokens, spec.token_modalities()
+    P.groups_B, P.groups_C = spec.view("B").shape[2], spec.view("C").shape[2]
+    return P
 
 
-def tiling(dstate: int, channels: int, groups_B: int, groups_C: int, threads: int, backward: bool = False) -> Tiling:
-    """How the kernels split the channels of one (batch, route) over blocks of ``threads`` threads
-    (blocks per launch: group_tiles * tiles_per_group * routes * batch, times the spans of a split
-    sequence). A channel's N states lie on a power of 2 of lanes (a warp at most), 1 to 3 states
-    each (the backward: 1 or 2): the fewest idle slots, then the fewest states per lane (N = 18: 8
-    lanes of 3, 6 idle slots, where 32 lanes of one leave 14 idle; N = 12: 4 lanes of 3, none
-    idle). The backward's shared memory grows with the states a block holds (its dB, dC partials
-    and recomputed states): three per lane would hold it to one block per SM at N = 18."""
-    def lanes_for(states):
-        return 1 << (-(-dstate // states) - 1).bit_length()
-    choices = (1, 2) if backward else (1, 2, 3)
-    states = min((s for s in choices if lanes_for(s) <= 32), key=lambda s: (lanes_for(s) * s - dstate, s))
-    lanes = lanes_for(states)
-    per_tile = threads // lanes
-    group_tiles = math.lcm(groups_B, groups_C)
-    return Tiling(lanes, per_tile, group_tiles, -(-(channels // group_tiles) // per_tile), states)
-
-
-def backward_shared_bytes(t: Tiling, dstate: int, threads: int, chunk: int) -> int:
-    """The backward kernel's dynamic shared memory (csrc/cuda/scan_device.cuh, backward_shared_bytes):
-    the block's dB and dC partials of one chunk, padded rows, and its threads' recomputed states."""
-    partials = 2 * chunk * (t.channels_per_tile * dstate + 1)
-    return 4 * (partials + t.states_per_lane * chunk * threads)
+def plan(spec: ScanSpec, sms: int):
+    """The launch layout of a spec on ``sms`` SMs (ScanParams, sizes and layout set)."""
+    P = _sizes(spec)
+    _C.plan(P, RESIDENT_BLOCKS * sms, MIN_SPAN, MAX_WARPS)
+    return P
 
 
 class _Launch:
     """One spec packed into ScanParams; keeps every tensor it points at alive."""
 
-    def __init__(self, spec: ScanSpec, backward: bool):
+    def __init__(self, spec: ScanSpec):
         limits(spec)
         self.spec, self.keep = spec, []
         self.device = spec.view("u").device
         self.f32 = dict(device=self.device, dtype=torch.float32)
-        P = self.P = _C.ScanParams()
-        P.route, P.source, P.geometry = int(spec.route), int(spec.source), list(spec.geometry)
-        P.batch, P.routes, P.channels, P.dstate = spec.batch, spec.routes, spec.channels, spec.dstate
-        P.length, P.tokens, P.modalities = spec.length(), spec.tokens, spec.token_modalities()
-        G_B, G_C = spec.view("B").shape[2], spec.view("C").shape[2]
-        t = tiling(spec.dstate, spec.channels, G_B, G_C, _C.THREADS_PER_BLOCK, backward)
-        P.lanes_per_channel, P.channels_per_tile = t.lanes, t.channels_per_tile
-        P.group_tiles, P.tiles_per_group = t.group_tiles, t.tiles_per_group
-        P.groups_B, P.groups_C = G_B, G_C
+        sms = _sm_count(self.device.index) if self.device.type == "cuda" else EMULATED_SMS
+        P = self.P = plan(spec, sms)
         P.delta_softplus = spec.softplus
         self.tiles = P.group_tiles * P.tiles_per_group
         P.u = self._map(_C.MapTensor(), self._pair("u"))
@@ -163,9 +129,6 @@ class _Launch:
         P.D = 0 if params["D"] is None else params["D"].data_ptr()
         P.delta_bias = 0 if params["delta_bias"] is None else params["delta_bias"].data_ptr()
         self.code = DTYPE_CODE[spec.dtype()]
-        sms = _sm_count(self.device.index) if self.device.type == "cuda" else EMULATED_SMS
-        P.segments, P.span_length = sequence_split(P.length, self.tiles * P.batch * P.routes, P.batch, sms,
-                                                   _C.CHUNK_LENGTH)
         if P.segments > 1:
             rows = P.batch * P.routes * P.channels * P.segments
             P.span_states = self._keep(torch.empty(rows, P.dstate, **self.f32)).data_ptr()
@@ -229,7 +192,7 @@ def _route_sum(spec: ScanSpec) -> tuple:
 
 
 def forward(spec: ScanSpec) -> list:
-    run = _Launch(spec, backward=False)
+    run = _Launch(spec)
     P = run.P
     y_outs = [o for o in spec.outputs if o.role == "y"]
     partial, atomic = _route_sum(spec)
@@ -255,13 +218,12 @@ def forward(spec: ScanSpec) -> list:
 
 
 def backward(spec: ScanSpec, grads: list) -> dict:
-    run = _Launch(spec, backward=True)
+    run = _Launch(spec)
     P = run.P
     f32 = run.f32
     N, K, Bt, Dm = spec.dstate, spec.routes, spec.batch, spec.channels
     partial, atomic = _route_sum(spec)
     P.atomic_routes = atomic
-    P.chunks = -(-P.length // _C.CHUNK_LENGTH)
     states = run._keep(torch.empty(Bt, K, Dm, P.chunks, N, **f32))
     P.chunk_states = states.data_ptr()
     y_outs = [(o, g.float()) for o, g in zip(spec.outputs, grads) if o.role == "y"]

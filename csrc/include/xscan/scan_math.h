@@ -18,8 +18,10 @@
 
 #ifdef XSCAN_HOST_EXPF
 // The host emulation of the CUDA kernels (tests/backends/cuda_emulator) builds every file with
-// -DXSCAN_HOST_EXPF=<its model of __expf>, defined there.
+// -DXSCAN_HOST_EXPF=<its model of __expf> and -DXSCAN_HOST_EXP2F=<its model of exp2f under
+// --use_fast_math>, defined there.
 float XSCAN_HOST_EXPF(float x);
+float XSCAN_HOST_EXP2F(float x);
 #endif
 
 namespace xscan {
@@ -37,6 +39,17 @@ XSCAN_HD float exp_acc(float x) {
 #endif
 }
 XSCAN_HD double exp_acc(double x) { return std::exp(x); }
+
+// 2^x in the kernels' accuracy: ex2.approx on the GPU (exp2f under --use_fast_math).
+XSCAN_HD float exp2_acc(float x) {
+#if defined(__CUDA_ARCH__)
+  return exp2f(x);
+#elif defined(XSCAN_HOST_EXPF)
+  return XSCAN_HOST_EXP2F(x);
+#else
+  return std::exp2(x);
+#endif
+}
 XSCAN_HD float log1p_acc(float x) { return log1pf(x); }
 XSCAN_HD double log1p_acc(double x) { return std::log1p(x); }
 

@@ -26,8 +26,9 @@ def build():
     return cpp_extension.load(
         name=f"xscan_cuda_host_emulation_{digest.hexdigest()[:12]}", sources=SOURCES,
         extra_include_paths=[CUDA_DIR, INCLUDE_DIR],
-        # every file sees the declaration of emulator.cpp's __expf (csrc/include/xscan/scan_math.h)
-        extra_cflags=["-O1", "-std=c++17", "-DXSCAN_HOST_EXPF=xscan_emulated_expf"], verbose=False)
+        # every file sees the declarations of emulator.cpp's __expf and exp2f (csrc/include/xscan/scan_math.h)
+        extra_cflags=["-O1", "-std=c++17", "-DXSCAN_HOST_EXPF=xscan_emulated_expf",
+                      "-DXSCAN_HOST_EXP2F=xscan_emulated_exp2f"], verbose=False)
 
 
 def install():

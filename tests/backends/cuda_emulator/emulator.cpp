@@ -15,8 +15,8 @@
 // starts each block as NaN (it is uninitialised on the GPU). A barrier not reached by every thread,
 // or a shuffle not reached by every lane of a warp, fails the launch.
 //
-// exp: XSCAN_EMULATOR_EXP=fast (the default) models __expf, which the kernels use on the GPU
-// (scan_math.h's exp_acc); exact uses std::exp.
+// exp: XSCAN_EMULATOR_EXP=fast (the default) models __expf and exp2f, which the kernels use on the
+// GPU (scan_math.h's exp_acc, exp2_acc); exact uses std::exp and std::exp2.
 //
 // It checks the kernels' index maths, recurrences, reductions and barriers; it cannot check the
 // rest of what the hardware does (memory model, occupancy, fused multiply-adds, other fast-math
@@ -38,7 +38,7 @@
 #include "scan_params.h"
 
 #ifndef XSCAN_HOST_EXPF
-#error "build with -DXSCAN_HOST_EXPF=xscan_emulated_expf (tests/backends/cuda_emulator/__init__.py)"
+#error "build with -DXSCAN_HOST_EXPF=xscan_emulated_expf -DXSCAN_HOST_EXP2F=xscan_emulated_exp2f (see __init__.py)"
 #endif
 
 namespace {
@@ -101,7 +101,7 @@ uint64_t splitmix64(uint64_t& state) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Threads, barriers and shuffles.
+// Threads, barriers, shuffles and warp syncs.
 
 struct Dim3 {
   unsigned x = 0, y = 0, z = 0;
@@ -164,18 +164,33 @@ class Block {
     suspend();
   }
 
-  // __shfl_xor_sync: one exchange slot per lane, two slots alternating between a warp's shuffles,
-  // so one warp sync each: a lane writes the next shuffle's slot only after every lane of its warp
-  // has written (so read) this one's.
-  float shuffle_xor(unsigned mask, float value, int lane_mask, int width) {
+  // __shfl_{xor,up,down}_sync: one exchange slot per lane, two slots alternating between a warp's
+  // shuffles, so one warp sync each: a lane writes the next shuffle's slot only after every lane of
+  // its warp has written (so read) this one's. `source(lane)` is the lane read, or the caller itself
+  // where that lies outside its group of `width` lanes (as the hardware does).
+  template <typename Source>
+  float shuffle(unsigned mask, float value, Source source) {
     const int t = current_, lane = t % kWarp;
     if (mask != 0xffffffffu) error_ = "a shuffle over part of a warp (not emulated)";
     float* slot = exchange_[shuffles_[t]++ & 1];
     slot[t] = value;
     warp_sync();
-    // the source lane, or the caller itself where that lies past its group of `width` lanes
-    const int source = lane ^ lane_mask;
-    return slot[t - lane + (source > (lane | (width - 1)) ? lane : source)];
+    return slot[t - lane + source(lane)];
+  }
+
+  float shuffle_xor(unsigned mask, float value, int lane_mask, int width) {
+    return shuffle(mask, value, [&](int lane) {
+      const int source = lane ^ lane_mask;
+      return source > (lane | (width - 1)) ? lane : source;
+    });
+  }
+
+  float shuffle_up(unsigned mask, float value, int delta, int width) {
+    return shuffle(mask, value, [&](int lane) { return lane % width >= delta ? lane - delta : lane; });
+  }
+
+  float shuffle_down(unsigned mask, float value, int delta, int width) {
+    return shuffle(mask, value, [&](int lane) { return lane % width + delta < width ? lane + delta : lane; });
   }
 
   std::vector<float> shared;
@@ -260,6 +275,17 @@ float __shfl_xor_sync(unsigned mask, float value, int lane_mask, int width = kWa
   return running_block()->shuffle_xor(mask, value, lane_mask, width);
 }
 
+float __shfl_up_sync(unsigned mask, float value, int delta, int width = kWarp) {
+  return running_block()->shuffle_up(mask, value, delta, width);
+}
+
+float __shfl_down_sync(unsigned mask, float value, int delta, int width = kWarp) {
+  return running_block()->shuffle_down(mask, value, delta, width);
+}
+
+// Every lane of the warp meets here, as at a shuffle.
+void __syncwarp(unsigned mask = 0xffffffffu) { running_block()->shuffle_xor(mask, 0.f, 0, kWarp); }
+
 // A fiber runs uninterrupted between barriers and shuffles: an atomic add is a plain one.
 float atomicAdd(float* address, float value) {
   const float old = *address;
@@ -296,18 +322,21 @@ float __bfloat162float(__nv_bfloat16 b) { return bits_to_float(static_cast<uint3
 
 }  // namespace
 
-// __expf on the GPU is ex2.approx.ftz(x * log2(e)) in fp32: the product's rounding is its main
-// error for |x| > 1; ex2.approx's own (at most 2 ulp, PTX ISA) is modelled by rounding the result to
-// 21 fraction bits; .ftz flushes subnormal results to zero.
-float xscan_emulated_expf(float x) {
-  if (!settings.fast_exp) return std::exp(x);
-  const float y = std::exp2(x * 1.44269504088896341f);
+// ex2.approx.ftz, the GPU's 2^x: its error (at most 2 ulp, PTX ISA) is modelled by rounding the
+// result to 21 fraction bits; .ftz flushes subnormal results to zero.
+float ex2_approx(float x) {
+  const float y = std::exp2(x);
   if (y < FLT_MIN) return 0.f;
   if (!std::isfinite(y)) return y;
   uint32_t bits;
   std::memcpy(&bits, &y, sizeof bits);
   return bits_to_float((bits + 2u) & ~3u);
 }
+
+// __expf on the GPU is ex2.approx.ftz(x * log2(e)) in fp32: the product's rounding is its main
+// error for |x| > 1. exp2f under --use_fast_math is ex2.approx.ftz itself.
+float xscan_emulated_expf(float x) { return settings.fast_exp ? ex2_approx(x * 1.44269504088896341f) : std::exp(x); }
+float xscan_emulated_exp2f(float x) { return settings.fast_exp ? ex2_approx(x) : std::exp2(x); }
 
 namespace xscan {
 namespace cuda {
