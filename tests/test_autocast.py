@@ -66,3 +66,19 @@ def test_autocast_keeps_the_parameters_in_fp32():
                                         C.bfloat16().float(), **kwargs)
     assert y.dtype == torch.float32
     torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_autocast_keeps_a_weight_dtype_constant_B_or_C():
+    """A constant (Dm, N) B or C in A's dtype is a weight, as in mamba-ssm: autocast leaves it in
+    fp32 (rounding it to bf16 would show at these values) and its gradient comes back in fp32."""
+    args, kwargs = make_inputs("selective_scan", Bt=1, Dm=2, N=4, L=20)
+    u, delta, A, B, _ = args
+    Cw = (torch.randn(2, 4) * 7.31).requires_grad_()  # far from bf16-representable values
+    with xscan.fp32_output(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = xscan.selective_scan(u, delta, A, B, Cw, **kwargs)
+    y.sum().backward()
+    bf = lambda t: t.bfloat16().float()  # noqa: E731
+    expected = reference.selective_scan(bf(u), bf(delta), A, bf(B), Cw.detach(), kwargs["D"], bf(kwargs["z"]),
+                                        kwargs["delta_bias"], True)
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+    assert Cw.grad.dtype == torch.float32

@@ -159,3 +159,62 @@ def test_mamba_inner_fn_equals_its_maths():
             err = ((u - v).abs().max() / v.abs().max()).item()
             assert err < 1e-5, err
         """)
+
+
+def test_half_inputs_with_weight_dtype_constants():
+    """mamba-ssm's dtypes at fp16/bf16: a constant B or C in fp32 (the weight dtype, complex64 with a
+    complex A) next to half u and delta. selective_scan_fn on the shim against selective_scan_ref
+    (fp32 maths on the half inputs) at mamba's test tolerances, without z: selective_scan_ref gates in
+    the input dtype, ~1e-3 off in bf16 (benchmarks/RESULTS.md); test_parity checks the gate against
+    fp64. Then xscan.mamba_inner_fn with a constant B and C: gradients reach every argument in its dtype."""
+    out = run("""
+        import itertools, torch, xscan
+        xscan.install_mamba_shim()
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn, selective_scan_ref
+        tol = {torch.float16: (3e-3, 5e-3), torch.bfloat16: (3e-2, 5e-2)}
+        cases = 0
+        for itype, wtype, var_B, var_C in itertools.product(tol, (torch.float32, torch.complex64), (False, True),
+                                                            (False, True)):
+            if var_B and var_C:
+                continue
+            g = torch.Generator().manual_seed(0)
+            Bt, Dm, N, L = 2, 4, 8, 64
+            L2 = 2 * L if wtype.is_complex else L
+            A = -0.5 * torch.rand(Dm, N, generator=g, dtype=wtype)
+            B, C = (torch.randn(Bt, N, L2, generator=g).to(itype) if var else torch.randn(Dm, N, generator=g,
+                    dtype=wtype) for var in (var_B, var_C))
+            u = torch.randn(Bt, Dm, L, generator=g).to(itype)
+            delta = (0.5 * torch.rand(Bt, Dm, L, generator=g)).to(itype)
+            D, bias = torch.randn(Dm, generator=g), 0.5 * torch.rand(Dm, generator=g)
+            results = []
+            for fn in (selective_scan_fn, selective_scan_ref):
+                leaves = [t.clone().requires_grad_() for t in (u, delta, A, B, C, D, bias)]
+                y, last = fn(*leaves[:6], delta_bias=leaves[6], delta_softplus=True, return_last_state=True)
+                y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(itype))
+                results.append([y, last] + [t.grad for t in leaves])
+            rtol, atol = tol[itype]
+            rtolw = atolw = 1e-3
+            names = ["y", "last", "u", "delta", "A", "B", "C", "D", "delta_bias"]
+            tols = [(rtol, atol)] * 2 + [(2 * rtol, 2 * atol), (5 * rtol, 10 * atol), (rtolw, 5 * atolw),
+                    (rtol, atol) if var_B else (rtolw, atolw), (rtol, atol) if var_C else (rtolw, atolw)] + \\
+                [(rtolw, atolw)] * 2
+            for name, a, b, (rt, at) in zip(names, *results, tols):
+                assert a.dtype == b.dtype, (name, a.dtype, b.dtype)
+                torch.testing.assert_close(a, b, rtol=rt, atol=at, msg=lambda m: f"{name} {itype} {wtype}: {m}")
+            cases += 1
+
+        # mamba_inner_fn with a constant B and C in fp32, half activations and projections
+        torch.manual_seed(0)
+        Bt, L, Dm, N, R = 2, 16, 8, 4, 2
+        itype = torch.bfloat16
+        xz = torch.randn(Bt, 2 * Dm, L).to(itype)
+        weights = [torch.randn(Dm, 1, 4).to(itype), torch.randn(Dm).to(itype), (torch.randn(R, Dm) * 0.3).to(itype),
+                   (torch.randn(Dm, R) * 0.3).to(itype), torch.randn(Dm, Dm).to(itype)]
+        A, B, C = -torch.rand(Dm, N) - 0.5, torch.randn(Dm, N), torch.randn(Dm, N)
+        leaves = [t.requires_grad_() for t in [xz] + weights + [A, B, C]]
+        out = xscan.mamba_inner_fn(*leaves[:6], None, A, B, C, D=torch.ones(Dm), delta_bias=torch.zeros(Dm))
+        out.float().square().sum().backward()
+        assert out.dtype == itype and all(t.grad.dtype == t.dtype and torch.isfinite(t.grad).all() for t in leaves)
+        print(cases)
+        """)
+    assert out.strip() == "12"

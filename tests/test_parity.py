@@ -241,3 +241,65 @@ def test_half_precision_accumulates_in_fp32(on, op, dtype):
     args, kwargs = inputs(on, op, Bt=2, Dm=6, N=8, L=70, H=5, W=7, G=2, nh=2, P=3, dtype=dtype)
     for what, err in compare(op, args, kwargs, name):
         assert err < (5e-2 if dtype == torch.bfloat16 else 2e-2), what
+
+
+# ---- mamba-ssm's dtypes: a constant B or C is a weight -----------------------------------------------
+
+# mamba-ssm's tests/ops/test_selective_scan.py: (rtol, atol) of outputs and per-token gradients per
+# input dtype; weights (A, D, delta_bias, a constant B or C) at max(1e-3, rtol), max(1e-3, atol) with z.
+MAMBA_TOL = {torch.float32: (6e-4, 2e-3), torch.float16: (3e-3, 5e-3), torch.bfloat16: (3e-2, 5e-2)}
+
+
+def mamba_inputs(on, itype, complex_A, var_B, var_C):
+    """Arguments as mamba's test makes them: A (and a constant B or C) in the weight dtype (fp32 or
+    complex64), u, delta, z and a variable B or C in ``itype``, D and delta_bias in fp32."""
+    name, device, _ = on
+    Bt, Dm, N, L = (1, 2, 3, 12) if interpreted(name, device) else (2, 4, 8, 70)
+    g = torch.Generator().manual_seed(0)
+    wtype = torch.complex64 if complex_A else torch.float32
+    r = lambda *s, dtype=torch.float32: torch.randn(*s, generator=g, dtype=dtype).to(device)  # noqa: E731
+    A = (-0.5 * torch.rand(Dm, N, generator=g, dtype=wtype)).to(device)
+    B, C = (r(Bt, N, 2 * L if complex_A else L).to(itype) if var else r(Dm, N, dtype=wtype) for var in (var_B, var_C))
+    u, z = r(Bt, Dm, L).to(itype), r(Bt, Dm, L).to(itype)
+    delta = (0.5 * torch.rand(Bt, Dm, L, generator=g)).to(device, itype)
+    return (u, delta, A, B, C), dict(D=r(Dm), z=z, delta_bias=(0.5 * torch.rand(Dm, generator=g)).to(device),
+                                     delta_softplus=True, return_last_state=True)
+
+
+@pytest.mark.parametrize("var_B, var_C", [(False, False), (False, True), (True, False), (True, True)],
+                         ids=["B_C_constant", "C_variable", "B_variable", "B_C_variable"])
+@pytest.mark.parametrize("complex_A", [False, True], ids=["real", "complex"])
+@pytest.mark.parametrize("itype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_selective_scan_mamba_dtypes(on, itype, complex_A, var_B, var_C):
+    """mamba-ssm's dtypes on every backend against the fp64 reference on the same values, at mamba's
+    tolerances: outputs in u's dtype, every gradient in its argument's (a constant B's in fp32)."""
+    name, device, _ = on
+    if complex_A and name in ("triton", "cuda"):
+        pytest.skip(f"complex A runs on the reference and cpu backends, not {name}")
+    args, kwargs = mamba_inputs(on, itype, complex_A, var_B, var_C)
+    (y, last), grads = run_with_grads("selective_scan", args, kwargs, name)
+    # the oracle: the fp64 reference on the same values, fed the cotangents run_with_grads drew
+    # (rounded to the outputs' dtypes)
+    exact = {torch.float32: torch.float64, torch.complex64: torch.complex128}
+    wide = lambda t: t.detach().to(exact.get(t.dtype, torch.float64)).requires_grad_()  # noqa: E731
+    g = torch.Generator().manual_seed(1)
+    cotangents = [wide(torch.randn(o.shape, generator=g).to(o)) for o in (y, last)]
+    leaves = [wide(a) for a in args]
+    kw = {k: wide(v) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+    y64, last64 = reference.selective_scan(*leaves, **kw)
+    torch.autograd.backward((y64, last64), cotangents)
+    grads64 = dict(enumerate(a.grad for a in leaves), **{k: v.grad for k, v in kw.items()
+                                                        if isinstance(v, torch.Tensor)})
+    rtol, atol = MAMBA_TOL[itype]
+    rtolw, atolw = max(1e-3, rtol), max(1e-3, atol)
+    assert y.dtype == itype
+    torch.testing.assert_close(y, y64.to(itype), rtol=rtol, atol=atol)
+    torch.testing.assert_close(last, last64.to(last.dtype), rtol=rtol, atol=atol)
+    per_token = {0: (2 * rtol, 2 * atol), 1: (5 * rtol, 10 * atol), "z": (rtolw, atolw), 2: (rtolw, 5 * atolw),
+                 3: (rtol, atol) if var_B else (rtolw, atolw), 4: (rtol, atol) if var_C else (rtolw, atolw),
+                 "D": (rtolw, atolw), "delta_bias": (rtolw, atolw)}
+    inputs = dict(enumerate(args), **kwargs)
+    for key, (rt, at) in per_token.items():
+        assert grads[key].dtype == inputs[key].dtype, key
+        torch.testing.assert_close(grads[key], grads64[key].to(grads[key].dtype), rtol=rt, atol=at,
+                                   msg=lambda m: f"grad[{key}] on {name}: {m}")

@@ -132,3 +132,53 @@ def test_half_inputs_gate_in_fp32(backend, dtype):
         y = xscan.selective_scan(*args, **kwargs)
     assert y.dtype == torch.float32
     torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_constant_B_and_C_may_be_in_the_weight_dtype():
+    """mamba's dtypes: a constant (Dm, N) B or C comes in A's dtype (fp32) next to fp16 inputs, or in
+    the inputs' dtype; the result is the same maths on the same values, its gradient in its dtype."""
+    args, kwargs = make_inputs("selective_scan", Bt=2, Dm=3, N=4, L=9, dtype=torch.float16)
+    u, delta, A, B, _ = args
+    Cw = torch.randn(3, 4, requires_grad=True)
+    with xscan.fp32_output():
+        y = xscan.selective_scan(u, delta, A, B, Cw, **kwargs)
+    y.sum().backward()
+    assert Cw.grad.dtype == torch.float32
+    wide = [t.float() for t in (u, delta, A, B)]
+    expected = reference.selective_scan(*wide, Cw.detach(), **{k: v.float() if isinstance(v, torch.Tensor) else v
+                                                                 for k, v in kwargs.items()})
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+    assert xscan.selective_scan(u, delta, A, B, Cw.detach().half(), **kwargs).dtype == torch.float16
+
+
+@pytest.mark.parametrize("which", ["B", "C"])
+def test_other_dtype_mixes_are_refused_naming_the_argument(which):
+    args, kwargs = make_inputs("selective_scan", Bt=2, Dm=3, N=4, L=9, dtype=torch.float16)
+    u, delta, A, B, C = args
+    index = 3 if which == "B" else 4
+
+    def call(X):
+        a = list(args)
+        a[index] = X
+        return xscan.selective_scan(*a, **kwargs)
+
+    # a constant in neither u's dtype nor A's
+    with pytest.raises(TypeError, match=f"{which} is a constant \\(Dm, N\\) weight of dtype torch.bfloat16"):
+        call(torch.randn(3, 4, dtype=torch.bfloat16))
+    # a per-token B or C is not a weight: it shares u's dtype
+    with pytest.raises(TypeError, match=f"{which} is torch.float32 but u is torch.float16"):
+        call(torch.randn(B.shape))
+
+
+
+def test_registered_op_takes_a_weight_dtype_constant():
+    """The registered op gets a constant as its (Bt, G, N, L) broadcast, here in A's dtype (fp32)
+    next to fp16 inputs."""
+    args, kwargs = make_inputs("selective_scan", Bt=1, Dm=2, N=4, L=20, dtype=torch.float16)
+    u, delta, A, B, _ = args
+    Cw = torch.randn(2, 4)
+    op_args = (u, delta, A, B.unsqueeze(1), Cw[None, :, :, None].expand(1, 2, 4, 20), kwargs["D"], kwargs["z"],
+               kwargs["delta_bias"], True, False, "reference")
+    y, _ = torch.ops.xscan.selective_scan(*op_args)
+    assert y.dtype == torch.float16
+    torch.testing.assert_close(y, xscan.selective_scan(u, delta, A, B, Cw, **kwargs))

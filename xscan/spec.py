@@ -20,6 +20,7 @@ same maths as torch index tensors for the reference. docs/ops.md walks through a
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -104,6 +105,17 @@ class View:
 SAME = View()
 
 
+def cast_broadcast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t.to(dtype)`` without materialising its broadcast (stride 0) axes."""
+    if t.dtype == dtype:
+        return t
+    base = t
+    for axis, (size, stride) in enumerate(zip(t.shape, t.stride())):
+        if stride == 0 and size > 1:
+            base = base.narrow(axis, 0, 1)
+    return base.to(dtype).expand(t.shape)
+
+
 @dataclass(frozen=True)
 class Role:
     """What an op argument is to the engines: its role (u, dt, B, C, z, A, D, delta_bias), the
@@ -152,9 +164,25 @@ class ScanSpec:
             views = self.tensors.setdefault(role.name, [None] * self.modalities)
             for s in role.slots:
                 views[s] = role.view(value)
+        self._one_token_dtype()
         dt = self.tensors["dt"][0]
         self.batch, self.routes, self.channels, self.tokens = dt.shape
         self.dstate = self.tensors["A"][0].shape[2]
+
+    def _one_token_dtype(self) -> None:
+        """The engines read the per-token tensors in one dtype. A weight among them (selective_scan's
+        constant B or C in A's dtype, e.g. fp32 next to fp16 inputs, as mamba keeps it) makes them
+        all go to the promoted dtype (a copy of u, dt, z; the weight's broadcast axes stay unexpanded),
+        so the weight is not rounded. The arguments keep their dtypes, and so do their gradients."""
+        views = [v for role in PER_TOKEN for v in self.tensors.get(role, ()) if v is not None and not v.is_complex()]
+        dtypes = {v.dtype for v in views}
+        if len(dtypes) < 2:
+            return
+        dtype = functools.reduce(torch.promote_types, dtypes)
+        for role in PER_TOKEN:
+            if role in self.tensors:
+                self.tensors[role] = [v if v is None or v.is_complex() else cast_broadcast(v, dtype)
+                                      for v in self.tensors[role]]
 
     def scanned_map(self) -> tuple:
         """(H, W) of the map the routes walk (a line: 1 x L; heads: P x L per head)."""
@@ -203,5 +231,5 @@ class ScanSpec:
         return out
 
     def dtype(self) -> torch.dtype:
-        """The per-token inputs' dtype (one: the ops check it)."""
+        """The dtype the engines read the per-token inputs in (one: see ``_one_token_dtype``)."""
         return self.tensors["u"][0].dtype

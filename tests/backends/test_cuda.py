@@ -1,5 +1,6 @@
 """What is particular to the hand-written CUDA backend, against the reference (the cases every
-backend shares: tests/test_parity.py): d_state 1..64 (one to three states per lane), several channel
+backend shares: tests/test_parity.py): d_state 1..256, lengths around the layout's boundaries (items,
+warps, chunks, 1-4 warps per channel), the sequence split, several channel
 tiles per group, half-precision inputs, the fp32-output option, the launch limits; GPU only: a 2L =
 65536 cross scan and element offsets beyond 2^31.
 
@@ -61,31 +62,51 @@ def test_cuda_is_the_default_for_cuda_tensors():
 # ---------------------------------------------------------------------------------------------
 # selective_scan
 
-@pytest.mark.parametrize("N", [1, 2, 3, 12, 16, 18, 31, 33, 40, 64])
+@pytest.mark.parametrize("N", [1, 2, 3, 12, 16, 18, 31, 33, 64, 65, 256])
 def test_selective_scan_dstate(device, N):
-    # states per lane (xscan.backends.cuda.tiling), forward: 1 (N = 1, 2, 16, 31), 3 (N = 3, 12,
-    # 18, 33, 40), 2 (N = 64); backward: 1 up to N = 32, then 2
+    # the states are looped, each with its chunk carry in shared memory: any N up to MAX_DSTATE
     assert_matches_reference("selective_scan", device, Bt=1, Dm=3, N=N, L=37, G=1)
 
 
 def test_selective_scan_several_channel_tiles(device):
-    # N = 16: 8 channels per 128-thread block, so 48 channels in 2 groups give 3 tiles per group
+    # one warp per channel, 4 channels per block: 48 channels in 2 groups give 6 tiles per group
     assert_matches_reference("selective_scan", device, Bt=2, Dm=48, N=16, L=40, G=2)
 
 
-@pytest.mark.parametrize("L", [1, 3, 4, 5, 8, 9, 31, 32, 33, 64, 67])
-@pytest.mark.parametrize("N", [3, 16, 64])
-def test_lengths_around_stage_and_chunk_boundaries(device, L, N):
-    # The forward loads 8 positions at a time; the backward recomputes 32-position chunks into shared
-    # memory and sweeps them 4 positions at a time: lengths on, before and after each boundary, with
-    # 1 to 3 states per lane (N = 3: three in the forward; 16: one; 64: two).
-    assert_matches_reference("selective_scan", device, Bt=1, Dm=2, N=N, L=L, G=1)
+@pytest.fixture
+def max_warps(monkeypatch):
+    """Caps the warps per channel (xscan.backends.cuda.MAX_WARPS) and records each launch's layout."""
+    layouts = []
+    plan = cuda_backend.plan
+
+    def recorded(spec, sms):
+        P = plan(spec, sms)
+        layouts.append((P.warps_per_channel, P.chunk_length, P.segments, P.span_length))
+        return P
+    monkeypatch.setattr(cuda_backend, "plan", recorded)
+
+    def cap(W):
+        monkeypatch.setattr(cuda_backend, "MAX_WARPS", W)
+        return layouts
+    return cap
+
+
+@pytest.mark.parametrize("cap,L,W", [(1, 1, 1), (1, 7, 1), (1, 8, 1), (1, 9, 1), (1, 255, 1), (1, 256, 1),
+                                     (1, 257, 1), (1, 520, 1), (4, 256, 1), (4, 257, 2), (2, 511, 2), (4, 512, 2),
+                                     (4, 513, 4), (2, 1100, 2), (4, 1024, 4), (4, 1025, 4), (4, 2100, 4)])
+def test_lengths_around_item_warp_and_chunk_boundaries(device, max_warps, cap, L, W):
+    # a lane owns 8 consecutive positions, a warp 256, a chunk W * 256 (W warps per channel, combined
+    # through shared memory; a few channels take as many as the length fills, up to the cap): lengths
+    # on, before and after each boundary, one and several chunks
+    layouts = max_warps(cap)
+    assert_matches_reference("selective_scan", device, Bt=1, Dm=2, N=5, L=L, G=1)
+    assert {layout[0] for layout in layouts} == {W}, layouts
 
 
 @pytest.mark.parametrize("op,N", [("cross_ss2d", 18), ("ss2d", 16), ("es2d", 16), ("interleave_ss2d", 12)])
 def test_network_tilings(device, op, N):
-    # The networks' d_state (S4Fusion 18 and 12: 32 and 16 lanes; DIFF-MF, FusionMamba 16) with
-    # several channel tiles and batches: the grid's x decodes (batch, tile), tiles fastest.
+    # The networks' d_state (S4Fusion 18 and 12; DIFF-MF, FusionMamba 16) with several channel tiles
+    # and batches: the grid's x decodes (batch, tile), tiles fastest.
     assert_matches_reference(op, device, Bt=3, Dm=20, N=N, H=5, W=7)
 
 
@@ -93,27 +114,25 @@ def test_network_tilings(device, op, N):
 # Sequence split (few blocks: each sequence runs as spans, with a summary and a carry pass)
 
 @pytest.fixture
-def split_sequences(monkeypatch):
-    """Spans of whole chunks from 16 positions up: every launch here splits; records the splits."""
+def split_sequences(monkeypatch, max_warps):
+    """One warp per channel and spans of whole 256-position chunks: every launch here splits;
+    returns the recorded layouts."""
     monkeypatch.setattr(cuda_backend, "MIN_SPAN", 16)
-    splits = []
-    plan = cuda_backend.sequence_split
-
-    def recorded(*args):
-        splits.append(plan(*args))
-        return splits[-1]
-    monkeypatch.setattr(cuda_backend, "sequence_split", recorded)
-    return splits
+    return max_warps(1)
 
 
-SPLIT = dict(Bt=2, Dm=5, L=150, H=12, W=14, nh=2, P=3)
+# route lengths of 520-600 positions: selective_scan and ssd_exchange L, ss2d 20 x 26, cross_ss2d
+# 2 x 16 x 17, es2d's sub-lattices 23 x 23 of a 46 x 46 map
+SPLIT = dict(Bt=2, Dm=5, L=600, nh=2, P=3)
+SPLIT_MAPS = {"ss2d": (20, 26), "cross_ss2d": (16, 17), "es2d": (46, 46), "interleave_ss2d": (20, 26)}
 
 
-@pytest.mark.parametrize("N", [3, 16, 64])
+@pytest.mark.parametrize("N", [3, 16])
 @pytest.mark.parametrize("op", OPS)
 def test_split_sequences_match_reference(device, split_sequences, op, N):
-    assert_matches_reference(op, device, **SPLIT, N=N)
-    segments = [s for s, _ in split_sequences]
+    H, W = SPLIT_MAPS.get(op, (1, 1))
+    assert_matches_reference(op, device, **SPLIT, H=H, W=W, N=N)
+    segments = [layout[2] for layout in split_sequences]
     assert len(segments) == 2 and min(segments) > 1, split_sequences  # forward and backward both split
 
 
@@ -121,34 +140,26 @@ def test_split_sequences_match_reference(device, split_sequences, op, N):
 def test_split_sequence_last_state_and_partials(device, split_sequences, deterministic_mode):
     # last_state comes from the last span; its gradient enters the last span's carry; dA, dD and
     # delta_bias's gradient are summed over spans (per-tile partials in deterministic mode)
-    args, kwargs = make_inputs("selective_scan", device=device, Bt=1, Dm=3, N=4, L=100, G=1)
+    args, kwargs = make_inputs("selective_scan", device=device, Bt=1, Dm=3, N=4, L=1100, G=1)
     with deterministic() if deterministic_mode else contextlib.nullcontext():
         errors = compare("selective_scan", args, dict(kwargs, return_last_state=True), "cuda")
     assert all(err < FP32_TOL for _, err in errors), errors
-    assert split_sequences[0] == (4, 32)  # 100 positions: spans 32, 32, 32, 4
+    # 1100 positions in 4 whole chunks and 76: 4 spans wanted, each of 2 chunks, so 3 (512, 512, 76)
+    assert split_sequences[0] == (1, 256, 3, 512)
 
 
-def test_tiling_puts_each_channel_on_the_fewest_idle_lanes():
-    def lanes(N, backward=False):
-        t = cuda_backend.tiling(N, 64, 1, 1, 128, backward)
-        return t.lanes, t.states_per_lane
-    assert lanes(1) == (1, 1) and lanes(16) == (16, 1) and lanes(32) == (32, 1)
-    assert lanes(3) == (1, 3) and lanes(12) == (4, 3) and lanes(18) == (8, 3)  # S4Fusion's 12 and 18
-    assert lanes(40) == (16, 3) and lanes(48) == (16, 3) and lanes(64) == (32, 2)
-    assert cuda_backend.tiling(18, 64, 1, 1, 128).channels_per_tile == 16
-    # the backward: one or two states per lane
-    assert lanes(3, True) == (4, 1) and lanes(12, True) == (16, 1) and lanes(18, True) == (32, 1)
-    assert lanes(40, True) == (32, 2) and lanes(64, True) == (32, 2)
-
-
-def test_sequence_split_rule():
-    def split(length, blocks):
-        return cuda_backend.sequence_split(length, blocks, 1, 132, 32)
-    assert split(65536, 32) == (9, 7296)     # DIFF-MF's ss2d at 256x256: 32 blocks -> 288
-    assert split(65536, 264) == (1, 0)       # enough blocks already
-    assert split(1023, 1) == (1, 0)          # too short to pay for the summary pass
-    assert split(1024, 1) == (2, 512)
-    assert split(1936, 72) == (3, 672)       # S4Fusion's 44x44 ss2d: 646 rounds up to whole chunks
+def test_plan_fills_the_gpu_with_warps_then_spans():
+    def layout(Bt, Dm, L, G=1, sms=132, K=1):
+        P = cuda_backend._C.ScanParams()
+        P.batch, P.routes, P.channels, P.dstate, P.length, P.groups_B, P.groups_C = Bt, K, Dm, 16, L, G, G
+        cuda_backend._C.plan(P, 2 * sms, 512, 4)
+        return (P.warps_per_channel, P.group_tiles * P.tiles_per_group, P.segments, P.span_length, P.chunks)
+    assert layout(32, 192, 3136) == (1, 48, 1, 0, 13)       # cuda_targets' selective_scan: 1536 blocks
+    assert layout(1, 64, 2048) == (4, 64, 2, 1024, 2)       # 16 blocks at 1 warp per channel, 64 at 4; 2 spans
+    assert layout(1, 64, 200) == (1, 16, 1, 0, 1)           # one warp's positions hold the sequence
+    assert layout(1, 8, 65536) == (4, 8, 32, 2048, 64)      # 8 blocks, then 32 spans of 2 chunks
+    assert layout(1, 8, 2047) == (4, 8, 1, 0, 2)            # too short to pay for a summary pass
+    assert layout(2, 10, 3000, G=2) == (4, 10, 2, 2048, 3)  # 5 channels per group, one tile each
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,12 +167,11 @@ def test_sequence_split_rule():
 
 @pytest.mark.parametrize("op", MAP_OPS)
 def test_map_ops_many_channels_and_wide_state(device, op):
-    # N = 40: 16 lanes of three states, 8 channels per block (9 channels: 2 tiles); the backward 32
-    # lanes of two, 4 channels per block (3 tiles)
+    # N = 40 states looped; 9 channels on blocks of 4 (3 tiles, the last one holding one channel)
     assert_matches_reference(op, device, Bt=1, Dm=9, N=40, H=3, W=3)
 
 
-# Several channel tiles per group (N = 8: 16 channels per block) and two groups.
+# Several channel tiles per group (4 channels per block) and two groups.
 TILED = dict(Bt=2, Dm=40, N=8, L=40, H=4, W=5, G=2, nh=8, P=5)
 
 
@@ -175,7 +185,7 @@ def test_tiled_channels_match_reference(device, op):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("N", [8, 40, 64])
-def test_half_inputs_one_to_three_states_per_lane(device, dtype, N):
+def test_half_inputs(device, dtype, N):
     assert_matches_reference("selective_scan", device, tol=HALF_TOL, dtype=dtype, Bt=2, Dm=9, N=N, L=40, G=1)
 
 
@@ -187,12 +197,13 @@ def test_fp32_output_option(device, op):
 # ---------------------------------------------------------------------------------------------
 # Limits (no device needed: they run before any launch)
 
-def test_limits_reject_dstate_outside_1_to_64(emulated_cuda):
-    for N in (65, 128):
-        with pytest.raises(ValueError, match="d_state N = .* is outside the kernels' range 1..64"):
+def test_limits_reject_dstate_outside_1_to_256(emulated_cuda):
+    cuda_backend.limits(spec_of("selective_scan", *make_inputs("selective_scan", Bt=1, Dm=2, N=256, L=3)))
+    for N in (257, 512):
+        with pytest.raises(ValueError, match="d_state N = .* is outside the kernels' range 1..256"):
             cuda_backend.limits(spec_of("selective_scan", *make_inputs("selective_scan", Bt=1, Dm=2, N=N, L=3)))
     with pytest.raises(ValueError, match="d_state"):
-        cuda_backend.limits(spec_of("ss2d", *make_inputs("ss2d", Bt=1, Dm=2, N=65, H=2, W=2)))
+        cuda_backend.limits(spec_of("ss2d", *make_inputs("ss2d", Bt=1, Dm=2, N=257, H=2, W=2)))
 
 
 def test_limits_take_batch_beyond_65535_and_reject_routes_beyond(emulated_cuda):
@@ -327,7 +338,7 @@ def test_emulator_rejects_unknown_settings(emulated_cuda, monkeypatch, variable,
 
 def test_kernel_results_do_not_depend_on_the_thread_order(emulated_cuda, monkeypatch):
     # Deterministic mode (no float atomics): every order gives the same bits, forward and backward
-    # (two states per lane, two channel tiles, four routes summed).
+    # (two channel tiles, four routes summed).
     args, kwargs = make_inputs("cross_ss2d", Bt=1, Dm=5, N=64, H=2, W=3)
     runs = []
     for order in ("forward", "reverse", "shuffle", "shuffle:1"):

@@ -36,16 +36,16 @@ class CpuExecutor:
         for name, (role, value) in spec.arguments.items():
             if role is None or value is None:
                 continue
-            view = role.view(value if role.name in PER_TOKEN else value.to(acc))
             grad = None
             if with_grads:
                 buffers[name] = torch.zeros(value.shape, dtype=acc)
                 grad = role.view(buffers[name])
             if role.name in lists:
                 for s in role.slots:
-                    lists[role.name][s] = view
+                    lists[role.name][s] = spec.view(role.name, s)
                     grad_lists[role.name][s] = grad
             else:
+                view = spec.view("z") if role.name == "z" else role.view(value.to(acc))
                 single[role.name], grad_single[role.name] = view, grad
         engine_in = [lists["u"], lists["dt"], lists["B"], lists["C"], single["z"], single["A"], single["D"],
                      single["delta_bias"]]

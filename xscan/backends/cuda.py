@@ -56,16 +56,16 @@ def limits(spec: ScanSpec) -> None:
                          f"1..{_C.MAX_DSTATE}")
     if spec.routes > ROUTES_LIMIT:
         raise ValueError(f"xscan (cuda backend): {spec.routes} routes exceed {ROUTES_LIMIT} (one grid row each)")
-    # the most blocks a layout can take: one channel per warp
+    if spec.largest_index() > INT32_MAX:
+        raise ValueError(f"xscan (cuda backend): a route length, token count or map size of {spec.largest_index()} "
+                         "exceeds 2^31 - 1 (the kernels index positions in 32 bits; offsets are 64-bit)")
+    # the most blocks a layout can take: one warp per channel
     P = _sizes(spec)
     _C.plan(P, 0, MIN_SPAN, 1)
     blocks = spec.batch * P.group_tiles * P.tiles_per_group
     if blocks > INT32_MAX:
         raise ValueError(f"xscan (cuda backend): batch {spec.batch} needs {blocks} blocks per route, more than "
                          f"2^31 - 1")
-    if spec.largest_index() > INT32_MAX:
-        raise ValueError(f"xscan (cuda backend): a route length, token count or map size of {spec.largest_index()} "
-                         "exceeds 2^31 - 1 (the kernels index positions in 32 bits; offsets are 64-bit)")
 
 
 # Layout (csrc/cuda/scan_params.h, plan_launch): a launch should bring RESIDENT_BLOCKS blocks per SM;

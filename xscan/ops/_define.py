@@ -42,13 +42,14 @@ def _fresh(outputs, inputs) -> list:
 
 
 def define(name: str, args: Sequence[tuple[str, str]], outputs: int, fake: Callable, check: Callable,
-           plan: Callable, tokens: Sequence[str]) -> Callable:
+           plan: Callable, tokens: Sequence[str], keep: Callable = lambda a: ()) -> Callable:
     """Define ``xscan::<name>`` with ``args`` as (argument name, schema type) pairs, ``outputs``
     tensors out, ``fake(*args)`` giving their shapes in the per-token inputs' dtype,
     ``check(*args)`` raising a clear error for arguments the kernels cannot take (run by the op
     itself too, so that a direct ``torch.ops.xscan`` call is as safe as the public function),
-    ``plan(*args, out_dtype)`` the op's ScanSpec and ``tokens`` the per-token arguments' names (what
-    autocast casts). Returns ``call(args, device)``, which picks the backend for ``device`` and runs
+    ``plan(*args, out_dtype)`` the op's ScanSpec, ``tokens`` the per-token arguments' names (what
+    autocast casts) and ``keep(args)`` those of them that are weights in a call (autocast leaves
+    them as they are). Returns ``call(args, device)``, which picks the backend for ``device`` and runs
     the op."""
     params = ", ".join(f"{t} {n}" for n, t in args) + ", bool fp32_output, str backend"
     returns = "Tensor" if outputs == 1 else "(" + ", ".join(["Tensor"] * outputs) + ")"
@@ -169,10 +170,12 @@ def define(name: str, args: Sequence[tuple[str, str]], outputs: int, fake: Calla
 
     def autocast_cast(a, device_type: str) -> list:
         """Under torch.autocast the per-token inputs go to the autocast dtype (the kernels compute
-        in fp32 whatever they get; outputs come in that dtype); A, D, delta_bias keep theirs."""
+        in fp32 whatever they get; outputs come in that dtype); A, D, delta_bias and the weights
+        among the per-token arguments (``keep``) keep theirs."""
         dtype = torch.get_autocast_dtype(device_type)
-        return [x.to(dtype) if i in token_slots and isinstance(x, torch.Tensor) and x.is_floating_point()
-                and x.device.type == device_type else x for i, x in enumerate(a)]
+        kept = {names.index(n) for n in keep(a)}
+        return [x.to(dtype) if i in token_slots and i not in kept and isinstance(x, torch.Tensor)
+                and x.is_floating_point() and x.device.type == device_type else x for i, x in enumerate(a)]
 
     def autocast(device_type: str):
         key = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, "Autocast" + device_type.upper()))

@@ -17,15 +17,27 @@ def _fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
     return u.new_empty(u.shape), u.new_empty((u.shape[0], u.shape[1], A.shape[1]), dtype=state_dtype(u.dtype, A))
 
 
+def weight(X, A) -> bool:
+    """Whether a real B or C is a weight, as mamba's: constant over batch and time ((Dm, N), or its
+    (Bt, Dm, N, L) broadcast) and in A's dtype, which may differ from u's."""
+    if not (isinstance(X, torch.Tensor) and isinstance(A, torch.Tensor)) or X.dtype != A.dtype or A.is_complex():
+        return False
+    if X.dim() == 2:
+        return True
+    return X.dim() == 4 and all(X.shape[a] == 1 or X.stride(a) == 0 for a in (0, 3))
+
+
 def check(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
-    """The registered op's arguments: B and C grouped, (Bt, G, N, L), complex when A is."""
+    """The registered op's arguments: B and C grouped, (Bt, G, N, L), complex when A is; a real B or
+    C in A's dtype is taken as a weight (the public function lets only a constant one be)."""
     c = Checker("selective_scan")
     c.tensor("u", u, "Bt Dm L", token=True)
     c.tensor("delta", delta, "Bt Dm L", token=True)
     is_complex = isinstance(A, torch.Tensor) and A.is_complex()
     c.tensor("A", A, "Dm N", dtypes=COMPLEX if is_complex else FLOATING)
     for name, X in (("B", B), ("C", C)):
-        c.tensor(name, X, f"Bt G_{name} N L", token=not is_complex, dtypes=COMPLEX if is_complex else FLOATING)
+        token = not is_complex and not (isinstance(X, torch.Tensor) and X.dtype == A.dtype)
+        c.tensor(name, X, f"Bt G_{name} N L", token=token, dtypes=COMPLEX if is_complex else FLOATING)
         c.divides(f"G_{name}", "Dm", f"{name} groups must split the channels evenly")
     c.tensor("D", D, "Dm", optional=True)
     c.tensor("z", z, "Bt Dm L", optional=True, token=True)
@@ -47,7 +59,8 @@ def plan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, out_dtype: torch.d
     return ScanSpec(Route.LINE, (L,), arguments, outputs, delta_softplus)
 
 
-_op = define("selective_scan", ARGS, 2, _fake, check, plan, ("u", "delta", "B", "C", "z"))
+_op = define("selective_scan", ARGS, 2, _fake, check, plan, ("u", "delta", "B", "C", "z"),
+             keep=lambda a: {name for name, X in (("B", a[3]), ("C", a[4])) if weight(X, a[2])})
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -55,8 +68,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     """Same arguments, layouts and results as ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn``.
 
     u, delta, z: (Bt, Dm, L); A: (Dm, N); B, C: (Bt, N, L), grouped (Bt, G, N, L), or constant
-    (Dm, N); D, delta_bias: (Dm,). Returns y (Bt, Dm, L) in u's dtype, and with
-    ``return_last_state`` also the last state (Bt, Dm, N) in fp32 (fp64 for fp64 inputs).
+    (Dm, N); D, delta_bias: (Dm,). A constant B or C may be in u's dtype or in A's (mamba's weight
+    dtype: fp32 next to fp16/bf16 inputs), and its gradient comes in its dtype. Returns y (Bt, Dm, L)
+    in u's dtype, and with ``return_last_state`` also the last state (Bt, Dm, N) in fp32 (fp64 for fp64 inputs).
 
     A complex A (mamba's ``wtype=complex64``) gives a complex state and ``y = 2 Re(C . h) + D u``;
     B and C are then constant (Dm, N) complex tensors, or real per-token tensors (Bt, [G,] N, 2L)
@@ -71,7 +85,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     c.tensor("A", A, "Dm N", dtypes=COMPLEX if is_complex else FLOATING)
     if is_complex:
         c.bind("L2", 2 * c.dims["L"], "u")
-    B, C = (_grouped(c, name, X, state_dtype(u.dtype, A) if is_complex else None) for name, X in (("B", B), ("C", C)))
+    B, C = (_grouped(c, name, X, A, state_dtype(u.dtype, A) if is_complex else None)
+            for name, X in (("B", B), ("C", C)))
     c.tensor("D", D, "Dm", optional=True)
     c.tensor("z", z, "Bt Dm L", optional=True, token=True)
     c.tensor("delta_bias", delta_bias, "Dm", optional=True)
@@ -80,13 +95,17 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     return (y, last_state) if return_last_state else y
 
 
-def _grouped(c: Checker, name: str, X, complex_dtype) -> torch.Tensor:
+def _grouped(c: Checker, name: str, X, A, complex_dtype) -> torch.Tensor:
     """B or C as (Bt, G, N, L), a view for every layout mamba accepts; complex (from the
     (real, imaginary) pairs of a per-token tensor) when A is complex."""
     Bt, Dm, L = c.dims["Bt"], c.dims["Dm"], c.dims["L"]
     dim = X.dim() if isinstance(X, torch.Tensor) else 0
-    if dim == 2:  # constant over batch and time, one row per channel
+    if dim == 2:  # constant over batch and time, one row per channel: a weight
         c.tensor(name, X, "Dm N", dtypes=FLOATING + COMPLEX if complex_dtype else FLOATING)
+        token_dtype = c.token_dtype[0]
+        if not complex_dtype and X.dtype not in (token_dtype, A.dtype):
+            c.fail(f"{name} is a constant (Dm, N) weight of dtype {X.dtype}; it must be in u's dtype ({token_dtype}) "
+                   f"or in A's ({A.dtype}, mamba's weight dtype)", TypeError)
         if complex_dtype:
             X = X.to(complex_dtype)
         return X[None, :, :, None].expand(Bt, Dm, X.shape[1], L)
