@@ -222,11 +222,11 @@ def subroutine(code: dict, start: int) -> str:
 # ---- CUDA -----------------------------------------------------------------------------------------
 
 def cuda_constants() -> tuple[int, int]:
-    """(kThreadsPerBlock, kChunkLength) from csrc/cuda/scan_params.h."""
+    """(kThreadsPerBlock, kItems) from csrc/cuda/scan_params.h."""
     with open(os.path.join(ROOT, "csrc", "cuda", "scan_params.h")) as f:
         text = f.read()
     return tuple(int(re.search(rf"constexpr int {name} = (\d+);", text)[1])
-                 for name in ("kThreadsPerBlock", "kChunkLength"))
+                 for name in ("kThreadsPerBlock", "kItems"))
 
 
 def compile_cuda(name: str, nvcc: str, workdir: str) -> dict:
@@ -273,28 +273,27 @@ def cuda_report(files: list[str], jobs: int) -> dict:
     return report
 
 
-def cuda_launch(spec, threads: int, chunk: int, backward: bool) -> dict:
-    """A spec's CUDA forward or backward launch, by xscan.backends.cuda (tiling, sequence_split) and
-    scan_device.cuh: the route policy its kernels are instantiated for, blocks (after the sequence
-    split: spans per sequence), states per lane, share of the threads holding a (channel, state),
-    dynamic shared memory (the backward's backward_shared_bytes)."""
-    from xscan.backends.cuda import backward_shared_bytes, sequence_split, tiling
+def cuda_launch(spec, backward: bool) -> dict:
+    """A spec's CUDA forward or backward launch, by the kernels' own layout rule (plan_launch in
+    csrc/cuda/scan_params.h, through xscan._C.cuda_layout) on an H100: the route policy its kernels
+    are instantiated for, blocks (after the sequence split: spans per sequence), warps per channel,
+    dynamic shared memory."""
+    from xscan import _C
+    from xscan.backends.cuda import MAX_WARPS, MIN_SPAN, RESIDENT_BLOCKS
     from xscan.spec import Route, Source
 
     # the route policy of each kind (csrc/include/xscan/routes.h, visit_route)
     ROUTE_POLICIES = {Route.LINE: "LineRoutes", Route.CROSS: "CrossRoutes", Route.ATROUS: "AtrousRoutes",
                       Route.CROSS_PAIR: "CrossPairRoutes", Route.HEADS: "HeadRoutes", Route.SNAKE: "SnakeRoutes"}
 
-    N, Dm = spec.dstate, spec.channels
-    t = tiling(N, Dm, spec.view("B").shape[2], spec.view("C").shape[2], threads, backward)
-    tiles = t.group_tiles * t.tiles_per_group
-    states = t.states_per_lane
+    layout = _C.cuda_layout(spec.batch, spec.routes, spec.channels, spec.dstate, spec.length(),
+                            spec.view("B").shape[2], spec.view("C").shape[2], RESIDENT_BLOCKS * H100.sms, MIN_SPAN,
+                            MAX_WARPS)
     policy = "RealignRoutes" if spec.source != Source.TOKEN else ROUTE_POLICIES[spec.route]
-    blocks = tiles * spec.routes * spec.batch
-    segments, span = sequence_split(spec.length(), blocks, spec.batch, H100.sms, chunk)
-    return dict(policy=policy, blocks=blocks * segments, spans=segments, span_length=span, states_per_lane=states,
-                busy=Dm * N / (tiles * threads * states),
-                smem=backward_shared_bytes(t, N, threads, chunk) if backward else 0)
+    blocks = layout["tiles"] * spec.routes * spec.batch
+    return dict(policy=policy, blocks=blocks * layout["segments"], spans=layout["segments"],
+                span_length=layout["span_length"], warps_per_channel=layout["warps_per_channel"],
+                smem=layout["backward_shared_bytes" if backward else "forward_shared_bytes"])
 
 
 # ---- Triton ---------------------------------------------------------------------------------------
@@ -492,14 +491,14 @@ SHORT = {"chunk_summary": "summary", "chunk_carry": "carry", "scan_forward": "fw
 def ops_rows(ops: list[OpCall], cuda: dict, tri: dict) -> list[dict]:
     """Per op call: the CUDA launches (blocks, waves at the fp32 kernels' occupancy) and the Triton
     launches (kernel, grid) of its forward and backward."""
-    threads, chunk = cuda_constants()
+    threads, _ = cuda_constants()
     by_name = {k["kernel"]: k for k in cuda.get("kernels", [])}
     rows = []
     for i, call in enumerate(ops):
         launches = {}
         for kind in ("forward", "backward"):
-            launch = launches[kind] = cuda_launch(call.spec, threads, chunk, kind == "backward")
-            k = by_name.get(f"scan_{kind}_kernel<float, {launch['states_per_lane']}, {launch['policy']}>")
+            launch = launches[kind] = cuda_launch(call.spec, kind == "backward")
+            k = by_name.get(f"scan_{kind}_kernel<float, {launch['policy']}>")
             if k:
                 warps, _ = occupancy(k["regs"], k["smem"] + launch["smem"], threads // 32)
                 launch["waves"] = round(launch["blocks"] / (H100.sms * (warps // (threads // 32))), 3)
@@ -520,17 +519,18 @@ def ops_table(rows: list[dict], batch: int) -> str:
     for r in rows:
         f, b = r["cuda"]["forward"], r["cuda"]["backward"]
         cells.append([r["network"], r["op"], r["calls"], f"{blocks(f)} / {blocks(b)}",
-                      f"{f['states_per_lane']} / {b['states_per_lane']}", f"{f['busy']:.0%} / {b['busy']:.0%}",
+                      f"{f['warps_per_channel']}", f"{f['smem']:,} / {b['smem']:,}",
                       " / ".join(f"{c['waves']:.2f}" if "waves" in c else "-" for c in (f, b))]
                      + [" · ".join(f"{SHORT.get(x['kernel'], x['kernel'])} {math.prod(x['grid']):,}"
                                    for x in r[f"triton_{kind}"]) or "-" for kind in ("forward", "backward")])
     threads, _ = cuda_constants()
     return (f"Grids per op call at batch {batch} ({H100.sms} SMs). CUDA, forward / backward: blocks of {threads} "
             "threads of the scan kernels (a launch of fewer than two blocks per SM runs its sequences as spans, one "
-            "block each, after a summary pass on the same grid and a carry pass); states per lane; busy: lane "
-            "slots that hold a state; waves: blocks / (SMs x resident blocks per SM) for the fp32 kernels, the "
-            "backward with its dynamic shared memory. Triton: programs per launch. calls: per network forward.\n\n"
-            + table(["network", "op", "calls", "CUDA blocks", "states/lane", "CUDA busy", "CUDA waves",
+            "block each, after a summary pass on the same grid and a carry pass); warps per channel (the forward "
+            "and backward share the layout); dynamic shared memory in bytes; waves: blocks / (SMs x resident "
+            "blocks per SM) for the fp32 kernels with their dynamic shared memory. Triton: programs per launch. "
+            "calls: per network forward.\n\n"
+            + table(["network", "op", "calls", "CUDA blocks", "warps/channel", "CUDA smem B", "CUDA waves",
                      "Triton forward programs", "Triton backward programs"], cells))
 
 

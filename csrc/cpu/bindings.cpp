@@ -7,6 +7,7 @@
 
 #include <string>
 
+#include "../cuda/scan_params.h"
 #include "scan_dispatch.h"
 
 namespace xscan {
@@ -70,6 +71,28 @@ void scan_backward(int64_t route, int64_t source, std::vector<int64_t> geometry,
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("max_threads", &max_threads, "OpenMP threads the CPU kernels use");
+  m.def(
+      "cuda_layout",
+      [](int32_t batch, int32_t routes, int32_t channels, int32_t dstate, int32_t length, int32_t groups_B,
+         int32_t groups_C, int64_t min_blocks, int64_t min_span, int max_warps) {
+        xscan::cuda::ScanParams P;
+        P.batch = batch, P.routes = routes, P.channels = channels, P.dstate = dstate, P.length = length;
+        P.groups_B = groups_B, P.groups_C = groups_C;
+        xscan::cuda::plan_launch(P, min_blocks, min_span, max_warps);
+        pybind11::dict d;
+        d["warps_per_channel"] = P.warps_per_channel;
+        d["chunk_length"] = P.chunk_length;
+        d["tiles"] = xscan::cuda::scan_tiles(P);
+        d["channels_per_tile"] = xscan::cuda::channels_per_tile(P);
+        d["chunks"] = P.chunks;
+        d["segments"] = P.segments;
+        d["span_length"] = P.span_length;
+        d["forward_shared_bytes"] = xscan::cuda::shared_bytes(P, false);
+        d["backward_shared_bytes"] = xscan::cuda::shared_bytes(P, true);
+        return d;
+      },
+      "The CUDA kernels' launch layout (csrc/cuda/scan_params.h, plan_launch), for tools on machines without "
+      "the CUDA extension.");
   // xscan.spec's Route and Source numbers, checked by xscan/backends/cpu.py when it loads
   for (const auto& r : xscan::kRouteNames) m.attr((std::string("ROUTE_") + r.name).c_str()) = static_cast<int>(r.value);
   for (const auto& s : xscan::kSourceNames) m.attr((std::string("SOURCE_") + s.name).c_str()) = static_cast<int>(s.value);

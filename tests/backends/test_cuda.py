@@ -149,11 +149,10 @@ def test_split_sequence_last_state_and_partials(device, split_sequences, determi
 
 
 def test_plan_fills_the_gpu_with_warps_then_spans():
+    # plan_launch (csrc/cuda/scan_params.h) through the CPU extension, which exports it for tools
     def layout(Bt, Dm, L, G=1, sms=132, K=1):
-        P = cuda_backend._C.ScanParams()
-        P.batch, P.routes, P.channels, P.dstate, P.length, P.groups_B, P.groups_C = Bt, K, Dm, 16, L, G, G
-        cuda_backend._C.plan(P, 2 * sms, 512, 4)
-        return (P.warps_per_channel, P.group_tiles * P.tiles_per_group, P.segments, P.span_length, P.chunks)
+        p = xscan._C.cuda_layout(Bt, K, Dm, 16, L, G, G, 2 * sms, 512, 4)
+        return (p["warps_per_channel"], p["tiles"], p["segments"], p["span_length"], p["chunks"])
     assert layout(32, 192, 3136) == (1, 48, 1, 0, 13)       # cuda_targets' selective_scan: 1536 blocks
     assert layout(1, 64, 2048) == (4, 64, 2, 1024, 2)       # 16 blocks at 1 warp per channel, 64 at 4; 2 spans
     assert layout(1, 64, 200) == (1, 16, 1, 0, 1)           # one warp's positions hold the sequence
