@@ -5,14 +5,14 @@
 
 The steps run in order, each within a time budget (--budget STEP=SECONDS, all of them within
 --total), and each is recorded as ok, failed or skipped, with the reason, even when a later one fails.
-Everything that imports torch runs in a subprocess (this script needs only the standard library, and
-triton for one smoke kernel), so a crash, a hang or a broken CUDA context costs one step or one smoke
-item, not the run. Logs: DIR/logs/. See benchmarks/GPU.md.
+Everything that imports torch runs in a subprocess (this script needs only the standard library), so
+a crash, a hang or a broken CUDA context costs one step or one smoke item, not the run. Logs: DIR/logs/.
+See benchmarks/GPU.md.
 
   env     GPU, SM count, driver, torch / triton / nvcc versions, free memory, xscan's backends
   build   xscan._C and xscan._C_cuda for this GPU's architecture only (setup.py build_ext --inplace,
           MAX_JOBS = all cores); reused when already built from the same sources for the same GPU
-  smoke   the riskiest primitives one at a time: Triton's reverse associative_scan over a tuple,
+  smoke   the riskiest primitives one at a time: the Triton backward's reverse scan at its tile shapes,
           one launch of every CUDA kernel (op x dtype x one, two or three states per lane) against the
           reference, a backward that needs more than 48 KiB of dynamic shared memory
   tests   pytest with JUnit XML (default: the cuda and triton cases without the slow ones, GPU files
@@ -47,34 +47,12 @@ import traceback
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-try:  # the smoke check's standalone kernel; where triton is missing or broken, that check says why
+try:  # the environment report's version; where triton is missing or broken, the smoke check says why
     import triton
-    import triton.language as tl
 except Exception as e:  # noqa: BLE001
     triton, TRITON_ERROR = None, f"triton cannot be imported ({type(e).__name__}: {e})"
 else:
     TRITON_ERROR = None
-
-    @triton.jit
-    def _compose(a1, b1, a2, b2):
-        """h -> a1 h + b1, then h -> a2 h + b2: the combine of xscan/triton_kernels/scan.py."""
-        return a1 * a2, b1 * a2 + b2
-
-    @triton.jit
-    def _reverse_scans(a_ptr, b_ptr, rev_a, rev_b, flip_a, flip_b,
-                       R: tl.constexpr, T: tl.constexpr, N: tl.constexpr):
-        """Over axis 1 of an (R, T, N) tile: the reverse scan as scan.py's backward runs it, and
-        flip(scan(flip))."""
-        offs = ((tl.arange(0, R)[:, None, None] * T + tl.arange(0, T)[None, :, None]) * N
-                + tl.arange(0, N)[None, None, :])
-        a = tl.load(a_ptr + offs)
-        b = tl.load(b_ptr + offs)
-        ra, rb = tl.associative_scan((a, b), axis=1, combine_fn=_compose, reverse=True)
-        tl.store(rev_a + offs, ra)
-        tl.store(rev_b + offs, rb)
-        fa, fb = tl.associative_scan((tl.flip(a, 1), tl.flip(b, 1)), axis=1, combine_fn=_compose)
-        tl.store(flip_a + offs, tl.flip(fa, 1))
-        tl.store(flip_b + offs, tl.flip(fb, 1))
 
 
 STEPS = ("env", "build", "smoke", "tests", "bench", "report")
@@ -623,34 +601,32 @@ def worker_emulator(opts):
 
 
 def reverse_scan_check(device):
-    """tl.associative_scan(reverse=True) over (decay, input) pairs, as the Triton backward runs it,
-    against flip(scan(flip)) and a sequential fold from the end."""
+    """The backward's reverse scan (scan.reverse_recurrence: forward tl.associative_scan over flipped
+    tiles) at every tile shape scan_backward runs it at and every warp count the autotuner can pick,
+    against a sequential fold from the end."""
     import torch
     if triton is None:
         return "failed", TRITON_ERROR
-    R, T, N = 2, 32, 16
+    from xscan.triton_kernels import scan, tiles
     g = torch.Generator().manual_seed(0)
-    a = torch.rand(R, T, N, generator=g) * 0.5 + 0.5
-    b = torch.randn(R, T, N, generator=g)
-    outs = [torch.empty(R, T, N, device=device) for _ in range(4)]
-    _reverse_scans[(1,)](a.to(device), b.to(device), *outs, R=R, T=T, N=N)
-    ref_a, ref_b = a.double().clone(), b.double().clone()
-    for t in range(T - 2, -1, -1):  # (A, B)_t = (A, B)_{t+1} then (a_t, b_t)
-        ref_a[:, t] = ref_a[:, t + 1] * a[:, t]
-        ref_b[:, t] = ref_b[:, t + 1] * a[:, t] + b[:, t]
-
-    def err(x, ref):
-        return ((x.double().cpu() - ref).abs().max() / ref.abs().max()).item()
-
-    rev = max(err(outs[0], ref_a), err(outs[1], ref_b))
-    flip = max(err(outs[2], ref_a), err(outs[3], ref_b))
-    text = f"reverse=True err {rev:.1e}, flip(scan(flip)) err {flip:.1e} vs the sequential fold"
-    if rev < 1e-5 and flip < 1e-5:
-        return "ok", text
-    if flip < 1e-5:
-        return "failed", text + ": reverse=True composes differently here; the backward in " \
-                                "xscan/triton_kernels/scan.py needs flip(scan(flip))"
-    return "failed", text
+    worst, bad = 0.0, []
+    for t in tiles.backward_scan_tiles():
+        R, T, N = t.block_d, t.chunk, t.block_n
+        a = torch.rand(R, T, N, generator=g) * 0.5 + 0.5
+        b = torch.randn(R, T, N, generator=g)
+        ref = torch.empty(R, T, N, dtype=torch.float64)
+        x = torch.ones(R, N, dtype=torch.float64)  # past the chunk's end
+        for i in range(T - 1, -1, -1):
+            x = ref[:, i] = a[:, i] * x + b[:, i]
+        for warps in tiles.WARPS:
+            out = torch.empty(R, T, N, device=device)
+            scan.reverse_recurrence_tile[(1,)](a.to(device), b.to(device), out, R=R, T=T, N=N, num_warps=warps)
+            err = ((out.double().cpu() - ref).abs().max() / ref.abs().max()).item()
+            worst = max(worst, err)
+            if not err < 1e-5:
+                bad.append(f"{R}x{T}x{N} at {warps} warps: {err:.1e}")
+    text = f"{len(tiles.backward_scan_tiles())} tile shapes x warps {tiles.WARPS}, max rel err {worst:.1e}"
+    return ("ok", text) if not bad else ("failed", f"{text}; over 1e-5: {', '.join(bad)}")
 
 
 def op_check(op, device, dtype, N, shape):
@@ -686,7 +662,8 @@ def smoke_plan(rehearse) -> list:
     shape = (dict(Bt=1, Dm=4, L=12, H=3, W=4, nh=2, P=2, G=1) if rehearse else
              dict(Bt=2, Dm=8, L=70, H=5, W=7, nh=4, P=8, G=1))
     big = dict(Bt=1, L=40, nh=2, P=4, G=1) if rehearse else dict(Bt=2, L=1024, nh=8, P=64, G=1)
-    plan = [("triton reverse associative_scan over a tuple", functools.partial(reverse_scan_check, device)),
+    plan = [("triton reverse scan at the backward's tile shapes and warp counts",
+             functools.partial(reverse_scan_check, device)),
             ("cuda ssd_exchange float32 N=256 (the largest d_state)",
              functools.partial(shared_memory_check, device, big))]
     # d_state of the networks (12, 16, 18) and a wide one

@@ -12,8 +12,8 @@
 3. Grids: per op of the networks, CUDA blocks and Triton programs against the H100's 132 SMs.
 
 The ops and their shapes come from running each network forward on the meta device and planning
-every xscan op it calls (no weights, no arithmetic). --quick (CI): the fp32 CUDA files only, and
-each Triton variant at the first autotune config only (4 warps). Exit status 0 unless a
+every xscan op it calls (no weights, no arithmetic). --quick (CI): the fp32 CUDA files only (Triton
+is compiled at every autotune config in both runs). Exit status 0 unless a
 compilation fails; a part whose tools are missing says 'skipped: why'.
 """
 from __future__ import annotations
@@ -314,9 +314,9 @@ def materialize(spec):
 
 
 @contextlib.contextmanager
-def intercepted_launches(on_launch, all_configs: bool):
+def intercepted_launches(on_launch):
     """Inside the block Triton launches nothing: each launch calls on_launch(jit_function, args,
-    kwargs, grid), once per autotune config (only the first unless all_configs)."""
+    kwargs, grid), once per autotune config."""
     from triton.runtime import autotuner, jit
 
     saved = jit.JITFunction.run, autotuner.Autotuner.run
@@ -325,7 +325,7 @@ def intercepted_launches(on_launch, all_configs: bool):
         on_launch(self, args, kwargs, grid)
 
     def autotuned(self, *args, **kwargs):
-        for config in self.configs if all_configs else self.configs[:1]:
+        for config in self.configs:
             self.fn.run(*args, **kwargs, **config.all_kwargs())
 
     jit.JITFunction.run, autotuner.Autotuner.run = run, autotuned
@@ -393,7 +393,7 @@ def variant_name(c: dict) -> str:
     return " ".join(parts)
 
 
-def triton_report(ops: list[OpCall], all_configs: bool) -> dict:
+def triton_report(ops: list[OpCall]) -> dict:
     """Compile every kernel variant the ops launch; record each op's launches (kernel, grid)."""
     try:
         import triton
@@ -426,7 +426,7 @@ def triton_report(ops: list[OpCall], all_configs: bool) -> dict:
         if launch not in per_op:  # every autotune config launches it again
             per_op.append(launch)
 
-    with intercepted_launches(on_launch, all_configs):
+    with intercepted_launches(on_launch):
         for i, call in enumerate(ops):
             spec = materialize(call.spec)
             where.update({"op": i, "pass": "forward"})
@@ -579,7 +579,7 @@ def findings(cuda: dict, tri: dict, rows: list[dict]) -> list[str]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fp32 CUDA files only; Triton at 4 warps only")
+    parser.add_argument("--quick", action="store_true", help="fp32 CUDA files only")
     parser.add_argument("--json", metavar="FILE", help="also write everything as JSON")
     parser.add_argument("--size", type=int, default=256, help="image side of the networks' inputs")
     parser.add_argument("--batch", type=int, default=1)
@@ -602,7 +602,7 @@ def main(argv=None) -> int:
 
     with ThreadPoolExecutor(1) as background:  # nvcc runs while triton compiles
         cuda = background.submit(timed, "cuda", cuda_report, files, opts.jobs) if not opts.no_cuda else None
-        tri = timed("triton", triton_report, ops, not opts.quick) if not opts.no_triton else dict(skipped="--no-triton")
+        tri = timed("triton", triton_report, ops) if not opts.no_triton else dict(skipped="--no-triton")
         cuda = cuda.result() if cuda else dict(skipped="--no-cuda")
     rows = ops_rows(ops, cuda, tri)
     notes = findings(cuda, tri, rows)

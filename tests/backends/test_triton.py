@@ -218,3 +218,90 @@ def test_a_tile_over_the_gpus_resources_is_refused_clearly(monkeypatch):
     monkeypatch.setattr(tiles.triton, "autotune", lambda configs, key: (lambda kernel: Kernel()))
     with pytest.raises(ValueError, match=r"ssd_backward.*BLOCK_P.: 128.*204928 bytes of shared memory.*166912"):
         tiles._Autotuned(Kernel(), key=[])[(1,)](x=1, BLOCK_P=128, BLOCK_N=128)
+
+
+def test_reverse_scan_at_the_backwards_tile_shapes():
+    """scan.reverse_recurrence (the backward's reverse scan: a forward scan over flipped tiles, not
+    associative_scan(reverse=True)) against a sequential fold, at every backward tile shape."""
+    if not INTERPRETER and not CUDA:
+        pytest.skip("needs the Triton interpreter or a CUDA device")
+    from xscan.triton_kernels import scan
+    device = "cuda" if CUDA else "cpu"
+    g = torch.Generator().manual_seed(0)
+    for t in tiles.backward_scan_tiles():
+        R, T, N = t.block_d, t.chunk, t.block_n
+        a, b = torch.rand(R, T, N, generator=g) + 0.5, torch.randn(R, T, N, generator=g)
+        ref, x = torch.empty(R, T, N), torch.ones(R, N)
+        for i in range(T - 1, -1, -1):
+            x = ref[:, i] = a[:, i] * x + b[:, i]
+        for warps in tiles.WARPS:
+            out = torch.empty(R, T, N, device=device)
+            scan.reverse_recurrence_tile[(1,)](a.to(device), b.to(device), out, R=R, T=T, N=N, num_warps=warps)
+            torch.testing.assert_close(out.cpu(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
+def test_grid_limits_are_checked_before_launch():
+    # chunks beyond grid z (y for SSD) go in several launches; any other dimension over its limit is refused
+    from xscan.triton_kernels.selective import ScanProblem
+    problem = ScanProblem(long_line_spec(5_000_000))
+    problem._plan(backward=False)
+    launches = problem._launches("scan_forward")
+    assert problem.n_chunks == 78_125 and [first for _, first in launches] == [0, 65_535]
+    assert [grid for grid, _ in launches] == [(1, 1, 65_535), (1, 1, 12_590)]
+    counts = ("batch x routes", "blocks of 4 channels", "chunks")
+    assert tiles.grid_launches("k", (2**31 - 1, 65_535, 65_535), counts, split=2) == [((2**31 - 1, 65_535, 65_535), 0)]
+    with pytest.raises(ValueError, match=r"scan_forward would launch 65,536 programs along grid y \(blocks of 4 chan"):
+        tiles.grid_launches("scan_forward", (1, 65_536, 1), counts, split=2)
+    with pytest.raises(ValueError, match=r"2,147,483,648 programs along grid x \(batch x routes\)"):
+        tiles.grid_launches("scan_forward", (2**31, 1, 1), counts, split=2)
+    with pytest.raises(ValueError, match=r"grid z \(chunks\)"):
+        tiles.grid_launches("chunk_carry", (1, 1, 65_536), counts)
+
+
+def test_chunks_split_over_several_launches(monkeypatch):
+    # grid limits of 2 programs along y and z: every launch of more than 2 chunks is split
+    monkeypatch.setattr(tiles, "GRID_LIMITS", (2**31 - 1, 2, 2))
+    check("selective_scan", Bt=1, Dm=2, N=2, L=19)  # 5 chunks of 4
+    check("ssd_exchange", Bt=1, L=37, nh=1, P=2, N=3)  # 3 chunks of 16
+
+
+def test_autotuning_keys_on_size_buckets_and_can_be_pinned(monkeypatch):
+    """One autotuner per bucket of sizes (powers of 2); a warp count pinned by pin_warps or
+    XSCAN_TRITON_WARPS launches the kernel itself; under graph capture the warp count chosen before
+    for the same key. (Dispatch only: the interpreter has no warps to tune.)"""
+    launches, tuners = [], []
+
+    class Kernel:
+        arg_names = ["L", "x", "BLOCK"]
+        __name__ = "scan_forward"
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launches.append(kwargs.get("num_warps", "tuned"))
+
+    class Tuner(Kernel):
+        best_config = type("Config", (), {"num_warps": 8})
+
+    monkeypatch.setattr(tiles.triton, "autotune", lambda configs, key: (lambda kernel: tuners.append(Tuner())
+                                                                        or tuners[-1]))
+    monkeypatch.delenv(tiles.WARPS_VARIABLE, raising=False)
+    kernel = tiles._Autotuned(Kernel(), key=["BLOCK"], sizes=["L"])
+    for L in (100, 128, 129):
+        kernel[(1,)](L, x=0, BLOCK=16)
+    assert launches == ["tuned"] * 3 and len(tuners) == 2  # buckets 128 and 256
+    assert sorted(kernel.chosen.values()) == [8, 8]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    kernel[(1,)](120, x=0, BLOCK=16)  # tuned before for bucket 128: its choice
+    kernel[(1,)](120, x=0, BLOCK=32)  # never tuned: PINNED_WARPS
+    assert launches[3:] == [8, tiles.PINNED_WARPS]
+    monkeypatch.setenv(tiles.WARPS_VARIABLE, "scan_forward=2,ssd_forward=8")
+    kernel[(1,)](120, x=0, BLOCK=16)
+    tiles.pin_warps(16)  # the function wins over the variable
+    try:
+        kernel[(1,)](120, x=0, BLOCK=16)
+    finally:
+        tiles.pin_warps(None)
+    assert launches[5:] == [2, 16]
+    monkeypatch.setenv(tiles.WARPS_VARIABLE, "many")
+    with pytest.raises(ValueError, match="XSCAN_TRITON_WARPS='many'"):
+        kernel[(1,)](120, x=0, BLOCK=16)

@@ -1,11 +1,14 @@
 """Compile every kernel variant the ops launch for a GPU target, on a machine without a GPU.
 
-    TRITON_INTERPRET=0 python -m xscan.triton_kernels.compile_check [--arch 90]
+    TRITON_INTERPRET=0 python -m xscan.triton_kernels.compile_check [--arch 80,90]
 
 Runs each op's forward and backward on small CPU tensors with the Triton launches replaced by an
-ahead-of-time compile to PTX/cubin for ``sm_<arch>`` (nothing is launched, the numbers are not
-computed): it catches what the interpreter does not check (types, layouts, unsupported ops,
-register-tile shapes). Prints one line per compiled variant and exits non-zero on the first error.
+ahead-of-time compile to PTX/cubin for each ``sm_<arch>`` at each warp count the autotuner can pick
+(nothing is launched, the numbers are not computed): it catches what the interpreter does not check
+(types, layouts, unsupported ops, register-tile shapes). The ops run at d_state 16 and 18 (tiles of
+16 and 32 states, the networks'), ssd_exchange also with fp16 and bf16 inputs, and the backward's
+reverse scan alone (scan.reverse_recurrence_tile) at every tile shape scan_backward can take. Prints
+one line per compiled variant and exits non-zero on the first error.
 Then runs selective_scan, ss2d and ssd_exchange again at other sequence lengths and map sizes
 (batch 2) whose strides keep their divisibility by 16: a variant compiled anew there is a recompile
 on a new image size, and fails the check (the sizes are unspecialised; a stride's divisibility by 16
@@ -41,9 +44,9 @@ def resource_usage(cubin: bytes) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 80 or 90")
+    parser.add_argument("--arch", default="90", help="compute capabilities, comma separated, e.g. 80,90")
     parser.add_argument("--dtypes", default="float32,bfloat16", help="input dtypes, comma separated")
-    parser.add_argument("--warps", type=int, default=None, help="num_warps (default: the launch's own)")
+    parser.add_argument("--warps", type=int, default=None, help="num_warps (default: every autotuned one)")
     opts = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("compile_check: unset TRITON_INTERPRET (the kernels must be decorated for compilation)")
@@ -55,36 +58,41 @@ def main(argv=None) -> int:
     from triton.runtime import jit
 
     from . import tiles
-    tiles.autotuned = lambda key: (lambda kernel: kernel)  # no benchmarking without a GPU
-    target = GPUTarget("cuda", opts.arch, 32)
-    backend = make_backend(target)
+    tiles.autotuned = lambda key, sizes=(): (lambda kernel: kernel)  # no benchmarking without a GPU
+    targets = [GPUTarget("cuda", int(arch), 32) for arch in opts.arch.split(",")]
     seen = set()
 
     def compile_instead_of_launch(self, *args, grid, warmup, **kwargs):
-        if opts.warps:
-            kwargs["num_warps"] = opts.warps
-        binder = jit.create_function_from_signature(self.signature, self.params, backend)
-        bound, specialization, options = binder(*args, **kwargs)
-        options, signature, constexprs, attrs = self._pack_args(backend, kwargs, bound, specialization, options)
-        key = (self.fn.__name__, str(sorted(signature.items())), str(sorted(constexprs.items())),
-               str(sorted(attrs.items())))
-        if key in seen:
-            return None
-        seen.add(key)
-        start = time.time()
-        kernel = compile(ASTSource(self, signature, constexprs, attrs), target=target, options=options.__dict__)
-        print(f"  {self.fn.__name__}: sm_{opts.arch} ok, {kernel.metadata.num_warps} warps, "
-              f"{resource_usage(kernel.asm['cubin'])}, {time.time() - start:.1f}s", flush=True)
+        for target in targets:
+            backend = make_backend(target)
+            for warps in [opts.warps] if opts.warps else [kwargs.get("num_warps")] if "num_warps" in kwargs \
+                    else tiles.WARPS:  # chunk_carry sets its own; the autotuned kernels take each
+                binder = jit.create_function_from_signature(self.signature, self.params, backend)
+                bound, specialization, options = binder(*args, **dict(kwargs, num_warps=warps))
+                options, signature, constexprs, attrs = self._pack_args(backend, dict(kwargs, num_warps=warps),
+                                                                        bound, specialization, options)
+                key = (self.fn.__name__, target.arch, warps, str(sorted(signature.items())),
+                       str(sorted(constexprs.items())), str(sorted(attrs.items())))
+                if key in seen:
+                    continue
+                seen.add(key)
+                start = time.time()
+                kernel = compile(ASTSource(self, signature, constexprs, attrs), target=target,
+                                 options=options.__dict__)
+                print(f"  {self.fn.__name__}: sm_{target.arch} ok, {kernel.metadata.num_warps} warps, "
+                      f"{resource_usage(kernel.asm['cubin'])}, {time.time() - start:.1f}s", flush=True)
         return None
 
     jit.JITFunction.run = compile_instead_of_launch
 
     from ..testing import make_inputs, spec_of
-    from . import executor
+    from . import executor, scan
 
     cases = [("selective_scan", dict(Bt=1, Dm=4, N=16, L=8, G=2)), ("ss2d", dict(Bt=1, Dm=4, N=16, H=9, W=9)),
              ("es2d", dict(Bt=1, Dm=4, N=16, H=9, W=9)), ("cross_ss2d", dict(Bt=1, Dm=4, N=16, H=9, W=9)),
-             ("interleave_ss2d", dict(Bt=1, Dm=4, N=16, H=9, W=9)), ("ssd_exchange", dict(Bt=1, L=8, nh=2, P=16, N=16))]
+             ("interleave_ss2d", dict(Bt=1, Dm=4, N=16, H=9, W=9)), ("ssd_exchange", dict(Bt=1, L=8, nh=2, P=16, N=16)),
+             ("selective_scan", dict(Bt=1, Dm=4, N=18, L=8, G=2)), ("ss2d", dict(Bt=1, Dm=4, N=18, H=9, W=9))]
+    half = [("ssd_exchange", dict(Bt=1, L=8, nh=2, P=16, N=16), dtype) for dtype in ("float16", "bfloat16")]
     # maps of more than one 64-step chunk at both sizes (a one-chunk sequence makes a stride 1: a variant)
     resized = {"L": 24, "H": 7, "W": 11, "Bt": 2}
 
@@ -98,13 +106,22 @@ def main(argv=None) -> int:
             print(f"FAILED {op} ({dtype}): {type(e).__name__}: {e}")
             return False
 
-    for dtype in opts.dtypes.split(","):
-        for op, shape in cases:
-            print(f"{op} ({dtype})", flush=True)
-            if not run(op, shape, dtype):
-                return 1
+    for op, shape, dtype in [(op, shape, d) for d in opts.dtypes.split(",") for op, shape in cases] + [
+            c for c in half if c[2] not in opts.dtypes.split(",")]:
+        print(f"{op} ({dtype}, N={shape['N']})", flush=True)
+        if not run(op, shape, dtype):
+            return 1
+    print("the backward's reverse scan at its tile shapes", flush=True)
+    for t in tiles.backward_scan_tiles():
+        x = torch.empty(t.block_d, t.chunk, t.block_n)
+        try:
+            scan.reverse_recurrence_tile[(1,)](x, x, x, R=t.block_d, T=t.chunk, N=t.block_n)
+        except Exception as e:  # report which shape failed
+            print(f"FAILED reverse_recurrence_tile at {t}: {type(e).__name__}: {e}")
+            return 1
     compiled = len(seen)
-    for op, shape in cases:
+    dtype = opts.dtypes.split(",")[-1]
+    for op, shape in cases[:6]:
         if op not in ("selective_scan", "ss2d", "ssd_exchange"):
             continue
         print(f"{op} ({dtype}) at other sizes", flush=True)
@@ -113,7 +130,7 @@ def main(argv=None) -> int:
     if len(seen) > compiled:
         print(f"FAILED: {len(seen) - compiled} kernel variants compiled again for new sizes (above)")
         return 1
-    print(f"compiled {len(seen)} kernel variants for sm_{opts.arch}")
+    print(f"compiled {len(seen)} kernel variants for sm_{opts.arch.replace(',', ', sm_')}")
     return 0
 
 

@@ -17,8 +17,7 @@ import torch
 from ..spec import Route, ScanSpec
 from . import ssd
 from .selective import ScanProblem
-
-MAX_D_STATE = 256
+from .tiles import MAX_D_STATE
 
 
 def limits(spec: ScanSpec) -> None:

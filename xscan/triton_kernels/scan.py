@@ -30,13 +30,36 @@ from .routes import route_tokens, source_of
 # unspecialised, so that a new image size reuses the compiled kernels. The stride tuples stay
 # specialised (a unit stride is what makes a load contiguous; a stride's divisibility by 16 selects
 # one of at most two variants per stride, whatever the size).
-IMAGE_SIZES = ["Lseq", "H", "W", "Ws", "SEG", "BPS", "n_chunks"]
+IMAGE_SIZES = ["Lseq", "H", "W", "Ws", "SEG", "BPS", "n_chunks", "first_chunk"]
 
 
 @triton.jit
 def combine(a1, b1, a2, b2):
     """Compose h -> a1 h + b1 then h -> a2 h + b2."""
     return a1 * a2, b1 * a2 + b2
+
+
+@triton.jit
+def reverse_recurrence(a_rev, b_rev, end, AXIS: tl.constexpr):
+    """x_t = a_t x_{t+1} + b_t along AXIS from x past the end = end, given a and b flipped along
+    AXIS (a power of 2): a forward scan of the flipped steps, flipped back. Not
+    tl.associative_scan(reverse=True): Triton's compiled reverse scan is reported to compose a
+    non-commutative combine such as this one in the wrong order (triton-lang/triton#4362), and its
+    interpreter, which computes flip(scan(flip)), cannot show it."""
+    to_end, local = tl.associative_scan((a_rev, b_rev), axis=AXIS, combine_fn=combine)
+    return tl.flip(local + to_end * end, AXIS)
+
+
+@triton.jit
+def reverse_recurrence_tile(a, b, x, R: tl.constexpr, T: tl.constexpr, N: tl.constexpr):
+    """x = reverse_recurrence(flip(a), flip(b), 1) over axis 1 of contiguous (R, T, N) tiles, as
+    scan_backward flips and scans its (channels, chunk, states) tiles: the GPU kit's smoke check,
+    compile_check and the tests run it at the backward's tile shapes."""
+    offs = ((tl.arange(0, R)[:, None, None] * T + tl.arange(0, T)[None, :, None]) * N
+            + tl.arange(0, N)[None, None, :])
+    a_rev = tl.flip(tl.load(a + offs), 1)
+    b_rev = tl.flip(tl.load(b + offs), 1)
+    tl.store(x + offs, reverse_recurrence(a_rev, b_rev, 1.0, 1))
 
 
 @triton.jit
@@ -60,13 +83,14 @@ def load_pair(ptr0, ptr1, off0, off1, m, mask, TWO: tl.constexpr, ACC: tl.conste
 
 
 @triton.jit
-def program_block(K, Lseq, SEG, BPS, WIDTH: tl.constexpr, CHUNK: tl.constexpr):
-    """Program ids -> (b, k, channel block index, its first channel, the end of its segment, chunk c,
-    positions p (CHUNK,), their mask). A block is WIDTH channels; blocks never straddle a segment of
-    SEG channels, so a block reads a single B group and a single C group."""
+def program_block(K, Lseq, SEG, BPS, first_chunk, WIDTH: tl.constexpr, CHUNK: tl.constexpr):
+    """Program ids -> (b, k, channel block index, its first channel, the end of its segment, chunk c
+    (first_chunk + program id 2: launches of at most 65,535 chunks), positions p (CHUNK,), their
+    mask). A block is WIDTH channels; blocks never straddle a segment of SEG channels, so a block
+    reads a single B group and a single C group."""
     seq = tl.program_id(0)  # 32-bit divisions here (inline); 64-bit results for offsets
     blk = tl.program_id(1)
-    c = tl.program_id(2).to(tl.int64)
+    c = tl.program_id(2).to(tl.int64) + first_chunk
     seg = (blk // BPS).to(tl.int64)
     first = seg * SEG + (blk % BPS).to(tl.int64) * WIDTH
     p = c * CHUNK + tl.arange(0, CHUNK).to(tl.int64)
@@ -141,14 +165,14 @@ def chunk_summary(
         dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, C0, C1, s_C0, s_C1,
         A, s_A, bias, s_bias,
         states, adjoints, dt_sums,
-        K, Dr, N, Lseq, H, W, C, Ws, SEG, BPS, SB, SC, n_chunks,
+        K, Dr, N, Lseq, H, W, C, Ws, SEG, BPS, SB, SC, n_chunks, first_chunk,
         ROUTE: tl.constexpr, SOURCE: tl.constexpr, TWO_U: tl.constexpr, TWO_TOK: tl.constexpr,
         HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BACKWARD: tl.constexpr,
         BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, ACC: tl.constexpr):
     """Pass 1. states[seq, d, c, n] = the chunk's end state from a zero start; dt_sums[seq, d, c];
     with BACKWARD, adjoints[seq, d, c, n] = sum_t exp(A cum_t) gy_t C_t, the adjoint the chunk
     passes to the state before it (cum_t: dt summed over the chunk up to t, inclusive)."""
-    b, k, blk, first_d, seg_end, c, p, pmask = program_block(K, Lseq, SEG, BPS, BLOCK_D, CHUNK)
+    b, k, blk, first_d, seg_end, c, p, pmask = program_block(K, Lseq, SEG, BPS, first_chunk, BLOCK_D, CHUNK)
     d, dmask = channels(first_d, seg_end, Dr, BLOCK_D)
     n = tl.arange(0, BLOCK_N).to(tl.int64)
     nmask = n < N
@@ -235,13 +259,13 @@ def scan_forward(
         u0, u1, s_u0, s_u1, z, s_z, y, s_y, s_yk, s_ym,
         dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, C0, C1, s_C0, s_C1,
         A, s_A, Dp, s_D, bias, s_bias, states,
-        K, Dr, N, Lseq, H, W, C, Ws, SEG, BPS, SB, SC, n_chunks,
+        K, Dr, N, Lseq, H, W, C, Ws, SEG, BPS, SB, SC, n_chunks, first_chunk,
         ROUTE: tl.constexpr, SOURCE: tl.constexpr, TWO_U: tl.constexpr, TWO_TOK: tl.constexpr,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, ACC: tl.constexpr):
     """Pass 3: y at the scanned map position of each token: y + k * s_yk + mt * s_ym + (b, d, h, w)
     with strides s_y (per-route slabs when the routes are summed afterwards)."""
-    b, k, blk, first_d, seg_end, c, p, pmask = program_block(K, Lseq, SEG, BPS, BLOCK_D, CHUNK)
+    b, k, blk, first_d, seg_end, c, p, pmask = program_block(K, Lseq, SEG, BPS, first_chunk, BLOCK_D, CHUNK)
     d, dmask = channels(first_d, seg_end, Dr, BLOCK_D)
     n = tl.arange(0, BLOCK_N).to(tl.int64)
     tok, mt, h, w = route_tokens(p, k, H, W, ROUTE)
@@ -271,21 +295,21 @@ def scan_backward(
         dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, C0, C1, s_C0, s_C1,
         A, s_A, Dp, s_D, bias, s_bias, states, adjoints,
         g_u, s_gu, s_guk, s_gum, g_z, s_gz, g_dt, s_gdt, s_gdtm, g_B, g_C, s_gbc, g_A, g_D, g_bias,
-        K, Dr, N, Lseq, H, W, C, Ws, SEG, BPS, SB, SC, n_chunks,
+        K, Dr, N, Lseq, H, W, C, Ws, SEG, BPS, SB, SC, n_chunks, first_chunk,
         ROUTE: tl.constexpr, SOURCE: tl.constexpr, TWO_U: tl.constexpr, TWO_TOK: tl.constexpr,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         BLOCK_D: tl.constexpr, SUB: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
         ACC: tl.constexpr):
     """Pass 3 of the backward, SUB blocks of BLOCK_D channels per program (their g_B, g_C add up in
     registers: fewer partials to write and reduce). The adjoint g_t = dL/dh_t runs backwards: g_t = gy_t C_t + a_{t+1}
-    g_{t+1}; within the chunk a reverse associative scan with coefficients a_{t+1} (dt re-read one
-    position ahead; 1 at the chunk's end) plus the carried adjoint of the chunk's end state.
+    g_{t+1}; within the chunk a reverse scan (reverse_recurrence) with coefficients a_{t+1} (dt re-read
+    one position ahead; 1 at the chunk's end) from the carried adjoint of the chunk's end state.
 
     Writes: g_u at the source position (+ k * s_guk + m * s_gum, strides s_gu over (b, c, h, w));
     g_z (b, d, h, w); g_dt[mt, b, k, d, tok] (strides s_gdt, s_gdtm); per-program partial g_B, g_C
     [blk, mt, b, k, n, tok] (strides s_gbc); partial g_A [b, c, k, d, n], g_D and g_bias [b, c, k, d]
     (contiguous)."""
-    b, k, blk, first_d, seg_end, c, p, pmask = program_block(K, Lseq, SEG, BPS, BLOCK_D * SUB, CHUNK)
+    b, k, blk, first_d, seg_end, c, p, pmask = program_block(K, Lseq, SEG, BPS, first_chunk, BLOCK_D * SUB, CHUNK)
     n = tl.arange(0, BLOCK_N).to(tl.int64)
     nmask = n < N
     # per chunk, shared by the channel sub-blocks: route, B and C (now and one step behind)
@@ -299,6 +323,7 @@ def scan_backward(
     Bm = load_bc(B0, B1, s_B0, s_B1, b, k, group_B, tok, mt, pmask, N, BLOCK_N, TWO_TOK, ACC)
     Cm = load_bc(C0, C1, s_C0, s_C1, b, k, group_of(blk, BPS, SEG, SC), tok, mt, pmask, N, BLOCK_N, TWO_TOK, ACC)
     B_prev = load_bc(B0, B1, s_B0, s_B1, b, k, group_B, tok_prev, mt_prev, behind, N, BLOCK_N, TWO_TOK, ACC)
+    C_rev = tl.flip(Cm, 0)  # the reverse scan's inputs run backwards in time (reverse_recurrence)
     g_B_acc = tl.zeros((CHUNK, BLOCK_N), dtype=ACC)
     g_C_acc = tl.zeros((CHUNK, BLOCK_N), dtype=ACC)
     part = (b * n_chunks + c) * K + k  # one slot per (batch, chunk, route), reduced on the host
@@ -308,7 +333,7 @@ def scan_backward(
             u0, u1, s_u0, s_u1, z, s_z, gy0, gy1, s_gy0, s_gy1, dt0, dt1, s_dt0, s_dt1, A, s_A, Dp, s_D,
             bias, s_bias, states, adjoints, g_u, s_gu, s_guk, s_gum, g_z, s_gz, g_dt, s_gdt, s_gdtm,
             g_A, g_D, g_bias, part, b, k, d, dmask, c, p, pmask, tok, mt, h, w, in_map, ahead, behind,
-            mt_prev, h_prev_map, w_prev_map, in_map_prev, Bm, Cm, B_prev,
+            mt_prev, h_prev_map, w_prev_map, in_map_prev, Bm, Cm, C_rev, B_prev,
             K, Dr, N, H, W, C, Ws, n_chunks, ROUTE, SOURCE, TWO_U, TWO_TOK, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS,
             BLOCK_N, CHUNK, ACC)
         g_B_acc += g_B_t
@@ -325,7 +350,7 @@ def channel_block_backward(
         u0, u1, s_u0, s_u1, z, s_z, gy0, gy1, s_gy0, s_gy1, dt0, dt1, s_dt0, s_dt1, A, s_A, Dp, s_D,
         bias, s_bias, states, adjoints, g_u, s_gu, s_guk, s_gum, g_z, s_gz, g_dt, s_gdt, s_gdtm,
         g_A, g_D, g_bias, part, b, k, d, dmask, c, p, pmask, tok, mt, h, w, in_map, ahead, behind,
-        mt_prev, h_prev_map, w_prev_map, in_map_prev, Bm, Cm, B_prev,
+        mt_prev, h_prev_map, w_prev_map, in_map_prev, Bm, Cm, C_rev, B_prev,
         K, Dr, N, H, W, C, Ws, n_chunks, ROUTE: tl.constexpr, SOURCE: tl.constexpr, TWO_U: tl.constexpr,
         TWO_TOK: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
         SOFTPLUS: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, ACC: tl.constexpr):
@@ -361,10 +386,9 @@ def channel_block_backward(
         gy = gout * zv * gate
     row = (b * K + k) * Dr + d
     after = tl.load(adjoints + (row[:, None] * n_chunks + c) * N + n[None, :], mask=smask, other=0.0)
-    a_next = tl.exp(dt_next[:, :, None] * An[:, None, :])
-    to_end, local = tl.associative_scan((a_next, gy[:, :, None] * Cm[None, :, :]), axis=1,
-                                        combine_fn=combine, reverse=True)
-    g = local + to_end * after[:, None, :]
+    # g_t = gy_t C_t + a_{t+1} g_{t+1}, from the carried adjoint at the chunk's end
+    a_next_rev = tl.exp(tl.flip(dt_next, 1)[:, :, None] * An[:, None, :])
+    g = reverse_recurrence(a_next_rev, tl.flip(gy, 1)[:, :, None] * C_rev[None, :, :], after[:, None, :], 1)
 
     g_dt_raw = tl.sum(g * (Bu + An[:, None, :] * a_h_prev), axis=2)
     if SOFTPLUS:

@@ -11,13 +11,15 @@ import triton
 
 from ..spec import Route, ScanSpec
 from . import scan
-from .tiles import Tiles, acc_dtype, autotuned, carry_launch, scan_tiles
+from .tiles import Tiles, acc_dtype, autotuned, carry_launch, grid_launches, scan_tiles
 
-# what the best warp count depends on (each kernel keys on those it takes; the autotuner adds the dtypes)
+# what the best warp count depends on (each kernel keys on those it takes; the autotuner adds the dtypes):
+# the tiles, and the route length and channels in powers of 2
 _KEY = ["ROUTE", "SOURCE", "TWO_U", "TWO_TOK", "HAS_Z", "BACKWARD", "BLOCK_D", "BLOCK_N", "CHUNK"]
-_summary = autotuned(_KEY)(scan.chunk_summary)
-_forward = autotuned(_KEY)(scan.scan_forward)
-_backward = autotuned(_KEY)(scan.scan_backward)
+_SIZES = ["Lseq", "Dr"]
+_summary = autotuned(_KEY, _SIZES)(scan.chunk_summary)
+_forward = autotuned(_KEY, _SIZES)(scan.scan_forward)
+_backward = autotuned(_KEY, _SIZES)(scan.scan_backward)
 NO_STRIDES = (0, 0, 0, 0)
 BACKWARD_SUB = 8  # channel blocks per backward program
 
@@ -83,8 +85,11 @@ class ScanProblem:
             TWO_TOK=self.two_tok, HAS_Z=self.z is not None, HAS_BIAS=self.bias is not None,
             SOFTPLUS=self.softplus, BLOCK_D=t.block_d, BLOCK_N=t.block_n, CHUNK=t.chunk, ACC=self.acc)
 
-    def _grid(self, sub: int = 1):
-        return (self.Bt * self.K, self._blocks(sub)[1], self.n_chunks)
+    def _launches(self, kernel: str, sub: int = 1) -> list:
+        """[(grid, first chunk)]: programs (sequence, channel block, chunk), the chunks in launches of
+        at most 65,535 (grid z)."""
+        return grid_launches(kernel, (self.Bt * self.K, self._blocks(sub)[1], self.n_chunks),
+                             ("batch x routes", f"blocks of {self.tiles.block_d * sub} channels", "chunks"), split=2)
 
     def _chunk_buffers(self, backward: bool):
         rows = self.Bt * self.K * self.Dr
@@ -99,6 +104,7 @@ class ScanProblem:
         s_io = (self.Dr * self.n_chunks * self.N, self.n_chunks * self.N, self.N, 1)
         s_sum = (self.Dr * self.n_chunks, self.n_chunks, 1)
         grid, rows, warps = carry_launch(self.Bt * self.K, self.Dr, self.tiles.block_n)
+        grid_launches("chunk_carry", grid, ("batch x routes", f"blocks of {rows} channels"))
         scan.chunk_carry[grid](
             io, dt_sums, self.A, s_io, s_sum, self.A.stride(), next((t for t in (last, init) if t is not None), io),
             (self.Dr * self.N, self.N, 1), self.K, self.Dr, self.N, self.n_chunks,
@@ -112,8 +118,9 @@ class ScanProblem:
         states, adjoints, dt_sums = self._chunk_buffers(gy is not None)
         args = self._common()
         gy = gy or ((self.u[0], (0, 0, 0, 0)),) * 2
-        _summary[self._grid()](**args, gy0=gy[0][0], gy1=gy[1][0], s_gy0=gy[0][1], s_gy1=gy[1][1],
-                               states=states, adjoints=adjoints, dt_sums=dt_sums, BACKWARD=adjoints is not states)
+        for grid, first in self._launches("chunk_summary"):
+            _summary[grid](**args, gy0=gy[0][0], gy1=gy[1][0], s_gy0=gy[0][1], s_gy1=gy[1][1], states=states,
+                           adjoints=adjoints, dt_sums=dt_sums, first_chunk=first, BACKWARD=adjoints is not states)
         last = torch.empty(self.Bt * self.K, self.Dr, self.N, device=self.device, dtype=self.acc_torch)
         self._carry(states, dt_sums, reverse=False, last=last)
         if adjoints is not states:
@@ -126,9 +133,10 @@ class ScanProblem:
         states (Bt*K, Dr, N) in the accumulation dtype."""
         self._plan(backward=False)
         states, _, last = self._states()
-        _forward[self._grid()](**self._common(), y=y, s_y=s_y, s_yk=s_yk, s_ym=s_ym,
-                               Dp=self.u[0] if self.D is None else self.D, s_D=self._s_D(),
-                               states=states, HAS_D=self.D is not None)
+        for grid, first in self._launches("scan_forward"):
+            _forward[grid](**self._common(), y=y, s_y=s_y, s_yk=s_yk, s_ym=s_ym,
+                           Dp=self.u[0] if self.D is None else self.D, s_D=self._s_D(),
+                           states=states, first_chunk=first, HAS_D=self.D is not None)
         return last
 
     def backward(self, gy: tuple, g_u: torch.Tensor, s_gu: tuple, s_guk: int, s_gum: int,
@@ -152,14 +160,15 @@ class ScanProblem:
         g_D = new(parts, self.Dr) if self.D is not None else None
         g_bias = new(parts, self.Dr) if self.bias is not None else None
         placeholder = g_A
-        _backward[self._grid(self.sub)](
-            **self._common(self.sub), SUB=self.sub, gy0=gy[0][0], gy1=gy[1][0], s_gy0=gy[0][1], s_gy1=gy[1][1],
-            Dp=self.u[0] if self.D is None else self.D, s_D=self._s_D(), states=states, adjoints=adjoints,
-            g_u=g_u, s_gu=s_gu, s_guk=s_guk, s_gum=s_gum,
-            g_z=placeholder if g_z is None else g_z, s_gz=s_gz,
-            g_dt=g_dt, s_gdt=g_dt.stride()[1:], s_gdtm=g_dt.stride(0), g_B=g_B, g_C=g_C, s_gbc=g_B.stride(),
-            g_A=g_A, g_D=placeholder if g_D is None else g_D, g_bias=placeholder if g_bias is None else g_bias,
-            HAS_D=self.D is not None)
+        for grid, first in self._launches("scan_backward", self.sub):
+            _backward[grid](
+                **self._common(self.sub), SUB=self.sub, gy0=gy[0][0], gy1=gy[1][0], s_gy0=gy[0][1], s_gy1=gy[1][1],
+                Dp=self.u[0] if self.D is None else self.D, s_D=self._s_D(), states=states, adjoints=adjoints,
+                g_u=g_u, s_gu=s_gu, s_guk=s_guk, s_gum=s_gum,
+                g_z=placeholder if g_z is None else g_z, s_gz=s_gz,
+                g_dt=g_dt, s_gdt=g_dt.stride()[1:], s_gdtm=g_dt.stride(0), g_B=g_B, g_C=g_C, s_gbc=g_B.stride(),
+                g_A=g_A, g_D=placeholder if g_D is None else g_D, g_bias=placeholder if g_bias is None else g_bias,
+                first_chunk=first, HAS_D=self.D is not None)
         shape = (self.Bt * self.n_chunks, self.K, self.Dr)
         return dict(
             dt=g_dt, B=g_B, C=g_C, A=g_A.view(*shape, self.N).sum(0),

@@ -19,14 +19,15 @@ import triton
 import triton.language as tl
 
 from .scan import chunk_carry, load_pair, sigmoid, softplus
-from .tiles import acc_dtype, autotuned, carry_launch, ssd_chunk
+from .tiles import acc_dtype, autotuned, carry_launch, grid_launches, ssd_chunk
 
 
 @triton.jit
-def ssd_program(Bt, nh, L, CHUNK: tl.constexpr):
-    """Program ids -> (sequence, direction, b, head, chunk c, positions t, their mask)."""
+def ssd_program(Bt, nh, L, first_chunk, CHUNK: tl.constexpr):
+    """Program ids -> (sequence, direction, b, head, chunk c = first_chunk + program id 1 (launches
+    of at most 65,535 chunks), positions t, their mask)."""
     seq = tl.program_id(0).to(tl.int64)
-    c = tl.program_id(1).to(tl.int64)
+    c = tl.program_id(1).to(tl.int64) + first_chunk
     head = seq % nh
     b = (seq // nh) % Bt
     direction = seq // (nh * Bt)
@@ -89,16 +90,16 @@ def ssd_state_offsets(seq, c, n_chunks, P, N, BLOCK_P: tl.constexpr, BLOCK_N: tl
     return ((seq * P + p[:, None]) * n_chunks + c) * N + n[None, :], (p < P)[:, None] & (n < N)[None, :]
 
 
-@triton.jit(do_not_specialize=["Bt", "L", "n_chunks"])  # batch and length: no recompiles
+@triton.jit(do_not_specialize=["Bt", "L", "n_chunks", "first_chunk"])  # batch and length: no recompiles
 def ssd_summary(x0, x1, s_x0, s_x1, dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, C0, C1, s_C0, s_C1,
                 A, s_A, bias, s_bias, gy0, gy1, s_gy0, s_gy1, states, adjoints, dt_sums,
-                Bt, nh, G, L, P, N, n_chunks,
+                Bt, nh, G, L, P, N, n_chunks, first_chunk,
                 HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BACKWARD: tl.constexpr,
                 CHUNK: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr,
                 DOT: tl.constexpr):
     """Pass 1: the chunk's end state from a zero start, (x o w)^T B; its summed dt; with BACKWARD
     the adjoint it sends to its start state, (gy o exp(cs))^T C."""
-    seq, direction, b, head, c, t, tmask = ssd_program(Bt, nh, L, CHUNK)
+    seq, direction, b, head, c, t, tmask = ssd_program(Bt, nh, L, first_chunk, CHUNK)
     x, dt, raw, Bm, Cm = ssd_tiles(x0, x1, s_x0, s_x1, dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, C0, C1,
                                    s_C0, s_C1, bias, s_bias, direction, b, head, t, tmask, nh, G, P, N,
                                    HAS_BIAS, SOFTPLUS, BLOCK_P, BLOCK_N, ACC)
@@ -118,15 +119,15 @@ def ssd_summary(x0, x1, s_x0, s_x1, dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, 
         tl.store(adjoints + off, dot(tl.trans(gy * tl.exp(cs)[:, None]), Cm, DOT), mask=mask)
 
 
-@triton.jit(do_not_specialize=["Bt", "L", "n_chunks"])  # batch and length: no recompiles
+@triton.jit(do_not_specialize=["Bt", "L", "n_chunks", "first_chunk"])  # batch and length: no recompiles
 def ssd_forward(x0, x1, s_x0, s_x1, dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, C0, C1, s_C0, s_C1,
                 A, s_A, bias, s_bias, Dp, s_D, y, s_y, states,
-                Bt, nh, G, L, P, N, n_chunks,
+                Bt, nh, G, L, P, N, n_chunks, first_chunk,
                 HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                 CHUNK: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr,
                 DOT: tl.constexpr):
     """Pass 3: y[direction, b, t, head, p] (strides s_y over those five)."""
-    seq, direction, b, head, c, t, tmask = ssd_program(Bt, nh, L, CHUNK)
+    seq, direction, b, head, c, t, tmask = ssd_program(Bt, nh, L, first_chunk, CHUNK)
     x, dt, raw, Bm, Cm = ssd_tiles(x0, x1, s_x0, s_x1, dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, C0, C1,
                                    s_C0, s_C1, bias, s_bias, direction, b, head, t, tmask, nh, G, P, N,
                                    HAS_BIAS, SOFTPLUS, BLOCK_P, BLOCK_N, ACC)
@@ -143,11 +144,11 @@ def ssd_forward(x0, x1, s_x0, s_x1, dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, 
     tl.store(y + y_off, out.to(y.dtype.element_ty), mask=tmask[:, None] & (p < P)[None, :])
 
 
-@triton.jit(do_not_specialize=["Bt", "L", "n_chunks"])  # batch and length: no recompiles
+@triton.jit(do_not_specialize=["Bt", "L", "n_chunks", "first_chunk"])  # batch and length: no recompiles
 def ssd_backward(x0, x1, s_x0, s_x1, dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, C0, C1, s_C0, s_C1,
                  A, s_A, bias, s_bias, Dp, s_D, gy0, gy1, s_gy0, s_gy1, states, adjoints,
                  g_x, s_gx, g_dt, s_gdt, g_B, g_C, s_gbc, g_A, g_D, g_bias,
-                 Bt, nh, G, L, P, N, n_chunks,
+                 Bt, nh, G, L, P, N, n_chunks, first_chunk,
                  HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                  CHUNK: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr,
                 DOT: tl.constexpr):
@@ -155,7 +156,7 @@ def ssd_backward(x0, x1, s_x0, s_x1, dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1,
     chunks after it. Writes g_x[direction, b, t, head, p], g_dt[direction, b, t, head], per-head
     g_B, g_C[direction, b, t, head, n] (summed over a group's heads on the host) and per-program
     g_A, g_D, g_bias[(direction, b, c), head]."""
-    seq, direction, b, head, c, t, tmask = ssd_program(Bt, nh, L, CHUNK)
+    seq, direction, b, head, c, t, tmask = ssd_program(Bt, nh, L, first_chunk, CHUNK)
     x, dt, raw, Bm, Cm = ssd_tiles(x0, x1, s_x0, s_x1, dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, C0, C1,
                                    s_C0, s_C1, bias, s_bias, direction, b, head, t, tmask, nh, G, P, N,
                                    HAS_BIAS, SOFTPLUS, BLOCK_P, BLOCK_N, ACC)
@@ -217,9 +218,10 @@ def ssd_backward(x0, x1, s_x0, s_x1, dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1,
 
 
 _KEY = ["CHUNK", "BLOCK_P", "BLOCK_N", "DOT"]
-_summary = autotuned(_KEY)(ssd_summary)
-_forward = autotuned(_KEY)(ssd_forward)
-_backward = autotuned(_KEY)(ssd_backward)
+_SIZES = ["L", "nh"]  # in powers of 2
+_summary = autotuned(_KEY, _SIZES)(ssd_summary)
+_forward = autotuned(_KEY, _SIZES)(ssd_forward)
+_backward = autotuned(_KEY, _SIZES)(ssd_backward)
 MAX_TILE = 128  # P and N per program (padded to a power of 2, at least 16 for tl.dot)
 
 
@@ -274,6 +276,11 @@ class SSDProblem:
         self.A = A
         self.grid = (2 * self.Bt * self.nh, self.n_chunks)
 
+    def _launches(self, kernel: str) -> list:
+        """[(grid, first chunk)]: programs (direction x batch x head, chunk), the chunks in launches of
+        at most 65,535 (grid y)."""
+        return grid_launches(kernel, self.grid, ("2 x batch x heads", "chunks"), split=1)
+
     def _d_args(self):
         return dict(Dp=self.args["x0"] if self.D is None else self.D, s_D=0 if self.D is None else self.D.stride(0),
                     HAS_D=self.D is not None)
@@ -281,6 +288,7 @@ class SSDProblem:
     def _carry(self, io, dt_sums, reverse):
         block_n = triton.next_power_of_2(self.N)
         grid, rows, warps = carry_launch(2 * self.Bt * self.nh, self.P, block_n)
+        grid_launches("chunk_carry", grid, ("2 x batch x heads", f"blocks of {rows} head channels"))
         chunk_carry[grid](
             io, dt_sums, self.A, (self.P * self.n_chunks * self.N, self.n_chunks * self.N, self.N, 1),
             (self.n_chunks, 0, 1), (self.A.stride(0), 0, 0), io, (0, 0, 0), self.nh, self.P, self.N,
@@ -294,8 +302,10 @@ class SSDProblem:
         adjoints = new(seqs, self.P, self.n_chunks, self.N) if gy is not None else states
         dt_sums = new(seqs, self.n_chunks)
         gy = gy or (self.args["x0"], self.args["x0"])
-        _summary[self.grid](**self.args, gy0=gy[0], gy1=gy[1], s_gy0=gy[0].stride(), s_gy1=gy[1].stride(),
-                            states=states, adjoints=adjoints, dt_sums=dt_sums, BACKWARD=adjoints is not states)
+        for grid, first in self._launches("ssd_summary"):
+            _summary[grid](**self.args, gy0=gy[0], gy1=gy[1], s_gy0=gy[0].stride(), s_gy1=gy[1].stride(),
+                           states=states, adjoints=adjoints, dt_sums=dt_sums, first_chunk=first,
+                           BACKWARD=adjoints is not states)
         self._carry(states, dt_sums, reverse=False)
         if adjoints is not states:
             self._carry(adjoints, dt_sums, reverse=True)
@@ -305,7 +315,8 @@ class SSDProblem:
         """(y0, y1) in the output dtype."""
         states, _ = self._states()
         y = torch.empty(2, *self.args["x0"].shape, device=self.device, dtype=self.out_dtype)
-        _forward[self.grid](**self.args, **self._d_args(), y=y, s_y=y.stride(), states=states)
+        for grid, first in self._launches("ssd_forward"):
+            _forward[grid](**self.args, **self._d_args(), y=y, s_y=y.stride(), states=states, first_chunk=first)
         return y[0], y[1]
 
     def backward(self, gy0, gy1) -> list:
@@ -320,10 +331,11 @@ class SSDProblem:
         g_C = new(2, self.Bt, self.L, self.nh, self.N)
         parts = 2 * self.Bt * self.n_chunks * self.nh
         g_A, g_D, g_bias = new(parts), new(parts), new(parts)
-        _backward[self.grid](**a, **self._d_args(), gy0=gy0, gy1=gy1, s_gy0=gy0.stride(),
-                             s_gy1=gy1.stride(), states=states, adjoints=adjoints, g_x=g_x, s_gx=g_x.stride(),
-                             g_dt=g_dt, s_gdt=g_dt.stride(), g_B=g_B, g_C=g_C, s_gbc=g_B.stride(), g_A=g_A,
-                             g_D=g_D, g_bias=g_bias)
+        for grid, first in self._launches("ssd_backward"):
+            _backward[grid](**a, **self._d_args(), gy0=gy0, gy1=gy1, s_gy0=gy0.stride(),
+                            s_gy1=gy1.stride(), states=states, adjoints=adjoints, g_x=g_x, s_gx=g_x.stride(),
+                            g_dt=g_dt, s_gdt=g_dt.stride(), g_B=g_B, g_C=g_C, s_gbc=g_B.stride(), g_A=g_A,
+                            g_D=g_D, g_bias=g_bias, first_chunk=first)
 
         def per_group(g):  # heads of a group share B and C
             return g.view(2, self.Bt, self.L, self.G, self.nh // self.G, self.N).sum(4)

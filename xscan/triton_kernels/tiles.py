@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -15,6 +16,7 @@ from triton.runtime.errors import OutOfResources
 
 from . import interpreting
 
+MAX_D_STATE = 256  # the Mamba-1 kernels' largest d_state
 # Elements of one (channels x chunk x d_state) register tile: 4096 fp32 = 32 per thread at 4 warps.
 TILE_ELEMENTS = 4096
 _pinned: dict = {}
@@ -44,6 +46,13 @@ def scan_tiles(N: int, backward: bool = False) -> Tiles:
         chunk = max(16, min(chunk, budget // block_n))
     block_d = _pinned.get("block_d") or max(1, budget // (chunk * block_n))
     return Tiles(chunk, block_d, block_n)
+
+
+def backward_scan_tiles() -> list:
+    """Every tile shape scan_backward runs its reverse scan at (channels x chunk x states, d_state 1 to
+    MAX_D_STATE): what the GPU kit's smoke check and compile_check run scan.reverse_recurrence_tile at."""
+    return sorted({scan_tiles(2**i, backward=True) for i in range(MAX_D_STATE.bit_length())},
+                  key=lambda t: t.block_n)
 
 
 # The sequential pass over chunks (scan.chunk_carry) is latency-bound: what makes it fast is many
@@ -80,30 +89,93 @@ def override(chunk: Optional[int] = None, block_d: Optional[int] = None):
         _pinned.update(previous)
 
 
-PINNED_WARPS = 4  # the configuration launched without autotuning (see autotuned)
+WARPS = (4, 8)  # the autotuned configurations (compile_check: fewer warps spill the backward's registers)
+PINNED_WARPS = WARPS[0]  # the configuration launched without autotuning (see _Autotuned)
+WARPS_VARIABLE = "XSCAN_TRITON_WARPS"
+_pinned_warps: dict = {}
+
+
+def pin_warps(warps=None) -> None:
+    """Launch the autotuned kernels at a fixed warp count instead of timing the configurations: an
+    int for every kernel, {kernel name: warps} for some (e.g. what ``tuned_warps()`` reports), None
+    to autotune again. Takes precedence over the environment variable XSCAN_TRITON_WARPS ("8", or
+    "scan_backward=8,ssd_forward=4")."""
+    _pinned_warps.clear()
+    if warps is not None:
+        _pinned_warps.update(warps if isinstance(warps, dict) else {"*": warps})
+
+
+def _pin(kernel: str) -> Optional[int]:
+    """The warp count pinned for kernel (pin_warps, else XSCAN_TRITON_WARPS), or None."""
+    pins = _pinned_warps
+    if not pins and os.environ.get(WARPS_VARIABLE):
+        text = os.environ[WARPS_VARIABLE]
+        try:
+            pins = {"*": int(text)} if "=" not in text else \
+                {name.strip(): int(w) for name, w in (item.split("=") for item in text.split(","))}
+        except ValueError:
+            raise ValueError(f"{WARPS_VARIABLE}={text!r}: expected a warp count (8) or kernel=warps pairs "
+                             "(scan_backward=8,ssd_forward=4)") from None
+    warps = pins.get(kernel, pins.get("*"))
+    if warps is not None and warps not in (1, 2, 4, 8, 16, 32):
+        raise ValueError(f"xscan (triton backend): {warps} warps pinned for {kernel}; a power of 2 up to 32")
+    return warps
+
+
+def size_bucket(size: int) -> int:
+    """The power of 2 at or above size: the autotuner keys on these, not on every size."""
+    return triton.next_power_of_2(max(1, int(size)))
 
 
 class _Autotuned:
-    """A kernel launched through Triton's autotuner, except where autotuning is wrong:
+    """A kernel launched through Triton's autotuner, once per bucket of sizes (powers of 2 of the
+    size arguments ``sizes``: the best warp count of a short sequence need not be that of a long
+    one) and per value of the tile constexprs ``key`` and dtypes; except where autotuning is wrong
+    or unwanted:
+    - a warp count pinned by the user (pin_warps, XSCAN_TRITON_WARPS);
     - deterministic mode (``torch.use_deterministic_algorithms(True)``): the autotuner picks its
       configuration by timing, which may differ between processes and with it the reduction order;
-      the pinned configuration gives the same bits in every process;
+      PINNED_WARPS gives the same bits in every process;
     - inside CUDA-graph capture: autotuning launches and times the kernel, which capture forbids; the
-      pinned configuration launches once, as the graph expects."""
+      warp count the autotuner chose for the same key before the capture (running the op once first
+      pre-tunes it), else PINNED_WARPS, launches once, as the graph expects."""
 
-    def __init__(self, kernel, key):
+    def __init__(self, kernel, key, sizes=()):
         self.kernel = kernel
-        key = [name for name in key if name in kernel.arg_names]  # the names this kernel takes
-        self.tuned = triton.autotune(configs=[triton.Config({}, num_warps=w) for w in (PINNED_WARPS, 8)],
-                                     key=key)(kernel)
+        self.key = [name for name in key if name in kernel.arg_names]  # the names this kernel takes
+        self.sizes = [name for name in sizes if name in kernel.arg_names]
+        self.tuners = {}  # size bucket -> Triton autotuner
+        self.chosen = {}  # (size bucket, key values, dtypes) -> warps the autotuner picked
+
+    def _tuning_key(self, args, kwargs) -> tuple:
+        named = dict(zip(self.kernel.arg_names, args), **kwargs)
+        dtypes = tuple(str(v.dtype) for v in named.values() if isinstance(v, torch.Tensor))
+        return (tuple(size_bucket(named[name]) for name in self.sizes),
+                tuple(str(named.get(name)) for name in self.key), dtypes)
 
     def __getitem__(self, grid):
+        return functools.partial(self._launch, grid)
+
+    def _launch(self, grid, *args, **kwargs):
+        name = self.kernel.__name__
+        key = self._tuning_key(args, kwargs)
+        warps = _pin(name)
         capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
-        if torch.are_deterministic_algorithms_enabled() or capturing:
-            launch = lambda *args, **kwargs: self.kernel[grid](*args, **kwargs, num_warps=PINNED_WARPS)  # noqa: E731
-        else:
-            launch = self.tuned[grid]
-        return functools.partial(self._refusing_oversized, launch)
+        if warps is None and torch.are_deterministic_algorithms_enabled():
+            warps = PINNED_WARPS
+        elif warps is None and capturing:
+            warps = self.chosen.get(key, PINNED_WARPS)
+        if warps is not None:
+            return self._refusing_oversized(self.kernel[grid], *args, **kwargs, num_warps=warps)
+        if key[0] not in self.tuners:
+            configs = [triton.Config({}, num_warps=w) for w in WARPS]
+            self.tuners[key[0]] = triton.autotune(configs=configs, key=self.key)(self.kernel)
+        tuner = self.tuners[key[0]]
+        result = self._refusing_oversized(tuner[grid], *args, **kwargs)
+        best = getattr(tuner, "best_config", None)
+        if best is not None:
+            self.chosen[key] = best.num_warps
+        return result
 
     def _refusing_oversized(self, launch, *args, **kwargs):
         """A clear error where a tile needs more of a GPU resource than this GPU has (the largest SSD
@@ -117,10 +189,42 @@ class _Autotuned:
                              f"head dim, or another backend (xscan.use_backend)") from e
 
 
-def autotuned(key):
-    """Two warp counts (compile_check: fewer warps spill the backward's registers), keyed on the
-    tile constexprs (and, by the autotuner, the dtypes); pinned to one in deterministic mode and
-    under graph capture (_Autotuned). The interpreter has no warps: kernels run as they are there."""
+_autotuned: list = []
+
+
+def autotuned(key, sizes=()):
+    """Autotuned over WARPS (_Autotuned), keyed on the tile constexprs ``key``, the size arguments
+    ``sizes`` in powers of 2, and the dtypes. The interpreter has no warps: kernels run as they are
+    there."""
     def wrap(kernel):
-        return kernel if interpreting() else _Autotuned(kernel, key)
+        if interpreting():
+            return kernel
+        _autotuned.append(_Autotuned(kernel, key, sizes))
+        return _autotuned[-1]
     return wrap
+
+
+def tuned_warps() -> dict:
+    """{kernel name: {(size buckets, tile constexprs, dtypes): warps}}: what the autotuner picked in
+    this process so far (to pin with pin_warps, or to compare)."""
+    return {k.kernel.__name__: dict(k.chosen) for k in _autotuned}
+
+
+GRID_LIMITS = (2**31 - 1, 65535, 65535)  # CUDA's grid x, y, z
+
+
+def grid_launches(kernel: str, grid: tuple, counts: tuple, split: Optional[int] = None) -> list:
+    """[(grid, first)]: launches that cover ``grid`` within CUDA's grid limits, checked before any
+    launch. Dimension ``split`` (the chunks: the kernel adds ``first`` to its program id there) goes
+    in slices of at most its limit; any other dimension over its limit is a ValueError naming what
+    it counts (``counts``, one phrase per dimension)."""
+    for axis, (size, limit, what) in enumerate(zip(grid, GRID_LIMITS, counts)):
+        if size > limit and axis != split:
+            raise ValueError(f"xscan (triton backend): {kernel} would launch {size:,} programs along grid "
+                             f"{'xyz'[axis]} ({what}); CUDA allows {limit:,}. Split the batch or the channels "
+                             f"into several calls, or use another backend (xscan.use_backend)")
+    if split is None:
+        return [(tuple(grid), 0)]
+    step = GRID_LIMITS[split]
+    return [(tuple(grid[:split]) + (min(step, grid[split] - first),) + tuple(grid[split + 1:]), first)
+            for first in range(0, grid[split], step)]
