@@ -35,7 +35,9 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #define XSCAN_DEVICE __device__ __forceinline__
-#define XSCAN_KERNEL __global__ void __launch_bounds__(kThreadsPerBlock)
+// Kernels ask for 2 resident blocks per SM, no more: left free, ptxas held the backward at 168
+// registers (3 blocks per SM) and spilled.
+#define XSCAN_KERNEL __global__ void __launch_bounds__(kThreadsPerBlock, 2)
 #else
 #define XSCAN_DEVICE inline
 #define XSCAN_KERNEL void
@@ -155,26 +157,30 @@ XSCAN_DEVICE int64_t span_row(const ScanParams& P, const Lane& l, const Span& sp
   return l.seq * P.segments + span.index;
 }
 
-// A per-token tensor (B or C) of one state, seen from the lane's channel: element offsets, from the
-// first modality's data, of the lane's positions (the second modality's tensor is reached through
-// its distance from the first, so one pointer serves both).
-template <typename T>
+// A per-token tensor (B or C) seen from the lane's channel: its (b, k, group) row in each modality.
+// A position's element of state n is row[m] + n stride_n + e stride_t, the last term kept per
+// position in 32 bits (the launcher keeps (T - 1) stride_t below 2^31); kTwo: the route policy reads
+// tokens of two modalities (else row[1] is never used).
+template <typename T, bool kTwo>
 struct StateRows {
-  const T* base;     // data[0] at (b, k, group)
-  int64_t stride_n;  // to the next state
+  const T* row[2];
+  int64_t stride_n;
+  int32_t stride_t;
+
+  XSCAN_DEVICE StateRows(const TokenTensor& t, const Lane& l, int group) : stride_n(t.stride_n),
+      stride_t(static_cast<int32_t>(t.stride_t)) {
+    for (int m = 0; m < 2; ++m)
+      row[m] = static_cast<const T*>(t.data[m]) + l.b * t.stride_b + l.k * t.stride_k + group * t.stride_c;
+  }
+  XSCAN_DEVICE int32_t offset(int32_t e) const { return e * stride_t; }
+
+  // The rows of state n; at(m, offset) is a position's value.
+  struct State {
+    const T* row[2];
+    XSCAN_DEVICE float at(int m, int32_t offset) const { return to_float((kTwo && m ? row[1] : row[0])[offset]); }
+  };
+  XSCAN_DEVICE State state(int n) const { return State{{row[0] + n * stride_n, row[1] + n * stride_n}}; }
 };
-
-template <typename T>
-XSCAN_DEVICE StateRows<T> state_rows(const TokenTensor& t, const Lane& l, int group) {
-  const T* base = static_cast<const T*>(t.data[0]);
-  return {base + l.b * t.stride_b + l.k * t.stride_k + group * t.stride_c, t.stride_n};
-}
-
-template <typename T>
-XSCAN_DEVICE int64_t token_offset(const TokenTensor& t, int m, int32_t e) {
-  const int64_t other = m ? static_cast<const T*>(t.data[1]) - static_cast<const T*>(t.data[0]) : 0;
-  return other + e * t.stride_t;
-}
 
 template <typename T>
 XSCAN_DEVICE float load_map(const MapTensor& t, int m, int b, int64_t c, int64_t r, int64_t w) {
@@ -222,7 +228,7 @@ XSCAN_DEVICE Position locate(const Routes& routes, const Lane& l, int32_t p, int
 // delta + delta_bias at the position, before softplus (0 past the span).
 template <typename T>
 XSCAN_DEVICE float load_delta(const ScanParams& P, const Lane& l, const Position& s, float bias) {
-  return s.valid ? load_token<T>(P.delta, s.t.m, l.b, l.k, l.d, s.t.e) + bias : 0.f;
+  return s.valid ? load_token<T>(P.delta, s.token_m, l.b, l.k, l.d, s.t.e) + bias : 0.f;
 }
 
 XSCAN_DEVICE float step_of(const ScanParams& P, const Position& s, float delta_raw) {
@@ -287,7 +293,8 @@ XSCAN_KERNEL scan_forward_kernel(const ScanParams P, const Routes routes) {
     for (int n = l.lane; n < N; n += kWarpSize) carry[n] = carried ? P.span_states[span_row(P, l, span) * N + n] : 0.f;
   const float bias = P.delta_bias ? P.delta_bias[l.param] : 0.f;
   const float skip = P.D ? P.D[l.param] : 0.f;
-  const StateRows<T> Brows = state_rows<T>(P.B, l, l.group_B), Crows = state_rows<T>(P.C, l, l.group_C);
+  constexpr bool kTwo = Routes::kTokenModalities == 2;
+  const StateRows<T, kTwo> Brows(P.B, l, l.group_B), Crows(P.C, l, l.group_C);
   const float* A = P.A + l.param * N;
   const bool outputs = P.y.data[0] != nullptr;
   float dt_sum = 0.f;  // the summary pass's: the span's decay is exp(A dt_sum)
@@ -296,15 +303,17 @@ XSCAN_KERNEL scan_forward_kernel(const ScanParams P, const Routes routes) {
   for (int32_t chunk = span.first; chunk < span.end; chunk += P.chunk_length) {
     const int32_t first = chunk + (l.part * kWarpSize + l.lane) * kItems;
     float dt[kItems], dtu[kItems], y[kItems];
-    int64_t at_B[kItems], at_C[kItems];
+    int32_t at_B[kItems], at_C[kItems];
+    int m[kItems];
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
       const Position s = locate(routes, l, first + i, span.end);
       dt[i] = step_of(P, s, load_delta<T>(P, l, s, bias));
       dtu[i] = dt[i] * load_u<T>(P, l, s);
       y[i] = 0.f;
-      at_B[i] = token_offset<T>(P.B, s.token_m, s.t.e);
-      at_C[i] = token_offset<T>(P.C, s.token_m, s.t.e);
+      m[i] = s.token_m;
+      at_B[i] = Brows.offset(s.t.e);
+      at_C[i] = Crows.offset(s.t.e);
       dt_sum += dt[i];
     }
     if (P.chunk_states && l.part == 0 && l.active) {
@@ -314,13 +323,13 @@ XSCAN_KERNEL scan_forward_kernel(const ScanParams P, const Routes routes) {
 #pragma unroll 1
     for (int n = 0; n < N; ++n) {
       const float A_log2 = A[n] * kLog2e;
-      const T* Bn = Brows.base + n * Brows.stride_n;
+      const auto Bn = Brows.state(n);
       float a[kItems], b[kItems];
       float fold_a = 1.f, fold_b = 0.f;  // this lane's positions as one step
 #pragma unroll
       for (int i = 0; i < kItems; ++i) {
         a[i] = decay_of(dt[i], A_log2);
-        b[i] = dtu[i] * to_float(Bn[at_B[i]]);
+        b[i] = dtu[i] * Bn.at(m[i], at_B[i]);
         fold_b = a[i] * fold_b + b[i];
         fold_a *= a[i];
       }
@@ -333,11 +342,11 @@ XSCAN_KERNEL scan_forward_kernel(const ScanParams P, const Routes routes) {
       const float warp_start = enter_warp(P, l, totals, n & 1, scan_a, scan_b, h0, false);
       float h = before_a * warp_start + before_b;
       if (outputs) {
-        const T* Cn = Crows.base + n * Crows.stride_n;
+        const auto Cn = Crows.state(n);
 #pragma unroll
         for (int i = 0; i < kItems; ++i) {
           h = a[i] * h + b[i];
-          y[i] += to_float(Cn[at_C[i]]) * h;
+          y[i] += Cn.at(m[i], at_C[i]) * h;
         }
       } else {
 #pragma unroll
@@ -392,31 +401,33 @@ XSCAN_KERNEL span_adjoint_kernel(const ScanParams P, const Routes routes) {
   if (l.part == 0)
     for (int n = l.lane; n < N; n += kWarpSize) carry[n] = 0.f;
   const float bias = P.delta_bias ? P.delta_bias[l.param] : 0.f;
-  const StateRows<T> Crows = state_rows<T>(P.C, l, l.group_C);
+  const StateRows<T, Routes::kTokenModalities == 2> Crows(P.C, l, l.group_C);
   const float* A = P.A + l.param * N;
   __syncthreads();
   const int32_t last_chunk = span.first + (span.end - 1 - span.first) / P.chunk_length * P.chunk_length;
   for (int32_t chunk = last_chunk; chunk >= span.first; chunk -= P.chunk_length) {
     const int32_t first = chunk + (l.part * kWarpSize + l.lane) * kItems;
     float dt[kItems], dy[kItems];
-    int64_t at_C[kItems];
+    int32_t at_C[kItems];
+    int m[kItems];
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
       const Position s = locate(routes, l, first + i, span.end);
       const float dout = load_dout(P, l, s);
       dt[i] = step_of(P, s, load_delta<T>(P, l, s, bias));
       dy[i] = P.z.data[0] ? dout * silu(load_gate<T>(P, l, s)) : dout;
-      at_C[i] = token_offset<T>(P.C, s.token_m, s.t.e);
+      m[i] = s.token_m;
+      at_C[i] = Crows.offset(s.t.e);
     }
 #pragma unroll 1
     for (int n = 0; n < N; ++n) {
       const float A_log2 = A[n] * kLog2e;
-      const T* Cn = Crows.base + n * Crows.stride_n;
+      const auto Cn = Crows.state(n);
       float fold_a = 1.f, fold_b = 0.f;
 #pragma unroll
       for (int i = kItems - 1; i >= 0; --i) {
         const float a = decay_of(dt[i], A_log2);
-        fold_b = a * (to_float(Cn[at_C[i]]) * dy[i] + fold_b);
+        fold_b = a * (Cn.at(m[i], at_C[i]) * dy[i] + fold_b);
         fold_a *= a;
       }
       const float q_after = carry[n];
@@ -475,7 +486,8 @@ XSCAN_KERNEL scan_backward_kernel(const ScanParams P, const Routes routes) {
     for (int n = 0; n < N; ++n) dA_sums[n] = 0.f;
   const float bias = P.delta_bias ? P.delta_bias[l.param] : 0.f;
   const float skip = P.D ? P.D[l.param] : 0.f;
-  const StateRows<T> Brows = state_rows<T>(P.B, l, l.group_B), Crows = state_rows<T>(P.C, l, l.group_C);
+  constexpr bool kTwo = Routes::kTokenModalities == 2;
+  const StateRows<T, kTwo> Brows(P.B, l, l.group_B), Crows(P.C, l, l.group_C);
   const float* A = P.A + l.param * N;
   const bool gated = P.z.data[0] != nullptr;
   const int64_t row = static_cast<int64_t>(l.b) * P.routes + l.k;
@@ -489,7 +501,8 @@ XSCAN_KERNEL scan_backward_kernel(const ScanParams P, const Routes routes) {
     const int place = partial_place((l.part * kWarpSize + l.lane) * kItems);  // this lane's run in a partials row
     float dt[kItems], dtu[kItems], dy[kItems];
     float grad_B[kItems], grad_A[kItems], readout[kItems];  // sums over states: adjoint B, adjoint A a h_prev, C h
-    int64_t at_B[kItems], at_C[kItems];
+    int32_t at_B[kItems], at_C[kItems];
+    int m[kItems];
     int32_t token[kItems];  // modality * tokens + e: the position's column of dB and dC
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
@@ -498,8 +511,9 @@ XSCAN_KERNEL scan_backward_kernel(const ScanParams P, const Routes routes) {
       dt[i] = step_of(P, s, load_delta<T>(P, l, s, bias));
       dtu[i] = dt[i] * load_u<T>(P, l, s);
       dy[i] = gated ? dout * silu(load_gate<T>(P, l, s)) : dout;
-      at_B[i] = token_offset<T>(P.B, s.token_m, s.t.e);
-      at_C[i] = token_offset<T>(P.C, s.token_m, s.t.e);
+      m[i] = s.token_m;
+      at_B[i] = Brows.offset(s.t.e);
+      at_C[i] = Crows.offset(s.t.e);
       token[i] = s.token_m * P.tokens + s.t.e;
       grad_B[i] = grad_A[i] = readout[i] = 0.f;
     }
@@ -507,15 +521,15 @@ XSCAN_KERNEL scan_backward_kernel(const ScanParams P, const Routes routes) {
 #pragma unroll 1
     for (int n = 0; n < N; ++n) {
       const float A_n = A[n], A_log2 = A_n * kLog2e;
-      const T* Bn = Brows.base + n * Brows.stride_n;
-      const T* Cn = Crows.base + n * Crows.stride_n;
+      const auto Bn = Brows.state(n);
+      const auto Cn = Crows.state(n);
       float a[kItems], Bv[kItems], Cv[kItems];
       float fold_a = 1.f, fold_b = 0.f;
 #pragma unroll
       for (int i = 0; i < kItems; ++i) {
         a[i] = decay_of(dt[i], A_log2);
-        Bv[i] = to_float(Bn[at_B[i]]);
-        Cv[i] = to_float(Cn[at_C[i]]);
+        Bv[i] = Bn.at(m[i], at_B[i]);
+        Cv[i] = Cn.at(m[i], at_C[i]);
         fold_b = a[i] * fold_b + dtu[i] * Bv[i];
         fold_a *= a[i];
       }
@@ -525,13 +539,12 @@ XSCAN_KERNEL scan_backward_kernel(const ScanParams P, const Routes routes) {
       float before_a = __shfl_up_sync(kFullMask, scan_a, 1), before_b = __shfl_up_sync(kFullMask, scan_b, 1);
       if (l.lane == 0) before_a = 1.f, before_b = 0.f;
       const float warp_start = enter_warp(P, l, totals, 0, scan_a, scan_b, saved[n], false);
-      float h_prev[kItems], h[kItems];
-      float state = before_a * warp_start + before_b;
+      float h_prev[kItems];  // the state before each position; after it: h_prev[i + 1], or h_last
+      float h_last = before_a * warp_start + before_b;
 #pragma unroll
       for (int i = 0; i < kItems; ++i) {
-        h_prev[i] = state;
-        state = a[i] * state + dtu[i] * Bv[i];
-        h[i] = state;
+        h_prev[i] = h_last;
+        h_last = a[i] * h_last + dtu[i] * Bv[i];
       }
       // the adjoints: q_t = a_t (C_t dy_t + q_{t+1}) from the adjoint entering the chunk
       float rfold_a = 1.f, rfold_b = 0.f;
@@ -552,14 +565,15 @@ XSCAN_KERNEL scan_backward_kernel(const ScanParams P, const Routes routes) {
       float* row_C = row_B + slots * partial_row(P);
 #pragma unroll
       for (int i = kItems - 1; i >= 0; --i) {
+        const float h = i + 1 < kItems ? h_prev[i + 1 < kItems ? i + 1 : i] : h_last;
         const float g = Cv[i] * dy[i] + q;  // dLoss/dh at this position
         const float g_decayed = g * a[i] * h_prev[i];
         grad_B[i] += g * Bv[i];
         grad_A[i] += A_n * g_decayed;
         dA += dt[i] * g_decayed;
-        readout[i] += Cv[i] * h[i];
+        readout[i] += Cv[i] * h;
         row_B[i] = l.active ? g * dtu[i] : 0.f;
-        row_C[i] = l.active ? dy[i] * h[i] : 0.f;
+        row_C[i] = l.active ? dy[i] * h : 0.f;
         q = a[i] * g;
       }
       dA = warp_sum(dA);

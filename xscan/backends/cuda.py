@@ -140,6 +140,8 @@ class _Launch:
 
     def _pair(self, role: str) -> list:
         views = [self.spec.view(role, m) for m in range(self.spec.modalities)]
+        if role in ("B", "C") and (views[0].shape[-1] - 1) * views[0].stride(-1) > INT32_MAX:
+            views = [v.contiguous() for v in views]  # the kernels step along T in 32 bits
         return [self._keep(v) for v in _same_strides(views)]
 
     @staticmethod

@@ -15,7 +15,8 @@
 //   length(), tokens()   positions per route, length of the per-token tensors;
 //   routes()             the number of routes K the op's tensors carry;
 //   u_map(Dm), y_map(Dm) the (channels, rows, columns) of u's and y's pixel maps;
-//   modalities()         how many per-modality tensors it reads (1 or 2).
+//   modalities()         how many per-modality tensors it reads (1 or 2);
+//   kTokenModalities     how many modalities' per-token tensors (dt, B, C) at() reads (1 or 2).
 #pragma once
 
 #include <cstdint>
@@ -85,6 +86,7 @@ struct OnMap : SameChannel<I> {
 template <typename I = int64_t>
 struct LineRoutes : OnMap<LineRoutes<I>, I> {
   static constexpr bool kScalarDecay = false;
+  static constexpr int kTokenModalities = 1;
   I L;
   XSCAN_HD explicit LineRoutes(int64_t L_) : L(static_cast<I>(L_)) {}
   XSCAN_HD int64_t length() const { return L; }
@@ -99,6 +101,7 @@ struct LineRoutes : OnMap<LineRoutes<I>, I> {
 template <typename Self, typename I>
 struct WholeMapRoutes : OnMap<Self, I> {
   static constexpr bool kScalarDecay = false;
+  static constexpr int kTokenModalities = 1;
   I H, W;
   XSCAN_HD WholeMapRoutes(int64_t H_, int64_t W_) : H(static_cast<I>(H_)), W(static_cast<I>(W_)) {}
   XSCAN_HD int64_t length() const { return static_cast<int64_t>(H) * W; }
@@ -122,6 +125,7 @@ struct CrossRoutes : WholeMapRoutes<CrossRoutes<I>, I> {
 template <typename I = int64_t>
 struct AtrousRoutes : OnMap<AtrousRoutes<I>, I> {
   static constexpr bool kScalarDecay = false;
+  static constexpr int kTokenModalities = 1;
   I H, W, Hq, Wq;
   XSCAN_HD AtrousRoutes(int64_t H_, int64_t W_)
       : H(static_cast<I>(H_)), W(static_cast<I>(W_)), Hq(atrous_extent(H)), Wq(atrous_extent(W)) {}
@@ -144,6 +148,7 @@ struct AtrousRoutes : OnMap<AtrousRoutes<I>, I> {
 template <typename I = int64_t>
 struct CrossPairRoutes : OnMap<CrossPairRoutes<I>, I> {
   static constexpr bool kScalarDecay = false;
+  static constexpr int kTokenModalities = 2;
   I H, W;
   XSCAN_HD CrossPairRoutes(int64_t H_, int64_t W_) : H(static_cast<I>(H_)), W(static_cast<I>(W_)) {}
   XSCAN_HD int64_t length() const { return 2 * static_cast<int64_t>(H) * W; }
@@ -163,6 +168,7 @@ struct CrossPairRoutes : OnMap<CrossPairRoutes<I>, I> {
 template <typename I = int64_t>
 struct RealignRoutes {
   static constexpr bool kScalarDecay = false;
+  static constexpr int kTokenModalities = 1;  // the realigned map's tokens; only u reads two maps
   static constexpr bool kSameChannel = false;
   using Index = I;
   CrossRoutes<I> cross;
@@ -196,6 +202,7 @@ struct RealignRoutes {
 template <typename I = int64_t>
 struct HeadRoutes : OnMap<HeadRoutes<I>, I> {
   static constexpr bool kScalarDecay = true;
+  static constexpr int kTokenModalities = 2;
   I P, L;
   XSCAN_HD HeadRoutes(int64_t P_, int64_t L_) : P(static_cast<I>(P_)), L(static_cast<I>(L_)) {}
   XSCAN_HD int64_t length() const { return L; }
