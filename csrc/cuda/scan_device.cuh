@@ -172,14 +172,21 @@ struct StateRows {
     for (int m = 0; m < 2; ++m)
       row[m] = static_cast<const T*>(t.data[m]) + l.b * t.stride_b + l.k * t.stride_k + group * t.stride_c;
   }
-  XSCAN_DEVICE int32_t offset(int32_t e) const { return e * stride_t; }
+  XSCAN_DEVICE uint32_t offset(int32_t e) const { return static_cast<uint32_t>(e * stride_t); }
 
-  // The rows of state n; at(m, offset) is a position's value.
+  // The rows of one state, from state 0 on (next() steps to the following state: a loop-carried
+  // pointer, which keeps each load one multiply-add of its 32-bit offset); at(m, offset) is a
+  // position's value.
   struct State {
     const T* row[2];
-    XSCAN_DEVICE float at(int m, int32_t offset) const { return to_float((kTwo && m ? row[1] : row[0])[offset]); }
+    int64_t stride_n;
+    XSCAN_DEVICE float at(int m, uint32_t offset) const { return to_float((kTwo && m ? row[1] : row[0])[offset]); }
+    XSCAN_DEVICE void next() {
+      row[0] += stride_n;
+      if (kTwo) row[1] += stride_n;
+    }
   };
-  XSCAN_DEVICE State state(int n) const { return State{{row[0] + n * stride_n, row[1] + n * stride_n}}; }
+  XSCAN_DEVICE State first_state() const { return State{{row[0], row[1]}, stride_n}; }
 };
 
 template <typename T>
@@ -303,7 +310,7 @@ XSCAN_KERNEL scan_forward_kernel(const ScanParams P, const Routes routes) {
   for (int32_t chunk = span.first; chunk < span.end; chunk += P.chunk_length) {
     const int32_t first = chunk + (l.part * kWarpSize + l.lane) * kItems;
     float dt[kItems], dtu[kItems], y[kItems];
-    int32_t at_B[kItems], at_C[kItems];
+    uint32_t at_B[kItems], at_C[kItems];
     int m[kItems];
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
@@ -320,10 +327,10 @@ XSCAN_KERNEL scan_forward_kernel(const ScanParams P, const Routes routes) {
       float* saved = P.chunk_states + (l.seq * P.chunks + chunk / P.chunk_length) * N;
       for (int n = l.lane; n < N; n += kWarpSize) saved[n] = carry[n];
     }
+    auto Bn = Brows.first_state(), Cn = Crows.first_state();
 #pragma unroll 1
-    for (int n = 0; n < N; ++n) {
+    for (int n = 0; n < N; ++n, Bn.next(), Cn.next()) {
       const float A_log2 = A[n] * kLog2e;
-      const auto Bn = Brows.state(n);
       float a[kItems], b[kItems];
       float fold_a = 1.f, fold_b = 0.f;  // this lane's positions as one step
 #pragma unroll
@@ -342,7 +349,6 @@ XSCAN_KERNEL scan_forward_kernel(const ScanParams P, const Routes routes) {
       const float warp_start = enter_warp(P, l, totals, n & 1, scan_a, scan_b, h0, false);
       float h = before_a * warp_start + before_b;
       if (outputs) {
-        const auto Cn = Crows.state(n);
 #pragma unroll
         for (int i = 0; i < kItems; ++i) {
           h = a[i] * h + b[i];
@@ -408,7 +414,7 @@ XSCAN_KERNEL span_adjoint_kernel(const ScanParams P, const Routes routes) {
   for (int32_t chunk = last_chunk; chunk >= span.first; chunk -= P.chunk_length) {
     const int32_t first = chunk + (l.part * kWarpSize + l.lane) * kItems;
     float dt[kItems], dy[kItems];
-    int32_t at_C[kItems];
+    uint32_t at_C[kItems];
     int m[kItems];
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
@@ -419,10 +425,10 @@ XSCAN_KERNEL span_adjoint_kernel(const ScanParams P, const Routes routes) {
       m[i] = s.token_m;
       at_C[i] = Crows.offset(s.t.e);
     }
+    auto Cn = Crows.first_state();
 #pragma unroll 1
-    for (int n = 0; n < N; ++n) {
+    for (int n = 0; n < N; ++n, Cn.next()) {
       const float A_log2 = A[n] * kLog2e;
-      const auto Cn = Crows.state(n);
       float fold_a = 1.f, fold_b = 0.f;
 #pragma unroll
       for (int i = kItems - 1; i >= 0; --i) {
@@ -501,7 +507,7 @@ XSCAN_KERNEL scan_backward_kernel(const ScanParams P, const Routes routes) {
     const int place = partial_place((l.part * kWarpSize + l.lane) * kItems);  // this lane's run in a partials row
     float dt[kItems], dtu[kItems], dy[kItems];
     float grad_B[kItems], grad_A[kItems], readout[kItems];  // sums over states: adjoint B, adjoint A a h_prev, C h
-    int32_t at_B[kItems], at_C[kItems];
+    uint32_t at_B[kItems], at_C[kItems];
     int m[kItems];
     int32_t token[kItems];  // modality * tokens + e: the position's column of dB and dC
 #pragma unroll
@@ -518,11 +524,10 @@ XSCAN_KERNEL scan_backward_kernel(const ScanParams P, const Routes routes) {
       grad_B[i] = grad_A[i] = readout[i] = 0.f;
     }
     const float* saved = P.chunk_states + (l.seq * P.chunks + chunk / P.chunk_length) * N;
+    auto Bn = Brows.first_state(), Cn = Crows.first_state();
 #pragma unroll 1
-    for (int n = 0; n < N; ++n) {
+    for (int n = 0; n < N; ++n, Bn.next(), Cn.next()) {
       const float A_n = A[n], A_log2 = A_n * kLog2e;
-      const auto Bn = Brows.state(n);
-      const auto Cn = Crows.state(n);
       float a[kItems], Bv[kItems], Cv[kItems];
       float fold_a = 1.f, fold_b = 0.f;
 #pragma unroll
