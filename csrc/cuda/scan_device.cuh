@@ -273,6 +273,7 @@ XSCAN_DEVICE float enter_warp(const ScanParams& P, const Lane& l, float* totals,
   __syncthreads();
   const int first = l.slot * P.warps_per_channel;
   float h = entering;
+#pragma unroll 1
   for (int i = 0; i < P.warps_per_channel - 1; ++i) {
     const int part = reverse ? P.warps_per_channel - 1 - i : i;
     if (reverse ? part <= l.part : part >= l.part) break;
@@ -509,7 +510,7 @@ XSCAN_KERNEL scan_backward_kernel(const ScanParams P, const Routes routes) {
     float grad_B[kItems], grad_A[kItems], readout[kItems];  // sums over states: adjoint B, adjoint A a h_prev, C h
     uint32_t at_B[kItems], at_C[kItems];
     int m[kItems];
-    int32_t token[kItems];  // modality * tokens + e: the position's column of dB and dC
+    uint32_t token[kItems];  // modality * tokens + e: the position's column of dB and dC
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
       const Position s = locate(routes, l, first + i, span.end);
@@ -585,25 +586,30 @@ XSCAN_KERNEL scan_backward_kernel(const ScanParams P, const Routes routes) {
       __syncwarp();
       if (l.lane == 0) dA_sums[n] += dA;
       if (l.part == 0 && l.lane == 0) carry[n] = q;
-      // dB, dC of this state: the block's channels summed in slot order by the warps of slot 0
-      // (one partial per tile), each lane over its own positions
+      // dB, dC of this state: the block's channels summed in slot order, each warp over its share of
+      // its lane's positions (item i goes to the warp of slot i % slots)
       __syncthreads();
-      if (l.slot == 0) {
-        const float* sum_B = partials + (n & 1) * 2 * slots * partial_row(P) + place;
-        const float* sum_C = sum_B + slots * partial_row(P);
+      const float* sum_B = partials + (n & 1) * 2 * slots * partial_row(P) + place;
+      const float* sum_C = sum_B + slots * partial_row(P);
+      // state n's row of dB (Bt, K, G_B, N, M*T) and dC (Bt, K, G_C, N, M*T) for atomics, or of
+      // this tile's partials (Bt, K, tiles, N, M*T)
+      const bool atomic = P.atomic_state_grads;
+      float* dB_row = P.dB_part + ((row * (atomic ? P.groups_B : scan_tiles(P)) + (atomic ? l.group_B : l.tile)) * N + n) * per_state;
+      float* dC_row = P.dC_part + ((row * (atomic ? P.groups_C : scan_tiles(P)) + (atomic ? l.group_C : l.tile)) * N + n) * per_state;
 #pragma unroll
-        for (int i = 0; i < kItems; ++i) {
-          if (first + i >= span.end) continue;
-          float total_B = 0.f, total_C = 0.f;
-          for (int c = 0; c < slots; ++c) total_B += sum_B[c * partial_row(P) + i], total_C += sum_C[c * partial_row(P) + i];
-          if (P.atomic_state_grads) {  // straight into dB (Bt, K, G_B, N, M*T) and dC (Bt, K, G_C, N, M*T)
-            atomicAdd(&P.dB_part[((row * P.groups_B + l.group_B) * N + n) * per_state + token[i]], total_B);
-            atomicAdd(&P.dC_part[((row * P.groups_C + l.group_C) * N + n) * per_state + token[i]], total_C);
-          } else {
-            const int64_t at = ((row * scan_tiles(P) + l.tile) * N + n) * per_state + token[i];
-            P.dB_part[at] = total_B;
-            P.dC_part[at] = total_C;
-          }
+      for (int i = 0; i < kItems; ++i) {
+        if (i % slots != l.slot || first + i >= span.end) continue;
+        float total_B = 0.f, total_C = 0.f;
+#pragma unroll
+        for (int c = 0; c < kWarps; ++c) {
+          if (c < slots) total_B += sum_B[c * partial_row(P) + i], total_C += sum_C[c * partial_row(P) + i];
+        }
+        if (atomic) {
+          atomicAdd(dB_row + token[i], total_B);
+          atomicAdd(dC_row + token[i], total_C);
+        } else {
+          dB_row[token[i]] = total_B;
+          dC_row[token[i]] = total_C;
         }
       }
     }
