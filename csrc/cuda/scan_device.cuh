@@ -122,6 +122,7 @@ XSCAN_DEVICE Span span_of(const ScanParams& P) {
 // The thread's place in the launch.
 struct Lane {
   int b, k, tile, d, group_B, group_C;
+  int tile_group_B, tile_group_C;  // the B and C groups of the whole tile (a tile never straddles one)
   int slot;   // the block's channel this warp scans, 0 .. 4 / W - 1
   int part;   // which of the channel's W warps, in position order
   int warp, lane;
@@ -147,6 +148,8 @@ XSCAN_DEVICE Lane lane_of(const ScanParams& P) {
   l.d = l.active ? group_tile * channels_per_group_tile + in_group : 0;
   l.group_B = l.d / (P.channels / P.groups_B);
   l.group_C = l.d / (P.channels / P.groups_C);
+  l.tile_group_B = group_tile / (P.group_tiles / P.groups_B);
+  l.tile_group_C = group_tile / (P.group_tiles / P.groups_C);
   l.seq = (static_cast<int64_t>(l.b) * P.routes + l.k) * P.channels + l.d;
   l.param = static_cast<int64_t>(l.k) * P.channels + l.d;
   return l;
@@ -592,10 +595,13 @@ XSCAN_KERNEL scan_backward_kernel(const ScanParams P, const Routes routes) {
       const float* sum_B = partials + (n & 1) * 2 * slots * partial_row(P) + place;
       const float* sum_C = sum_B + slots * partial_row(P);
       // state n's row of dB (Bt, K, G_B, N, M*T) and dC (Bt, K, G_C, N, M*T) for atomics, or of
-      // this tile's partials (Bt, K, tiles, N, M*T)
+      // this tile's partials (Bt, K, tiles, N, M*T); the tile's groups, also for a warp past its
+      // last channel
       const bool atomic = P.atomic_state_grads;
-      float* dB_row = P.dB_part + ((row * (atomic ? P.groups_B : scan_tiles(P)) + (atomic ? l.group_B : l.tile)) * N + n) * per_state;
-      float* dC_row = P.dC_part + ((row * (atomic ? P.groups_C : scan_tiles(P)) + (atomic ? l.group_C : l.tile)) * N + n) * per_state;
+      float* dB_row = P.dB_part +
+                      ((row * (atomic ? P.groups_B : scan_tiles(P)) + (atomic ? l.tile_group_B : l.tile)) * N + n) * per_state;
+      float* dC_row = P.dC_part +
+                      ((row * (atomic ? P.groups_C : scan_tiles(P)) + (atomic ? l.tile_group_C : l.tile)) * N + n) * per_state;
 #pragma unroll
       for (int i = 0; i < kItems; ++i) {
         if (i % slots != l.slot || first + i >= span.end) continue;

@@ -73,6 +73,14 @@ def test_selective_scan_several_channel_tiles(device):
     assert_matches_reference("selective_scan", device, Bt=2, Dm=48, N=16, L=40, G=2)
 
 
+@pytest.mark.parametrize("deterministic_mode", [False, True])
+def test_groups_with_a_partly_filled_tile(device, deterministic_mode):
+    # 3 channels per group on blocks of 4: each tile's last warp holds no channel, yet sums its share
+    # of the block's dB/dC into the tile's group (atomics) or partial (deterministic mode)
+    with deterministic() if deterministic_mode else contextlib.nullcontext():
+        assert_matches_reference("selective_scan", device, Bt=2, Dm=6, N=5, L=40, G=2)
+
+
 @pytest.fixture
 def max_warps(monkeypatch):
     """Caps the warps per channel (xscan.backends.cuda.MAX_WARPS) and records each launch's layout."""
