@@ -286,6 +286,30 @@ XSCAN_DEVICE float enter_warp(const ScanParams& P, const Lane& l, float* totals,
   return h;
 }
 
+// The state entering this lane's run of positions (reverse: the adjoint entering it from after):
+// `entering` (the chunk's start state, or the adjoint entering the chunk from after it) through the
+// channel's warps before this one (after it) and the lanes before (after) it in its warp. fold_a,
+// fold_b: the lane's run as one step. Every warp of the block calls it (enter_warp's barrier).
+XSCAN_DEVICE float enter_lane(const ScanParams& P, const Lane& l, float* totals, int parity, float fold_a,
+                              float fold_b, float entering, bool reverse) {
+  float a = fold_a, b = fold_b;
+  if (reverse) {
+    warp_reverse_scan(a, b, l.lane);
+  } else {
+    warp_scan(a, b, l.lane);
+  }
+  // the lanes before (after) this one as one step: the inclusive scan of the neighbouring lane
+  float prior_a = reverse ? __shfl_down_sync(kFullMask, a, 1) : __shfl_up_sync(kFullMask, a, 1);
+  float prior_b = reverse ? __shfl_down_sync(kFullMask, b, 1) : __shfl_up_sync(kFullMask, b, 1);
+  if (l.lane == (reverse ? kWarpSize - 1 : 0)) prior_a = 1.f, prior_b = 0.f;
+  return prior_a * enter_warp(P, l, totals, parity, a, b, entering, reverse) + prior_b;
+}
+
+// The first position of the span's last chunk (chunks are whole from the span's start).
+XSCAN_DEVICE int32_t last_chunk_of(const ScanParams& P, const Span& span) {
+  return span.first + (span.end - 1 - span.first) / P.chunk_length * P.chunk_length;
+}
+
 // The forward over the block's span; also the state-saving rerun of the backward (chunk_states set,
 // no y) and a split sequence's summary pass (span_summary: no outputs but each span's end state and
 // summed dt).
@@ -344,14 +368,7 @@ XSCAN_KERNEL scan_forward_kernel(const ScanParams P, const Routes routes) {
         fold_b = a[i] * fold_b + b[i];
         fold_a *= a[i];
       }
-      const float h0 = carry[n];
-      float scan_a = fold_a, scan_b = fold_b;
-      warp_scan(scan_a, scan_b, l.lane);
-      // the lanes before this one as one step: the inclusive scan of the lane before
-      float before_a = __shfl_up_sync(kFullMask, scan_a, 1), before_b = __shfl_up_sync(kFullMask, scan_b, 1);
-      if (l.lane == 0) before_a = 1.f, before_b = 0.f;
-      const float warp_start = enter_warp(P, l, totals, n & 1, scan_a, scan_b, h0, false);
-      float h = before_a * warp_start + before_b;
+      float h = enter_lane(P, l, totals, n & 1, fold_a, fold_b, carry[n], false);
       if (outputs) {
 #pragma unroll
         for (int i = 0; i < kItems; ++i) {
@@ -414,8 +431,7 @@ XSCAN_KERNEL span_adjoint_kernel(const ScanParams P, const Routes routes) {
   const StateRows<T, Routes::kTokenModalities == 2> Crows(P.C, l, l.group_C);
   const float* A = P.A + l.param * N;
   __syncthreads();
-  const int32_t last_chunk = span.first + (span.end - 1 - span.first) / P.chunk_length * P.chunk_length;
-  for (int32_t chunk = last_chunk; chunk >= span.first; chunk -= P.chunk_length) {
+  for (int32_t chunk = last_chunk_of(P, span); chunk >= span.first; chunk -= P.chunk_length) {
     const int32_t first = chunk + (l.part * kWarpSize + l.lane) * kItems;
     float dt[kItems], dy[kItems];
     uint32_t at_C[kItems];
@@ -505,8 +521,7 @@ XSCAN_KERNEL scan_backward_kernel(const ScanParams P, const Routes routes) {
   float dskip = 0.f, dbias = 0.f;
   __syncthreads();
 
-  const int32_t last_chunk = span.first + (span.end - 1 - span.first) / P.chunk_length * P.chunk_length;
-  for (int32_t chunk = last_chunk; chunk >= span.first; chunk -= P.chunk_length) {
+  for (int32_t chunk = last_chunk_of(P, span); chunk >= span.first; chunk -= P.chunk_length) {
     const int32_t first = chunk + (l.part * kWarpSize + l.lane) * kItems;
     const int place = partial_place((l.part * kWarpSize + l.lane) * kItems);  // this lane's run in a partials row
     float dt[kItems], dtu[kItems], dy[kItems];
@@ -542,14 +557,9 @@ XSCAN_KERNEL scan_backward_kernel(const ScanParams P, const Routes routes) {
         fold_b = a[i] * fold_b + dtu[i] * Bv[i];
         fold_a *= a[i];
       }
-      // the states: the chunk's saved start state through the lanes (and warps) before this one
-      float scan_a = fold_a, scan_b = fold_b;
-      warp_scan(scan_a, scan_b, l.lane);
-      float before_a = __shfl_up_sync(kFullMask, scan_a, 1), before_b = __shfl_up_sync(kFullMask, scan_b, 1);
-      if (l.lane == 0) before_a = 1.f, before_b = 0.f;
-      const float warp_start = enter_warp(P, l, totals, 0, scan_a, scan_b, saved[n], false);
+      // the states, from the chunk's saved start state
       float h_prev[kItems];  // the state before each position; after it: h_prev[i + 1], or h_last
-      float h_last = before_a * warp_start + before_b;
+      float h_last = enter_lane(P, l, totals, 0, fold_a, fold_b, saved[n], false);
 #pragma unroll
       for (int i = 0; i < kItems; ++i) {
         h_prev[i] = h_last;
@@ -562,13 +572,7 @@ XSCAN_KERNEL scan_backward_kernel(const ScanParams P, const Routes routes) {
         rfold_b = a[i] * (Cv[i] * dy[i] + rfold_b);
         rfold_a *= a[i];
       }
-      const float q_after = carry[n];
-      float rscan_a = rfold_a, rscan_b = rfold_b;
-      warp_reverse_scan(rscan_a, rscan_b, l.lane);
-      float after_a = __shfl_down_sync(kFullMask, rscan_a, 1), after_b = __shfl_down_sync(kFullMask, rscan_b, 1);
-      if (l.lane == kWarpSize - 1) after_a = 1.f, after_b = 0.f;
-      const float warp_entering = enter_warp(P, l, totals, 1, rscan_a, rscan_b, q_after, true);
-      float q = after_a * warp_entering + after_b;
+      float q = enter_lane(P, l, totals, 1, rfold_a, rfold_b, carry[n], true);
       float dA = 0.f;
       float* row_B = partials + ((n & 1) * 2 * slots + l.slot) * partial_row(P) + place;
       float* row_C = row_B + slots * partial_row(P);
