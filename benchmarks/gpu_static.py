@@ -1,6 +1,7 @@
 """Static report of xscan's GPU kernels for an H100 (sm_90), computed on a machine without a GPU.
 
     python benchmarks/gpu_static.py [--quick] [--json FILE] [--size 256] [--batch 1] [--jobs 2]
+                                    [--cache DIR] [--mamba-sdist DIR]
 
 1. CUDA: csrc/cuda/scan_{forward,backward}_{fp32,fp16,bf16}.cu, each compiled alone to an sm_90
    cubin (nvcc -Xptxas -v). Per kernel instantiation: registers, spill bytes (stores/loads) and
@@ -10,6 +11,12 @@
    networks at --size x --size, compiled for sm_90 with triton.compile (both autotuned warp counts),
    nothing launched. The same columns; shared memory is what the launch requests.
 3. Grids: per op of the networks, CUDA blocks and Triton programs against the H100's 132 SMs.
+4. Work per element: per op of the networks and at cuda_targets.py's selective_scan shape, the
+   thread-instructions per (channel x position x state) of the CUDA forward and backward (every
+   kernel they launch) beside mamba-ssm's selective_scan forward and backward kernels at the same
+   shape, compiled from its source distribution (pip download into --mamba-sdist; without it the
+   mamba column says why it is missing): benchmarks/per_element.py. JSON: "per_element":
+   {"<op> fwd|bwd@<shape>": {"xscan": n, "mamba": n, "ratio": r}}. Compiled probes are cached.
 
 The ops and their shapes come from running each network forward on the meta device and planning
 every xscan op it calls (no weights, no arithmetic). --quick (CI): the fp32 CUDA files only (Triton
@@ -35,6 +42,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # the xscan of this checkout, whose csrc/ is compiled
@@ -91,34 +99,35 @@ class OpCall:
         return f"{self.op} {shape}" + ("" if s.source.name == "TOKEN" else f" {s.source.name.lower()}")
 
 
+class Planner(TorchDispatchMode):
+    """Plans each xscan op call as its backend would (one OpCall per distinct call), then lets the fake
+    kernel run."""
+
+    def __init__(self, network):
+        super().__init__()
+        self.network, self.calls = network, {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        from xscan.ops._define import output_dtype
+
+        ns, _, name = func._schema.name.partition("::")
+        if ns == "xscan" and not name.endswith("_backward"):
+            *a, fp32_output, _backend = args
+            spec = importlib.import_module(f"xscan.ops.{name}").plan(*a, output_dtype(a[0].dtype, fp32_output))
+            key = (name, spec.route, spec.source, spec.geometry, spec.softplus, str(spec.dtype()),
+                   tuple((role, tuple(v.shape), v.stride()) for role, views in sorted(spec.tensors.items())
+                         for v in views if v is not None))
+            if key in self.calls:
+                self.calls[key].calls += 1
+            else:
+                self.calls[key] = OpCall(self.network, name, spec)
+        return func(*args, **(kwargs or {}))
+
+
 def network_ops(size: int, batch: int) -> list[OpCall]:
     """Every distinct xscan op call in each network's forward at size x size (training runs the
     same calls, and the backward of each)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     from xscan.models import MODELS
-    from xscan.ops._define import output_dtype
-
-    class Planner(TorchDispatchMode):
-        """Plans each xscan op call as its backend would, then lets the fake kernel run."""
-
-        def __init__(self, network):
-            super().__init__()
-            self.network, self.calls = network, {}
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            ns, _, name = func._schema.name.partition("::")
-            if ns == "xscan" and not name.endswith("_backward"):
-                *a, fp32_output, _backend = args
-                spec = importlib.import_module(f"xscan.ops.{name}").plan(*a, output_dtype(a[0].dtype, fp32_output))
-                key = (name, spec.route, spec.source, spec.geometry, spec.softplus, str(spec.dtype()),
-                       tuple((role, tuple(v.shape), v.stride()) for role, views in sorted(spec.tensors.items())
-                             for v in views if v is not None))
-                if key in self.calls:
-                    self.calls[key].calls += 1
-                else:
-                    self.calls[key] = OpCall(self.network, name, spec)
-            return func(*args, **(kwargs or {}))
 
     ops = []
     for network, cls in MODELS.items():
@@ -129,6 +138,22 @@ def network_ops(size: int, batch: int) -> list[OpCall]:
             net(*images)
         ops += planner.calls.values()
     return ops
+
+
+def target_op() -> OpCall:
+    """benchmarks/cuda_targets.py's selective_scan: Bt=32 Dm=192 L=3136 N=16, D, z, delta_bias, softplus,
+    B and C (Bt, N, L)."""
+    import xscan
+
+    Bt, Dm, L, N = 32, 192, 3136, 16
+    meta = dict(device="meta")
+    planner = Planner("cuda_targets")
+    with torch.no_grad(), planner:
+        xscan.selective_scan(torch.empty(Bt, Dm, L, **meta), torch.empty(Bt, Dm, L, **meta),
+                             torch.empty(Dm, N, **meta), torch.empty(Bt, N, L, **meta), torch.empty(Bt, N, L, **meta),
+                             D=torch.empty(Dm, **meta), z=torch.empty(Bt, Dm, L, **meta),
+                             delta_bias=torch.empty(Dm, **meta), delta_softplus=True)
+    return next(iter(planner.calls.values()))
 
 
 # ---- binary tools ---------------------------------------------------------------------------------
@@ -293,7 +318,42 @@ def cuda_launch(spec, backward: bool) -> dict:
     blocks = layout["tiles"] * spec.routes * spec.batch
     return dict(policy=policy, blocks=blocks * layout["segments"], spans=layout["segments"],
                 span_length=layout["span_length"], warps_per_channel=layout["warps_per_channel"],
+                chunk_length=layout["chunk_length"], tiles=layout["tiles"],
                 smem=layout["backward_shared_bytes" if backward else "forward_shared_bytes"])
+
+
+# ---- work per element -----------------------------------------------------------------------------
+
+def element_cases(calls: list[OpCall]) -> list[dict]:
+    """per_element.report's cases: each distinct op and shape with its CUDA layout on an H100 (float
+    atomics where routes share an output: torch's default, non-deterministic mode)."""
+    cases = {}
+    for call in calls:
+        s, launch = call.spec, cuda_launch(call.spec, False)
+        op, _, shape = call.label().partition(" ")
+        shape += f" Bt={s.batch}"
+        cases.setdefault((op, shape), dict(
+            op=op, shape=shape, batch=s.batch, routes=s.routes, channels=s.channels, dstate=s.dstate,
+            length=s.length(), policy=launch["policy"], warps_per_channel=launch["warps_per_channel"],
+            chunk_length=launch["chunk_length"], tiles=launch["tiles"], segments=launch["spans"],
+            span_length=launch["span_length"], softplus=bool(s.softplus), gated=s.view("z") is not None,
+            atomic_routes=bool(s.route_sum and s.routes > 1)))
+    return list(cases.values())
+
+
+def per_element_report(calls: list[OpCall], cache: str, mamba_dir: str | None, jobs: int) -> dict:
+    """Thread-instructions per (channel x position x state) of xscan's CUDA passes and mamba-ssm's
+    selective_scan kernels at each call's shape (benchmarks/per_element.py)."""
+    import per_element
+
+    nvcc = shutil.which(os.environ.get("NVCC", "nvcc"))
+    cuobjdump = find_tool("cuobjdump", nvcc)
+    if not nvcc or not cuobjdump:
+        return dict(skipped=f"{'nvcc' if not nvcc else 'cuobjdump'} not found")
+    try:
+        return per_element.report(element_cases(calls), cache, mamba_dir or cache, nvcc, cuobjdump, jobs)
+    except (RuntimeError, subprocess.CalledProcessError) as e:
+        return dict(failed=[f"per element: {e}"])
 
 
 # ---- Triton ---------------------------------------------------------------------------------------
@@ -509,6 +569,20 @@ def ops_rows(ops: list[OpCall], cuda: dict, tri: dict) -> list[dict]:
     return rows
 
 
+def per_element_table(pe: dict) -> str:
+    if "skipped" in pe or "failed" in pe:
+        return f"Work per element: {'skipped: ' + pe['skipped'] if 'skipped' in pe else 'failed (below)'}"
+    rows = [[*key.split("@"), f"{r['xscan']:.1f}", "-" if r["mamba"] is None else f"{r['mamba']:.1f}",
+             "-" if r["ratio"] is None else f"{r['ratio']:.2f}"] for key, r in pe["per_element"].items()]
+    missing = (f"\n\nmamba-ssm column missing: {pe['mamba_missing']}" if "mamba_missing" in pe else "")
+    return (f"Work per element: thread-instructions per (channel x position x state), sm_90 SASS of each kernel "
+            f"instantiation a launch runs x its loop trip counts (benchmarks/per_element.py: method and known error), "
+            f"fwd = the forward's passes, bwd = the backward's (its state-saving forward rerun included); "
+            f"mamba-ssm {pe['mamba_version']}: selective_scan_fwd/bwd_kernel as its launchers pick them for the same "
+            f"sequence length, compiled here from its source distribution{missing}\n\n"
+            + table(["op", "shape", "xscan", "mamba-ssm", "xscan / mamba"], rows))
+
+
 def ops_table(rows: list[dict], batch: int) -> str:
     def blocks(c):
         if c["spans"] == 1:
@@ -547,10 +621,16 @@ CHECKS = [
 ]
 
 
-def findings(cuda: dict, tri: dict, rows: list[dict]) -> list[str]:
+def findings(cuda: dict, tri: dict, rows: list[dict], pe: dict) -> list[str]:
     """What deserves a look: per kernel (its instantiations or variants together) spills, subroutine
-    calls, long code, low occupancy; grids of fewer blocks than SMs."""
-    out = []
+    calls, long code, low occupancy; grids of fewer blocks than SMs; more work per element than
+    mamba-ssm's kernel."""
+    out = [f"mamba-ssm column missing: {pe['mamba_missing']}"] if "mamba_missing" in pe else []
+    over = {k: r["ratio"] for k, r in pe.get("per_element", {}).items() if r["ratio"] and r["ratio"] > 1}
+    if over:
+        worst = max(over, key=over.get)
+        out.append(f"Work per element above mamba-ssm's in {len(over)} of {len(pe['per_element'])} (op, pass); "
+                   f"worst {over[worst]:.2f}x ({worst})")
     for backend, kernels in (("CUDA", cuda.get("kernels", [])), ("Triton", tri.get("kernels", []))):
         by_name = {}
         for k in kernels:
@@ -586,6 +666,10 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="nvcc processes at a time")
     parser.add_argument("--no-cuda", action="store_true")
     parser.add_argument("--no-triton", action="store_true")
+    parser.add_argument("--cache", default=None, help="compiled probes and mamba-ssm's source (default "
+                        "$XSCAN_GPUSIM_CACHE or ~/.cache/xscan-gpusim)")
+    parser.add_argument("--mamba-sdist", metavar="DIR", help="where to download and extract mamba-ssm's source "
+                        "distribution (default: the cache)")
     opts = parser.parse_args(argv)
     start = time.time()
 
@@ -600,12 +684,19 @@ def main(argv=None) -> int:
         seconds[part] = round(time.time() - t, 1)
         return result
 
-    with ThreadPoolExecutor(1) as background:  # nvcc runs while triton compiles
+    with ThreadPoolExecutor(1) as background:  # nvcc runs while triton compiles, one part after the other
         cuda = background.submit(timed, "cuda", cuda_report, files, opts.jobs) if not opts.no_cuda else None
+        pe = None
+        if not opts.no_cuda:
+            import per_element
+
+            pe = background.submit(timed, "per_element", per_element_report, ops + [target_op()],
+                                   opts.cache or per_element.default_cache(), opts.mamba_sdist, opts.jobs)
         tri = timed("triton", triton_report, ops) if not opts.no_triton else dict(skipped="--no-triton")
         cuda = cuda.result() if cuda else dict(skipped="--no-cuda")
+        pe = pe.result() if pe else dict(skipped="--no-cuda")
     rows = ops_rows(ops, cuda, tri)
-    notes = findings(cuda, tri, rows)
+    notes = findings(cuda, tri, rows, pe)
     seconds["total"] = round(time.time() - start, 1)
 
     print(f"# GPU kernels, static report for {H100.name}\n\n{'quick' if opts.quick else 'full'} run; the networks' "
@@ -614,15 +705,18 @@ def main(argv=None) -> int:
     print(cuda_table(cuda) + "\n")
     print(triton_table(tri) + "\n")
     print(ops_table(rows, opts.batch) + "\n")
+    print(per_element_table(pe) + "\n")
     print("Findings\n\n" + ("\n".join(f"- {n}" for n in notes) or "- none"))
-    failures = cuda.get("failed", []) + tri.get("failed", [])
+    failures = cuda.get("failed", []) + tri.get("failed", []) + pe.get("failed", [])
     for f in failures:
         print(f"FAILED {f}", file=sys.stderr)
     if opts.json:
         tri = {k: v for k, v in tri.items() if k != "launches"}  # in rows, per op
         with open(opts.json, "w") as f:
             json.dump(dict(gpu=dataclasses.asdict(H100), size=opts.size, batch=opts.batch, quick=opts.quick,
-                           seconds=seconds, cuda=cuda, triton=tri, ops=rows, findings=notes), f, indent=1,
+                           seconds=seconds, cuda=cuda, triton=tri, ops=rows, findings=notes,
+                           per_element=pe.get("per_element", {}),
+                           per_element_detail={k: v for k, v in pe.items() if k != "per_element"}), f, indent=1,
                       default=str)  # constexpr values such as tl.float32
     return 1 if failures else 0
 

@@ -4,7 +4,7 @@
                                     [--Bt 1] [--Dm 32] [--L 1024] [--H 16] [--W 16] [--N 16]
                                     [--plan-sms N] [--xscan-rev REV] [--keep-log FILE]
 
-1. Downloads mamba-ssm's source distribution (pip download, MAMBA_VERSION) into the cache
+1. Downloads mamba-ssm's source distribution (pip download, mamba_source.py) into the cache
    ($XSCAN_GPUSIM_CACHE, default ~/.cache/xscan-gpusim) and extracts csrc/selective_scan there: nothing
    of mamba's source is in this repository. mamba_kernels.cu compiles its
    selective_scan_{fwd,bwd}_cuda<float, float> against our stub c10/ATen headers (stubs/).
@@ -38,12 +38,12 @@ import re
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 
+from mamba_source import STUBS, fetch_mamba
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-MAMBA_VERSION = "2.3.2.post1"
 CASES = ("ss_fwd", "ss_fwd_noz", "ss_fwdbwd", "ss_fwdbwd_noz", "cross_fwd", "cross_fwdbwd")
 NVCC_FLAGS = ["-O3", "-std=c++17", "-arch=sm_80", "--cudart", "shared", "-diag-suppress", "20012"]
 
@@ -61,30 +61,6 @@ def sim_env(work: str, tools: str) -> dict:
     out = subprocess.run(["bash", "-c", f"export GPGPUSIM_WORK={work}; source {tools}/env.sh >/dev/null; env -0"],
                          check=True, capture_output=True, cwd=tools).stdout.decode()
     return dict(kv.split("=", 1) for kv in out.split("\0") if "=" in kv)
-
-
-def fetch_mamba(cache: str) -> str:
-    """mamba-ssm's csrc/selective_scan from its sdist, downloaded and extracted into the cache."""
-    src = os.path.join(cache, f"mamba_ssm-{MAMBA_VERSION}", "csrc", "selective_scan")
-    if os.path.isfile(os.path.join(src, "selective_scan_fwd_kernel.cuh")):
-        return src
-    sdist_dir = os.path.join(cache, "sdist")
-    os.makedirs(sdist_dir, exist_ok=True)
-    tars = glob.glob(os.path.join(sdist_dir, f"mamba_ssm-{MAMBA_VERSION}.tar.gz"))
-    if not tars:
-        log(f"downloading mamba-ssm=={MAMBA_VERSION} (sdist) into {sdist_dir}")
-        env = dict(os.environ, MAMBA_SKIP_CUDA_BUILD="TRUE", MAMBA_FORCE_BUILD="TRUE")
-        base = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-d", sdist_dir,
-                f"mamba-ssm=={MAMBA_VERSION}"]
-        # metadata without an isolated build env (which would build ninja etc. from source); needs torch
-        # importable, else fall back to pip's isolated build
-        if subprocess.run(base + ["--no-build-isolation"], env=env).returncode != 0:
-            subprocess.run(base, env=env, check=True)
-        tars = glob.glob(os.path.join(sdist_dir, f"mamba_ssm-{MAMBA_VERSION}.tar.gz"))
-    with tarfile.open(tars[0]) as tf:
-        members = [m for m in tf.getmembers() if "/csrc/selective_scan/" in m.name and m.isfile()]
-        tf.extractall(cache, members=members)
-    return src
 
 
 def export_xscan(root: str, rev: str | None, cache: str) -> str:
@@ -114,7 +90,7 @@ def digest(paths: list, extra: str) -> str:
 def build(cache: str, csrc: str, mamba_src: str, env: dict) -> str:
     nvcc = shutil.which("nvcc", path=env["PATH"])
     version = subprocess.run([nvcc, "--version"], capture_output=True, text=True, env=env).stdout
-    stubs = os.path.join(HERE, "stubs")
+    stubs = STUBS
     objdir = os.path.join(cache, "obj")
     os.makedirs(objdir, exist_ok=True)
     mamba_files = glob.glob(os.path.join(mamba_src, "*")) + glob.glob(os.path.join(stubs, "**", "*"), recursive=True)
@@ -272,7 +248,10 @@ def main(argv=None) -> int:
     tools = os.environ.get("GPGPUSIM_TOOLS", os.path.join(default_xscan_root(), "..", "shared", "tools", "gpgpusim"))
     os.makedirs(a.cache, exist_ok=True)
     env = sim_env(work, tools)
-    mamba_src = fetch_mamba(a.cache)
+    try:
+        mamba_src = fetch_mamba(a.cache, log)
+    except RuntimeError as e:
+        sys.exit(str(e))
     csrc = export_xscan(a.xscan_root, a.xscan_rev, a.cache)
     exe = build(a.cache, csrc, mamba_src, env)
     log(f"harness {exe}")

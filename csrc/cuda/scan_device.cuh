@@ -36,8 +36,11 @@
 #include <cuda_fp16.h>
 #define XSCAN_DEVICE __device__ __forceinline__
 // Kernels ask for 2 resident blocks per SM, no more: left free, ptxas held the backward at 168
-// registers (3 blocks per SM) and spilled.
+// registers (3 blocks per SM) and spilled. benchmarks/per_element.py defines XSCAN_KERNEL first to
+// compile them as device functions inside its own kernels.
+#ifndef XSCAN_KERNEL
 #define XSCAN_KERNEL __global__ void __launch_bounds__(kThreadsPerBlock, 2)
+#endif
 #else
 #define XSCAN_DEVICE inline
 #define XSCAN_KERNEL void

@@ -1,0 +1,53 @@
+"""benchmarks/per_element.py's reading of SASS control flow (the loops and their trip counts behind
+gpu_static.py's work per element), on a hand-written kernel."""
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+
+import per_element  # noqa: E402
+
+# A chunk loop (0x20-0x90) around a state loop (0x30-0x70) whose out-of-line block (0xd0-0xe0)
+# returns into it; a shuffle's slow path for a diverged warp (BRA.DIV, 0xf0-0x100) that never runs;
+# the trap loop after EXIT that is never reached.
+KERNEL = """
+/*0000*/ MOV R1, c[0x0][0x28] ;
+/*0010*/ @P0 BRA 0xb0 ;
+/*0020*/ LDG.E R2, desc[UR4][R4.64] ;
+/*0030*/ MUFU.EX2 R3, R2 ;
+/*0040*/ @P1 BRA 0xd0 ;
+/*0050*/ BRA.DIV UR4, 0xf0 ;
+/*0060*/ SHFL.UP PT, R5, R3, 0x1, RZ ;
+/*0070*/ @P2 BRA 0x30 ;
+/*0080*/ STG.E desc[UR4][R4.64], R3 ;
+/*0090*/ @P3 BRA 0x20 ;
+/*00a0*/ NOP ;
+/*00b0*/ EXIT ;
+/*00c0*/ BRA 0xc0 ;
+/*00d0*/ STS [R6], R3 ;
+/*00e0*/ BRA 0x50 ;
+/*00f0*/ WARPSYNC.COLLECTIVE R7, 0x60 ;
+/*0100*/ BRA 0x60 ;
+"""
+
+
+def code():
+    lines = [line.split("*/", 1) for line in KERNEL.strip().splitlines()]
+    return [(int(a.strip("/*"), 16), t.strip().rstrip(" ;")) for a, t in lines if not t.strip().startswith("NOP")]
+
+
+def test_loops_and_trips():
+    classes = per_element.loop_classes(code())
+    # state loop: 0x30-0x70 and the out-of-line 0xd0, 0xe0; chunk loop besides: 0x20, 0x80, 0x90;
+    # the rest once: 0x00, 0x10, 0xb0, 0xc0 and the slow path 0xf0, 0x100
+    assert classes == {(True, True): 7, (False, True): 3, (False, False): 6, (True, False): 0}
+    assert per_element.per_thread(classes, 16, 3) == 6 + 3 * (3 + 16 * 7)
+
+
+def test_mamba_kernel_choice():
+    # selective_scan_fwd_cuda's choice of threads and items by seqlen, and the even-length flag
+    assert per_element.mamba_kernel(3136, False, True, True) == (
+        "Selective_Scan_fwd_kernel_traits<128, 16, 1, false, true, true, true, float, float>", 128, 16)
+    assert per_element.mamba_kernel(256, True, False, True)[0] == (
+        "Selective_Scan_bwd_kernel_traits<32, 8, true, true, true, true, false, float, float>")
+    assert per_element.mangled_traits("T<128, 16, 1, false, true>") == "Li128ELi16ELi1ELb0ELb1E"
