@@ -610,8 +610,7 @@ def reverse_scan_check(device):
     from xscan.triton_kernels import scan, tiles
     g = torch.Generator().manual_seed(0)
     worst, bad = 0.0, []
-    for t in tiles.backward_scan_tiles():
-        R, T, N = t.block_d, t.chunk, t.block_n
+    for R, T, N in tiles.backward_scan_shapes():
         a = torch.rand(R, T, N, generator=g) * 0.5 + 0.5
         b = torch.randn(R, T, N, generator=g)
         ref = torch.empty(R, T, N, dtype=torch.float64)
@@ -625,7 +624,7 @@ def reverse_scan_check(device):
             worst = max(worst, err)
             if not err < 1e-5:
                 bad.append(f"{R}x{T}x{N} at {warps} warps: {err:.1e}")
-    text = f"{len(tiles.backward_scan_tiles())} tile shapes x warps {tiles.WARPS}, max rel err {worst:.1e}"
+    text = f"{len(tiles.backward_scan_shapes())} tile shapes x warps {tiles.WARPS}, max rel err {worst:.1e}"
     return ("ok", text) if not bad else ("failed", f"{text}; over 1e-5: {', '.join(bad)}")
 
 

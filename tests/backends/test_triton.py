@@ -50,6 +50,31 @@ def test_selective_scan_grouped(groups):
     check("selective_scan", Bt=2, Dm=4, N=2, L=9, G=groups, block_d=4)
 
 
+# d_state on both sides of each state-tile boundary (tiles.state_tiles): one tile (1, 16, 32), a head
+# and a padded tail (15 = 8 + 8 lanes, 31 = 16 + 16), a head and a one-state tail (17, 33), S4Fusion's 18
+STATE_TILE_EDGES = [1, 15, 16, 17, 18, 31, 32, 33]
+
+
+def test_state_tiles_cover_d_state_with_at_most_one_padded_tile():
+    assert [tiles.state_tiles(N) for N in STATE_TILE_EDGES + [12, 24, 64, 100]] == [
+        (1, 0), (8, 8), (16, 0), (16, 1), (16, 2), (16, 16), (32, 0), (32, 1), (8, 4), (16, 8), (64, 0), (64, 64)]
+    # the head tile sets the chunk and channels: N = 18 runs N = 16's programs
+    for backward in (False, True):
+        assert tiles.scan_tiles(18, backward) == tiles.Tiles(**{**vars(tiles.scan_tiles(16, backward)), "tail_n": 2})
+
+
+@pytest.mark.parametrize("N", STATE_TILE_EDGES)
+def test_selective_scan_state_tiles(N):
+    """Forward and backward at each d_state class, over several channel blocks and chunks."""
+    check("selective_scan", Bt=1, Dm=3, N=N, L=9, G=1)
+
+
+@pytest.mark.parametrize("op", ["ss2d", "cross_ss2d"])
+def test_map_scans_with_a_tail_tile(op):
+    """S4Fusion's d_state (16 + 2 states) on routed scans: every route reads the tail's B, C and A."""
+    check(op, Bt=1, Dm=2, N=18, H=3, W=4)
+
+
 def test_selective_scan_many_channel_blocks():
     """More channels than one backward program covers (8 blocks of 1): partial dB/dC per program."""
     check("selective_scan", Bt=1, Dm=10, N=2, L=5, block_d=1)
@@ -83,8 +108,9 @@ def test_limits_name_the_argument():
 
 def test_carry_launch_is_wide_enough_for_the_gpu():
     # DIFF-MF's ss2d at batch 1 (4 routes x 64 channels): one row per program, 256 programs
-    assert tiles.carry_launch(4, 64, 16) == ((4, 64), 1, 1)
-    assert tiles.carry_launch(1024, 64, 16) == ((1024, 4), 16, 4)
+    assert tiles.carry_launch(4, 64, 16) == ((4, 64), 1, 1, 16)
+    assert tiles.carry_launch(1024, 64, 16) == ((1024, 4), 16, 4, 16)
+    assert tiles.carry_launch(1024, 64, 18)[2:] == (4, 32)  # one padded tile of states
 
 
 @pytest.mark.parametrize("programs", [1, 3])
@@ -228,8 +254,7 @@ def test_reverse_scan_at_the_backwards_tile_shapes():
     from xscan.triton_kernels import scan
     device = "cuda" if CUDA else "cpu"
     g = torch.Generator().manual_seed(0)
-    for t in tiles.backward_scan_tiles():
-        R, T, N = t.block_d, t.chunk, t.block_n
+    for R, T, N in tiles.backward_scan_shapes():
         a, b = torch.rand(R, T, N, generator=g) + 0.5, torch.randn(R, T, N, generator=g)
         ref, x = torch.empty(R, T, N), torch.ones(R, N)
         for i in range(T - 1, -1, -1):

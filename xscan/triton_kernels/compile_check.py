@@ -5,10 +5,10 @@
 Runs each op's forward and backward on small CPU tensors with the Triton launches replaced by an
 ahead-of-time compile to PTX/cubin for each ``sm_<arch>`` at each warp count the autotuner can pick
 (nothing is launched, the numbers are not computed): it catches what the interpreter does not check
-(types, layouts, unsupported ops, register-tile shapes). The ops run at d_state 16 and 18 (tiles of
-16 and 32 states, the networks'), ssd_exchange also with fp16 and bf16 inputs, and the backward's
-reverse scan alone (scan.reverse_recurrence_tile) at every tile shape scan_backward can take. Prints
-one line per compiled variant and exits non-zero on the first error.
+(types, layouts, unsupported ops, register-tile shapes). The ops run at d_state 16 and 18 (one tile
+of 16 states; 16 and a tail tile of 2: the networks'), ssd_exchange also with fp16 and bf16 inputs,
+and the backward's reverse scan alone (scan.reverse_recurrence_tile) at every tile shape
+scan_backward can take. Prints one line per compiled variant and exits non-zero on the first error.
 Then runs selective_scan, ss2d and ssd_exchange again at other sequence lengths and map sizes
 (batch 2) whose strides keep their divisibility by 16: a variant compiled anew there is a recompile
 on a new image size, and fails the check (the sizes are unspecialised; a stride's divisibility by 16
@@ -112,12 +112,12 @@ def main(argv=None) -> int:
         if not run(op, shape, dtype):
             return 1
     print("the backward's reverse scan at its tile shapes", flush=True)
-    for t in tiles.backward_scan_tiles():
-        x = torch.empty(t.block_d, t.chunk, t.block_n)
+    for R, T, N in tiles.backward_scan_shapes():
+        x = torch.empty(R, T, N)
         try:
-            scan.reverse_recurrence_tile[(1,)](x, x, x, R=t.block_d, T=t.chunk, N=t.block_n)
+            scan.reverse_recurrence_tile[(1,)](x, x, x, R=R, T=T, N=N)
         except Exception as e:  # report which shape failed
-            print(f"FAILED reverse_recurrence_tile at {t}: {type(e).__name__}: {e}")
+            print(f"FAILED reverse_recurrence_tile at {R}x{T}x{N}: {type(e).__name__}: {e}")
             return 1
     compiled = len(seen)
     dtype = opts.dtypes.split(",")[-1]

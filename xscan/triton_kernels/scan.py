@@ -132,14 +132,25 @@ def load_dt(dt0, dt1, s_dt0, s_dt1, bias, s_bias, b, k, d, dmask, p, pmask, H, W
 
 
 @triton.jit
-def load_bc(X0, X1, s0, s1, b, k, group, tok, mt, pmask, N, BLOCK_N: tl.constexpr, TWO_TOK: tl.constexpr,
-            ACC: tl.constexpr):
-    """B or C of route k and one group at tokens tok: (T, BLOCK_N)."""
-    n = tl.arange(0, BLOCK_N).to(tl.int64)
-    mask = pmask[:, None] & (n < N)[None, :]
+def state_block(N, N0: tl.constexpr, BLOCK: tl.constexpr):
+    """States N0 to N0 + BLOCK - 1 (one tile of tiles.state_tiles) and their mask (< N)."""
+    n = N0 + tl.arange(0, BLOCK).to(tl.int64)
+    return n, n < N
+
+
+@triton.jit
+def load_bc(X0, X1, s0, s1, b, k, group, tok, mt, pmask, n, nmask, TWO_TOK: tl.constexpr, ACC: tl.constexpr):
+    """B or C of route k and one group at tokens tok and states n: (T, len(n))."""
+    mask = pmask[:, None] & nmask[None, :]
     off0 = b * s0[0] + k * s0[1] + group * s0[2] + n[None, :] * s0[3] + tok[:, None] * s0[4]
     off1 = b * s1[0] + k * s1[1] + group * s1[2] + n[None, :] * s1[3] + tok[:, None] * s1[4]
     return load_pair(X0, X1, off0, off1, mt[:, None], mask, TWO_TOK, ACC)
+
+
+@triton.jit
+def load_A(A, s_A, k, d, n, smask, ACC: tl.constexpr):
+    """A of route k at channels d and states n: (BLOCK_D, len(n)), 0 outside smask."""
+    return tl.load(A + k * s_A[0] + d[:, None] * s_A[1] + n[None, :] * s_A[2], mask=smask, other=0.0).to(ACC)
 
 
 @triton.jit
@@ -168,41 +179,59 @@ def chunk_summary(
         K, Dr, N, Lseq, H, W, C, Ws, SEG, BPS, SB, SC, n_chunks, first_chunk,
         ROUTE: tl.constexpr, SOURCE: tl.constexpr, TWO_U: tl.constexpr, TWO_TOK: tl.constexpr,
         HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BACKWARD: tl.constexpr,
-        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, ACC: tl.constexpr):
+        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, TAIL_N: tl.constexpr, CHUNK: tl.constexpr,
+        ACC: tl.constexpr):
     """Pass 1. states[seq, d, c, n] = the chunk's end state from a zero start; dt_sums[seq, d, c];
     with BACKWARD, adjoints[seq, d, c, n] = sum_t exp(A cum_t) gy_t C_t, the adjoint the chunk
-    passes to the state before it (cum_t: dt summed over the chunk up to t, inclusive)."""
+    passes to the state before it (cum_t: dt summed over the chunk up to t, inclusive). The states
+    in two tiles (tiles.state_tiles): BLOCK_N from 0, then TAIL_N (none if 0)."""
     b, k, blk, first_d, seg_end, c, p, pmask = program_block(K, Lseq, SEG, BPS, first_chunk, BLOCK_D, CHUNK)
     d, dmask = channels(first_d, seg_end, Dr, BLOCK_D)
-    n = tl.arange(0, BLOCK_N).to(tl.int64)
-    nmask = n < N
     tok, mt, h, w = route_tokens(p, k, H, W, ROUTE)
     in_map = pmask & (h < H) & (w < W)
     valid = dmask[:, None] & in_map[None, :]
     dt, raw = load_dt(dt0, dt1, s_dt0, s_dt1, bias, s_bias, b, k, d, dmask, p, pmask, H, W,
                       ROUTE, TWO_TOK, HAS_BIAS, SOFTPLUS, ACC)
     u, m, cs, hs, ws = load_u(u0, u1, s_u0, s_u1, b, d, h, w, mt, valid, C, Ws, SOURCE, TWO_U, ACC)
-    Bm = load_bc(B0, B1, s_B0, s_B1, b, k, group_of(blk, BPS, SEG, SB), tok, mt, pmask, N, BLOCK_N, TWO_TOK, ACC)
-    An = tl.load(A + k * s_A[0] + d[:, None] * s_A[1] + n[None, :] * s_A[2],
-                 mask=dmask[:, None] & nmask[None, :], other=0.0).to(ACC)
     cum = tl.cumsum(dt, axis=1)
     total = tl.sum(dt, axis=1)
-    decay_to_end = tl.exp(An[:, None, :] * (total[:, None, None] - cum[:, :, None]))
-    end_state = tl.sum(decay_to_end * (dt * u)[:, :, None] * Bm[None, :, :], axis=1)
     row = (b * K + k) * Dr + d
-    smask = dmask[:, None] & nmask[None, :]
-    tl.store(states + (row[:, None] * n_chunks + c) * N + n[None, :], end_state, mask=smask)
     tl.store(dt_sums + row * n_chunks + c, total, mask=dmask)
+    gy = dt  # the adjoints' input, read only with BACKWARD
     if BACKWARD:
         gy = load_pair(gy0, gy1, map_offset(s_gy0, b, d, h, w), map_offset(s_gy1, b, d, h, w),
                        mt[None, :], valid, TWO_TOK, ACC)
         if HAS_Z:
             zv = tl.load(z + map_offset(s_z, b, d, h, w), mask=valid, other=0.0).to(ACC)
             gy = gy * zv * sigmoid(zv)
-        Cm = load_bc(C0, C1, s_C0, s_C1, b, k, group_of(blk, BPS, SEG, SC), tok, mt, pmask, N, BLOCK_N, TWO_TOK,
-                     ACC)
+    group_B, group_C = group_of(blk, BPS, SEG, SB), group_of(blk, BPS, SEG, SC)
+    summary_tile(B0, B1, s_B0, s_B1, C0, C1, s_C0, s_C1, A, s_A, states, adjoints, b, k, group_B, group_C,
+                 d, dmask, row, c, tok, mt, pmask, dt * u, gy, cum, total, N, n_chunks, 0, BLOCK_N,
+                 TWO_TOK, BACKWARD, ACC)
+    if TAIL_N > 0:
+        summary_tile(B0, B1, s_B0, s_B1, C0, C1, s_C0, s_C1, A, s_A, states, adjoints, b, k, group_B, group_C,
+                     d, dmask, row, c, tok, mt, pmask, dt * u, gy, cum, total, N, n_chunks, BLOCK_N, TAIL_N,
+                     TWO_TOK, BACKWARD, ACC)
+
+
+@triton.jit
+def summary_tile(B0, B1, s_B0, s_B1, C0, C1, s_C0, s_C1, A, s_A, states, adjoints, b, k, group_B, group_C,
+                 d, dmask, row, c, tok, mt, pmask, dtu, gy, cum, total, N, n_chunks, N0: tl.constexpr,
+                 BLOCK: tl.constexpr, TWO_TOK: tl.constexpr, BACKWARD: tl.constexpr, ACC: tl.constexpr):
+    """chunk_summary's end states (and with BACKWARD adjoints) of states N0 to N0 + BLOCK - 1, for
+    the inputs dt * u (dtu) and gy of channels d, (BLOCK_D, T)."""
+    n, nmask = state_block(N, N0, BLOCK)
+    smask = dmask[:, None] & nmask[None, :]
+    Bm = load_bc(B0, B1, s_B0, s_B1, b, k, group_B, tok, mt, pmask, n, nmask, TWO_TOK, ACC)
+    An = load_A(A, s_A, k, d, n, smask, ACC)
+    decay_to_end = tl.exp(An[:, None, :] * (total[:, None, None] - cum[:, :, None]))
+    end_state = tl.sum(decay_to_end * dtu[:, :, None] * Bm[None, :, :], axis=1)
+    off = (row[:, None] * n_chunks + c) * N + n[None, :]
+    tl.store(states + off, end_state, mask=smask)
+    if BACKWARD:
+        Cm = load_bc(C0, C1, s_C0, s_C1, b, k, group_C, tok, mt, pmask, n, nmask, TWO_TOK, ACC)
         adjoint = tl.sum(tl.exp(An[:, None, :] * cum[:, :, None]) * gy[:, :, None] * Cm[None, :, :], axis=1)
-        tl.store(adjoints + (row[:, None] * n_chunks + c) * N + n[None, :], adjoint, mask=smask)
+        tl.store(adjoints + off, adjoint, mask=smask)
 
 
 @triton.jit(do_not_specialize=["rows", "n_chunks"])
@@ -240,18 +269,14 @@ def chunk_carry(carry_io, dt_sums, A, s_carry, s_sum, s_A, last, s_last, K, rows
 
 
 @triton.jit
-def chunk_states(b, k, d, dmask, c, p, pmask, dt, u, Bm, An, states, K, Dr, N, n_chunks,
-                 BLOCK_N: tl.constexpr):
-    """h_t for the chunk's positions, (BLOCK_D, T, BLOCK_N), from the carried start state, for the
-    inputs (dt, u, B) of each step. Also returns a_t = exp(dt_t A)."""
-    n = tl.arange(0, BLOCK_N).to(tl.int64)
-    row = (b * K + k) * Dr + d
-    start = tl.load(states + (row[:, None] * n_chunks + c) * N + n[None, :],
-                    mask=dmask[:, None] & (n < N)[None, :], other=0.0)
+def chunk_states(row, c, n, smask, dt, u, Bm, An, states, N, n_chunks):
+    """h_t for the chunk's positions, (BLOCK_D, T, len(n)), at rows `row` and states n, from the
+    carried start state, for the inputs (dt, u, B) of each step."""
+    start = tl.load(states + (row[:, None] * n_chunks + c) * N + n[None, :], mask=smask, other=0.0)
     a = tl.exp(dt[:, :, None] * An[:, None, :])
     inputs = (dt * u)[:, :, None] * Bm[None, :, :]
     decay, local = tl.associative_scan((a, inputs), axis=1, combine_fn=combine)
-    return local + decay * start[:, None, :], a
+    return local + decay * start[:, None, :]
 
 
 @triton.jit(do_not_specialize=IMAGE_SIZES)
@@ -262,24 +287,26 @@ def scan_forward(
         K, Dr, N, Lseq, H, W, C, Ws, SEG, BPS, SB, SC, n_chunks, first_chunk,
         ROUTE: tl.constexpr, SOURCE: tl.constexpr, TWO_U: tl.constexpr, TWO_TOK: tl.constexpr,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, ACC: tl.constexpr):
+        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, TAIL_N: tl.constexpr, CHUNK: tl.constexpr,
+        ACC: tl.constexpr):
     """Pass 3: y at the scanned map position of each token: y + k * s_yk + mt * s_ym + (b, d, h, w)
-    with strides s_y (per-route slabs when the routes are summed afterwards)."""
+    with strides s_y (per-route slabs when the routes are summed afterwards). The states' parts of
+    y add up over their two tiles (BLOCK_N, then TAIL_N if not 0)."""
     b, k, blk, first_d, seg_end, c, p, pmask = program_block(K, Lseq, SEG, BPS, first_chunk, BLOCK_D, CHUNK)
     d, dmask = channels(first_d, seg_end, Dr, BLOCK_D)
-    n = tl.arange(0, BLOCK_N).to(tl.int64)
     tok, mt, h, w = route_tokens(p, k, H, W, ROUTE)
     in_map = pmask & (h < H) & (w < W)
     valid = dmask[:, None] & in_map[None, :]
     dt, raw = load_dt(dt0, dt1, s_dt0, s_dt1, bias, s_bias, b, k, d, dmask, p, pmask, H, W,
                       ROUTE, TWO_TOK, HAS_BIAS, SOFTPLUS, ACC)
     u, m, cs, hs, ws = load_u(u0, u1, s_u0, s_u1, b, d, h, w, mt, valid, C, Ws, SOURCE, TWO_U, ACC)
-    Bm = load_bc(B0, B1, s_B0, s_B1, b, k, group_of(blk, BPS, SEG, SB), tok, mt, pmask, N, BLOCK_N, TWO_TOK, ACC)
-    Cm = load_bc(C0, C1, s_C0, s_C1, b, k, group_of(blk, BPS, SEG, SC), tok, mt, pmask, N, BLOCK_N, TWO_TOK, ACC)
-    An = tl.load(A + k * s_A[0] + d[:, None] * s_A[1] + n[None, :] * s_A[2],
-                 mask=dmask[:, None] & (n < N)[None, :], other=0.0).to(ACC)
-    h_t, a = chunk_states(b, k, d, dmask, c, p, pmask, dt, u, Bm, An, states, K, Dr, N, n_chunks, BLOCK_N)
-    out = tl.sum(h_t * Cm[None, :, :], axis=2)
+    group_B, group_C = group_of(blk, BPS, SEG, SB), group_of(blk, BPS, SEG, SC)
+    row = (b * K + k) * Dr + d
+    out = forward_tile(B0, B1, s_B0, s_B1, C0, C1, s_C0, s_C1, A, s_A, states, b, k, group_B, group_C, d, dmask,
+                       row, c, tok, mt, pmask, dt, u, N, n_chunks, 0, BLOCK_N, TWO_TOK, ACC)
+    if TAIL_N > 0:
+        out += forward_tile(B0, B1, s_B0, s_B1, C0, C1, s_C0, s_C1, A, s_A, states, b, k, group_B, group_C, d,
+                            dmask, row, c, tok, mt, pmask, dt, u, N, n_chunks, BLOCK_N, TAIL_N, TWO_TOK, ACC)
     if HAS_D:
         out += tl.load(Dp + k * s_D[0] + d * s_D[1], mask=dmask, other=0.0).to(ACC)[:, None] * u
     if HAS_Z:
@@ -287,6 +314,33 @@ def scan_forward(
         out = out * zv * sigmoid(zv)
     off = k * s_yk + mt[None, :] * s_ym + map_offset(s_y, b, d, h, w)
     tl.store(y + off, out.to(y.dtype.element_ty), mask=valid)
+
+
+@triton.jit
+def forward_tile(B0, B1, s_B0, s_B1, C0, C1, s_C0, s_C1, A, s_A, states, b, k, group_B, group_C, d, dmask,
+                 row, c, tok, mt, pmask, dt, u, N, n_chunks, N0: tl.constexpr, BLOCK: tl.constexpr,
+                 TWO_TOK: tl.constexpr, ACC: tl.constexpr):
+    """The part of y (before D and the gate) from states N0 to N0 + BLOCK - 1: sum_n h_t C_t,
+    (BLOCK_D, T)."""
+    n, nmask = state_block(N, N0, BLOCK)
+    smask = dmask[:, None] & nmask[None, :]
+    Bm = load_bc(B0, B1, s_B0, s_B1, b, k, group_B, tok, mt, pmask, n, nmask, TWO_TOK, ACC)
+    Cm = load_bc(C0, C1, s_C0, s_C1, b, k, group_C, tok, mt, pmask, n, nmask, TWO_TOK, ACC)
+    h_t = chunk_states(row, c, n, smask, dt, u, Bm, load_A(A, s_A, k, d, n, smask, ACC), states, N, n_chunks)
+    return tl.sum(h_t * Cm[None, :, :], axis=2)
+
+
+@triton.jit
+def backward_inputs(B0, B1, s_B0, s_B1, C0, C1, s_C0, s_C1, b, k, group_B, group_C, tok, mt, pmask, tok_prev,
+                    mt_prev, behind, N, N0: tl.constexpr, BLOCK: tl.constexpr, TWO_TOK: tl.constexpr,
+                    ACC: tl.constexpr):
+    """What scan_backward's channel blocks share per state tile (states N0 to N0 + BLOCK - 1): B and
+    C now, C flipped in time (the reverse scan's inputs run backwards: reverse_recurrence), B one
+    step behind; (CHUNK, BLOCK) each."""
+    n, nmask = state_block(N, N0, BLOCK)
+    Cm = load_bc(C0, C1, s_C0, s_C1, b, k, group_C, tok, mt, pmask, n, nmask, TWO_TOK, ACC)
+    return (load_bc(B0, B1, s_B0, s_B1, b, k, group_B, tok, mt, pmask, n, nmask, TWO_TOK, ACC), Cm, tl.flip(Cm, 0),
+            load_bc(B0, B1, s_B0, s_B1, b, k, group_B, tok_prev, mt_prev, behind, n, nmask, TWO_TOK, ACC))
 
 
 @triton.jit(do_not_specialize=IMAGE_SIZES)
@@ -298,10 +352,11 @@ def scan_backward(
         K, Dr, N, Lseq, H, W, C, Ws, SEG, BPS, SB, SC, n_chunks, first_chunk,
         ROUTE: tl.constexpr, SOURCE: tl.constexpr, TWO_U: tl.constexpr, TWO_TOK: tl.constexpr,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-        BLOCK_D: tl.constexpr, SUB: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
-        ACC: tl.constexpr):
+        BLOCK_D: tl.constexpr, SUB: tl.constexpr, BLOCK_N: tl.constexpr, TAIL_N: tl.constexpr,
+        CHUNK: tl.constexpr, ACC: tl.constexpr):
     """Pass 3 of the backward, SUB blocks of BLOCK_D channels per program (their g_B, g_C add up in
-    registers: fewer partials to write and reduce). The adjoint g_t = dL/dh_t runs backwards: g_t = gy_t C_t + a_{t+1}
+    registers: fewer partials to write and reduce), the states in two tiles (BLOCK_N, then TAIL_N
+    if not 0: backward_tile). The adjoint g_t = dL/dh_t runs backwards: g_t = gy_t C_t + a_{t+1}
     g_{t+1}; within the chunk a reverse scan (reverse_recurrence) with coefficients a_{t+1} (dt re-read
     one position ahead; 1 at the chunk's end) from the carried adjoint of the chunk's end state.
 
@@ -310,8 +365,6 @@ def scan_backward(
     [blk, mt, b, k, n, tok] (strides s_gbc); partial g_A [b, c, k, d, n], g_D and g_bias [b, c, k, d]
     (contiguous)."""
     b, k, blk, first_d, seg_end, c, p, pmask = program_block(K, Lseq, SEG, BPS, first_chunk, BLOCK_D * SUB, CHUNK)
-    n = tl.arange(0, BLOCK_N).to(tl.int64)
-    nmask = n < N
     # per chunk, shared by the channel sub-blocks: route, B and C (now and one step behind)
     tok, mt, h, w = route_tokens(p, k, H, W, ROUTE)
     in_map = pmask & (h < H) & (w < W)
@@ -319,102 +372,112 @@ def scan_backward(
     behind = (tl.arange(0, CHUNK) > 0) & pmask
     tok_prev, mt_prev, h_prev_map, w_prev_map = route_tokens(p - 1, k, H, W, ROUTE)
     in_map_prev = behind & (h_prev_map < H) & (w_prev_map < W)
-    group_B = group_of(blk, BPS, SEG, SB)
-    Bm = load_bc(B0, B1, s_B0, s_B1, b, k, group_B, tok, mt, pmask, N, BLOCK_N, TWO_TOK, ACC)
-    Cm = load_bc(C0, C1, s_C0, s_C1, b, k, group_of(blk, BPS, SEG, SC), tok, mt, pmask, N, BLOCK_N, TWO_TOK, ACC)
-    B_prev = load_bc(B0, B1, s_B0, s_B1, b, k, group_B, tok_prev, mt_prev, behind, N, BLOCK_N, TWO_TOK, ACC)
-    C_rev = tl.flip(Cm, 0)  # the reverse scan's inputs run backwards in time (reverse_recurrence)
+    group_B, group_C = group_of(blk, BPS, SEG, SB), group_of(blk, BPS, SEG, SC)
+    Bm, Cm, C_rev, B_prev = backward_inputs(B0, B1, s_B0, s_B1, C0, C1, s_C0, s_C1, b, k, group_B, group_C, tok,
+                                            mt, pmask, tok_prev, mt_prev, behind, N, 0, BLOCK_N, TWO_TOK, ACC)
     g_B_acc = tl.zeros((CHUNK, BLOCK_N), dtype=ACC)
     g_C_acc = tl.zeros((CHUNK, BLOCK_N), dtype=ACC)
+    if TAIL_N > 0:
+        Bm_tail, Cm_tail, C_rev_tail, B_prev_tail = backward_inputs(
+            B0, B1, s_B0, s_B1, C0, C1, s_C0, s_C1, b, k, group_B, group_C, tok, mt, pmask, tok_prev, mt_prev,
+            behind, N, BLOCK_N, TAIL_N, TWO_TOK, ACC)
+        g_B_tail = tl.zeros((CHUNK, TAIL_N), dtype=ACC)
+        g_C_tail = tl.zeros((CHUNK, TAIL_N), dtype=ACC)
     part = (b * n_chunks + c) * K + k  # one slot per (batch, chunk, route), reduced on the host
     for sub in range(SUB):
         d, dmask = channels(first_d + sub * BLOCK_D, seg_end, Dr, BLOCK_D)
-        g_B_t, g_C_t = channel_block_backward(
-            u0, u1, s_u0, s_u1, z, s_z, gy0, gy1, s_gy0, s_gy1, dt0, dt1, s_dt0, s_dt1, A, s_A, Dp, s_D,
-            bias, s_bias, states, adjoints, g_u, s_gu, s_guk, s_gum, g_z, s_gz, g_dt, s_gdt, s_gdtm,
-            g_A, g_D, g_bias, part, b, k, d, dmask, c, p, pmask, tok, mt, h, w, in_map, ahead, behind,
-            mt_prev, h_prev_map, w_prev_map, in_map_prev, Bm, Cm, C_rev, B_prev,
-            K, Dr, N, H, W, C, Ws, n_chunks, ROUTE, SOURCE, TWO_U, TWO_TOK, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS,
-            BLOCK_N, CHUNK, ACC)
+        valid = dmask[:, None] & in_map[None, :]
+        dt, raw = load_dt(dt0, dt1, s_dt0, s_dt1, bias, s_bias, b, k, d, dmask, p, pmask, H, W,
+                          ROUTE, TWO_TOK, HAS_BIAS, SOFTPLUS, ACC)
+        dt_next, _ = load_dt(dt0, dt1, s_dt0, s_dt1, bias, s_bias, b, k, d, dmask, p + 1, ahead, H, W,
+                             ROUTE, TWO_TOK, HAS_BIAS, SOFTPLUS, ACC)
+        dt_prev, _ = load_dt(dt0, dt1, s_dt0, s_dt1, bias, s_bias, b, k, d, dmask, p - 1, behind, H, W,
+                             ROUTE, TWO_TOK, HAS_BIAS, SOFTPLUS, ACC)
+        u, m, cs, hs, ws = load_u(u0, u1, s_u0, s_u1, b, d, h, w, mt, valid, C, Ws, SOURCE, TWO_U, ACC)
+        u_prev, _m, _c, _h, _w = load_u(u0, u1, s_u0, s_u1, b, d, h_prev_map, w_prev_map, mt_prev,
+                                        dmask[:, None] & in_map_prev[None, :], C, Ws, SOURCE, TWO_U, ACC)
+        gout = load_pair(gy0, gy1, map_offset(s_gy0, b, d, h, w), map_offset(s_gy1, b, d, h, w),
+                         mt[None, :], valid, TWO_TOK, ACC)
+        gy = gout
+        if HAS_Z:
+            zv = tl.load(z + map_offset(s_z, b, d, h, w), mask=valid, other=0.0).to(ACC)
+            gate = sigmoid(zv)
+            gy = gout * zv * gate
+        row = (b * K + k) * Dr + d
+        g_dt_raw, g_u_t, y_pre, g_B_t, g_C_t = backward_tile(
+            A, s_A, states, adjoints, g_A, part, k, d, dmask, row, c, dt, dt_next, dt_prev, u, u_prev, gy,
+            Bm, Cm, C_rev, B_prev, Dr, N, n_chunks, 0, BLOCK_N, ACC)
         g_B_acc += g_B_t
         g_C_acc += g_C_t
-    bc_off = (blk * s_gbc[0] + mt[:, None] * s_gbc[1] + b * s_gbc[2] + k * s_gbc[3]
-              + n[None, :] * s_gbc[4] + tok[:, None] * s_gbc[5])
-    bc_mask = pmask[:, None] & nmask[None, :]
-    tl.store(g_B + bc_off, g_B_acc, mask=bc_mask)
-    tl.store(g_C + bc_off, g_C_acc, mask=bc_mask)
+        if TAIL_N > 0:
+            g_dt_tail, g_u_tail, y_tail, g_B_t, g_C_t = backward_tile(
+                A, s_A, states, adjoints, g_A, part, k, d, dmask, row, c, dt, dt_next, dt_prev, u, u_prev, gy,
+                Bm_tail, Cm_tail, C_rev_tail, B_prev_tail, Dr, N, n_chunks, BLOCK_N, TAIL_N, ACC)
+            g_dt_raw += g_dt_tail
+            g_u_t += g_u_tail
+            y_pre += y_tail
+            g_B_tail += g_B_t
+            g_C_tail += g_C_t
+
+        if SOFTPLUS:
+            g_dt_raw = g_dt_raw * sigmoid(raw)
+        pd_mask = dmask[:, None] & pmask[None, :]
+        g_dt_raw = tl.where(pd_mask, g_dt_raw, 0.0)
+        if HAS_D:
+            Dv = tl.load(Dp + k * s_D[0] + d * s_D[1], mask=dmask, other=0.0).to(ACC)
+            g_u_t += Dv[:, None] * gy
+        if HAS_Z:
+            if HAS_D:
+                y_pre += Dv[:, None] * u
+            g_zv = gout * y_pre * gate * (1.0 + zv * (1.0 - gate))
+            tl.store(g_z + map_offset(s_gz, b, d, h, w), g_zv.to(g_z.dtype.element_ty), mask=valid)
+        gu_off = k * s_guk + m * s_gum + b * s_gu[0] + cs * s_gu[1] + hs * s_gu[2] + ws * s_gu[3]
+        tl.store(g_u + gu_off, g_u_t.to(g_u.dtype.element_ty), mask=valid)
+        gdt_off = (mt[None, :] * s_gdtm + b * s_gdt[0] + k * s_gdt[1] + d[:, None] * s_gdt[2]
+                   + tok[None, :] * s_gdt[3])
+        tl.store(g_dt + gdt_off, g_dt_raw.to(g_dt.dtype.element_ty), mask=pd_mask)
+        if HAS_D:
+            tl.store(g_D + part * Dr + d, tl.sum(gy * u, axis=1), mask=dmask)
+        if HAS_BIAS:
+            tl.store(g_bias + part * Dr + d, tl.sum(g_dt_raw, axis=1), mask=dmask)
+    store_bc_partials(g_B, g_C, s_gbc, g_B_acc, g_C_acc, blk, mt, b, k, tok, pmask, N, 0, BLOCK_N)
+    if TAIL_N > 0:
+        store_bc_partials(g_B, g_C, s_gbc, g_B_tail, g_C_tail, blk, mt, b, k, tok, pmask, N, BLOCK_N, TAIL_N)
 
 
 @triton.jit
-def channel_block_backward(
-        u0, u1, s_u0, s_u1, z, s_z, gy0, gy1, s_gy0, s_gy1, dt0, dt1, s_dt0, s_dt1, A, s_A, Dp, s_D,
-        bias, s_bias, states, adjoints, g_u, s_gu, s_guk, s_gum, g_z, s_gz, g_dt, s_gdt, s_gdtm,
-        g_A, g_D, g_bias, part, b, k, d, dmask, c, p, pmask, tok, mt, h, w, in_map, ahead, behind,
-        mt_prev, h_prev_map, w_prev_map, in_map_prev, Bm, Cm, C_rev, B_prev,
-        K, Dr, N, H, W, C, Ws, n_chunks, ROUTE: tl.constexpr, SOURCE: tl.constexpr, TWO_U: tl.constexpr,
-        TWO_TOK: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-        SOFTPLUS: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, ACC: tl.constexpr):
-    """The backward of BLOCK_D channels d over one chunk: writes their per-channel gradients and
-    returns their contributions to g_B and g_C, (CHUNK, BLOCK_N) each."""
-    n = tl.arange(0, BLOCK_N).to(tl.int64)
-    smask = dmask[:, None] & (n < N)[None, :]
-    valid = dmask[:, None] & in_map[None, :]
-    dt, raw = load_dt(dt0, dt1, s_dt0, s_dt1, bias, s_bias, b, k, d, dmask, p, pmask, H, W,
-                      ROUTE, TWO_TOK, HAS_BIAS, SOFTPLUS, ACC)
-    dt_next, _ = load_dt(dt0, dt1, s_dt0, s_dt1, bias, s_bias, b, k, d, dmask, p + 1, ahead, H, W,
-                         ROUTE, TWO_TOK, HAS_BIAS, SOFTPLUS, ACC)
-    u, m, cs, hs, ws = load_u(u0, u1, s_u0, s_u1, b, d, h, w, mt, valid, C, Ws, SOURCE, TWO_U, ACC)
-    An = tl.load(A + k * s_A[0] + d[:, None] * s_A[1] + n[None, :] * s_A[2], mask=smask, other=0.0).to(ACC)
+def store_bc_partials(g_B, g_C, s_gbc, g_B_acc, g_C_acc, blk, mt, b, k, tok, pmask, N, N0: tl.constexpr,
+                      BLOCK: tl.constexpr):
+    """scan_backward's program partials of g_B and g_C at states N0 to N0 + BLOCK - 1."""
+    n, nmask = state_block(N, N0, BLOCK)
+    off = (blk * s_gbc[0] + mt[:, None] * s_gbc[1] + b * s_gbc[2] + k * s_gbc[3]
+           + n[None, :] * s_gbc[4] + tok[:, None] * s_gbc[5])
+    mask = pmask[:, None] & nmask[None, :]
+    tl.store(g_B + off, g_B_acc, mask=mask)
+    tl.store(g_C + off, g_C_acc, mask=mask)
+
+
+@triton.jit
+def backward_tile(A, s_A, states, adjoints, g_A, part, k, d, dmask, row, c, dt, dt_next, dt_prev, u, u_prev, gy,
+                  Bm, Cm, C_rev, B_prev, Dr, N, n_chunks, N0: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
+    """The backward of channels d at states N0 to N0 + BLOCK - 1 over one chunk: writes their g_A and
+    returns their parts of g_dt (before softplus), g_u and y (before D and the gate; unused without
+    z, compiled away), (BLOCK_D, T) each, and of g_B and g_C, (T, BLOCK) each."""
+    n, nmask = state_block(N, N0, BLOCK)
+    smask = dmask[:, None] & nmask[None, :]
+    An = load_A(A, s_A, k, d, n, smask, ACC)
     # h_{t-1} by scanning the inputs shifted one step (the chunk's first step starts from the
     # carried state), so that a_t h_{t-1} does not come from the cancellation h_t - dt_t B_t u_t
-    dt_prev, _ = load_dt(dt0, dt1, s_dt0, s_dt1, bias, s_bias, b, k, d, dmask, p - 1, behind, H, W,
-                         ROUTE, TWO_TOK, HAS_BIAS, SOFTPLUS, ACC)
-    u_prev, _m, _c, _h, _w = load_u(u0, u1, s_u0, s_u1, b, d, h_prev_map, w_prev_map, mt_prev,
-                                    dmask[:, None] & in_map_prev[None, :], C, Ws, SOURCE, TWO_U, ACC)
-    h_prev, _a = chunk_states(b, k, d, dmask, c, p, pmask, dt_prev, u_prev, B_prev, An, states, K, Dr, N,
-                              n_chunks, BLOCK_N)
+    h_prev = chunk_states(row, c, n, smask, dt_prev, u_prev, B_prev, An, states, N, n_chunks)
     Bu = Bm[None, :, :] * u[:, :, None]
     a_h_prev = tl.exp(dt[:, :, None] * An[:, None, :]) * h_prev
     h_t = a_h_prev + dt[:, :, None] * Bu
-
-    gout = load_pair(gy0, gy1, map_offset(s_gy0, b, d, h, w), map_offset(s_gy1, b, d, h, w),
-                     mt[None, :], valid, TWO_TOK, ACC)
-    gy = gout
-    if HAS_Z:
-        zv = tl.load(z + map_offset(s_z, b, d, h, w), mask=valid, other=0.0).to(ACC)
-        gate = sigmoid(zv)
-        gy = gout * zv * gate
-    row = (b * K + k) * Dr + d
     after = tl.load(adjoints + (row[:, None] * n_chunks + c) * N + n[None, :], mask=smask, other=0.0)
     # g_t = gy_t C_t + a_{t+1} g_{t+1}, from the carried adjoint at the chunk's end
     a_next_rev = tl.exp(tl.flip(dt_next, 1)[:, :, None] * An[:, None, :])
     g = reverse_recurrence(a_next_rev, tl.flip(gy, 1)[:, :, None] * C_rev[None, :, :], after[:, None, :], 1)
-
-    g_dt_raw = tl.sum(g * (Bu + An[:, None, :] * a_h_prev), axis=2)
-    if SOFTPLUS:
-        g_dt_raw = g_dt_raw * sigmoid(raw)
-    pd_mask = dmask[:, None] & pmask[None, :]
-    g_dt_raw = tl.where(pd_mask, g_dt_raw, 0.0)
-    g_u_t = tl.sum(g * dt[:, :, None] * Bm[None, :, :], axis=2)
-    if HAS_D:
-        Dv = tl.load(Dp + k * s_D[0] + d * s_D[1], mask=dmask, other=0.0).to(ACC)
-        g_u_t += Dv[:, None] * gy
-    if HAS_Z:
-        y_pre = tl.sum(h_t * Cm[None, :, :], axis=2)
-        if HAS_D:
-            y_pre += Dv[:, None] * u
-        g_zv = gout * y_pre * gate * (1.0 + zv * (1.0 - gate))
-        tl.store(g_z + map_offset(s_gz, b, d, h, w), g_zv.to(g_z.dtype.element_ty), mask=valid)
-
-    gu_off = k * s_guk + m * s_gum + b * s_gu[0] + cs * s_gu[1] + hs * s_gu[2] + ws * s_gu[3]
-    tl.store(g_u + gu_off, g_u_t.to(g_u.dtype.element_ty), mask=valid)
-    gdt_off = mt[None, :] * s_gdtm + b * s_gdt[0] + k * s_gdt[1] + d[:, None] * s_gdt[2] + tok[None, :] * s_gdt[3]
-    tl.store(g_dt + gdt_off, g_dt_raw.to(g_dt.dtype.element_ty), mask=pd_mask)
-
-    tl.store(g_A + (part * Dr + d[:, None]) * N + n[None, :],
-             tl.sum(g * dt[:, :, None] * a_h_prev, axis=1), mask=smask)
-    if HAS_D:
-        tl.store(g_D + part * Dr + d, tl.sum(gy * u, axis=1), mask=dmask)
-    if HAS_BIAS:
-        tl.store(g_bias + part * Dr + d, tl.sum(g_dt_raw, axis=1), mask=dmask)
-    return tl.sum(g * (dt * u)[:, :, None], axis=0), tl.sum(gy[:, :, None] * h_t, axis=0)
+    tl.store(g_A + (part * Dr + d[:, None]) * N + n[None, :], tl.sum(g * dt[:, :, None] * a_h_prev, axis=1),
+             mask=smask)
+    return (tl.sum(g * (Bu + An[:, None, :] * a_h_prev), axis=2), tl.sum(g * dt[:, :, None] * Bm[None, :, :], axis=2),
+            tl.sum(h_t * Cm[None, :, :], axis=2), tl.sum(g * (dt * u)[:, :, None], axis=0),
+            tl.sum(gy[:, :, None] * h_t, axis=0))

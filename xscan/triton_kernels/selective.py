@@ -15,7 +15,7 @@ from .tiles import Tiles, acc_dtype, autotuned, carry_launch, grid_launches, sca
 
 # what the best warp count depends on (each kernel keys on those it takes; the autotuner adds the dtypes):
 # the tiles, and the route length and channels in powers of 2
-_KEY = ["ROUTE", "SOURCE", "TWO_U", "TWO_TOK", "HAS_Z", "BACKWARD", "BLOCK_D", "BLOCK_N", "CHUNK"]
+_KEY = ["ROUTE", "SOURCE", "TWO_U", "TWO_TOK", "HAS_Z", "BACKWARD", "BLOCK_D", "BLOCK_N", "TAIL_N", "CHUNK"]
 _SIZES = ["Lseq", "Dr"]
 _summary = autotuned(_KEY, _SIZES)(scan.chunk_summary)
 _forward = autotuned(_KEY, _SIZES)(scan.scan_forward)
@@ -83,7 +83,8 @@ class ScanProblem:
             SEG=self.seg, BPS=self._blocks(sub)[0], SB=self.sb, SC=self.sc, n_chunks=self.n_chunks,
             ROUTE=self.route, SOURCE=self.source, TWO_U=self.two_u,
             TWO_TOK=self.two_tok, HAS_Z=self.z is not None, HAS_BIAS=self.bias is not None,
-            SOFTPLUS=self.softplus, BLOCK_D=t.block_d, BLOCK_N=t.block_n, CHUNK=t.chunk, ACC=self.acc)
+            SOFTPLUS=self.softplus, BLOCK_D=t.block_d, BLOCK_N=t.block_n, TAIL_N=t.tail_n, CHUNK=t.chunk,
+            ACC=self.acc)
 
     def _launches(self, kernel: str, sub: int = 1) -> list:
         """[(grid, first chunk)]: programs (sequence, channel block, chunk), the chunks in launches of
@@ -103,13 +104,13 @@ class ScanProblem:
         or the carry starting from ``init`` (both (Bt*K, Dr, N), contiguous)."""
         s_io = (self.Dr * self.n_chunks * self.N, self.n_chunks * self.N, self.N, 1)
         s_sum = (self.Dr * self.n_chunks, self.n_chunks, 1)
-        grid, rows, warps = carry_launch(self.Bt * self.K, self.Dr, self.tiles.block_n)
+        grid, rows, warps, block_n = carry_launch(self.Bt * self.K, self.Dr, self.N)
         grid_launches("chunk_carry", grid, ("batch x routes", f"blocks of {rows} channels"))
         scan.chunk_carry[grid](
             io, dt_sums, self.A, s_io, s_sum, self.A.stride(), next((t for t in (last, init) if t is not None), io),
             (self.Dr * self.N, self.N, 1), self.K, self.Dr, self.N, self.n_chunks,
             REVERSE=reverse, HAS_LAST=last is not None, HAS_INIT=init is not None, BLOCK_R=rows,
-            BLOCK_N=self.tiles.block_n, num_warps=warps)
+            BLOCK_N=block_n, num_warps=warps)
 
     def _states(self, gy=None, g_last=None):
         """Passes 1 and 2: start state of every chunk, the last states (Bt*K, Dr, N), and with gy the

@@ -286,8 +286,7 @@ class SSDProblem:
                     HAS_D=self.D is not None)
 
     def _carry(self, io, dt_sums, reverse):
-        block_n = triton.next_power_of_2(self.N)
-        grid, rows, warps = carry_launch(2 * self.Bt * self.nh, self.P, block_n)
+        grid, rows, warps, block_n = carry_launch(2 * self.Bt * self.nh, self.P, self.N)
         grid_launches("chunk_carry", grid, ("2 x batch x heads", f"blocks of {rows} head channels"))
         chunk_carry[grid](
             io, dt_sums, self.A, (self.P * self.n_chunks * self.N, self.n_chunks * self.N, self.N, 1),

@@ -26,7 +26,8 @@ _pinned: dict = {}
 class Tiles:
     chunk: int    # time steps per chunk (a power of 2)
     block_d: int  # channels (Mamba-1) per program
-    block_n: int  # d_state, padded to a power of 2
+    block_n: int  # the first tile of states: the largest power of 2 <= d_state
+    tail_n: int   # a second tile for the states after it, padded to a power of 2 (0: none)
 
 
 def acc_dtype(dtype: torch.dtype):
@@ -34,25 +35,37 @@ def acc_dtype(dtype: torch.dtype):
     return (tl.float64, torch.float64) if dtype == torch.float64 else (tl.float32, torch.float32)
 
 
+def state_tiles(N: int) -> tuple:
+    """(head, tail): d_state N in two tiles of powers of 2, the largest power of 2 <= N and the
+    rest padded (0 if none), instead of one tile padded to the next power of 2: N = 18 runs as
+    16 + 2 state lanes, not 32 (benchmarks/RESULTS.md, Triton)."""
+    head = 1 << (N.bit_length() - 1)
+    return head, triton.next_power_of_2(N - head) if N > head else 0
+
+
 def scan_tiles(N: int, backward: bool = False) -> Tiles:
-    """Mamba-1 tiles for d_state N. The backward keeps several times as many tiles live (state,
+    """Mamba-1 tiles for d_state N. The kernels work on one state tile at a time, so the head tile
+    sets the chunk and channels. The backward keeps several times as many tiles live (state,
     adjoint, their inputs, one step behind), so its tiles are an eighth of the forward's: at a
     quarter (2,048 elements) scan_backward spilled 12-2,280 bytes per thread at the networks'
-    shapes (benchmarks/gpu_static.py, sm_90), at 512 nothing."""
-    block_n = triton.next_power_of_2(N)
+    shapes (benchmarks/gpu_static.py, sm_90), at 512 nothing; a tail tile adds to the 512 (N = 18:
+    152 bytes at 4 warps, 16 at 8) for half the programs of a chunk sized by all 18 states."""
+    block_n, tail_n = state_tiles(N)
     chunk = _pinned.get("chunk") or (64 if block_n <= 16 else 32 if block_n <= 64 else 16)
     budget = TILE_ELEMENTS // 8 if backward else TILE_ELEMENTS
     if backward and "chunk" not in _pinned:
         chunk = max(16, min(chunk, budget // block_n))
     block_d = _pinned.get("block_d") or max(1, budget // (chunk * block_n))
-    return Tiles(chunk, block_d, block_n)
+    return Tiles(chunk, block_d, block_n, tail_n)
 
 
-def backward_scan_tiles() -> list:
-    """Every tile shape scan_backward runs its reverse scan at (channels x chunk x states, d_state 1 to
-    MAX_D_STATE): what the GPU kit's smoke check and compile_check run scan.reverse_recurrence_tile at."""
-    return sorted({scan_tiles(2**i, backward=True) for i in range(MAX_D_STATE.bit_length())},
-                  key=lambda t: t.block_n)
+def backward_scan_shapes() -> list:
+    """Every (channels, chunk, states) tile scan_backward runs its reverse scan at (head and tail
+    tiles, d_state 1 to MAX_D_STATE): what the GPU kit's smoke check and compile_check run
+    scan.reverse_recurrence_tile at."""
+    tiles = [scan_tiles(N, backward=True) for N in range(1, MAX_D_STATE + 1)]
+    return sorted({(t.block_d, t.chunk, n) for t in tiles for n in (t.block_n, t.tail_n) if n},
+                  key=lambda shape: (shape[2], shape[1]))
 
 
 # The sequential pass over chunks (scan.chunk_carry) is latency-bound: what makes it fast is many
@@ -61,14 +74,16 @@ CARRY_PROGRAMS = 264  # twice the SMs of an H100
 CARRY_MAX_ROWS = 16
 
 
-def carry_launch(sequences: int, rows: int, block_n: int) -> tuple:
-    """(grid, rows per program, warps) of scan.chunk_carry over sequences x rows carries of block_n
-    states: the widest program that still gives CARRY_PROGRAMS programs, down to one row each."""
+def carry_launch(sequences: int, rows: int, N: int) -> tuple:
+    """(grid, rows per program, warps, state lanes) of scan.chunk_carry over sequences x rows
+    carries of N states: the widest program that still gives CARRY_PROGRAMS programs, down to one
+    row each. One tile of N states padded to a power of 2: the pass is latency-bound, not lanes."""
+    block_n = triton.next_power_of_2(N)
     per = CARRY_MAX_ROWS
     while per > 1 and sequences * triton.cdiv(rows, per) < CARRY_PROGRAMS:
         per //= 2
     warps = max(1, min(4, per * block_n // 32))
-    return (sequences, triton.cdiv(rows, per)), per, warps
+    return (sequences, triton.cdiv(rows, per)), per, warps, block_n
 
 
 def ssd_chunk(backward: bool = False) -> int:
