@@ -156,18 +156,22 @@ def test_gradgradcheck_float64(op):
 
 # ---- the ops as torch.library ops --------------------------------------------------------------------
 
+@pytest.mark.parametrize("save", [False, True])
 @pytest.mark.parametrize("op", OPS)
-def test_opcheck_forward_and_backward(backend, op):
+def test_opcheck_forward_and_backward(backend, op, save):
+    """With save, the forward saves its checkpoints where the backend keeps any (the cpu engine's,
+    here over routes of 2-3 chunks) and the backward starts from them; other backends give none."""
     name, device = backend
-    args, kwargs = make_inputs(op, device=device, **TINY)
+    saving = save and name == "cpu"
+    args, kwargs = make_inputs(op, device=device, **dict(TINY, L=130, H=6, W=45) if saving else TINY)
     full = tuple(a.requires_grad_() if isinstance(a, torch.Tensor) else a
-                 for a in custom_op_args(op, args, kwargs, name))
+                 for a in custom_op_args(op, args, kwargs, name)) + (save,)
     forward = getattr(torch.ops.xscan, op)
     torch.library.opcheck(forward.default, full)
-    outs = forward(*full)
-    outs = outs if isinstance(outs, tuple) else (outs,)
+    *outs, checkpoints = forward(*full)
+    assert checkpoints.numel() > 0 if saving else checkpoints.numel() == 0
     grads = [torch.randn_like(o) for o in outs]
-    torch.library.opcheck(getattr(torch.ops.xscan, f"{op}_backward").default, (grads, *full))
+    torch.library.opcheck(getattr(torch.ops.xscan, f"{op}_backward").default, (grads, *full[:-1], checkpoints))
 
 
 @pytest.mark.parametrize("op", OPS)

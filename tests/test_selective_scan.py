@@ -179,6 +179,6 @@ def test_registered_op_takes_a_weight_dtype_constant():
     Cw = torch.randn(2, 4)
     op_args = (u, delta, A, B.unsqueeze(1), Cw[None, :, :, None].expand(1, 2, 4, 20), kwargs["D"], kwargs["z"],
                kwargs["delta_bias"], True, False, "reference")
-    y, _ = torch.ops.xscan.selective_scan(*op_args)
+    y, _, _ = torch.ops.xscan.selective_scan(*op_args)
     assert y.dtype == torch.float16
     torch.testing.assert_close(y, xscan.selective_scan(u, delta, A, B, Cw, **kwargs))

@@ -2,10 +2,12 @@
 
 A kernel backend is an executor of ``xscan.spec.ScanSpec`` (``forward(spec)`` -> the op's outputs,
 ``backward(spec, grads)`` -> {argument name: gradient}, both raising a clear error before any launch
-for what its kernels cannot take). The reference backend runs each op's own pure-PyTorch functions
-instead (``ops``: op -> (forward, backward)), so that the oracle shares nothing with the kernels'
-description of the ops. The ``torch.library`` custom ops in ``xscan.ops`` look a backend up by the
-name they were called with.
+for what its kernels cannot take). An executor whose backward can start from states its forward saved
+(the cpu backend's) also has ``checkpoints(spec)`` -> their (shape, dtype) or None,
+``forward(spec, checkpoints)`` filling such a buffer and ``backward(spec, grads, checkpoints)``. The
+reference backend runs each op's own pure-PyTorch functions instead (``ops``: op -> (forward,
+backward)), so that the oracle shares nothing with the kernels' description of the ops. The
+``torch.library`` custom ops in ``xscan.ops`` look a backend up by the name they were called with.
 """
 from __future__ import annotations
 

@@ -13,11 +13,11 @@
 namespace xscan {
 namespace cpu {
 void scan_forward(int64_t route, int64_t source, const std::vector<int64_t>& geometry, const ScanInputs& in, const Tensors& y,
-                  const OptTensor& last_state);
+                  const OptTensor& last_state, const OptTensor& checkpoints);
 void scan_backward(int64_t route, int64_t source, const std::vector<int64_t>& geometry, const ScanInputs& in, const Tensors& dy,
                    const OptTensor& dlast, const Tensors& du, const Tensors& ddt, const Tensors& dB,
                    const Tensors& dC, const OptTensor& dz, const at::Tensor& dA, const OptTensor& dD,
-                   const OptTensor& dbias);
+                   const OptTensor& dbias, const OptTensor& checkpoints);
 void complex_scan_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
                           const at::Tensor& C, const OptTensor& D, const OptTensor& z, const OptTensor& bias,
                           bool softplus, at::Tensor y, at::Tensor last_state);
@@ -52,19 +52,19 @@ xscan::cpu::ScanInputs inputs(Tensors u, Tensors dt, Tensors B, Tensors C, OptTe
 
 void scan_forward(int64_t route, int64_t source, std::vector<int64_t> geometry, Tensors u, Tensors dt, Tensors B, Tensors C,
                   OptTensor z, at::Tensor A, OptTensor D, OptTensor bias, bool delta_softplus, Tensors y,
-                  OptTensor last_state) {
+                  OptTensor last_state, OptTensor checkpoints) {
   const auto in = inputs(std::move(u), std::move(dt), std::move(B), std::move(C), std::move(z), std::move(A),
                          std::move(D), std::move(bias), delta_softplus);
-  xscan::cpu::scan_forward(route, source, geometry, in, y, last_state);
+  xscan::cpu::scan_forward(route, source, geometry, in, y, last_state, checkpoints);
 }
 
 void scan_backward(int64_t route, int64_t source, std::vector<int64_t> geometry, Tensors u, Tensors dt, Tensors B, Tensors C,
                    OptTensor z, at::Tensor A, OptTensor D, OptTensor bias, bool delta_softplus, Tensors dy,
                    OptTensor dlast, Tensors du, Tensors ddt, Tensors dB, Tensors dC, OptTensor dz, at::Tensor dA,
-                   OptTensor dD, OptTensor dbias) {
+                   OptTensor dD, OptTensor dbias, OptTensor checkpoints) {
   const auto in = inputs(std::move(u), std::move(dt), std::move(B), std::move(C), std::move(z), std::move(A),
                          std::move(D), std::move(bias), delta_softplus);
-  xscan::cpu::scan_backward(route, source, geometry, in, dy, dlast, du, ddt, dB, dC, dz, dA, dD, dbias);
+  xscan::cpu::scan_backward(route, source, geometry, in, dy, dlast, du, ddt, dB, dC, dz, dA, dD, dbias, checkpoints);
 }
 
 }  // namespace
@@ -96,12 +96,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // xscan.spec's Route and Source numbers, checked by xscan/backends/cpu.py when it loads
   for (const auto& r : xscan::kRouteNames) m.attr((std::string("ROUTE_") + r.name).c_str()) = static_cast<int>(r.value);
   for (const auto& s : xscan::kSourceNames) m.attr((std::string("SOURCE_") + s.name).c_str()) = static_cast<int>(s.value);
+  m.attr("CHUNK") = xscan::cpu::kChunk;
   m.def("scan_forward", &scan_forward,
-        "Forward of a scan: accumulates into the y views, writes last_state (route, source, geometry, "
-        "u, dt, B, C, z, A, D, delta_bias, delta_softplus, y, last_state)");
+        "Forward of a scan: accumulates into the y views, writes last_state and, when given, the checkpoints: "
+        "the state at every chunk start after the first, (Bt, K, chunks - 1, Dm, N) for chunks of CHUNK "
+        "positions (route, source, geometry, u, dt, B, C, z, A, D, delta_bias, delta_softplus, y, last_state, "
+        "checkpoints)");
   m.def("scan_backward", &scan_backward,
         "Backward of a scan: accumulates every gradient into its zeroed view (route, source, geometry, inputs "
-        "as scan_forward, dy, dlast, du, ddt, dB, dC, dz, dA, dD, ddelta_bias)");
+        "as scan_forward, dy, dlast, du, ddt, dB, dC, dz, dA, dD, ddelta_bias, and the forward's checkpoints "
+        "or None to recompute them)");
   m.def("complex_scan_forward", &xscan::cpu::complex_scan_forward,
         "selective_scan with complex A: writes y and last_state (u, delta, A, B, C, D, z, delta_bias, "
         "delta_softplus, y, last_state)");

@@ -7,7 +7,7 @@ namespace cpu {
 void scan_backward(int64_t route, int64_t source, const std::vector<int64_t>& geometry, const ScanInputs& in, const Tensors& dy,
                    const OptTensor& dlast, const Tensors& du, const Tensors& ddt, const Tensors& dB,
                    const Tensors& dC, const OptTensor& dz, const at::Tensor& dA, const OptTensor& dD,
-                   const OptTensor& dbias) {
+                   const OptTensor& dbias, const OptTensor& checkpoints) {
   const ScanShape s = check_inputs(route, source, geometry, in);
   const size_t M = in.u.size();
   check_maps(s, dy, s.y_map, M, "dy");
@@ -20,6 +20,7 @@ void scan_backward(int64_t route, int64_t source, const std::vector<int64_t>& ge
   if (dD) expect_sizes(*dD, {s.routes, s.channels}, "dD");
   if (dbias) expect_sizes(*dbias, {s.routes, s.channels}, "ddelta_bias");
   if (dlast) expect_sizes(*dlast, {s.batch, s.routes, s.channels, s.dstate}, "dlast");
+  check_checkpoints(s, checkpoints, in.u[0].scalar_type());
   TORCH_CHECK(dz.has_value() == in.z.has_value() && dD.has_value() == in.D.has_value() &&
                   dbias.has_value() == in.bias.has_value(),
               "xscan._C: a gradient buffer for every optional input that is given, none for one that is not");
@@ -34,6 +35,7 @@ void scan_backward(int64_t route, int64_t source, const std::vector<int64_t>& ge
     }
     v.dlast = strided<const acc_t>(dlast);
     v.dz = strided<acc_t>(dz);
+    v.checkpoints = strided<acc_t>(checkpoints);
     with_route(route, source, geometry, [&](const auto& route) { run_backward(v, route, dB, dC, dA, dD, dbias); });
   });
 }

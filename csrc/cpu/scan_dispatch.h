@@ -48,7 +48,7 @@ struct ScanInputs {
 // Every view is checked against them before any kernel runs, so that no index the engine computes
 // leaves a buffer: the Python glue builds consistent views, this guards the extension's own entry.
 struct ScanShape {
-  int64_t batch, routes, channels, dstate, groups_B, groups_C, tokens;
+  int64_t batch, routes, channels, dstate, groups_B, groups_C, tokens, length;  // length: positions per route
   std::vector<int64_t> u_map, y_map;  // (channels, rows, cols) of u's and y's pixel maps
 };
 
@@ -68,8 +68,8 @@ inline ScanShape check_inputs(int64_t route, int64_t source, const std::vector<i
               "xscan._C: one or two modalities of u, dt, B, C");
   TORCH_CHECK(in.dt[0].dim() == 4 && in.A.dim() == 3 && in.B[0].dim() == 5 && in.C[0].dim() == 5,
               "xscan._C: dt must be (Bt, K, Dm, E), A (K, Dm, N), B and C (Bt, K, G, N, E)");
-  ScanShape s{in.dt[0].size(0), in.dt[0].size(1), in.dt[0].size(2), in.A.size(2), in.B[0].size(2), in.C[0].size(2), 0,
-              {}, {}};
+  ScanShape s{in.dt[0].size(0), in.dt[0].size(1), in.dt[0].size(2), in.A.size(2), in.B[0].size(2), in.C[0].size(2),
+              0, 0, {}, {}};
   TORCH_CHECK(s.groups_B > 0 && s.groups_C > 0 && s.channels % s.groups_B == 0 && s.channels % s.groups_C == 0,
               "xscan._C: B and C groups must divide the channels");
   with_route(route, source, g, [&](const auto& policy) {
@@ -80,6 +80,7 @@ inline ScanShape check_inputs(int64_t route, int64_t source, const std::vector<i
     if constexpr (!std::decay_t<decltype(policy)>::kSameChannel)
       TORCH_CHECK(policy.fits(s.channels), "xscan._C: the realigned map does not match the input maps");
     s.tokens = policy.tokens();
+    s.length = policy.length();
     const Extent u = policy.u_map(s.channels), y = policy.y_map(s.channels);
     s.u_map = {u.channels, u.rows, u.cols};
     s.y_map = {y.channels, y.rows, y.cols};
@@ -98,6 +99,15 @@ inline ScanShape check_inputs(int64_t route, int64_t source, const std::vector<i
   if (in.D) expect_sizes(*in.D, {K, s.channels}, "D");
   if (in.bias) expect_sizes(*in.bias, {K, s.channels}, "delta_bias");
   return s;
+}
+
+// The forward's checkpoints (see ScanViews): (Bt, K, chunks - 1, Dm, N) in the accumulation dtype.
+inline void check_checkpoints(const ScanShape& s, const OptTensor& checkpoints, at::ScalarType token_type) {
+  if (!checkpoints) return;
+  const int64_t chunks = (s.length + kChunk - 1) / kChunk;
+  expect_sizes(*checkpoints, {s.batch, s.routes, chunks - 1, s.channels, s.dstate}, "checkpoints");
+  const auto acc = token_type == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(checkpoints->scalar_type() == acc, "xscan._C: checkpoints must be ", acc);
 }
 
 // Output and gradient views: y, dy, du and ddt are per modality (realign: one map in both slots).

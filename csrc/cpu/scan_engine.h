@@ -6,18 +6,22 @@
 // engine reads through strided views, so nothing is flipped, transposed, interleaved or copied into
 // route order.
 //
-// Work is split over (batch b, block of channels) items with OpenMP; one thread runs all K routes of
-// its item, so it owns y, du, ddelta, dz of those channels and the route sums need no atomics. Gradients of
-// tensors shared between items (B, C of a group; A, D, delta_bias across the batch) go to per-thread
-// partial buffers summed afterwards in thread order: deterministic for a given thread count.
+// Work is split over (batch b, block of channels) items with OpenMP, handed out to the threads one
+// at a time (the backward: one contiguous range of items at a time), so a thread that shares its core
+// with another process does less of the call; one thread runs all K routes of its item, so it owns y,
+// du, ddelta, dz of those channels and the route sums need no atomics. Gradients of tensors shared
+// between items (B, C of a group; A, D, delta_bias across the batch) go to per-range partial buffers
+// summed afterwards in range order: deterministic for a given thread count.
 //
 // Both directions run a block's channels side by side, so their inner loops vectorise across
 // channels for any d_state, without reductions in the recurrences (see channel_block,
 // backward_block).
 //
-// Backward keeps no (L, N) history: a first pass stores the state at every chunk start (one chunk of
-// kChunk steps), then the reverse pass recomputes the chunk's states and decays, keeps them for its
-// adjoint sweep, and sums the B and C gradients over the block's channels after the sweep.
+// Backward keeps no (L, N) history, only the state at every chunk start (one chunk of kChunk steps):
+// from the forward's checkpoints when it saved them (a forward run for training writes them: per
+// route N / kChunk of u's size), else from a first pass that reruns the forward's recurrence. The
+// reverse pass recomputes each chunk's states and decays from its start, keeps them for its adjoint
+// sweep, and sums the B and C gradients over the block's channels after the sweep.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -38,10 +42,12 @@
 namespace xscan {
 namespace cpu {
 
+constexpr int64_t kRangesPerThread = 4;  // backward: ranges of items per thread (see run_backward)
 constexpr int64_t kChunk = 64;  // steps per checkpointed chunk of the backward
 // Positions the forward loads at a time: long runs of each channel's plane keep the hardware
 // prefetchers streaming (64 gave ~30% stalls on the loads).
 constexpr int64_t kForwardTile = 256;
+static_assert(kForwardTile % kChunk == 0, "a forward tile holds whole chunks (their checkpoints)");
 
 // A strided view of up to 5 dimensions (unused trailing strides are 0).
 template <typename T>
@@ -75,14 +81,15 @@ Strided<T> strided(const c10::optional<at::Tensor>& t) {
 // Views of one call. Per-token tensors are scalar_t; parameters, outputs and gradients acc_t.
 //   u, z, y, du, dz, dy: (Bt, channels, rows, cols) pixel maps;  dt, ddt: (Bt, K, Dm, E);
 //   B, C, dB, dC: (Bt, K, G, N, E);  A, dA: (K, Dm, N);  D, bias and their grads: (K, Dm);
-//   last_state, dlast: (Bt, K, Dm, N).
+//   last_state, dlast: (Bt, K, Dm, N);  checkpoints: (Bt, K, chunks - 1, Dm, N), the state at the
+//   start of chunks 1, 2, ... (see kChunk), which a forward writes when given and a backward reads.
 template <typename scalar_t, typename acc_t>
 struct ScanViews {
   int64_t batch = 0, routes = 1, channels = 0, dstate = 0, groups_B = 1, groups_C = 1;
   bool delta_softplus = false;
   Strided<const scalar_t> u[2], dt[2], B[2], C[2], z;
   Strided<const acc_t> A, D, bias;
-  Strided<acc_t> y[2], last_state;
+  Strided<acc_t> y[2], last_state, checkpoints;
   // backward only
   Strided<const acc_t> dy[2], dlast;
   Strided<acc_t> du[2], ddt[2], dz;  // dB, dC, dA, dD, dbias: see run_backward
@@ -145,9 +152,9 @@ struct Workspace {
   std::vector<acc_t> statesT, decayT;                         // (tile, N, block); decayT becomes the adjoint
   std::vector<acc_t> dhT, dAT;                                // (N, block)
   std::vector<acc_t> sumB, dD, dbias;                         // (block)
-  std::vector<acc_t> chunk_start;                             // (chunks, N, block)
+  std::vector<acc_t> chunk_start;                             // (chunks - 1, N, block): see backward
 
-  // chunks: the backward's checkpoints per route (0 for the forward, which needs none of its buffers)
+  // chunks: the backward's chunks per route (0 for the forward, which needs none of its buffers)
   Workspace(int64_t N_, int64_t block, int64_t chunks, int64_t tile_)
       : N(N_), tile(tile_), tok(tile_), out_at(tile_), at_dt(tile_), at_u(tile_), at_z(tile_), at_y(tile_),
         Bc(tile_ * N_), Cc(tile_ * N_), dtT(tile_ * block), dtuT(tile_ * block), uT(tile_ * block),
@@ -291,33 +298,33 @@ struct Engine {
     }
   }
 
-  // The block's channels over the loaded tile, side by side (the inner loops run across channels,
-  // so they vectorise for any d_state without a reduction), from the states in hT. with_y puts
-  // C . h of every position in yT (n, block). Without `states`, hT carries the states on; with it,
-  // the states and decays of position i go to states and decays[i] (each (N, block)) and hT keeps
-  // the tile's start.
-  void advance_block(Workspace<acc_t>& ws, int64_t n, bool with_y, acc_t* states = nullptr,
+  // The block's channels over positions [first, n) of the loaded tile, side by side (the inner
+  // loops run across channels, so they vectorise for any d_state without a reduction), from the
+  // states in hT. with_y puts C . h of every position i in yT[i] (block). Without `states`, hT
+  // carries the states on; with it (first = 0), the states and decays of position i go to states
+  // and decays[i] (each (N, block)) and hT keeps the tile's start.
+  void advance_block(Workspace<acc_t>& ws, int64_t first, int64_t n, bool with_y, acc_t* states = nullptr,
                      acc_t* decays = nullptr) const {
     // a block width known at compile time unrolls the channel loops without masked tails
     if (states) {
-      if (block == 32) return recur<32, true>(ws, n, with_y, states, decays);
-      if (block == 16) return recur<16, true>(ws, n, with_y, states, decays);
-      if (block == 8) return recur<8, true>(ws, n, with_y, states, decays);
-      return recur<0, true>(ws, n, with_y, states, decays);
+      if (block == 32) return recur<32, true>(ws, first, n, with_y, states, decays);
+      if (block == 16) return recur<16, true>(ws, first, n, with_y, states, decays);
+      if (block == 8) return recur<8, true>(ws, first, n, with_y, states, decays);
+      return recur<0, true>(ws, first, n, with_y, states, decays);
     }
-    if (block == 32) return recur<32, false>(ws, n, with_y, nullptr, nullptr);
-    if (block == 16) return recur<16, false>(ws, n, with_y, nullptr, nullptr);
-    if (block == 8) return recur<8, false>(ws, n, with_y, nullptr, nullptr);
-    recur<0, false>(ws, n, with_y, nullptr, nullptr);
+    if (block == 32) return recur<32, false>(ws, first, n, with_y, nullptr, nullptr);
+    if (block == 16) return recur<16, false>(ws, first, n, with_y, nullptr, nullptr);
+    if (block == 8) return recur<8, false>(ws, first, n, with_y, nullptr, nullptr);
+    recur<0, false>(ws, first, n, with_y, nullptr, nullptr);
   }
 
   // The recurrence of advance_block; kWidth: the block width, 0 if not fixed.
   template <int kWidth, bool kStore>
-  void recur(Workspace<acc_t>& ws, int64_t n, bool with_y, acc_t* states, acc_t* decays) const {
+  void recur(Workspace<acc_t>& ws, int64_t first, int64_t n, bool with_y, acc_t* states, acc_t* decays) const {
     const int64_t N = v.dstate, nb = kWidth ? kWidth : block;
     acc_t* g = ws.gT.data();
     const acc_t* a = ws.aT.data();
-    for (int64_t i = 0; i < n; ++i) {
+    for (int64_t i = first; i < n; ++i) {
       const acc_t* dt = &ws.dtT[i * nb];
       const acc_t* dtu = &ws.dtuT[i * nb];
       const acc_t* Bn = &ws.Bc[i * N];
@@ -365,7 +372,12 @@ struct Engine {
       const int64_t n = std::min(ws.tile, len - j0);
       load_tokens(ws, b, k, d0, j0, n);
       load_block(ws, b, k, d0, n, false);
-      advance_block(ws, n, true);
+      // chunk by chunk, to checkpoint the state at each chunk start the route reaches
+      for (int64_t i = 0; i < n; i += kChunk) {
+        const int64_t end = std::min(i + kChunk, n);
+        advance_block(ws, i, end, true);
+        if (v.checkpoints && j0 + end < len) save_checkpoint(ws, b, k, d0, (j0 + end) / kChunk);
+      }
       for (int64_t c = 0; c < nb; ++c) {
         const int64_t d = d0 + c;
         const acc_t Dk = param(v.D, k, d);
@@ -415,6 +427,31 @@ struct Engine {
         for (int64_t s = 0; s < N; ++s) v.last_state(b, k, d0 + c, s) = ws.hT[s * nb + c];
   }
 
+  // The block's state in hT, the start of chunk ch (> 0), into the checkpoints.
+  void save_checkpoint(const Workspace<acc_t>& ws, int64_t b, int64_t k, int64_t d0, int64_t ch) const {
+    for (int64_t c = 0; c < block; ++c) {
+      acc_t* h = v.checkpoints.at5(b, k, ch - 1, d0 + c, 0);
+      for (int64_t s = 0; s < v.dstate; ++s) h[s * v.checkpoints.stride[4]] = ws.hT[s * block + c];
+    }
+  }
+
+  // hT = the block's state at the start of chunk ch: zero for the first, else the forward's
+  // checkpoint if it saved them, else pass 1's.
+  void load_chunk_start(Workspace<acc_t>& ws, int64_t b, int64_t k, int64_t d0, int64_t ch) const {
+    const int64_t N = v.dstate, plane_size = N * block;
+    if (ch == 0) {
+      std::fill(ws.hT.begin(), ws.hT.end(), acc_t(0));
+    } else if (v.checkpoints) {
+      for (int64_t c = 0; c < block; ++c) {
+        const acc_t* h = v.checkpoints.at5(b, k, ch - 1, d0 + c, 0);
+        for (int64_t s = 0; s < N; ++s) ws.hT[s * block + c] = h[s * v.checkpoints.stride[4]];
+      }
+    } else {
+      std::copy(ws.chunk_start.begin() + (ch - 1) * plane_size, ws.chunk_start.begin() + ch * plane_size,
+                ws.hT.begin());
+    }
+  }
+
   // Where one thread's gradients of shared tensors go (its partial buffers, or the real ones).
   enum Slot { kdB0, kdB1, kdC0, kdC1, kdA, kdD, kdBias, kSlots };
   struct Sinks {
@@ -430,15 +467,16 @@ struct Engine {
     load_A(ws, k, d0);
     for (int64_t c = 0; c < nb; ++c) ws.Dc[c] = param(v.D, k, d0 + c);
 
-    // Pass 1: the block's states at every chunk start, (chunks, N, block).
-    std::fill(ws.hT.begin(), ws.hT.end(), acc_t(0));
-    for (int64_t ch = 0; ch < chunks; ++ch) {
-      const int64_t j0 = ch * kChunk, n = std::min(kChunk, len - j0);
-      std::copy(ws.hT.begin(), ws.hT.end(), ws.chunk_start.begin() + ch * plane_size);
-      if (ch == chunks - 1) break;  // the last chunk's end state is not a chunk start
-      load_tokens(ws, b, k, d0, j0, n);
-      load_block(ws, b, k, d0, n, false);
-      advance_block(ws, n, false);
+    // Pass 1, without the forward's checkpoints: the block's states at the chunk starts after the
+    // first, (chunks - 1, N, block).
+    if (!v.checkpoints) {
+      std::fill(ws.hT.begin(), ws.hT.end(), acc_t(0));
+      for (int64_t ch = 0; ch < chunks - 1; ++ch) {
+        load_tokens(ws, b, k, d0, ch * kChunk, kChunk);
+        load_block(ws, b, k, d0, kChunk, false);
+        advance_block(ws, 0, kChunk, false);
+        std::copy(ws.hT.begin(), ws.hT.end(), ws.chunk_start.begin() + ch * plane_size);
+      }
     }
 
     // Pass 2, last chunk first: recompute the chunk's states and decays from its start, then run
@@ -452,9 +490,8 @@ struct Engine {
       const int64_t j0 = ch * kChunk, n = std::min(kChunk, len - j0);
       load_tokens(ws, b, k, d0, j0, n);
       load_block(ws, b, k, d0, n, true);
-      std::copy(ws.chunk_start.begin() + ch * plane_size, ws.chunk_start.begin() + (ch + 1) * plane_size,
-                ws.hT.begin());
-      advance_block(ws, n, static_cast<bool>(v.z), ws.statesT.data(), ws.decayT.data());
+      load_chunk_start(ws, b, k, d0, ch);
+      advance_block(ws, 0, n, static_cast<bool>(v.z), ws.statesT.data(), ws.decayT.data());
       load_output_grads(ws, b, d0, n);
       gate_backward(ws, n);
       adjoint_sweep(ws, n);
@@ -649,52 +686,36 @@ inline int64_t view_extent(const at::Tensor& t) {
   return extent;
 }
 
-// Per-thread partial buffers of one gradient view: thread i writes through the same strides into
-// its own copy; reduce() adds the copies into the view in thread order.
+// Per-range partial buffers of one gradient view (see run_backward): range i writes through the same
+// strides into its own copy; reduce() adds the copies into the view in range order.
 template <typename acc_t>
 struct Partials {
-  at::Tensor buffer;  // (threads, extent)
+  at::Tensor buffer;  // (ranges, extent)
   Strided<acc_t> view;
   int64_t extent = 0;
 
   Partials() = default;
-  Partials(const at::Tensor& grad, int64_t threads) : view(strided<acc_t>(grad)), extent(view_extent(grad)) {
-    buffer = at::zeros({threads, extent}, grad.options());
+  Partials(const at::Tensor& grad, int64_t ranges) : view(strided<acc_t>(grad)), extent(view_extent(grad)) {
+    buffer = at::zeros({ranges, extent}, grad.options());
   }
-  Strided<acc_t> for_thread(int64_t i) const {
+  Strided<acc_t> for_range(int64_t i) const {
     Strided<acc_t> s = view;
     s.data = buffer.data_ptr<acc_t>() + i * extent;
     return s;
   }
   void reduce() {
-    const int64_t threads = buffer.size(0);
+    const int64_t ranges = buffer.size(0);
     const acc_t* parts = buffer.data_ptr<acc_t>();
     acc_t* dst = view.data;
     const int64_t extent_ = extent;
     at::parallel_for(0, extent_, 4096, [&](int64_t lo, int64_t hi) {
-      for (int64_t i = 0; i < threads; ++i)
+      for (int64_t i = 0; i < ranges; ++i)
         for (int64_t o = lo; o < hi; ++o) dst[o] += parts[i * extent_ + o];
     });
   }
 };
 
 inline int64_t team_size() { return std::max<int64_t>(1, at::get_num_threads()); }
-
-inline int64_t thread_index() {
-#ifdef _OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
-
-inline int64_t team_now() {
-#ifdef _OPENMP
-  return omp_get_num_threads();
-#else
-  return 1;
-#endif
-}
 
 // Threads for `items` work items of `work` state updates in all: small calls run on one thread
 // (waking a team costs more than they do).
@@ -712,7 +733,10 @@ void run_forward(const ScanViews<scalar_t, acc_t>& v, const Route& route) {
 #pragma omp parallel num_threads(threads)
   {
     Workspace<acc_t> ws(v.dstate, block, 0, kForwardTile);
-#pragma omp for schedule(static)
+    // Items are handed out one at a time: a thread that shares its core with another process takes
+    // fewer of them instead of holding the whole call (items write disjoint outputs, so the results
+    // do not depend on which thread runs which).
+#pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < items; ++item)
       for (int64_t k = 0; k < v.routes; ++k) engine.forward(ws, item / blocks, k, (item % blocks) * block);
   }
@@ -725,36 +749,36 @@ inline bool owned_by_item(const at::Tensor& grad, int64_t channels, int64_t grou
   return channels / groups == block && distinct_batches && distinct_groups;
 }
 
-// The items of thread t of T: a contiguous range, the same split every call.
-inline int64_t range_start(int64_t t, int64_t threads, int64_t items) { return t * items / threads; }
+// The items of range r of R: contiguous, the same split every call.
+inline int64_t range_start(int64_t r, int64_t ranges, int64_t items) { return r * items / ranges; }
 
-inline int64_t owner_of(int64_t item, int64_t threads, int64_t items) {
-  int64_t t = 0;
-  while (range_start(t + 1, threads, items) <= item) ++t;
-  return t;
+inline int64_t owner_of(int64_t item, int64_t ranges, int64_t items) {
+  int64_t r = 0;
+  while (range_start(r + 1, ranges, items) <= item) ++r;
+  return r;
 }
 
-// Gradient of a tensor with a batch axis (B, C) that items of several threads add into. Items run
-// batch-major in contiguous ranges per thread, so a batch is shared by threads only at the edges of
-// their ranges: there a thread adds into its own copy of that batch's slice, elsewhere into the
-// tensor itself. reduce() adds the copies in thread order (deterministic for a given thread count).
+// Gradient of a tensor with a batch axis (B, C) that items of several ranges add into. Items run
+// batch-major in contiguous ranges, so a batch is shared by ranges only at their edges: there a
+// range adds into its own copy of that batch's slice, elsewhere into the tensor itself. reduce() adds
+// the copies in range order (deterministic for a given number of ranges).
 template <typename acc_t>
 struct BatchPartials {
   Strided<acc_t> view;
-  int64_t threads, items, blocks, slice;  // slice: elements of one batch (the batch stride)
-  std::vector<char> shared;               // per batch: touched by more than one thread
-  at::Tensor copies;                      // (threads, 2, slice): a thread's first and last batch
+  int64_t ranges, items, blocks, slice;  // slice: elements of one batch (the batch stride)
+  std::vector<char> shared;              // per batch: touched by more than one range
+  at::Tensor copies;                     // (ranges, 2, slice): a range's first and last batch
 
-  BatchPartials(const at::Tensor& grad, int64_t threads_, int64_t items_, int64_t blocks_)
-      : view(strided<acc_t>(grad)), threads(threads_), items(items_), blocks(blocks_), slice(grad.stride(0)) {
+  BatchPartials(const at::Tensor& grad, int64_t ranges_, int64_t items_, int64_t blocks_)
+      : view(strided<acc_t>(grad)), ranges(ranges_), items(items_), blocks(blocks_), slice(grad.stride(0)) {
     const int64_t batch = grad.size(0);
     shared.resize(batch);
     bool any = false;
     for (int64_t b = 0; b < batch; ++b) {
-      shared[b] = owner_of(b * blocks, threads, items) != owner_of((b + 1) * blocks - 1, threads, items);
+      shared[b] = owner_of(b * blocks, ranges, items) != owner_of((b + 1) * blocks - 1, ranges, items);
       any = any || shared[b];
     }
-    if (any) copies = at::zeros({threads, 2, slice}, grad.options());
+    if (any) copies = at::zeros({ranges, 2, slice}, grad.options());
   }
 
   // Valid for a view whose batch slices are disjoint, contiguous spans of memory.
@@ -762,11 +786,11 @@ struct BatchPartials {
     return grad.stride(0) > 0 && view_extent(grad.select(0, 0)) <= grad.stride(0);
   }
 
-  Strided<acc_t> for_item(int64_t t, int64_t b) const {
+  Strided<acc_t> for_item(int64_t r, int64_t b) const {
     Strided<acc_t> s = view;
     if (!shared[b]) return s;
-    const int64_t which = b == range_start(t, threads, items) / blocks ? 0 : 1;
-    s.data = copies.data_ptr<acc_t>() + (t * 2 + which) * slice - b * slice;
+    const int64_t which = b == range_start(r, ranges, items) / blocks ? 0 : 1;
+    s.data = copies.data_ptr<acc_t>() + (r * 2 + which) * slice - b * slice;
     return s;
   }
 
@@ -774,10 +798,10 @@ struct BatchPartials {
     for (int64_t b = 0; b < static_cast<int64_t>(shared.size()); ++b) {
       if (!shared[b]) continue;
       acc_t* dst = view.data + b * slice;
-      const int64_t first = owner_of(b * blocks, threads, items), last = owner_of((b + 1) * blocks - 1, threads, items);
-      for (int64_t t = first; t <= last; ++t) {
-        const int64_t which = b == range_start(t, threads, items) / blocks ? 0 : 1;
-        const acc_t* src = copies.data_ptr<acc_t>() + (t * 2 + which) * slice;
+      const int64_t first = owner_of(b * blocks, ranges, items), last = owner_of((b + 1) * blocks - 1, ranges, items);
+      for (int64_t r = first; r <= last; ++r) {
+        const int64_t which = b == range_start(r, ranges, items) / blocks ? 0 : 1;
+        const acc_t* src = copies.data_ptr<acc_t>() + (r * 2 + which) * slice;
         for (int64_t o = 0; o < slice; ++o) dst[o] += src[o];
       }
     }
@@ -795,20 +819,25 @@ void run_backward(const ScanViews<scalar_t, acc_t>& v, const Route& route, const
   const E engine{v, route, block};
   const int64_t blocks = v.channels / block, items = v.batch * blocks;
   const int64_t threads = threads_for(items, work);
+  // Contiguous ranges of items, kRangesPerThread per thread, handed out one at a time: a thread that
+  // shares its core with another process takes fewer of them instead of holding the whole call. The
+  // partial sums are per range, so the results depend on the number of ranges (on the thread count),
+  // not on which thread ran which range.
+  const int64_t ranges = std::min(items, threads * kRangesPerThread);
 
   typename E::Sinks shared;               // the real gradient views
-  std::vector<Partials<acc_t>> partials;  // per-thread copies of whole gradients (A, D, delta_bias)
+  std::vector<Partials<acc_t>> partials;  // per-range copies of whole gradients (A, D, delta_bias)
   std::vector<int> partial_slot;
-  std::vector<BatchPartials<acc_t>> batch_partials;  // per-thread copies of shared batches (B, C)
+  std::vector<BatchPartials<acc_t>> batch_partials;  // per-range copies of shared batches (B, C)
   std::vector<int> batch_slot;
   auto sink = [&](int slot, const at::Tensor& grad, bool owned) {
     shared.slot[slot] = strided<acc_t>(grad);
     if (owned) return;
     if (BatchPartials<acc_t>::applies(grad) && slot < E::kdA) {
-      batch_partials.emplace_back(grad, threads, items, blocks);
+      batch_partials.emplace_back(grad, ranges, items, blocks);
       batch_slot.push_back(slot);
     } else {
-      partials.emplace_back(grad, threads);
+      partials.emplace_back(grad, ranges);
       partial_slot.push_back(slot);
     }
   };
@@ -820,17 +849,17 @@ void run_backward(const ScanViews<scalar_t, acc_t>& v, const Route& route, const
   if (dD) sink(E::kdD, *dD, false);
   if (dbias) sink(E::kdBias, *dbias, false);
 
-  // `threads` ranges of items, each run whole by one thread of the team (also if the team is smaller)
 #pragma omp parallel num_threads(threads)
   {
     Workspace<acc_t> ws(v.dstate, block, chunks, kChunk);
-    for (int64_t t = thread_index(); t < threads; t += team_now()) {
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t r = 0; r < ranges; ++r) {
       typename E::Sinks sinks = shared;
-      for (size_t i = 0; i < partials.size(); ++i) sinks.slot[partial_slot[i]] = partials[i].for_thread(t);
-      const int64_t end = range_start(t + 1, threads, items);
-      for (int64_t item = range_start(t, threads, items); item < end; ++item) {
+      for (size_t i = 0; i < partials.size(); ++i) sinks.slot[partial_slot[i]] = partials[i].for_range(r);
+      const int64_t end = range_start(r + 1, ranges, items);
+      for (int64_t item = range_start(r, ranges, items); item < end; ++item) {
         const int64_t b = item / blocks;
-        for (size_t i = 0; i < batch_partials.size(); ++i) sinks.slot[batch_slot[i]] = batch_partials[i].for_item(t, b);
+        for (size_t i = 0; i < batch_partials.size(); ++i) sinks.slot[batch_slot[i]] = batch_partials[i].for_item(r, b);
         for (int64_t k = 0; k < v.routes; ++k) engine.backward(ws, sinks, b, k, (item % blocks) * block);
       }
     }

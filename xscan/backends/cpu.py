@@ -3,8 +3,10 @@
 
 The engine reads every argument through the spec's views and accumulates outputs and gradients
 into zeroed buffers seen through the same views, so it writes each gradient exactly where it read
-the input (broadcast views accumulate: per-thread partials keep that race-free). selective_scan
-with a complex A runs its own kernel (csrc/cpu/complex_scan.cpp).
+the input (broadcast views accumulate: per-thread partials keep that race-free). A forward for
+training also writes its checkpoints (the state at every chunk start), from which the backward runs
+without rerunning the forward's recurrence. selective_scan with a complex A runs its own kernel
+(csrc/cpu/complex_scan.cpp), which keeps none.
 """
 from __future__ import annotations
 
@@ -63,16 +65,27 @@ class CpuExecutor:
                 ys[s] = out.view(buf)
         return ys, last_state, outs
 
-    def forward(self, spec: ScanSpec) -> list:
+    def checkpoints(self, spec: ScanSpec) -> Optional[tuple]:
+        """(shape, dtype) of the checkpoints the engine's forward can save for its backward: the state
+        at the start of every chunk of ``xscan._C.CHUNK`` positions after the first,
+        (Bt, K, chunks - 1, Dm, N) in the accumulation dtype; None for a complex A."""
+        if spec.view("A").is_complex():
+            return None
+        chunks = (spec.length() + self.C.CHUNK - 1) // self.C.CHUNK
+        return (spec.batch, spec.routes, chunks - 1, spec.channels, spec.dstate), accumulate_dtype(spec.dtype())
+
+    def forward(self, spec: ScanSpec, checkpoints: Optional[torch.Tensor] = None) -> list:
+        """The op's outputs; fills ``checkpoints`` (of ``self.checkpoints(spec)``) when given."""
         if spec.view("A").is_complex():
             return self._complex(spec)
         engine_in, _, _, _, acc = self._inputs(spec)
         ys, last_state, outs = self._outputs(spec, acc, lambda out, acc: torch.zeros(out.shape, dtype=acc))
         self.C.scan_forward(int(spec.route), int(spec.source), list(spec.geometry), *engine_in, spec.softplus,
-                            ys, last_state)
+                            ys, last_state, checkpoints)
         return [buf.to(out.dtype) for buf, out in zip(outs, spec.outputs)]
 
-    def backward(self, spec: ScanSpec, grads: list) -> dict:
+    def backward(self, spec: ScanSpec, grads: list, checkpoints: Optional[torch.Tensor] = None) -> dict:
+        """Gradients by argument name, from the forward's checkpoints when given (else recomputed)."""
         if spec.view("A").is_complex():
             return self._complex(spec, grads)
         engine_in, gl, gs, buffers, acc = self._inputs(spec, with_grads=True)
@@ -80,7 +93,7 @@ class CpuExecutor:
         dys, dlast, _ = self._outputs(spec, acc, lambda out, acc: next(grads).to(acc).expand(out.shape))
         self.C.scan_backward(int(spec.route), int(spec.source), list(spec.geometry), *engine_in, spec.softplus,
                              dys, dlast, gl["u"], gl["dt"], gl["B"], gl["C"], gs["z"], gs["A"], gs["D"],
-                             gs["delta_bias"])
+                             gs["delta_bias"], checkpoints)
         return {name: g.to(spec.arguments[name][1].dtype) for name, g in buffers.items()}
 
     def _complex(self, spec: ScanSpec, grads: Optional[list] = None):
@@ -114,7 +127,7 @@ def _load() -> Optional[str]:
         ext = importlib.import_module("xscan._C")
     except ImportError as e:
         return f"xscan._C is not built ({e}); run `pip install -e .`"
-    if not hasattr(ext, "complex_scan_forward"):
+    if not hasattr(ext, "CHUNK"):
         return "xscan._C is an old build; run `pip install -e .`"
     check_codes(ext, "xscan._C")
     _registry.backend("cpu").executor = CpuExecutor(ext)

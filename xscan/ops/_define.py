@@ -1,9 +1,18 @@
 """One ``torch.library`` custom-op pair (forward, backward) per scan, dispatched by backend name.
 
-The forward op ``xscan::<name>`` and its backward ``xscan::<name>_backward`` both end with two
-arguments the public wrapper fixes before the call: ``fp32_output`` (``xscan.fp32_output``: fp16/bf16
-inputs give fp32 outputs) and the backend name. Under ``torch.compile`` both are constants of the
-graph, and the backward runs on the same backend as its forward.
+The forward op ``xscan::<name>`` and its backward ``xscan::<name>_backward`` both take, after the
+op's arguments, two that the public wrapper fixes before the call: ``fp32_output``
+(``xscan.fp32_output``: fp16/bf16 inputs give fp32 outputs) and the backend name. Under
+``torch.compile`` both are constants of the graph, and the backward runs on the same backend as its
+forward.
+
+Checkpoints: the forward op's last output is the state at every chunk start that a backend's forward
+saves for its backward (the cpu engine's, ``CpuExecutor.checkpoints``), so that the backward does not
+rerun the forward's recurrence to find them. The forward's last argument ``save_checkpoints`` (default
+false; the public wrapper sets it when autograd will need a backward) asks for them; without it, or on
+a backend that keeps none, that output is empty. The backward op takes them as its last argument
+(``None`` or empty: the backend recomputes them), and its gradients are those of the op's other
+outputs only.
 
 A kernel backend gets the op's ``ScanSpec`` (the op module's ``plan``); the reference gets the
 arguments. Backends return gradients by argument name (``{"u": ..., "dt": ...}``); absent optional
@@ -52,9 +61,9 @@ def define(name: str, args: Sequence[tuple[str, str]], outputs: int, fake: Calla
     them as they are). Returns ``call(args, device)``, which picks the backend for ``device`` and runs
     the op."""
     params = ", ".join(f"{t} {n}" for n, t in args) + ", bool fp32_output, str backend"
-    returns = "Tensor" if outputs == 1 else "(" + ", ".join(["Tensor"] * outputs) + ")"
-    _lib.define(f"{name}({params}) -> {returns}")
-    _lib.define(f"{name}_backward(Tensor[] grads, {params}) -> Tensor[]")
+    returns = "(" + ", ".join(["Tensor"] * (outputs + 1)) + ")"  # the outputs, then the checkpoints
+    _lib.define(f"{name}({params}, bool save_checkpoints=False) -> {returns}")
+    _lib.define(f"{name}_backward(Tensor[] grads, {params}, Tensor? checkpoints=None) -> Tensor[]")
     names = [n for n, _ in args]
     tensor_slots = [i for i, (_, t) in enumerate(args) if t.startswith("Tensor")]
 
@@ -72,30 +81,53 @@ def define(name: str, args: Sequence[tuple[str, str]], outputs: int, fake: Calla
         want = output_dtype(a[0].dtype, fp32_output)
         return [o.new_empty(o.shape, dtype=want if o.dtype == a[0].dtype else o.dtype) for o in out]
 
-    def run(a, fp32_output: bool, backend: str, grads=None):
-        """The backend's forward (grads None) or backward of the op on arguments ``a``."""
+    def checkpoints_for(b, a, spec: Callable, save: bool) -> torch.Tensor:
+        """The buffer backend ``b``'s forward fills with its checkpoints (``executor.checkpoints(spec())``
+        gives their shape and dtype), empty where it is not to save any or keeps none."""
+        layout = None
+        if save and b.executor is not None and hasattr(b.executor, "checkpoints"):
+            layout = b.executor.checkpoints(spec())
+        shape, dtype = layout or ((0,), torch.float32)
+        return a[0].new_empty(shape, dtype=dtype)
+
+    def run(a, fp32_output: bool, backend: str, save: bool) -> tuple[list, torch.Tensor]:
+        """The backend's forward of the op on arguments ``a``: its outputs and its checkpoints."""
         b = _registry.backend(backend)
         out_dtype = output_dtype(a[0].dtype, fp32_output)
-        if b.executor is not None:
-            spec = plan(*a, out_dtype)
-            return b.executor.forward(spec) if grads is None else b.executor.backward(spec, grads)
-        forward_fn, backward_fn = b.ops[name]
-        if grads is None:
-            out = forward_fn(*a, out_dtype=out_dtype)
-            return list(out) if outputs > 1 else [out]
-        return backward_fn(grads, *a)
+        if b.executor is None:
+            out = b.ops[name][0](*a, out_dtype=out_dtype)
+            return (list(out) if outputs > 1 else [out]), checkpoints_for(b, a, None, False)
+        spec = plan(*a, out_dtype)
+        states = checkpoints_for(b, a, lambda: spec, save)
+        return (b.executor.forward(spec, states) if states.numel() else b.executor.forward(spec)), states
+
+    def run_backward(a, fp32_output: bool, backend: str, grads: list, states) -> dict:
+        """The backend's backward of the op on arguments ``a``, from the forward's checkpoints if any."""
+        b = _registry.backend(backend)
+        if b.executor is None:
+            return b.ops[name][1](grads, *a)
+        spec = plan(*a, output_dtype(a[0].dtype, fp32_output))
+        if states is not None and states.numel() and hasattr(b.executor, "checkpoints"):
+            return b.executor.backward(spec, grads, states)
+        return b.executor.backward(spec, grads)
+
+    def split(a, default):
+        """(op arguments, fp32_output, backend, last): a kernel gets the last, defaulted argument
+        (save_checkpoints, checkpoints) only where its caller passed it."""
+        n = len(args)
+        return a[:n], a[n], a[n + 1], a[n + 2] if len(a) > n + 2 else default
 
     def forward(*a):
-        *a, fp32_output, backend = a
+        a, fp32_output, backend, save = split(a, False)
         check(*a)
-        out = _fresh([o.contiguous() for o in run(a, fp32_output, backend)], a)
-        return tuple(out) if outputs > 1 else out[0]
+        out, states = run(a, fp32_output, backend, save)
+        return tuple(_fresh([o.contiguous() for o in out] + [states], a))
 
     def fake_forward(*a):
-        *a, fp32_output, _ = a
+        a, fp32_output, backend, save = split(a, False)
         check(*a)
-        out = fake_outputs(a, fp32_output)
-        return tuple(out) if outputs > 1 else out[0]
+        spec = lambda: plan(*a, output_dtype(a[0].dtype, fp32_output))  # noqa: E731
+        return (*fake_outputs(a, fp32_output), checkpoints_for(_registry.backend(backend), a, spec, save))
 
     def check_grads(grads, a):
         """The backward's arguments: the forward's, and one gradient per output of its shape."""
@@ -107,21 +139,27 @@ def define(name: str, args: Sequence[tuple[str, str]], outputs: int, fake: Calla
                              f"got {[tuple(g.shape) for g in grads]}")
 
     def backward(grads, *a):
-        *a, fp32_output, backend = a
+        a, fp32_output, backend, states = split(a, None)
         check_grads(grads, a)
-        result = by_slot(run(a, fp32_output, backend, list(grads)), a)
+        result = by_slot(run_backward(a, fp32_output, backend, list(grads), states), a)
         result = _fresh([None if g is None else g.contiguous() for g in result], (*grads, *a))
         return [grads[0].new_empty(0) if g is None else g for g in result]
 
     def fake_backward(grads, *a):
-        check_grads(grads, a[:-2])
+        check_grads(grads, split(a, None)[0])
         empty = grads[0].new_empty(0)
         return [empty if a[i] is None else a[i].new_empty(a[i].shape) for i in tensor_slots]
 
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*(inputs[i] for i in tensor_slots))
+        *outs, states = output
+        ctx.mark_non_differentiable(states)
+        # no zero-filled gradient for the checkpoints: the other outputs' are filled in by autograd()
+        ctx.set_materialize_grads(False)
+        ctx.output_types = [(o.shape, o.dtype) for o in outs]
+        ctx.save_for_backward(*(inputs[i] for i in tensor_slots), states)
         slots = set(tensor_slots)
-        ctx.inputs = [None if i in slots else v for i, v in enumerate(inputs)]
+        ctx.inputs = [None if i in slots else v for i, v in enumerate(inputs[:len(args) + 2])]
+        ctx.n_inputs = len(inputs)
 
     def saved_inputs(ctx, tensors) -> list:
         inputs = list(ctx.inputs)
@@ -130,9 +168,12 @@ def define(name: str, args: Sequence[tuple[str, str]], outputs: int, fake: Calla
         return inputs
 
     def autograd(ctx, *grads):
-        inputs = saved_inputs(ctx, ctx.saved_tensors)
-        result = getattr(torch.ops.xscan, f"{name}_backward")(list(grads), *inputs)
-        out = [None] * len(inputs)
+        *saved, states = ctx.saved_tensors
+        inputs = saved_inputs(ctx, saved)
+        grads = [states.new_zeros(shape, dtype=dtype) if g is None else g
+                 for g, (shape, dtype) in zip(grads, ctx.output_types)]
+        result = getattr(torch.ops.xscan, f"{name}_backward")(grads, *inputs, states)
+        out = [None] * ctx.n_inputs
         for i, g in zip(tensor_slots, result):
             if inputs[i] is not None and ctx.needs_input_grad[i]:
                 out[i] = g
@@ -140,6 +181,7 @@ def define(name: str, args: Sequence[tuple[str, str]], outputs: int, fake: Calla
 
     def setup_double_backward(ctx, inputs, output):
         grads, *rest = inputs
+        rest, ctx.n_inputs = rest[:len(args) + 2], len(rest)  # less the checkpoints: the reference needs none
         ctx.n_grads = len(grads)
         ctx.save_for_backward(*grads, *(rest[i] for i in tensor_slots))
         slots = set(tensor_slots)
@@ -160,7 +202,7 @@ def define(name: str, args: Sequence[tuple[str, str]], outputs: int, fake: Calla
             d = torch.autograd.grad([g for g, _ in pairs], wrt, [v for _, v in pairs], allow_unused=True,
                                     create_graph=create_graph) if pairs else [None] * len(wrt)
         d_grads, d_inputs = list(d[:len(grad_leaves)]), iter(d[len(grad_leaves):])
-        out = [None] * len(inputs)
+        out = [None] * ctx.n_inputs  # none for the checkpoints
         for i in tensor_slots:
             if inputs[i] is not None:
                 out[i] = next(d_inputs)
@@ -218,4 +260,8 @@ class DefinedOp:
         return args
 
     def __call__(self, args: tuple, device: torch.device):
-        return self.op(*args, _registry.fp32_output_enabled(), _registry.select(self.name, device))
+        """The op's outputs (one tensor, or a tuple); the forward saves checkpoints for the backward
+        when autograd will run one."""
+        save = torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+        *out, _ = self.op(*args, _registry.fp32_output_enabled(), _registry.select(self.name, device), save)
+        return tuple(out) if len(out) > 1 else out[0]
