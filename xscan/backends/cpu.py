@@ -3,7 +3,7 @@
 
 The engine reads every argument through the spec's views and accumulates outputs and gradients
 into zeroed buffers seen through the same views, so it writes each gradient exactly where it read
-the input (broadcast views accumulate: per-thread partials keep that race-free). A forward for
+the input (broadcast views accumulate: per-range partials keep that race-free). A forward for
 training also writes its checkpoints (the state at every chunk start), from which the backward runs
 without rerunning the forward's recurrence. selective_scan with a complex A runs its own kernel
 (csrc/cpu/complex_scan.cpp), which keeps none.
