@@ -178,7 +178,7 @@ def demangle(names: list[str]) -> dict:
         full = out if len(out) == len(names) else names
     short = {}
     for mangled, name in zip(names, full):
-        name = name.removeprefix("void ").replace("xscan::cuda::", "").replace("xscan::", "").replace("<int> >", ">")
+        name = name.removeprefix("void ").replace("xscan::cuda::", "").replace("xscan::", "").replace("<int, FastDivisor> >", ">")
         depth, end = 0, len(name)
         for i, ch in enumerate(name):  # the parameter list: the first '(' outside <...>
             depth += (ch == "<") - (ch == ">")
@@ -577,7 +577,7 @@ def per_element_table(pe: dict) -> str:
     missing = (f"\n\nmamba-ssm column missing: {pe['mamba_missing']}" if "mamba_missing" in pe else "")
     return (f"Work per element: thread-instructions per (channel x position x state), sm_90 SASS of each kernel "
             f"instantiation a launch runs x its loop trip counts (benchmarks/per_element.py: method and known error), "
-            f"fwd = the forward's passes, bwd = the backward's (its state-saving forward rerun included); "
+            f"fwd = the forward's passes (saving the chunk states, as under autograd), bwd = the backward's; "
             f"mamba-ssm {pe['mamba_version']}: selective_scan_fwd/bwd_kernel as its launchers pick them for the same "
             f"sequence length, compiled here from its source distribution{missing}\n\n"
             + table(["op", "shape", "xscan", "mamba-ssm", "xscan / mamba"], rows))

@@ -14,8 +14,9 @@ the launches of a pass.
     selective_scan_{fwd,bwd}_kernel<traits> as selective_scan_{fwd,bwd}_cuda pick them for seqlen L
     (threads, items, even length, variable B and C, z; the backward's softplus); Bt K Dm blocks of
     kNThreads threads, ceil(L / (kNThreads kNItems)) chunks.
-  - xscan: every kernel a pass launches (scan_kernel.cuh: forward = [summary, carry,] forward;
-    backward = state-saving forward rerun [+ summary, carry, span_adjoint, carry] + backward) in
+  - xscan: every kernel a pass of training launches (scan_kernel.cuh: forward = [summary, carry,]
+    forward, which saves its chunk start states as mamba-ssm's does; backward = [span_adjoint, carry,]
+    backward, from those states) in
     plan_launch's layout for an H100 (gpu_static.py), compiled in a probe translation unit that calls
     the kernels as device functions with the launch-uniform parameters fixed (warps per channel W,
     split or not, softplus, z, outputs, float atomics): nvcc drops the branches the launch never
@@ -26,12 +27,12 @@ the launches of a pass.
     W parts of a channel; the block's other channels take the same path within 1%).
 Known error, measured by the same method on PTX built as the simulator's (nvcc 13, sm_80, no fast
 math) against GPGPU-Sim's dynamic counts (benchmarks/RESULTS.md; selective_scan with z, Bt=1 Dm=16
-L=2048 N=16, one warp per channel): xscan forward +2%, backward (rerun included) -12%; mamba forward
--15% (pinning a warp also folds cub's per-warp selects, which every warp issues), backward -12%; the
-xscan / mamba ratio +19% forward, +0.5% backward, +5% forward + backward. Data-dependent branches in a
-loop body (lane 0's stores, positions past the end or at padding) count both sides. SASS counts are
-not PTX counts: fast math and SASS's fused operations make both codes' figures smaller than the
-simulator's, mamba's more (its softplus and exp).
+L=2048 N=16, one warp per channel): xscan forward +2%, backward (then with a forward rerun) -12%;
+mamba forward -15% (pinning a warp also folds cub's per-warp selects, which every warp issues),
+backward -12%; the xscan / mamba ratio +19% forward, +0.5% backward, +5% forward + backward.
+Data-dependent branches in a loop body (lane 0's stores, positions past the end or at padding)
+count both sides. SASS counts are not PTX counts: fast math and SASS's fused operations make both
+codes' figures smaller than the simulator's, mamba's more (its softplus and exp).
 """
 from __future__ import annotations
 
@@ -224,23 +225,22 @@ def mamba_source(warp: int, kernels: list) -> str:
 # ---- xscan ------------------------------------------------------------------------------------------
 
 # The kernels a forward or backward launches, without or with the sequence split, in order
-# (scan_kernel.cuh, forward_passes and backward_passes). The state-saving rerun and the summary pass
-# are the forward kernel with other outputs.
-FORWARD_KERNEL = dict(forward=dict(outputs=True, saving=False, summary=False),
-                      saving=dict(outputs=False, saving=True, summary=False),
+# (scan_kernel.cuh, forward_passes and backward_passes) under autograd: the forward saves the chunk
+# start states, the backward starts from them. The summary pass is the forward kernel with other outputs.
+KERNEL_ITEMS = 8  # consecutive positions per lane (csrc/cuda/scan_params.h, kItems)
+FORWARD_KERNEL = dict(forward=dict(outputs=True, saving=True, summary=False),
                       summary=dict(outputs=False, saving=False, summary=True))
 PASSES = {(False, False): ["forward"], (False, True): ["summary", "carry", "forward"],
-          (True, False): ["saving", "backward"],
-          (True, True): ["summary", "carry", "saving", "adjoint", "carry_reverse", "backward"]}
+          (True, False): ["backward"], (True, True): ["adjoint", "carry_reverse", "backward"]}
 
 
 def probe_kernel(name: str, kernel: str, policy: str, split: bool, softplus: bool, gated: bool,
-                 atomic_routes: bool, W: int) -> str:
+                 atomic_routes: bool, W: int, token_runs: bool) -> str:
     """One probe kernel: the launch-uniform parameters fixed, then the kernel's body."""
     if kernel.startswith("carry"):
         return (f'extern "C" __global__ void {name}(ScanParams P) {{\n'
                 f"  span_carry_kernel<{str(kernel == 'carry_reverse').lower()}>(P);\n}}\n")
-    routes = f"{policy}<int32_t>"
+    routes = f"{policy}<int32_t, FastDivisor>"
     flags = FORWARD_KERNEL.get(kernel, dict(outputs=False, saving=False, summary=False))
 
     def pointer(field, non_null):
@@ -250,6 +250,7 @@ def probe_kernel(name: str, kernel: str, policy: str, split: bool, softplus: boo
             "  __builtin_assume(P.segments > 1);" if split else "  P.segments = 1;",
             f"  P.span_summary = {str(flags['summary']).lower()};",
             f"  P.delta_softplus = {str(softplus).lower()};", f"  P.atomic_routes = {str(atomic_routes).lower()};",
+            f"  P.token_runs = {str(token_runs).lower()};",
             "  P.atomic_state_grads = true;", pointer("P.z.data[0]", gated)]
     if kernel in FORWARD_KERNEL:
         body += [pointer("P.y.data[0]", flags["outputs"]), pointer("P.chunk_states", flags["saving"])]
@@ -271,24 +272,29 @@ def xscan_source(warp: int, kernels: dict) -> str:
 
 def xscan_kernels(case: dict, backward: bool) -> list[tuple]:
     """The probe variants of a case's forward or backward passes, in launch order: (kernel, policy,
-    split, softplus, z, atomic routes, W), the flags a kernel never reads left off (the span carry
-    reads none; only y and du are summed over routes; the summary and saving passes have no y)."""
+    split, softplus, z, atomic routes, W, token runs), the flags a kernel never reads left off (the
+    span carry reads none; only y and du are summed over routes; the summary pass has no y). Token
+    runs (B and C read as vectors, scan_kernel.cuh's with_token_runs): selective_scan at lengths of
+    whole runs, its B and C (Bt, G, N, L) being contiguous in the networks as in mamba-ssm's API;
+    never ssd_exchange, whose B and C (Bt, L, G, N) are not token-major."""
     split = case["segments"] > 1
+    token_runs = case["policy"] == "LineRoutes" and case["length"] % KERNEL_ITEMS == 0
 
     def variant(kernel):
         if kernel.startswith("carry"):
-            return (kernel, "", True, False, False, False, 1)
+            return (kernel, "", True, False, False, False, 1, False)
         return (kernel, case["policy"], split, case["softplus"],
                 case["gated"] and kernel in ("forward", "adjoint", "backward"),
-                case["atomic_routes"] and kernel in ("forward", "backward"), case["warps_per_channel"])
+                case["atomic_routes"] and kernel in ("forward", "backward"), case["warps_per_channel"],
+                token_runs and kernel != "summary")
 
     return [variant(kernel) for kernel in PASSES[(backward, split)]]
 
 
 def variant_label(v: tuple) -> str:
-    kernel, policy, split, softplus, gated, atomic_routes, W = v
-    flags = [f for f, on in (("split", split), ("softplus", softplus), ("z", gated), ("atomic routes", atomic_routes))
-             if on]
+    kernel, policy, split, softplus, gated, atomic_routes, W, token_runs = v
+    flags = [f for f, on in (("split", split), ("softplus", softplus), ("z", gated), ("atomic routes", atomic_routes),
+                             ("token runs", token_runs)) if on]
     return f"xscan {kernel}" + (f" {policy} W={W}" + "".join(f", {f}" for f in flags) if policy else "")
 
 
@@ -332,7 +338,7 @@ def report(cases: list, cache: str, mamba_dir: str, nvcc: str, cuobjdump: str, j
     names = {v: f"xscan_{i}" for i, v in enumerate(variants)}
 
     def warps(v):  # the warps whose paths differ: the W parts of a channel (the span carry: one)
-        return 1 if v[0].startswith("carry") else v[-1]
+        return 1 if v[0].startswith("carry") else v[6]
 
     includes = [os.path.join(ROOT, "csrc", "cuda"), os.path.join(ROOT, "csrc", "include")]
     units = [(f"xscan_probe_warp{w}", xscan_source(w, {names[v]: probe_kernel(names[v], *v)

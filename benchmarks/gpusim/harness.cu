@@ -409,7 +409,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> wanted;
   int Bt = 1, Dm = 32, L = 1024, H = 16, W = 16, N = 16, plan_sms = -1;
   std::string impl = "both";
-  bool check = true, deterministic = false;
+  bool check = true, deterministic = false, recompute_states = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> const char* {
@@ -430,6 +430,8 @@ int main(int argc, char** argv) {
     else if (a == "--impl") impl = next();
     else if (a == "--no-check") check = false;
     else if (a == "--deterministic") deterministic = true;  // xscan: per-tile dB, dC partials, no atomics
+    // xscan: the backward reruns the forward to save the chunk states (a backward without checkpoints)
+    else if (a == "--recompute-states") recompute_states = true;
     else {
       std::fprintf(stderr, "unknown argument %s\n", a.c_str());
       return 1;
@@ -488,8 +490,9 @@ int main(int argc, char** argv) {
     if (impl == "both" || impl == "xscan") {
       zero_outputs();
       XscanScratch fs, bs;
-      const auto Pf = xscan_params(p, t, false, plan_sms, dalloc, &fs);
-      const auto Pb = c.backward ? xscan_params(p, t, true, plan_sms, dalloc, &bs, deterministic) : Pf;
+      auto Pf = xscan_params(p, t, false, plan_sms, dalloc, &fs);
+      auto Pb = c.backward ? xscan_params(p, t, true, plan_sms, dalloc, &bs, deterministic) : Pf;
+      if (c.backward && !recompute_states) mark_states_saved(Pf, Pb, 0);  // as autograd: the forward saves them
       std::printf("@@plan %s xscan fwd: %s\n", c.name.c_str(), describe_layout(Pf).c_str());
       if (c.backward) std::printf("@@plan %s xscan_bwd bwd: %s\n", c.name.c_str(), describe_layout(Pb).c_str());
       sync_print("begin", c, "xscan");

@@ -235,6 +235,9 @@ def main(argv=None) -> int:
     ap.add_argument("--impl", choices=("both", "xscan", "mamba"), default="both")
     ap.add_argument("--deterministic", action="store_true",
                     help="xscan: per-tile dB/dC partials summed on the host instead of float atomics")
+    ap.add_argument("--recompute-states", action="store_true",
+                    help="xscan: the backward reruns the forward to save its chunk states (a backward without the "
+                         "forward's checkpoints) instead of starting from the states the forward saved")
     ap.add_argument("--xscan-root", default=default_xscan_root(), help="repository whose csrc/ is built")
     ap.add_argument("--xscan-rev", help="build csrc/ of this git revision (git archive) instead of the work tree")
     ap.add_argument("--cache", default=os.environ.get("XSCAN_GPUSIM_CACHE",
@@ -260,6 +263,8 @@ def main(argv=None) -> int:
     args = ["--Bt", a.Bt, "--Dm", a.Dm, "--L", a.L, "--H", a.H, "--W", a.W, "--N", a.N, "--impl", a.impl]
     if a.deterministic:
         args.append("--deterministic")
+    if a.recompute_states:
+        args.append("--recompute-states")
     if a.plan_sms is not None:
         args += ["--plan-sms", a.plan_sms]
     for c in a.case or []:

@@ -60,6 +60,16 @@ inline std::string describe_layout(const xscan::cuda::ScanParams& P) {
          " segments=" + std::to_string(P.segments) + " span=" + std::to_string(P.span_length);
 }
 
+// The forward Pf saves the chunk start states the backward Pb starts from (what a forward run for
+// training does); kernels older than ScanParams::states_saved always rerun the forward instead.
+template <typename Params>
+auto mark_states_saved(Params& Pf, Params& Pb, int) -> decltype(Pb.states_saved = true, void()) {
+  Pf.chunk_states = Pb.chunk_states;
+  Pb.states_saved = true;
+}
+template <typename Params>
+void mark_states_saved(Params&, Params&, long) {}
+
 // Fills P for a forward (backward = false) or a backward of `pb` over `t`. `sm_count` plans the
 // sequence split (0: off). Allocates the scratch through `alloc`.
 inline xscan::cuda::ScanParams xscan_params(const Problem& pb, const DeviceTensors& t, bool backward, int sm_count,

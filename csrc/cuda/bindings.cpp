@@ -141,6 +141,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .XSCAN_POINTER(ScanParams, last_state, float*)
       .XSCAN_POINTER(ScanParams, chunk_states, float*)
       .def_readwrite("chunks", &ScanParams::chunks)
+      .def_readwrite("states_saved", &ScanParams::states_saved)
       .def_readwrite("segments", &ScanParams::segments)
       .def_readwrite("span_length", &ScanParams::span_length)
       .XSCAN_POINTER(ScanParams, span_states, float*)
@@ -190,8 +191,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         check_spec(params);
         if (params.segments > 1 && !params.span_adjoints)
           throw std::invalid_argument("xscan CUDA: a split backward needs span_adjoints");
+        if (!params.chunk_states) throw std::invalid_argument("xscan CUDA: the backward needs chunk_states");
         check(xscan::cuda::launch_scan_backward(params, static_cast<DType>(dtype), pointer<void*>(stream)),
               "backward");
       },
-      "Rerun the forward saving chunk states, then launch the backward scan, on the given stream.");
+      "Launch the backward scan (after a rerun of the forward saving chunk states, unless params.states_saved) "
+      "on the given stream.");
 }

@@ -13,11 +13,11 @@
 // "tile"); grid (batch x tiles, routes, spans). All accumulation is fp32; outputs and gradients are
 // fp32 (the caller casts them).
 //
-// Backward: the forward is rerun first, saving each chunk's start state; the backward walks the
-// chunks last to first and, per state, recomputes the chunk's states by the same scan, runs the
-// adjoint recurrence as a reverse scan (the adjoint a position passes to the one before it is
-// q_t = a_t (C_t dy_t + q_{t+1}), carried from chunk to chunk), and accumulates the gradients of
-// every argument. dB and dC (shared by a group's channels) are summed over the block's channels in
+// Backward: from each chunk's start state, saved by the forward (or by a rerun of it first, when
+// the forward did not save them), the backward walks the chunks last to first and, per state,
+// recomputes the chunk's states by the same scan, runs the adjoint recurrence as a reverse scan
+// (the adjoint a position passes to the one before it is q_t = a_t (C_t dy_t + q_{t+1}), carried
+// from chunk to chunk), and accumulates the gradients of every argument. dB and dC (shared by a group's channels) are summed over the block's channels in
 // shared memory in a fixed order, then written as per-tile partials that the caller sums
 // (deterministic), or added into one buffer with float atomics (atomic_state_grads).
 //
@@ -66,6 +66,15 @@ XSCAN_DEVICE float* dynamic_shared() {
 // exp(dt A) as 2^(dt A log2(e)), with A log2(e) taken once per state: on the GPU one multiply and
 // one ex2.approx, what __expf(dt A) costs after its own multiply by log2(e).
 XSCAN_DEVICE float decay_of(float dt, float A_log2) { return exp2_acc(dt * A_log2); }
+
+// x, computed here once: nvcc would otherwise recompute a sum of a lane's dt inside the state loop
+// that reads it, once per state.
+XSCAN_DEVICE float computed_once(float x) {
+#ifdef __CUDA_ARCH__
+  asm volatile("" : "+f"(x));
+#endif
+  return x;
+}
 
 // (decay, increment) pairs of h <- a h + b, composed in position order: (a1, b1) then (a2, b2) is
 // (a1 a2, a2 b1 + b2). Inclusive scan over the lanes of a warp.
@@ -163,6 +172,12 @@ XSCAN_DEVICE int64_t span_row(const ScanParams& P, const Lane& l, const Span& sp
   return l.seq * P.segments + span.index;
 }
 
+// kItems consecutive tokens of one row of B or C, read as aligned 16-byte vectors.
+template <typename T>
+struct alignas(16) TokenRun {
+  T v[kItems];
+};
+
 // A per-token tensor (B or C) seen from the lane's channel: its (b, k, group) row in each modality.
 // A position's element of state n is row[m] + n stride_n + e stride_t, the last term kept per
 // position in 32 bits (the launcher keeps (T - 1) stride_t below 2^31); kTwo: the route policy reads
@@ -187,6 +202,20 @@ struct StateRows {
     const T* row[2];
     int64_t stride_n;
     XSCAN_DEVICE float at(int m, uint32_t offset) const { return to_float((kTwo && m ? row[1] : row[0])[offset]); }
+    // The values at a lane's positions (m, offset: each position's modality and offset): where the
+    // launch reads token runs (ScanParams::token_runs), one run of kItems tokens from the first
+    // position's on, in aligned vectors; else one load per position.
+    XSCAN_DEVICE void gather(bool runs, const int (&m)[kItems], const uint32_t (&offset)[kItems],
+                             float (&out)[kItems]) const {
+      if (runs) {
+        const TokenRun<T> run = *reinterpret_cast<const TokenRun<T>*>((kTwo && m[0] ? row[1] : row[0]) + offset[0]);
+#pragma unroll
+        for (int i = 0; i < kItems; ++i) out[i] = to_float(run.v[i]);
+        return;
+      }
+#pragma unroll
+      for (int i = 0; i < kItems; ++i) out[i] = at(m[i], offset[i]);
+    }
     XSCAN_DEVICE void next() {
       row[0] += stride_n;
       if (kTwo) row[1] += stride_n;
@@ -195,21 +224,65 @@ struct StateRows {
   XSCAN_DEVICE State first_state() const { return State{{row[0], row[1]}, stride_n}; }
 };
 
+// A strided tensor seen from one lane: at(m, c, r, w) is modality m's element at pixel (r, w) of
+// channel c. base[m] holds the part of the offset fixed for the lane (batch, route, its channel d),
+// so that a position adds only (c - d) stride_c + r stride_h + w stride_w: the first term is 0 for
+// every route policy but the realigning ones (whose u is other channels), the second for per-token
+// tensors (w is the token).
+template <typename E>
+struct LaneView {
+  E* base[2];
+  int32_t d;
+  int64_t stride_c, stride_h, stride_w;
+  XSCAN_DEVICE E& at(int m, int32_t c, int32_t r, int32_t w) const {
+    // a select, not base[m]: a runtime index would put the view in local memory
+    return (m ? base[1] : base[0])[(c - d) * stride_c + r * stride_h + w * stride_w];
+  }
+};
+
+template <typename E>
+XSCAN_DEVICE LaneView<E> lane_view(E* const data[2], int64_t fixed, const Lane& l, int64_t stride_c, int64_t stride_h,
+                                   int64_t stride_w) {
+  LaneView<E> v{{nullptr, nullptr}, l.d, stride_c, stride_h, stride_w};
+  for (int m = 0; m < 2; ++m)
+    if (data[m]) v.base[m] = data[m] + fixed + l.d * stride_c;
+  return v;
+}
+
+// Every tensor a lane's positions read or write, in its own view.
 template <typename T>
-XSCAN_DEVICE float load_map(const MapTensor& t, int m, int b, int64_t c, int64_t r, int64_t w) {
-  const T* base = static_cast<const T*>(t.data[m]);
-  return to_float(base[b * t.stride_b + c * t.stride_c + r * t.stride_h + w * t.stride_w]);
+struct LaneViews {
+  LaneView<const T> dt, u, z;
+  LaneView<const float> dout;
+  LaneView<float> y, du, ddelta, dz;
+};
+
+template <typename T>
+XSCAN_DEVICE LaneView<const T> input_view(const void* const data[2], int64_t fixed, const Lane& l, int64_t stride_c,
+                                          int64_t stride_h, int64_t stride_w) {
+  const T* const typed[2] = {static_cast<const T*>(data[0]), static_cast<const T*>(data[1])};
+  return lane_view<const T>(typed, fixed, l, stride_c, stride_h, stride_w);
 }
 
 template <typename T>
-XSCAN_DEVICE float load_token(const TokenTensor& t, int m, int b, int k, int64_t c, int64_t tok) {
-  const T* base = static_cast<const T*>(t.data[m]);
-  return to_float(base[b * t.stride_b + k * t.stride_k + c * t.stride_c + tok * t.stride_t]);
-}
-
-// The element of an output map (y, du, dout) at a pixel of route k.
-XSCAN_DEVICE int64_t map_offset(const OutputMap& o, int b, int k, int64_t c, int64_t r, int64_t w) {
-  return k * o.stride_k + b * o.stride_b + c * o.stride_c + r * o.stride_h + w * o.stride_w;
+XSCAN_DEVICE LaneViews<T> lane_views(const ScanParams& P, const Lane& l) {
+  const TokenTensor& dt = P.delta;
+  const MapTensor &u = P.u, &z = P.z;
+  const OutputMap &y = P.y, &du = P.du, &dout = P.dout;
+  const float* const dout_data[2] = {dout.data[0], dout.data[1]};
+  float* const dz[2] = {P.dz, nullptr};
+  LaneViews<T> v;
+  v.dt = input_view<T>(dt.data, l.b * dt.stride_b + l.k * dt.stride_k, l, dt.stride_c, 0, dt.stride_t);
+  v.u = input_view<T>(u.data, l.b * u.stride_b, l, u.stride_c, u.stride_h, u.stride_w);
+  v.z = input_view<T>(z.data, l.b * z.stride_b, l, z.stride_c, z.stride_h, z.stride_w);
+  // one output gradient for every route
+  v.dout = lane_view<const float>(dout_data, l.b * dout.stride_b, l, dout.stride_c, dout.stride_h, dout.stride_w);
+  v.y = lane_view<float>(y.data, l.k * y.stride_k + l.b * y.stride_b, l, y.stride_c, y.stride_h, y.stride_w);
+  v.du = lane_view<float>(du.data, l.k * du.stride_k + l.b * du.stride_b, l, du.stride_c, du.stride_h, du.stride_w);
+  v.ddelta = lane_view<float>(P.ddelta, l.b * P.ddelta_stride_b + l.k * P.ddelta_stride_k, l, P.ddelta_stride_c, 0,
+                              P.ddelta_stride_t);
+  v.dz = lane_view<float>(dz, l.b * P.dz_stride_b, l, P.dz_stride_c, P.dz_stride_h, P.dz_stride_w);
+  return v;
 }
 
 // A write of one route's output (or input gradient): plain, or added into a zeroed sum over routes.
@@ -240,8 +313,8 @@ XSCAN_DEVICE Position locate(const Routes& routes, const Lane& l, int32_t p, int
 
 // delta + delta_bias at the position, before softplus (0 past the span).
 template <typename T>
-XSCAN_DEVICE float load_delta(const ScanParams& P, const Lane& l, const Position& s, float bias) {
-  return s.valid ? load_token<T>(P.delta, s.token_m, l.b, l.k, l.d, s.t.e) + bias : 0.f;
+XSCAN_DEVICE float load_delta(const LaneViews<T>& v, const Position& s, float bias) {
+  return s.valid ? to_float(v.dt.at(s.token_m, v.dt.d, 0, s.t.e)) + bias : 0.f;
 }
 
 XSCAN_DEVICE float step_of(const ScanParams& P, const Position& s, float delta_raw) {
@@ -250,24 +323,35 @@ XSCAN_DEVICE float step_of(const ScanParams& P, const Position& s, float delta_r
 
 // u at the position (0 at padding and past the span).
 template <typename T>
-XSCAN_DEVICE float load_u(const ScanParams& P, const Lane& l, const Position& s) {
-  return s.valid && !s.t.pad ? load_map<T>(P.u, s.t.m, l.b, s.t.uc, s.t.ur, s.t.uw) : 0.f;
+XSCAN_DEVICE float load_u(const LaneViews<T>& v, const Position& s) {
+  return s.valid && !s.t.pad ? to_float(v.u.at(s.t.m, s.t.uc, s.t.ur, s.t.uw)) : 0.f;
 }
 
 // The gradient of the position's output (0 at padding, which has no output, and past the span).
-XSCAN_DEVICE float load_dout(const ScanParams& P, const Lane& l, const Position& s) {
-  return s.valid && !s.t.pad ? P.dout.data[s.t.m][map_offset(P.dout, l.b, 0, s.t.yc, s.t.yr, s.t.yw)] : 0.f;
+template <typename T>
+XSCAN_DEVICE float load_dout(const LaneViews<T>& v, const Position& s) {
+  return s.valid && !s.t.pad ? v.dout.at(s.t.m, s.t.yc, s.t.yr, s.t.yw) : 0.f;
 }
 
 // z at the position's pixel of u (selective_scan only; 0 when there is no z).
 template <typename T>
-XSCAN_DEVICE float load_gate(const ScanParams& P, const Lane& l, const Position& s) {
-  return P.z.data[0] && s.valid ? load_map<T>(P.z, 0, l.b, s.t.uc, s.t.ur, s.t.uw) : 0.f;
+XSCAN_DEVICE float load_gate(const ScanParams& P, const LaneViews<T>& v, const Position& s) {
+  return P.z.data[0] && s.valid ? to_float(v.z.at(0, s.t.uc, s.t.ur, s.t.uw)) : 0.f;
 }
 
 // The shared memory of a block, in floats: per channel slot its carried state (forward) or adjoint
-// (backward) of each state; the warps' scan totals per state parity (W > 1); the backward's dA per
+// (backward) of each state, and its channel's row of A; the warps' scan totals per state parity (W > 1); the backward's dA per
 // warp and its dB, dC contributions per state parity (one row of a chunk's positions per slot).
+// The slot's row of A (read once per state), copied by its channel's first warp: every warp of the
+// block reads it after the block's next barrier.
+XSCAN_DEVICE const float* slot_A(const ScanParams& P, const Lane& l, float* rows) {
+  const int N = P.dstate;
+  float* row = rows + l.slot * N;
+  if (l.part == 0)
+    for (int n = l.lane; n < N; n += kWarpSize) row[n] = P.A[l.param * N + n];
+  return row;
+}
+
 // The state entering a warp's positions (W > 1): the chunk's start state h0 through the totals of
 // the channel's warps before it (forward), or the adjoint entering from after the chunk through the
 // totals of the warps after it (reverse). Every warp of the block calls it (one barrier).
@@ -308,6 +392,18 @@ XSCAN_DEVICE float enter_lane(const ScanParams& P, const Lane& l, float* totals,
   return prior_a * enter_warp(P, l, totals, parity, a, b, entering, reverse) + prior_b;
 }
 
+// The sum over a channel's positions of each lane's share x, for the channel's first warp: the
+// warps' sums added in position order. Every warp of the block calls it (one barrier; `totals` is
+// free after the chunk loop's last barrier).
+XSCAN_DEVICE float channel_sum(const ScanParams& P, const Lane& l, float* totals, float x) {
+  x = warp_sum(x);
+  if (l.lane == 0) totals[l.warp] = x;
+  __syncthreads();
+  float total = 0.f;
+  for (int w = 0; w < P.warps_per_channel; ++w) total += totals[l.warp + w];
+  return total;
+}
+
 // The first position of the span's last chunk (chunks are whole from the span's start).
 XSCAN_DEVICE int32_t last_chunk_of(const ScanParams& P, const Span& span) {
   return span.first + (span.end - 1 - span.first) / P.chunk_length * P.chunk_length;
@@ -321,6 +417,7 @@ XSCAN_KERNEL scan_forward_kernel(const ScanParams P, const Routes routes) {
   float* shared = dynamic_shared();
   const SharedLayout layout = shared_layout(P, false);
   const Lane l = lane_of(P);
+  const LaneViews<T> v = lane_views<T>(P, l);
   const Span span = span_of(P);
   const int N = P.dstate;
   float* carry = shared + layout.carry + l.slot * N;
@@ -331,52 +428,61 @@ XSCAN_KERNEL scan_forward_kernel(const ScanParams P, const Routes routes) {
     for (int n = l.lane; n < N; n += kWarpSize) carry[n] = carried ? P.span_states[span_row(P, l, span) * N + n] : 0.f;
   const float bias = P.delta_bias ? P.delta_bias[l.param] : 0.f;
   const float skip = P.D ? P.D[l.param] : 0.f;
-  constexpr bool kTwo = Routes::kTokenModalities == 2;
+  constexpr bool kTwo = Routes::kTokenModalities == 2, kRuns = Routes::kTokenRuns;
   const StateRows<T, kTwo> Brows(P.B, l, l.group_B), Crows(P.C, l, l.group_C);
-  const float* A = P.A + l.param * N;
+  const float* A = slot_A(P, l, shared + layout.A);
   const bool outputs = P.y.data[0] != nullptr;
   float dt_sum = 0.f;  // the summary pass's: the span's decay is exp(A dt_sum)
   __syncthreads();
 
-  for (int32_t chunk = span.first; chunk < span.end; chunk += P.chunk_length) {
+  // the chunk start states to save, from the span's first chunk on
+  float* saved = P.chunk_states ? P.chunk_states + (l.seq * P.chunks + span.first / P.chunk_length) * N : nullptr;
+  for (int32_t chunk = span.first; chunk < span.end; chunk += P.chunk_length, saved += saved ? N : 0) {
     const int32_t first = chunk + (l.part * kWarpSize + l.lane) * kItems;
-    float dt[kItems], dtu[kItems], y[kItems];
+    float dt[kItems], dtu[kItems], y[kItems];  // y: D u, then + C.h state by state
+    float run_dt = 0.f;                         // the run's summed dt
     uint32_t at_B[kItems], at_C[kItems];
     int m[kItems];
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
       const Position s = locate(routes, l, first + i, span.end);
-      dt[i] = step_of(P, s, load_delta<T>(P, l, s, bias));
-      dtu[i] = dt[i] * load_u<T>(P, l, s);
-      y[i] = 0.f;
+      const float u = load_u(v, s);
+      dt[i] = step_of(P, s, load_delta(v, s, bias));
+      dtu[i] = dt[i] * u;
+      y[i] = skip * u;
       m[i] = s.token_m;
       at_B[i] = Brows.offset(s.t.e);
       at_C[i] = Crows.offset(s.t.e);
-      dt_sum += dt[i];
+      run_dt += dt[i];
     }
-    if (P.chunk_states && l.part == 0 && l.active) {
-      float* saved = P.chunk_states + (l.seq * P.chunks + chunk / P.chunk_length) * N;
+    run_dt = computed_once(run_dt);
+    dt_sum += run_dt;
+    if (saved && l.part == 0 && l.active) {
+#pragma unroll 1
       for (int n = l.lane; n < N; n += kWarpSize) saved[n] = carry[n];
     }
     auto Bn = Brows.first_state(), Cn = Crows.first_state();
 #pragma unroll 1
     for (int n = 0; n < N; ++n, Bn.next(), Cn.next()) {
       const float A_log2 = A[n] * kLog2e;
-      float a[kItems], b[kItems];
-      float fold_a = 1.f, fold_b = 0.f;  // this lane's positions as one step
+      float a[kItems], b[kItems], Bv[kItems], Cv[kItems];
+      Bn.gather(kRuns && P.token_runs, m, at_B, Bv);
+      if (outputs) Cn.gather(kRuns && P.token_runs, m, at_C, Cv);
+      // this lane's positions as one step: (decay of the run's summed dt, its increment)
+      const float fold_a = decay_of(run_dt, A_log2);
+      float fold_b = 0.f;
 #pragma unroll
       for (int i = 0; i < kItems; ++i) {
         a[i] = decay_of(dt[i], A_log2);
-        b[i] = dtu[i] * Bn.at(m[i], at_B[i]);
+        b[i] = dtu[i] * Bv[i];
         fold_b = a[i] * fold_b + b[i];
-        fold_a *= a[i];
       }
       float h = enter_lane(P, l, totals, n & 1, fold_a, fold_b, carry[n], false);
       if (outputs) {
 #pragma unroll
         for (int i = 0; i < kItems; ++i) {
           h = a[i] * h + b[i];
-          y[i] += Cn.at(m[i], at_C[i]) * h;
+          y[i] += Cv[i] * h;
         }
       } else {
 #pragma unroll
@@ -390,26 +496,19 @@ XSCAN_KERNEL scan_forward_kernel(const ScanParams P, const Routes routes) {
       for (int i = 0; i < kItems; ++i) {
         const Position s = locate(routes, l, first + i, span.end);
         if (!s.valid || s.t.pad) continue;
-        float out = y[i] + skip * load_u<T>(P, l, s);
-        if (P.z.data[0]) out *= silu(load_gate<T>(P, l, s));
-        store(P.atomic_routes, &P.y.data[s.t.m][map_offset(P.y, l.b, l.k, s.t.yc, s.t.yr, s.t.yw)], out);
+        float out = y[i];
+        if (P.z.data[0]) out *= silu(load_gate(P, v, s));
+        store(P.atomic_routes, &v.y.at(s.t.m, s.t.yc, s.t.yr, s.t.yw), out);
       }
     }
     __syncthreads();  // the carry is written; the next chunk reads it
   }
   if (P.span_summary) {
-    dt_sum = warp_sum(dt_sum);
-    float* sums = totals;  // free again after the last barrier
-    if (l.lane == 0) sums[l.warp] = dt_sum;
-    __syncthreads();
+    const float span_dt = channel_sum(P, l, totals, dt_sum);
     if (l.part == 0 && l.active) {
       const int64_t row = span_row(P, l, span);
       for (int n = l.lane; n < N; n += kWarpSize) P.span_states[row * N + n] = carry[n];
-      if (l.lane == 0) {
-        float total = 0.f;
-        for (int w = 0; w < P.warps_per_channel; ++w) total += sums[l.warp + w];
-        P.span_dt[row] = total;
-      }
+      if (l.lane == 0) P.span_dt[row] = span_dt;
     }
   }
   if (P.last_state && l.active && l.part == 0 && span.index == P.segments - 1)
@@ -418,12 +517,14 @@ XSCAN_KERNEL scan_forward_kernel(const ScanParams P, const Routes routes) {
 
 // The summary of a split sequence's spans for the backward: the adjoint each span passes to the
 // state before it when nothing enters it from its successors (linear in what enters: the span's
-// decay exp(A span_dt) times that, plus this).
+// decay exp(A span_dt) times that, plus this), and the span's summed dt (so that the backward needs
+// nothing of the forward's summary pass when the forward saved its states).
 template <typename T, typename Routes>
 XSCAN_KERNEL span_adjoint_kernel(const ScanParams P, const Routes routes) {
   float* shared = dynamic_shared();
   const SharedLayout layout = shared_layout(P, false);
   const Lane l = lane_of(P);
+  const LaneViews<T> v = lane_views<T>(P, l);
   const Span span = span_of(P);
   const int N = P.dstate;
   float* carry = shared + layout.carry + l.slot * N;
@@ -431,34 +532,37 @@ XSCAN_KERNEL span_adjoint_kernel(const ScanParams P, const Routes routes) {
   if (l.part == 0)
     for (int n = l.lane; n < N; n += kWarpSize) carry[n] = 0.f;
   const float bias = P.delta_bias ? P.delta_bias[l.param] : 0.f;
+  constexpr bool kRuns = Routes::kTokenRuns;
   const StateRows<T, Routes::kTokenModalities == 2> Crows(P.C, l, l.group_C);
-  const float* A = P.A + l.param * N;
+  const float* A = slot_A(P, l, shared + layout.A);
+  float dt_sum = 0.f;
   __syncthreads();
   for (int32_t chunk = last_chunk_of(P, span); chunk >= span.first; chunk -= P.chunk_length) {
     const int32_t first = chunk + (l.part * kWarpSize + l.lane) * kItems;
-    float dt[kItems], dy[kItems];
+    float dt[kItems], dy[kItems], run_dt = 0.f;
     uint32_t at_C[kItems];
     int m[kItems];
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
       const Position s = locate(routes, l, first + i, span.end);
-      const float dout = load_dout(P, l, s);
-      dt[i] = step_of(P, s, load_delta<T>(P, l, s, bias));
-      dy[i] = P.z.data[0] ? dout * silu(load_gate<T>(P, l, s)) : dout;
+      const float dout = load_dout(v, s);
+      dt[i] = step_of(P, s, load_delta(v, s, bias));
+      run_dt += dt[i];
+      dy[i] = P.z.data[0] ? dout * silu(load_gate(P, v, s)) : dout;
       m[i] = s.token_m;
       at_C[i] = Crows.offset(s.t.e);
     }
+    run_dt = computed_once(run_dt);
+    dt_sum += run_dt;
     auto Cn = Crows.first_state();
 #pragma unroll 1
     for (int n = 0; n < N; ++n, Cn.next()) {
       const float A_log2 = A[n] * kLog2e;
-      float fold_a = 1.f, fold_b = 0.f;
+      float Cv[kItems];
+      Cn.gather(kRuns && P.token_runs, m, at_C, Cv);
+      float fold_a = decay_of(run_dt, A_log2), fold_b = 0.f;
 #pragma unroll
-      for (int i = kItems - 1; i >= 0; --i) {
-        const float a = decay_of(dt[i], A_log2);
-        fold_b = a * (Cn.at(m[i], at_C[i]) * dy[i] + fold_b);
-        fold_a *= a;
-      }
+      for (int i = kItems - 1; i >= 0; --i) fold_b = decay_of(dt[i], A_log2) * (Cv[i] * dy[i] + fold_b);
       const float q_after = carry[n];
       warp_reverse_scan(fold_a, fold_b, l.lane);
       const float entering = enter_warp(P, l, totals, n & 1, fold_a, fold_b, q_after, true);
@@ -467,8 +571,12 @@ XSCAN_KERNEL span_adjoint_kernel(const ScanParams P, const Routes routes) {
     }
     __syncthreads();
   }
-  if (l.part == 0 && l.active)
-    for (int n = l.lane; n < N; n += kWarpSize) P.span_adjoints[span_row(P, l, span) * N + n] = carry[n];
+  const float span_dt = channel_sum(P, l, totals, dt_sum);
+  if (l.part == 0 && l.active) {
+    const int64_t row = span_row(P, l, span);
+    for (int n = l.lane; n < N; n += kWarpSize) P.span_adjoints[row * N + n] = carry[n];
+    if (l.lane == 0) P.span_dt[row] = span_dt;
+  }
 }
 
 // The carry over a split sequence's spans, one thread per (sequence, state), grid
@@ -492,12 +600,13 @@ XSCAN_KERNEL span_carry_kernel(const ScanParams P) {
   }
 }
 
-// The backward over the block's span (after the state-saving forward).
+// The backward over the block's span (from the chunk start states a forward saved).
 template <typename T, typename Routes>
 XSCAN_KERNEL scan_backward_kernel(const ScanParams P, const Routes routes) {
   float* shared = dynamic_shared();
   const SharedLayout layout = shared_layout(P, true);
   const Lane l = lane_of(P);
+  const LaneViews<T> v = lane_views<T>(P, l);
   const Span span = span_of(P);
   const int N = P.dstate;
   const int slots = channels_per_tile(P);
@@ -515,19 +624,21 @@ XSCAN_KERNEL scan_backward_kernel(const ScanParams P, const Routes routes) {
     for (int n = 0; n < N; ++n) dA_sums[n] = 0.f;
   const float bias = P.delta_bias ? P.delta_bias[l.param] : 0.f;
   const float skip = P.D ? P.D[l.param] : 0.f;
-  constexpr bool kTwo = Routes::kTokenModalities == 2;
+  constexpr bool kTwo = Routes::kTokenModalities == 2, kRuns = Routes::kTokenRuns;
   const StateRows<T, kTwo> Brows(P.B, l, l.group_B), Crows(P.C, l, l.group_C);
-  const float* A = P.A + l.param * N;
+  const float* A = slot_A(P, l, shared + layout.A);
   const bool gated = P.z.data[0] != nullptr;
   const int64_t row = static_cast<int64_t>(l.b) * P.routes + l.k;
   const int64_t per_state = static_cast<int64_t>(P.modalities) * P.tokens;
   float dskip = 0.f, dbias = 0.f;
   __syncthreads();
 
-  for (int32_t chunk = last_chunk_of(P, span); chunk >= span.first; chunk -= P.chunk_length) {
+  // the saved start state of each chunk, from the span's last chunk back
+  const float* saved = P.chunk_states + (l.seq * P.chunks + last_chunk_of(P, span) / P.chunk_length) * N;
+  for (int32_t chunk = last_chunk_of(P, span); chunk >= span.first; chunk -= P.chunk_length, saved -= N) {
     const int32_t first = chunk + (l.part * kWarpSize + l.lane) * kItems;
     const int place = partial_place((l.part * kWarpSize + l.lane) * kItems);  // this lane's run in a partials row
-    float dt[kItems], dtu[kItems], dy[kItems];
+    float dt[kItems], dtu[kItems], dy[kItems], run_dt = 0.f;
     float grad_B[kItems], grad_A[kItems], readout[kItems];  // sums over states: adjoint B, adjoint A a h_prev, C h
     uint32_t at_B[kItems], at_C[kItems];
     int m[kItems];
@@ -535,30 +646,30 @@ XSCAN_KERNEL scan_backward_kernel(const ScanParams P, const Routes routes) {
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
       const Position s = locate(routes, l, first + i, span.end);
-      const float dout = load_dout(P, l, s);
-      dt[i] = step_of(P, s, load_delta<T>(P, l, s, bias));
-      dtu[i] = dt[i] * load_u<T>(P, l, s);
-      dy[i] = gated ? dout * silu(load_gate<T>(P, l, s)) : dout;
+      const float dout = load_dout(v, s);
+      dt[i] = step_of(P, s, load_delta(v, s, bias));
+      dtu[i] = dt[i] * load_u(v, s);
+      run_dt += dt[i];
+      dy[i] = gated ? dout * silu(load_gate(P, v, s)) : dout;
       m[i] = s.token_m;
       at_B[i] = Brows.offset(s.t.e);
       at_C[i] = Crows.offset(s.t.e);
       token[i] = s.token_m * P.tokens + s.t.e;
       grad_B[i] = grad_A[i] = readout[i] = 0.f;
     }
-    const float* saved = P.chunk_states + (l.seq * P.chunks + chunk / P.chunk_length) * N;
     auto Bn = Brows.first_state(), Cn = Crows.first_state();
 #pragma unroll 1
     for (int n = 0; n < N; ++n, Bn.next(), Cn.next()) {
       const float A_n = A[n], A_log2 = A_n * kLog2e;
       float a[kItems], Bv[kItems], Cv[kItems];
-      float fold_a = 1.f, fold_b = 0.f;
+      Bn.gather(kRuns && P.token_runs, m, at_B, Bv);
+      Cn.gather(kRuns && P.token_runs, m, at_C, Cv);
+      const float fold_a = decay_of(run_dt, A_log2);  // the run's decay, either way
+      float fold_b = 0.f;
 #pragma unroll
       for (int i = 0; i < kItems; ++i) {
         a[i] = decay_of(dt[i], A_log2);
-        Bv[i] = Bn.at(m[i], at_B[i]);
-        Cv[i] = Cn.at(m[i], at_C[i]);
         fold_b = a[i] * fold_b + dtu[i] * Bv[i];
-        fold_a *= a[i];
       }
       // the states, from the chunk's saved start state
       float h_prev[kItems];  // the state before each position; after it: h_prev[i + 1], or h_last
@@ -569,13 +680,10 @@ XSCAN_KERNEL scan_backward_kernel(const ScanParams P, const Routes routes) {
         h_last = a[i] * h_last + dtu[i] * Bv[i];
       }
       // the adjoints: q_t = a_t (C_t dy_t + q_{t+1}) from the adjoint entering the chunk
-      float rfold_a = 1.f, rfold_b = 0.f;
+      float rfold_b = 0.f;
 #pragma unroll
-      for (int i = kItems - 1; i >= 0; --i) {
-        rfold_b = a[i] * (Cv[i] * dy[i] + rfold_b);
-        rfold_a *= a[i];
-      }
-      float q = enter_lane(P, l, totals, 1, rfold_a, rfold_b, carry[n], true);
+      for (int i = kItems - 1; i >= 0; --i) rfold_b = a[i] * (Cv[i] * dy[i] + rfold_b);
+      float q = enter_lane(P, l, totals, 1, fold_a, rfold_b, carry[n], true);
       float dA = 0.f;
       float* row_B = partials + ((n & 1) * 2 * slots + l.slot) * partial_row(P) + place;
       float* row_C = row_B + slots * partial_row(P);
@@ -631,11 +739,10 @@ XSCAN_KERNEL scan_backward_kernel(const ScanParams P, const Routes routes) {
     for (int i = 0; i < kItems; ++i) {
       const Position s = locate(routes, l, first + i, span.end);
       if (!s.valid) continue;
-      const float delta_raw = load_delta<T>(P, l, s, bias), u = load_u<T>(P, l, s);
+      const float delta_raw = load_delta(v, s, bias), u = load_u(v, s);
       if (gated && l.active) {  // selective_scan only: y = (C.h + D u) * silu(z)
-        const float dout = load_dout(P, l, s);
-        P.dz[l.b * P.dz_stride_b + s.t.uc * P.dz_stride_c + s.t.ur * P.dz_stride_h + s.t.uw * P.dz_stride_w] =
-            dout * (readout[i] + skip * u) * silu_grad(load_gate<T>(P, l, s));
+        const float dout = load_dout(v, s);
+        v.dz.at(0, s.t.uc, s.t.ur, s.t.uw) = dout * (readout[i] + skip * u) * silu_grad(load_gate(P, v, s));
       }
       const float du = dt[i] * grad_B[i] + skip * dy[i];
       const float ddt = grad_B[i] * u + grad_A[i];
@@ -643,9 +750,8 @@ XSCAN_KERNEL scan_backward_kernel(const ScanParams P, const Routes routes) {
       dskip += dy[i] * u;
       dbias += ddelta;
       if (l.active) {
-        if (!s.t.pad) store(P.atomic_routes, &P.du.data[s.t.m][map_offset(P.du, l.b, l.k, s.t.uc, s.t.ur, s.t.uw)], du);
-        P.ddelta[s.t.m][l.b * P.ddelta_stride_b + l.k * P.ddelta_stride_k + l.d * P.ddelta_stride_c +
-                        s.t.e * P.ddelta_stride_t] = ddelta;
+        if (!s.t.pad) store(P.atomic_routes, &v.du.at(s.t.m, s.t.uc, s.t.ur, s.t.uw), du);
+        v.ddelta.at(s.t.m, l.d, 0, s.t.e) = ddelta;
       }
     }
     __syncthreads();  // the carried adjoints are written; the next chunk reads them

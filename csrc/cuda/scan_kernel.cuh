@@ -3,6 +3,7 @@
 // source to its route policy (shared with the host emulation of the kernels).
 #pragma once
 
+#include <cstdint>
 #include <type_traits>
 #include <utility>
 
@@ -16,13 +17,14 @@ namespace cuda {
 // a position's route location is that policy's index maths, inlined, and nothing else.
 template <typename F>
 auto with_routes(const ScanParams& P, F&& f) {
-  return visit_route<int32_t>(static_cast<Route>(P.route), static_cast<Source>(P.source), P.geometry,
+  return visit_route<int32_t, FastDivisor>(static_cast<Route>(P.route), static_cast<Source>(P.source), P.geometry,
                               std::forward<F>(f));
 }
 
 // The launches of one forward and of one backward, for any `launch(kernel, grid, shared bytes,
 // arguments...)` that runs a kernel and returns false when it fails (a CUDA launch below, or the host
 // emulation's). A split sequence (P.segments > 1) adds a summary and a carry pass before each scan.
+// The backward first reruns the forward to save the chunk start states, unless P.states_saved.
 template <typename T, typename Routes, typename Launch>
 bool forward_passes(const ScanParams& P, const Routes& routes, Launch&& launch) {
   const auto forward = scan_forward_kernel<T, Routes>;
@@ -36,22 +38,40 @@ bool forward_passes(const ScanParams& P, const Routes& routes, Launch&& launch) 
 template <typename T, typename Routes, typename Launch>
 bool backward_passes(const ScanParams& P, const Routes& routes, Launch&& launch) {
   const GridSize grid = scan_grid_size(P);
-  return forward_passes<T>(state_saving_pass(P), routes, launch) &&
+  return (P.states_saved || forward_passes<T>(state_saving_pass(P), routes, launch)) &&
          (P.segments == 1 || (launch(span_adjoint_kernel<T, Routes>, grid, shared_bytes(P, false), P, routes) &&
                               launch(span_carry_kernel<true>, span_carry_grid(P), 0, P))) &&
          launch(scan_backward_kernel<T, Routes>, grid, shared_bytes(P, true), P, routes);
+}
+
+// P with token_runs set where the kernels can read each lane's kItems positions' B and C as one run
+// of tokens in aligned 16-byte vectors: the route policy reads token j at position j (kTokenRuns),
+// the length is whole runs (so a lane's run is all inside the sequence or all past its end), and
+// B's and C's rows are unit-stride along tokens and start on 16-byte boundaries.
+template <typename T, typename Routes>
+ScanParams with_token_runs(const ScanParams& P, const Routes&) {
+  constexpr int64_t kPerVector = 16 / sizeof(T);
+  const auto aligned = [&](const TokenTensor& t) {
+    bool ok = t.stride_t == 1 && t.stride_b % kPerVector == 0 && t.stride_k % kPerVector == 0 &&
+              t.stride_c % kPerVector == 0 && t.stride_n % kPerVector == 0;
+    for (int m = 0; m < 2; ++m) ok = ok && reinterpret_cast<uintptr_t>(t.data[m]) % 16 == 0;
+    return ok;
+  };
+  ScanParams runs = P;
+  runs.token_runs = Routes::kTokenRuns && P.length % kItems == 0 && aligned(P.B) && aligned(P.C);
+  return runs;
 }
 
 // One forward / one backward of P with input type T, every kernel run by `launch` (forward_passes):
 // the entry points of the CUDA launchers below and of the host emulation.
 template <typename T, typename Launch>
 bool run_forward(const ScanParams& P, Launch&& launch) {
-  return with_routes(P, [&](const auto& routes) { return forward_passes<T>(P, routes, launch); });
+  return with_routes(P, [&](const auto& routes) { return forward_passes<T>(with_token_runs<T>(P, routes), routes, launch); });
 }
 
 template <typename T, typename Launch>
 bool run_backward(const ScanParams& P, Launch&& launch) {
-  return with_routes(P, [&](const auto& routes) { return backward_passes<T>(P, routes, launch); });
+  return with_routes(P, [&](const auto& routes) { return backward_passes<T>(with_token_runs<T>(P, routes), routes, launch); });
 }
 
 #ifdef __CUDACC__

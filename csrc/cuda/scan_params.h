@@ -61,6 +61,9 @@ struct ScanParams {
   int32_t warps_per_channel = 1, chunk_length = 0;
 
   bool delta_softplus = false;
+  // Each lane's kItems positions read kItems consecutive tokens of B and C, which the kernels load as
+  // aligned vectors (set by with_token_runs, scan_kernel.cuh, where the route and the layouts allow).
+  bool token_runs = false;
 
   // Inputs in the dtype the kernel is instantiated for; z on u's map (selective_scan only).
   MapTensor u, z;
@@ -77,14 +80,18 @@ struct ScanParams {
   float* last_state = nullptr;
   // Chunk start states, (Bt, K, Dm, chunks, N) fp32: written by the forward when non-null, read by
   // the backward, which recomputes the states inside each chunk (chunks of chunk_length positions).
+  // states_saved: a forward of the same layout has filled them (when autograd needs a backward), so
+  // the backward does not rerun the forward to save them.
   float* chunk_states = nullptr;
   int32_t chunks = 0;
+  bool states_saved = false;
 
   // Sequence split, for launches of too few blocks to fill the GPU: each sequence runs as
   // `segments` spans of `span_length` positions (whole chunks), one block each
   // (gridDim.z). A summary pass runs every span from a zero state and records its end state and
   // summed dt, a carry pass turns those into each span's start state, then the spans run for real
-  // (scan_kernel.cuh). Buffers (seq = (b, k, d)): span_states (seq, segments, N) and span_dt (seq,
+  // (scan_kernel.cuh); the backward's summary pass records each span's adjoint and summed dt likewise.
+  // Buffers (seq = (b, k, d)): span_states (seq, segments, N) and span_dt (seq,
   // segments) fp32; the backward's adjoints entering each span from its successors likewise in
   // span_adjoints (seq, segments, N). With segments > 1, dA_part, dD_part, ddelta_bias_part hold a
   // partial per span: (Bt, K, Dm, segments, N) and (Bt, K, Dm, segments).
@@ -137,13 +144,14 @@ XSCAN_PARAMS_HD int partial_row(const ScanParams& P) { return P.chunk_length + P
 XSCAN_PARAMS_HD int partial_place(int position) { return position + (position >> 5); }
 
 struct SharedLayout {
-  int carry, totals, dA, partials, floats;
+  int carry, A, totals, dA, partials, floats;
 };
 
 XSCAN_PARAMS_HD SharedLayout shared_layout(const ScanParams& P, bool backward) {
   SharedLayout s;
   s.carry = 0;
-  s.totals = s.carry + kWarps * P.dstate;
+  s.A = s.carry + kWarps * P.dstate;
+  s.totals = s.A + kWarps * P.dstate;
   s.dA = s.totals + 2 * kWarps * 2;
   s.partials = s.dA + (backward ? kWarps * P.dstate : 0);
   s.floats = s.partials + (backward ? 2 * 2 * channels_per_tile(P) * partial_row(P) : 0);

@@ -22,8 +22,8 @@ import torch
 import xscan
 from xscan import reference
 from xscan.backends import cuda as cuda_backend
-from xscan.testing import (OPS, check_fp32_output, compare, deterministic, long_line_spec, make_inputs,
-                           run_with_grads, spec_of)
+from xscan.testing import (OPS, check_fp32_output, compare, custom_op_args, deterministic, long_line_spec,
+                           make_inputs, public_op, run_with_grads, spec_of)
 
 FP32_TOL = 3e-5
 HALF_TOL = 2e-2
@@ -87,7 +87,7 @@ def max_warps(monkeypatch):
     layouts = []
     plan = cuda_backend.plan
 
-    def recorded(spec, sms):
+    def recorded(spec, sms=None):
         P = plan(spec, sms)
         layouts.append((P.warps_per_channel, P.chunk_length, P.segments, P.span_length))
         return P
@@ -109,6 +109,43 @@ def test_lengths_around_item_warp_and_chunk_boundaries(device, max_warps, cap, L
     layouts = max_warps(cap)
     assert_matches_reference("selective_scan", device, Bt=1, Dm=2, N=5, L=L, G=1)
     assert {layout[0] for layout in layouts} == {W}, layouts
+
+
+def _relaid(t, layout):
+    """t with the same values: as it is, contiguous but one element past a 16-byte boundary, or
+    strided along its last axis."""
+    if layout == "offset":
+        return torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)[1:].view(t.shape).copy_(t)
+    if layout == "strided":
+        return torch.empty(*t.shape, 2, dtype=t.dtype, device=t.device)[..., 0].copy_(t)
+    return t
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("layout", ["aligned", "offset", "strided"])
+@pytest.mark.parametrize("op,L", [("selective_scan", 64), ("selective_scan", 61), ("ssd_exchange", 40),
+                                  ("ssd_exchange", 43)])
+def test_token_runs_and_their_fallback(device, op, L, layout, dtype):
+    # Routes whose positions read consecutive tokens (selective_scan, ssd_exchange) load a lane's 8
+    # positions of B and C as aligned vectors where the length is whole runs of 8 and B, C are
+    # unit-stride rows on 16-byte boundaries; any other length or layout, one load per position.
+    # The ops are called directly: the public functions' autograd would copy B and C.
+    args, kwargs = make_inputs(op, device=device, Bt=2, Dm=3, N=5, L=L, G=1, dtype=dtype)
+    if op == "selective_scan":  # B, C (Bt, G, N, L)
+        relaid = args[:3] + (_relaid(args[3], layout), _relaid(args[4], layout))
+    else:  # B0, B1, C0, C1 (Bt, L, G, N), made L-major as selective_scan's
+        relaid = tuple(_relaid(a.transpose(1, -1).contiguous(), layout).transpose(1, -1) if 5 <= i <= 8 else a
+                       for i, a in enumerate(args))
+    forward, backward = getattr(torch.ops.xscan, op), getattr(torch.ops.xscan, f"{op}_backward")
+    full, expected_full = (custom_op_args(op, a, kwargs, b) for a, b in ((relaid, "cuda"), (args, "reference")))
+    outs, expected = forward(*full)[:-1], forward(*expected_full)[:-1]
+    g = torch.Generator().manual_seed(1)
+    grads = [torch.randn(o.shape, generator=g).to(device=device, dtype=o.dtype) for o in outs]
+    got = list(outs) + [x for x in backward(grads, *full, None) if x is not None]
+    want = list(expected) + [x for x in backward(grads, *expected_full, None) if x is not None]
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    for name, (a, b) in enumerate(zip(got, want)):
+        torch.testing.assert_close(a.float(), b.float(), rtol=tol, atol=tol, msg=f"output/gradient {name}")
 
 
 @pytest.mark.parametrize("op,N", [("cross_ss2d", 18), ("ss2d", 16), ("es2d", 16), ("interleave_ss2d", 12)])
@@ -141,7 +178,8 @@ def test_split_sequences_match_reference(device, split_sequences, op, N):
     H, W = SPLIT_MAPS.get(op, (1, 1))
     assert_matches_reference(op, device, **SPLIT, H=H, W=W, N=N)
     segments = [layout[2] for layout in split_sequences]
-    assert len(segments) == 2 and min(segments) > 1, split_sequences  # forward and backward both split
+    # forward, its checkpoints' shape and backward: all split
+    assert len(segments) == 3 and min(segments) > 1, split_sequences
 
 
 @pytest.mark.parametrize("deterministic_mode", [False, True])
@@ -233,6 +271,88 @@ def test_limits_reject_float64_naming_the_argument(emulated_cuda):
 
 
 # ---------------------------------------------------------------------------------------------
+# Checkpoints: when autograd needs a backward, the forward saves the state at every chunk start of
+# its launch layout, and the backward starts from them instead of rerunning the forward. Routes long
+# enough for several chunks and, in the emulation's layout (planned for 132 SMs), a sequence split
+# into spans of whole chunks.
+
+CHECKPOINT_SHAPE = dict(Bt=1, Dm=2, N=3, L=2100, H=30, W=70, G=1, nh=2, P=2)
+
+
+def cuda_call(op, device, **shape):
+    args, kwargs = make_inputs(op, device=device, **dict(CHECKPOINT_SHAPE, **shape))
+    return getattr(torch.ops.xscan, op), custom_op_args(op, args, kwargs, "cuda"), spec_of(op, args, kwargs)
+
+
+def test_checkpoint_shape_is_split_into_spans_of_several_chunks(emulated_cuda):
+    P = cuda_backend.plan(cuda_call("selective_scan", "cpu")[2])
+    assert P.segments > 1 and P.chunks > P.segments, (P.segments, P.chunks)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_backward_from_checkpoints_equals_the_recomputed_one(device, op):
+    forward, full, _ = cuda_call(op, device)
+    *outs, checkpoints = forward(*full, True)
+    plain = forward(*full)
+    assert checkpoints.numel() > 0 and plain[-1].numel() == 0
+    for o, p in zip(outs, plain):
+        torch.testing.assert_close(o, p, rtol=1e-6, atol=1e-6)  # float atomics on a GPU
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(o.shape, generator=g, dtype=o.dtype).to(device) for o in outs]
+    backward = getattr(torch.ops.xscan, f"{op}_backward")
+    saved = backward(grads, *full, checkpoints)
+    recomputed = backward(grads, *full, None)
+    for s, r in zip(saved, recomputed):
+        torch.testing.assert_close(s, r, rtol=1e-5, atol=1e-5)
+    with xscan.use_backend("reference"):
+        expected = getattr(torch.ops.xscan, f"{op}_backward")(grads, *full[:-1], "reference", None)
+    for s, e in zip(saved, expected):
+        if e is not None:
+            torch.testing.assert_close(s, e, rtol=1e-4, atol=1e-4)
+
+
+def test_checkpoints_are_the_states_at_chunk_starts(device):
+    """(Bt, K, Dm, chunks, N): the last state of the scan cut at each chunk's start (0 at the first)."""
+    forward, full, spec = cuda_call("selective_scan", device)
+    *_, checkpoints = forward(*full, True)
+    P = cuda_backend.plan(spec)
+    assert checkpoints.shape == (1, 1, 2, P.chunks, 3)
+    assert not checkpoints[:, :, :, 0].any()
+    u, delta, A, B, C, D, z, bias, softplus = full[:9]
+    for c in range(1, P.chunks):
+        cut = [t[..., :P.chunk_length * c] for t in (u, delta, B, C, z)]
+        with xscan.use_backend("reference"):
+            _, last = xscan.selective_scan(cut[0], cut[1], A, cut[2], cut[3], D, cut[4], bias, softplus,
+                                           return_last_state=True)
+        torch.testing.assert_close(checkpoints[:, 0, :, c], last, rtol=1e-5, atol=1e-5)
+
+
+def test_checkpoints_of_another_layout_are_refused(device):
+    forward, full, _ = cuda_call("selective_scan", device)
+    *outs, checkpoints = forward(*full, True)
+    backward = torch.ops.xscan.selective_scan_backward
+    with pytest.raises(ValueError, match="checkpoints must be"):
+        backward([torch.ones_like(o) for o in outs], *full, checkpoints[..., :-1, :])
+
+
+def test_public_op_trains_from_checkpoints(device, monkeypatch):
+    """autograd through the public op hands the backward the forward's checkpoints."""
+    seen = []
+    backward = cuda_backend.backward
+
+    def spy(spec, grads, checkpoints=None):
+        seen.append(checkpoints)
+        return backward(spec, grads, checkpoints)
+    monkeypatch.setattr(cuda_backend, "backward", spy)
+    args, kwargs = make_inputs("cross_ss2d", device=device, **CHECKPOINT_SHAPE)
+    leaves = [a.clone().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
+    with xscan.use_backend("cuda"):
+        out = public_op("cross_ss2d")(*leaves, **kwargs)
+    (out if isinstance(out, torch.Tensor) else out[0]).sum().backward()
+    assert len(seen) == 1 and seen[0] is not None and seen[0].numel() > 0
+
+
+# ---------------------------------------------------------------------------------------------
 # GPU only: long routes, 64-bit offsets
 
 @pytest.mark.slow
@@ -275,6 +395,30 @@ def test_element_offsets_beyond_2_pow_31():
     torch.testing.assert_close(y[tail].float(), y_ref, rtol=HALF_TOL, atol=HALF_TOL)
     torch.testing.assert_close(du[tail].float(), du_ref, rtol=HALF_TOL, atol=HALF_TOL)
     torch.testing.assert_close(ddelta[tail].float(), ddelta_ref, rtol=HALF_TOL, atol=HALF_TOL)
+
+
+def test_fast_divisor(emulator):
+    # The route policies divide by a map's height or width, a route count or a realignment period
+    # with FastDivisor (csrc/include/xscan/scan_math.h): a multiply-high, an add and a shift. Every
+    # divisor up to 2^12, powers of 2 and their neighbours, random ones up to 2^31 - 1; dividends 0,
+    # around multiples of the divisor, random, and the largest, 2^31 - 1.
+    g = torch.Generator().manual_seed(0)
+    powers = [2**k + e for k in range(31) for e in (-1, 0, 1) if 1 <= 2**k + e < 2**31]
+    divisors = torch.cat([torch.arange(1, 4097), torch.tensor(powers),
+                          torch.randint(1, 2**31 - 1, (2000,), generator=g)]).to(torch.int64)
+    d = divisors.repeat_interleave(12)
+    k = torch.randint(0, 2**31 - 1, d.shape, generator=g) // d
+    near = torch.stack([k * d - 1, k * d, k * d + 1], 1).flatten()[: d.numel()]
+    n = torch.where(torch.arange(d.numel()) % 4 == 0, torch.randint(0, 2**31 - 1, d.shape, generator=g), near)
+    n = torch.cat([n, torch.zeros_like(divisors), torch.full_like(divisors, 2**31 - 1)]).clamp(0, 2**31 - 1)
+    d = torch.cat([d, divisors, divisors])
+    n32, d32 = n.to(torch.int32).contiguous(), d.to(torch.int32).contiguous()
+    q, r = torch.empty_like(n32), torch.empty_like(n32)
+    ctypes.CDLL(emulator.__file__).xscan_fast_divide(
+        ctypes.c_void_p(n32.data_ptr()), ctypes.c_void_p(d32.data_ptr()), ctypes.c_void_p(q.data_ptr()),
+        ctypes.c_void_p(r.data_ptr()), ctypes.c_int64(n32.numel()))
+    assert torch.equal(q.to(torch.int64), n // d)
+    assert torch.equal(r.to(torch.int64), n % d)
 
 
 # ---------------------------------------------------------------------------------------------

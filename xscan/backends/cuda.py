@@ -1,7 +1,8 @@
 """The hand-written CUDA backend (``xscan._C_cuda``, sources in csrc/cuda/): executes ``ScanSpec``s.
 
-The same kernels (a forward; a backward with its state-saving forward; the span summary and carry
-passes of a split sequence) serve every op: the launch carries the spec's route, source and
+The same kernels (a forward, which saves its chunk start states when autograd needs a backward; a
+backward, which reruns the forward to save them when it did not; the span summary and carry passes
+of a split sequence) serve every op: the launch carries the spec's route, source and
 geometry, and the kernels are instantiated per route policy (csrc/include/xscan/routes.h, the CPU
 engine's own). This module packs a spec into the kernels' parameters (pointers, 64-bit strides of
 the spec's views; the layout from csrc/cuda's plan_launch) and allocates the fp32 buffers they write.
@@ -100,11 +101,34 @@ def _sizes(spec: ScanSpec):
     return P
 
 
-def plan(spec: ScanSpec, sms: int):
-    """The launch layout of a spec on ``sms`` SMs (ScanParams, sizes and layout set)."""
+def plan(spec: ScanSpec, sms: Optional[int] = None):
+    """The launch layout of a spec on ``sms`` SMs (ScanParams, sizes and layout set); by default those
+    of the spec's device (the host emulation's: EMULATED_SMS)."""
+    if sms is None:
+        device = spec.view("u").device
+        sms = _sm_count(device.index) if device.type == "cuda" else EMULATED_SMS
     P = _sizes(spec)
     _C.plan(P, RESIDENT_BLOCKS * sms, MIN_SPAN, MAX_WARPS)
     return P
+
+
+def checkpoints(spec: ScanSpec) -> tuple:
+    """(shape, dtype) of the checkpoints the forward saves for its backward when autograd needs one:
+    the state at every chunk start of the launch's layout, (Bt, K, Dm, chunks, N) fp32."""
+    limits(spec)
+    P = plan(spec)
+    return (spec.batch, spec.routes, spec.channels, P.chunks, spec.dstate), torch.float32
+
+
+def _chunk_states(P, states: Optional[torch.Tensor]) -> Optional[int]:
+    """The address of the forward's checkpoints for launch P, checked against its layout; None if none."""
+    if states is None or not states.numel():
+        return None
+    want = (P.batch, P.routes, P.channels, P.chunks, P.dstate)
+    if tuple(states.shape) != want or states.dtype != torch.float32 or not states.is_contiguous():
+        raise ValueError(f"xscan (cuda backend): checkpoints must be a contiguous float32 tensor of shape {want} (the "
+                         f"forward's, of the same launch layout), got {states.dtype} {tuple(states.shape)}")
+    return states.data_ptr()
 
 
 class _Launch:
@@ -115,8 +139,7 @@ class _Launch:
         self.spec, self.keep = spec, []
         self.device = spec.view("u").device
         self.f32 = dict(device=self.device, dtype=torch.float32)
-        sms = _sm_count(self.device.index) if self.device.type == "cuda" else EMULATED_SMS
-        P = self.P = plan(spec, sms)
+        P = self.P = plan(spec)
         P.delta_softplus = spec.softplus
         self.tiles = P.group_tiles * P.tiles_per_group
         P.u = self._map(_C.MapTensor(), self._pair("u"))
@@ -193,9 +216,13 @@ def _route_sum(spec: ScanSpec) -> tuple:
     return shared and not atomic, atomic
 
 
-def forward(spec: ScanSpec) -> list:
+def forward(spec: ScanSpec, checkpoints: Optional[torch.Tensor] = None) -> list:
+    """The op's outputs; fills ``checkpoints`` (of ``checkpoints(spec)``) when given."""
     run = _Launch(spec)
     P = run.P
+    saved = _chunk_states(P, checkpoints)
+    if saved is not None:
+        P.chunk_states = saved
     y_outs = [o for o in spec.outputs if o.role == "y"]
     partial, atomic = _route_sum(spec)
     P.atomic_routes = atomic
@@ -219,15 +246,18 @@ def forward(spec: ScanSpec) -> list:
     return result
 
 
-def backward(spec: ScanSpec, grads: list) -> dict:
+def backward(spec: ScanSpec, grads: list, checkpoints: Optional[torch.Tensor] = None) -> dict:
+    """Gradients by argument name, from the forward's checkpoints when given (else the forward is rerun
+    to save them first)."""
     run = _Launch(spec)
     P = run.P
     f32 = run.f32
     N, K, Bt, Dm = spec.dstate, spec.routes, spec.batch, spec.channels
     partial, atomic = _route_sum(spec)
     P.atomic_routes = atomic
-    states = run._keep(torch.empty(Bt, K, Dm, P.chunks, N, **f32))
-    P.chunk_states = states.data_ptr()
+    saved = _chunk_states(P, checkpoints)
+    P.states_saved = saved is not None
+    P.chunk_states = saved if P.states_saved else run._keep(torch.empty(Bt, K, Dm, P.chunks, N, **f32)).data_ptr()
     y_outs = [(o, g.float()) for o, g in zip(spec.outputs, grads) if o.role == "y"]
     gys = {m: run._keep(o.view(g)) for o, g in y_outs for m in o.slots}
     gys = _same_strides([gys[m] for m in range(spec.modalities)])
@@ -285,7 +315,8 @@ def _load() -> Optional[str]:
     if _C is None:
         return None  # the reason is set above
     check_codes(_C, "xscan._C_cuda")
-    _registry.backend("cuda").executor = sys.modules[__name__]  # forward(spec), backward(spec, grads)
+    # checkpoints(spec), forward(spec, checkpoints), backward(spec, grads, checkpoints)
+    _registry.backend("cuda").executor = sys.modules[__name__]
     if not torch.cuda.is_available():
         return "xscan._C_cuda is built but torch.cuda.is_available() is False"
     return None

@@ -3,9 +3,10 @@
 // extensions export kRouteNames / kSourceNames and xscan checks them when it loads); the index maths
 // is xscan/routes.py's. docs/ops.md ("Adding a route") shows what a new route kind touches.
 //
-// Every policy is a template on its index type I: int64_t on the CPU; int32_t in the CUDA kernels,
-// whose launcher keeps every route length, token count and map size below 2^31, so that locating a
-// position costs 32-bit divisions (inline) instead of 64-bit ones (a subroutine call each).
+// Every policy is a template on its index type I and the type D of the sizes it divides by:
+// int64_t for both on the CPU; int32_t and FastDivisor (scan_math.h) in the CUDA kernels, whose
+// launcher keeps every route length, token count and map size below 2^31, so that locating a
+// position costs a multiply-high per division instead of a 64-bit division (a subroutine call).
 //
 // A policy describes one op's routes over its maps:
 //   route.at(k, j)       the token at position j of route k, what is the same for every channel
@@ -16,7 +17,9 @@
 //   routes()             the number of routes K the op's tensors carry;
 //   u_map(Dm), y_map(Dm) the (channels, rows, columns) of u's and y's pixel maps;
 //   modalities()         how many per-modality tensors it reads (1 or 2);
-//   kTokenModalities     how many modalities' per-token tensors (dt, B, C) at() reads (1 or 2).
+//   kTokenModalities     how many modalities' per-token tensors (dt, B, C) at() reads (1 or 2);
+//   kTokenRuns           position j of every route reads token j of one modality (the CUDA
+//                        kernels then load a run of positions' B and C as vectors).
 #pragma once
 
 #include <cstdint>
@@ -83,9 +86,10 @@ struct OnMap : SameChannel<I> {
 };
 
 // selective_scan: one route along time over a 1 x L map.
-template <typename I = int64_t>
-struct LineRoutes : OnMap<LineRoutes<I>, I> {
+template <typename I = int64_t, typename D = I>
+struct LineRoutes : OnMap<LineRoutes<I, D>, I> {
   static constexpr bool kScalarDecay = false;
+  static constexpr bool kTokenRuns = true;
   static constexpr int kTokenModalities = 1;
   I L;
   XSCAN_HD explicit LineRoutes(int64_t L_) : L(static_cast<I>(L_)) {}
@@ -98,11 +102,12 @@ struct LineRoutes : OnMap<LineRoutes<I>, I> {
 };
 
 // Four routes that each visit every pixel of one H x W map once (Self supplies at(k, j)).
-template <typename Self, typename I>
+template <typename Self, typename I, typename D>
 struct WholeMapRoutes : OnMap<Self, I> {
   static constexpr bool kScalarDecay = false;
+  static constexpr bool kTokenRuns = false;
   static constexpr int kTokenModalities = 1;
-  I H, W;
+  D H, W;
   XSCAN_HD WholeMapRoutes(int64_t H_, int64_t W_) : H(static_cast<I>(H_)), W(static_cast<I>(W_)) {}
   XSCAN_HD int64_t length() const { return static_cast<int64_t>(H) * W; }
   XSCAN_HD int64_t tokens() const { return static_cast<int64_t>(H) * W; }
@@ -112,21 +117,23 @@ struct WholeMapRoutes : OnMap<Self, I> {
 };
 
 // SS2D's four cross routes over an H x W map.
-template <typename I = int64_t>
-struct CrossRoutes : WholeMapRoutes<CrossRoutes<I>, I> {
-  XSCAN_HD CrossRoutes(int64_t H_, int64_t W_) : WholeMapRoutes<CrossRoutes<I>, I>(H_, W_) {}
+template <typename I = int64_t, typename D = I>
+struct CrossRoutes : WholeMapRoutes<CrossRoutes<I, D>, I, D> {
+  XSCAN_HD CrossRoutes(int64_t H_, int64_t W_) : WholeMapRoutes<CrossRoutes<I, D>, I, D>(H_, W_) {}
   XSCAN_HD TokenOf<I> at(I k, I j) const {
-    const I W = this->W, s = cross_route(k, j, this->H, W);
-    return pixel_token<I>(0, s, s / W, s % W);
+    const I s = cross_route(k, j, this->H, this->W);
+    return pixel_token<I>(0, s, s / this->W, s % this->W);
   }
 };
 
 // ES2D: route k walks sub-lattice k of the map padded to even H, W.
-template <typename I = int64_t>
-struct AtrousRoutes : OnMap<AtrousRoutes<I>, I> {
+template <typename I = int64_t, typename D = I>
+struct AtrousRoutes : OnMap<AtrousRoutes<I, D>, I> {
   static constexpr bool kScalarDecay = false;
+  static constexpr bool kTokenRuns = false;
   static constexpr int kTokenModalities = 1;
-  I H, W, Hq, Wq;
+  I H, W;
+  D Hq, Wq;
   XSCAN_HD AtrousRoutes(int64_t H_, int64_t W_)
       : H(static_cast<I>(H_)), W(static_cast<I>(W_)), Hq(atrous_extent(H)), Wq(atrous_extent(W)) {}
   XSCAN_HD int64_t length() const { return static_cast<int64_t>(Hq) * Wq; }
@@ -145,11 +152,12 @@ struct AtrousRoutes : OnMap<AtrousRoutes<I>, I> {
 };
 
 // cross_ss2d: route k over 2L positions alternating the two modalities.
-template <typename I = int64_t>
-struct CrossPairRoutes : OnMap<CrossPairRoutes<I>, I> {
+template <typename I = int64_t, typename D = I>
+struct CrossPairRoutes : OnMap<CrossPairRoutes<I, D>, I> {
   static constexpr bool kScalarDecay = false;
+  static constexpr bool kTokenRuns = false;
   static constexpr int kTokenModalities = 2;
-  I H, W;
+  D H, W;
   XSCAN_HD CrossPairRoutes(int64_t H_, int64_t W_) : H(static_cast<I>(H_)), W(static_cast<I>(W_)) {}
   XSCAN_HD int64_t length() const { return 2 * static_cast<int64_t>(H) * W; }
   XSCAN_HD int64_t tokens() const { return static_cast<int64_t>(H) * W; }
@@ -165,16 +173,17 @@ struct CrossPairRoutes : OnMap<CrossPairRoutes<I>, I> {
 // interleave_ss2d: cross routes over the realigned (Hr, Wr) map; u is read from the map, channel and
 // column the realignment takes that pixel from, y is written in the realigned layout. The realigned
 // map's dt, B, C and y fill both modality slots, so only u depends on the source map.
-template <typename I = int64_t>
+template <typename I = int64_t, typename D = I>
 struct RealignRoutes {
   static constexpr bool kScalarDecay = false;
+  static constexpr bool kTokenRuns = false;
   static constexpr int kTokenModalities = 1;  // the realigned map's tokens; only u reads two maps
   static constexpr bool kSameChannel = false;
   using Index = I;
-  CrossRoutes<I> cross;
+  CrossRoutes<I, D> cross;
   I C, W;  // channels and width of each input map
   bool on_channels;
-  I period;  // realign_source's
+  D period;  // realign_source's
   XSCAN_HD RealignRoutes(int64_t Hr, int64_t Wr, int64_t C_, int64_t W_, Source s)
       : cross(Hr, Wr), C(static_cast<I>(C_)), W(static_cast<I>(W_)),
         on_channels(realigns_channels(static_cast<int32_t>(s))),
@@ -199,11 +208,13 @@ struct RealignRoutes {
 
 // ssd_exchange: channel d is a head; its 2P routes are the head's P channels in each direction
 // (k < P: modality 0), all over time, sharing dt and a scalar decay exp(dt A) per step.
-template <typename I = int64_t>
-struct HeadRoutes : OnMap<HeadRoutes<I>, I> {
+template <typename I = int64_t, typename D = I>
+struct HeadRoutes : OnMap<HeadRoutes<I, D>, I> {
   static constexpr bool kScalarDecay = true;
+  static constexpr bool kTokenRuns = true;
   static constexpr int kTokenModalities = 2;
-  I P, L;
+  D P;
+  I L;
   XSCAN_HD HeadRoutes(int64_t P_, int64_t L_) : P(static_cast<I>(P_)), L(static_cast<I>(L_)) {}
   XSCAN_HD int64_t length() const { return L; }
   XSCAN_HD int64_t tokens() const { return L; }
@@ -214,11 +225,11 @@ struct HeadRoutes : OnMap<HeadRoutes<I>, I> {
 };
 
 // ss2d(route="snake"): boustrophedon routes over an H x W map (xscan/routes.py, snake_route).
-template <typename I = int64_t>
-struct SnakeRoutes : WholeMapRoutes<SnakeRoutes<I>, I> {
-  XSCAN_HD SnakeRoutes(int64_t H_, int64_t W_) : WholeMapRoutes<SnakeRoutes<I>, I>(H_, W_) {}
+template <typename I = int64_t, typename D = I>
+struct SnakeRoutes : WholeMapRoutes<SnakeRoutes<I, D>, I, D> {
+  XSCAN_HD SnakeRoutes(int64_t H_, int64_t W_) : WholeMapRoutes<SnakeRoutes<I, D>, I, D>(H_, W_) {}
   XSCAN_HD TokenOf<I> at(I k, I j) const {
-    const I H = this->H, W = this->W;
+    const D H = this->H, W = this->W;
     const I i = k >= 2 ? H * W - 1 - j : j;
     I h, w;
     if (k % 2 == 0) {
@@ -238,21 +249,21 @@ XSCAN_HD int geometry_sizes(Route route, Source source) {
   return route == Route::kLine ? 1 : 2;
 }
 
-// Calls f(policy) with the route policy of (route, source, geometry), index type I, and returns its
-// result: the one place a route kind becomes its policy, for the CPU engine and the CUDA launchers
-// alike (host code: a static switch, f is instantiated once per policy).
-template <typename I = int64_t, typename F>
+// Calls f(policy) with the route policy of (route, source, geometry), index type I, divisor type D,
+// and returns its result: the one place a route kind becomes its policy, for the CPU engine and the
+// CUDA launchers alike (host code: a static switch, f is instantiated once per policy).
+template <typename I = int64_t, typename D = I, typename F>
 auto visit_route(Route route, Source source, const int64_t* g, F&& f) {
   switch (route) {
     case Route::kCross:
-      if (source != Source::kToken) return f(RealignRoutes<I>(g[0], g[1], g[2], g[3], source));
-      return f(CrossRoutes<I>(g[0], g[1]));
-    case Route::kAtrous: return f(AtrousRoutes<I>(g[0], g[1]));
-    case Route::kCrossPair: return f(CrossPairRoutes<I>(g[0], g[1]));
-    case Route::kHeads: return f(HeadRoutes<I>(g[0], g[1]));
-    case Route::kSnake: return f(SnakeRoutes<I>(g[0], g[1]));
+      if (source != Source::kToken) return f(RealignRoutes<I, D>(g[0], g[1], g[2], g[3], source));
+      return f(CrossRoutes<I, D>(g[0], g[1]));
+    case Route::kAtrous: return f(AtrousRoutes<I, D>(g[0], g[1]));
+    case Route::kCrossPair: return f(CrossPairRoutes<I, D>(g[0], g[1]));
+    case Route::kHeads: return f(HeadRoutes<I, D>(g[0], g[1]));
+    case Route::kSnake: return f(SnakeRoutes<I, D>(g[0], g[1]));
     case Route::kLine:
-    default: return f(LineRoutes<I>(g[0]));
+    default: return f(LineRoutes<I, D>(g[0]));
   }
 }
 

@@ -167,10 +167,37 @@ XSCAN_HD T sigmoid_vec(T x) {
 // ---------------------------------------------------------------------------------------------
 // Routes over an H x W map (row-major spatial index s = h * W + w).
 
+// A divisor fixed before a launch (a map's height or width, a route count): n / d and n % d for
+// 0 <= n < 2^31 without a division, as the CUDA kernels' route policies locate every position with
+// it: q = (mulhi(m, n) + n) >> l, with l = ceil(log2 d) and m = floor(2^32 (2^l - d) / d) + 1 (the
+// round-up method of Granlund and Montgomery; mulhi(m, n) + n stays below 2^32 for n < 2^31).
+// Converts to its value for every other use. The CPU engine divides 64-bit indices by plain integers.
+struct FastDivisor {
+  int32_t d;
+  uint32_t m;
+  int32_t l;
+  XSCAN_HD FastDivisor(int32_t divisor = 1) : d(divisor), m(0), l(0) {
+    while ((int64_t{1} << l) < divisor) ++l;
+    m = static_cast<uint32_t>(((uint64_t{1} << 32) * ((uint64_t{1} << l) - static_cast<uint64_t>(divisor))) /
+                              static_cast<uint64_t>(divisor) + 1);
+  }
+  XSCAN_HD operator int32_t() const { return d; }
+};
+
+XSCAN_HD int32_t operator/(int32_t n, FastDivisor q) {
+#ifdef __CUDA_ARCH__
+  const uint32_t high = __umulhi(q.m, static_cast<uint32_t>(n));
+#else
+  const uint32_t high = static_cast<uint32_t>((static_cast<uint64_t>(q.m) * static_cast<uint32_t>(n)) >> 32);
+#endif
+  return static_cast<int32_t>((high + static_cast<uint32_t>(n)) >> q.l);
+}
+XSCAN_HD int32_t operator%(int32_t n, FastDivisor q) { return n - (n / q) * q.d; }
+
 // SS2D route k in VMamba order (0 hf row-major, 1 vf column-major, 2 hb, 3 vb reversed): the
-// spatial index visited at route position j in [0, H*W).
-template <typename I>
-XSCAN_HD I cross_route(I k, I j, I H, I W) {
+// spatial index visited at route position j in [0, H*W). D: the divisors' type (I, or FastDivisor).
+template <typename I, typename D>
+XSCAN_HD I cross_route(I k, I j, D H, D W) {
   const I i = k >= 2 ? H * W - 1 - j : j;
   return (k & 1) ? (i % H) * W + i / H : i;
 }
@@ -190,15 +217,15 @@ XSCAN_HD bool atrous_column_major(I k) { return (k & 1) != 0; }
 
 // ES2D route k at position j in [0, Hq*Wq): the token index q = i * Wq + w' inside the sub-lattice
 // (row-major, the order of es2d's per-token tensors).
-template <typename I>
-XSCAN_HD I atrous_route(I k, I j, I Hq, I Wq) {
+template <typename I, typename D>
+XSCAN_HD I atrous_route(I k, I j, D Hq, D Wq) {
   return atrous_column_major(k) ? (j % Hq) * Wq + j / Hq : j;
 }
 
 // The padded-map pixel of sub-lattice token q of route k. Returns false for padding (h >= H or
 // w >= W): the scan reads u = 0 there and its output is dropped.
-template <typename I>
-XSCAN_HD bool atrous_pixel(I k, I q, I H, I W, I Wq, I* h, I* w) {
+template <typename I, typename D>
+XSCAN_HD bool atrous_pixel(I k, I q, I H, I W, D Wq, I* h, I* w) {
   *h = 2 * (q / Wq) + atrous_h0(k);
   *w = 2 * (q % Wq) + atrous_w0(k);
   return *h < H && *w < W;
@@ -208,8 +235,8 @@ XSCAN_HD bool atrous_pixel(I k, I q, I H, I W, I Wq, I* h, I* w) {
 // reads I_1, V_1, I_2, V_2, ... (modality 0 first in every pair, also on the reversed routes).
 template <typename I>
 XSCAN_HD int cross_pair_modality(I p) { return static_cast<int>(p & 1); }
-template <typename I>
-XSCAN_HD I cross_pair_spatial(I k, I p, I H, I W) {
+template <typename I, typename D>
+XSCAN_HD I cross_pair_spatial(I k, I p, D H, D W) {
   return cross_route<I>(k, p >> 1, H, W);
 }
 
@@ -238,8 +265,8 @@ XSCAN_HD I realign_period(int32_t source, I C, I W) {
 }
 
 // Realigned channel r and column wr -> the map, channel and column they are read from.
-template <typename I>
-XSCAN_HD RealignSource<I> realign_source(bool on_channels, I period, I r, I wr) {
+template <typename I, typename D>
+XSCAN_HD RealignSource<I> realign_source(bool on_channels, D period, I r, I wr) {
   const I x = on_channels ? r : wr;
   const I q = x / period, lo = x - q * period;
   const I i = (q >> 1) * period + lo;

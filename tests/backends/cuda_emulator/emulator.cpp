@@ -468,3 +468,15 @@ extern "C" __attribute__((visibility("default"))) const char* xscan_emulator_pro
   const bool ok = run_grid(Dim3{1, 1, 1}, kThreads * sizeof(float), [&] { kernel(in, out, barrier != 0); });
   return ok ? "" : launch_error.c_str();
 }
+
+// n / d and n % d by the route policies' FastDivisor (csrc/include/xscan/scan_math.h), element by
+// element, for the tests: the same maths as on the GPU, whose __umulhi is here a 64-bit product.
+extern "C" __attribute__((visibility("default"))) void xscan_fast_divide(const int32_t* n, const int32_t* d,
+                                                                        int32_t* quotient, int32_t* remainder,
+                                                                        int64_t count) {
+  for (int64_t i = 0; i < count; ++i) {
+    const xscan::FastDivisor divisor(d[i]);
+    quotient[i] = n[i] / divisor;
+    remainder[i] = n[i] % divisor;
+  }
+}
