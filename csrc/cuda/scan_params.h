@@ -175,7 +175,9 @@ inline int64_t lcm64(int64_t a, int64_t b) {
 // groups_C): warps per channel, chunk length, tiling, and the sequence split. A launch should bring
 // at least `min_blocks` blocks (the GPU's SMs times the blocks each holds): more warps per channel
 // first (up to max_warps and what the length fills), then, for sequences of at least 2 * min_span
-// positions, spans of whole chunks (each costs a summary pass).
+// positions, spans of whole chunks. A split's summary pass reruns every span, doubling the work, so
+// spans are taken only where the launch brings at most half of min_blocks: where a split at least
+// doubles the blocks in flight.
 inline void plan_launch(ScanParams& P, int64_t min_blocks, int64_t min_span, int max_warps) {
   const int64_t group_tiles = lcm64(P.groups_B, P.groups_C);
   P.group_tiles = static_cast<int32_t>(group_tiles);
@@ -195,7 +197,7 @@ inline void plan_launch(ScanParams& P, int64_t min_blocks, int64_t min_span, int
   P.chunks = static_cast<int32_t>((P.length + P.chunk_length - 1) / P.chunk_length);
   P.segments = 1, P.span_length = 0;
   const int64_t have = blocks(W), span_floor = min_span > P.chunk_length ? min_span : P.chunk_length;
-  if (have >= min_blocks || P.length < 2 * span_floor || P.batch > 65535) return;
+  if (2 * have > min_blocks || P.length < 2 * span_floor || P.batch > 65535) return;
   int64_t segments = (min_blocks + have - 1) / have;
   if (segments > P.length / span_floor) segments = P.length / span_floor;
   if (segments > 65535) segments = 65535;

@@ -205,6 +205,14 @@ def test_plan_fills_the_gpu_with_warps_then_spans():
     assert layout(1, 8, 65536) == (4, 8, 32, 2048, 64)      # 8 blocks, then 32 spans of 2 chunks
     assert layout(1, 8, 2047) == (4, 8, 1, 0, 2)            # too short to pay for a summary pass
     assert layout(2, 10, 3000, G=2) == (4, 10, 2, 2048, 3)  # 5 channels per group, one tile each
+    # DIFF-MF's ss2d at 256 x 256 (4 routes of 65536, 64 channels): 256 blocks at 4 warps per channel,
+    # more than half of the 264 wanted, so no split (a summary pass would double the work); at half
+    # the channels, 128 blocks: 3 spans (of whole 1024-position chunks); at exactly half the blocks
+    # wanted, a split; one block more, none
+    assert layout(1, 64, 65536, K=4) == (4, 64, 1, 0, 64)
+    assert layout(1, 32, 65536, K=4) == (4, 32, 3, 22528, 64)
+    assert layout(1, 32, 65536, K=4, sms=128) == (4, 32, 2, 32768, 64)
+    assert layout(1, 33, 65536, K=4, sms=128) == (4, 33, 1, 0, 64)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -70,8 +70,9 @@ def limits(spec: ScanSpec) -> None:
 
 
 # Layout (csrc/cuda/scan_params.h, plan_launch): a launch should bring RESIDENT_BLOCKS blocks per SM;
-# it gets more warps per channel (up to MAX_WARPS), then, where still short, splits each sequence
-# into spans of at least MIN_SPAN positions (each span costs a summary pass). Not yet tuned on a GPU.
+# it gets more warps per channel (up to MAX_WARPS), then, where it brings at most half of that,
+# splits each sequence into spans of at least MIN_SPAN positions (a summary pass reruns the spans).
+# Not yet tuned on a GPU.
 RESIDENT_BLOCKS = 2
 MIN_SPAN = 512
 MAX_WARPS = 4
