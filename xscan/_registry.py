@@ -3,7 +3,7 @@
 A kernel backend is an executor of ``xscan.spec.ScanSpec`` (``forward(spec)`` -> the op's outputs,
 ``backward(spec, grads)`` -> {argument name: gradient}, both raising a clear error before any launch
 for what its kernels cannot take). An executor whose backward can start from states its forward saved
-(the cpu backend's) also has ``checkpoints(spec)`` -> their (shape, dtype) or None,
+(the cpu and cuda backends') also has ``checkpoints(spec)`` -> their (shape, dtype) or None,
 ``forward(spec, checkpoints)`` filling such a buffer and ``backward(spec, grads, checkpoints)``. The
 reference backend runs each op's own pure-PyTorch functions instead (``ops``: op -> (forward,
 backward)), so that the oracle shares nothing with the kernels' description of the ops. The

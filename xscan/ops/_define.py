@@ -7,8 +7,8 @@ op's arguments, two that the public wrapper fixes before the call: ``fp32_output
 forward.
 
 Checkpoints: the forward op's last output is the state at every chunk start that a backend's forward
-saves for its backward (the cpu engine's, ``CpuExecutor.checkpoints``), so that the backward does not
-rerun the forward's recurrence to find them. The forward's last argument ``save_checkpoints`` (default
+saves for its backward (``CpuExecutor.checkpoints``, ``xscan.backends.cuda.checkpoints``), so that
+the backward does not rerun the forward's recurrence to find them. The forward's last argument ``save_checkpoints`` (default
 false; the public wrapper sets it when autograd will need a backward) asks for them; without it, or on
 a backend that keeps none, that output is empty. The backward op takes them as its last argument
 (``None`` or empty: the backend recomputes them), and its gradients are those of the op's other
