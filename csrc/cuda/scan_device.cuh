@@ -4,8 +4,9 @@
 //
 // Layout (position-parallel, as the fastest selective-scan kernels): a sequence (batch b, route k,
 // channel d) is scanned by `warps_per_channel` (W) warps of a 128-thread block; each lane owns
-// kItems consecutive positions of a chunk of W * 32 * kItems positions, so a position's route
-// location, dt (and its softplus), u and z are computed once per channel, not once per state. The
+// kItems consecutive positions of a chunk of W * 32 * kItems positions (the forward, kForwardItems
+// of a chunk twice as long), so a position's route location, dt (and its softplus), u and z are
+// computed once per channel, not once per state. The
 // N states are looped with each state's (decay, increment) pairs in registers: a lane folds its own
 // positions, a warp scan (shuffles) and, for W > 1, a combine of the warps' totals in shared memory
 // give each lane the state entering its positions, from the chunk's start state, which is carried
@@ -35,19 +36,30 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #define XSCAN_DEVICE __device__ __forceinline__
-// Kernels ask for 2 resident blocks per SM, no more: left free, ptxas held the backward at 168
-// registers (3 blocks per SM) and spilled. benchmarks/per_element.py defines XSCAN_KERNEL first to
-// compile them as device functions inside its own kernels.
+// A kernel and the resident blocks per SM it asks for (XSCAN_KERNEL(blocks)): the forward 3
+// (forward_blocks_per_sm), the backward 2, no more (held at 168 registers, it spilled).
+// benchmarks/per_element.py defines XSCAN_KERNEL first to compile them as device functions inside
+// its own kernels.
 #ifndef XSCAN_KERNEL
-#define XSCAN_KERNEL __global__ void __launch_bounds__(kThreadsPerBlock, 2)
+#define XSCAN_KERNEL(blocks) __global__ void __launch_bounds__(kThreadsPerBlock, blocks)
 #endif
 #else
 #define XSCAN_DEVICE inline
-#define XSCAN_KERNEL void
+#define XSCAN_KERNEL(blocks) void
 #endif
 
 namespace xscan {
 namespace cuda {
+
+constexpr int kBackwardBlocksPerSM = 2;
+
+// The forward's resident blocks per SM: 3 (168 registers without spills; left free, ptxas takes
+// 180-195 at 16 positions per lane, 2 blocks), but 2 where each position picks its modality's rows
+// of dt, B and C (CROSS_PAIR: at 168 registers it spills).
+template <typename Routes>
+constexpr int forward_blocks_per_sm() {
+  return Routes::kTokenModalities == 2 && !Routes::kTokenRuns ? 2 : 3;
+}
 
 constexpr unsigned kFullMask = 0xffffffffu;
 constexpr float kLog2e = 1.4426950408889634f;
@@ -202,19 +214,24 @@ struct StateRows {
     const T* row[2];
     int64_t stride_n;
     XSCAN_DEVICE float at(int m, uint32_t offset) const { return to_float((kTwo && m ? row[1] : row[0])[offset]); }
-    // The values at a lane's positions (m, offset: each position's modality and offset): where the
-    // launch reads token runs (ScanParams::token_runs), one run of kItems tokens from the first
-    // position's on, in aligned vectors; else one load per position.
-    XSCAN_DEVICE void gather(bool runs, const int (&m)[kItems], const uint32_t (&offset)[kItems],
-                             float (&out)[kItems]) const {
+    // The values at a lane's kCount positions (m, offset: each position's modality and offset):
+    // where the launch reads token runs (ScanParams::token_runs), runs of kItems tokens from the
+    // first position's of each on, in aligned vectors; else one load per position.
+    template <int kCount>
+    XSCAN_DEVICE void gather(bool runs, const int (&m)[kCount], const uint32_t (&offset)[kCount],
+                             float (&out)[kCount]) const {
       if (runs) {
-        const TokenRun<T> run = *reinterpret_cast<const TokenRun<T>*>((kTwo && m[0] ? row[1] : row[0]) + offset[0]);
 #pragma unroll
-        for (int i = 0; i < kItems; ++i) out[i] = to_float(run.v[i]);
+        for (int r = 0; r < kCount; r += kItems) {
+          const TokenRun<T> run =
+              *reinterpret_cast<const TokenRun<T>*>((kTwo && m[r] ? row[1] : row[0]) + offset[r]);
+#pragma unroll
+          for (int i = 0; i < kItems; ++i) out[r + i] = to_float(run.v[i]);
+        }
         return;
       }
 #pragma unroll
-      for (int i = 0; i < kItems; ++i) out[i] = at(m[i], offset[i]);
+      for (int i = 0; i < kCount; ++i) out[i] = at(m[i], offset[i]);
     }
     XSCAN_DEVICE void next() {
       row[0] += stride_n;
@@ -413,7 +430,7 @@ XSCAN_DEVICE int32_t last_chunk_of(const ScanParams& P, const Span& span) {
 // no y) and a split sequence's summary pass (span_summary: no outputs but each span's end state and
 // summed dt).
 template <typename T, typename Routes>
-XSCAN_KERNEL scan_forward_kernel(const ScanParams P, const Routes routes) {
+XSCAN_KERNEL(forward_blocks_per_sm<Routes>()) scan_forward_kernel(const ScanParams P, const Routes routes) {
   float* shared = dynamic_shared();
   const SharedLayout layout = shared_layout(P, false);
   const Lane l = lane_of(P);
@@ -435,16 +452,22 @@ XSCAN_KERNEL scan_forward_kernel(const ScanParams P, const Routes routes) {
   float dt_sum = 0.f;  // the summary pass's: the span's decay is exp(A dt_sum)
   __syncthreads();
 
-  // the chunk start states to save, from the span's first chunk on
+  // The forward's chunks are two of the backward's (kForwardItems positions per lane): the chunk
+  // start states to save (one per backward chunk), from the span's first on; the second of each
+  // forward chunk is the state after the lane whose run ends half way (`middle`).
+  constexpr int I = kForwardItems;
+  const int32_t chunk_length = 2 * P.chunk_length;
+  const bool middle = (l.part * kWarpSize + l.lane + 1) * I == P.chunk_length;
   float* saved = P.chunk_states ? P.chunk_states + (l.seq * P.chunks + span.first / P.chunk_length) * N : nullptr;
-  for (int32_t chunk = span.first; chunk < span.end; chunk += P.chunk_length, saved += saved ? N : 0) {
-    const int32_t first = chunk + (l.part * kWarpSize + l.lane) * kItems;
-    float dt[kItems], dtu[kItems], y[kItems];  // y: D u, then + C.h state by state
-    float run_dt = 0.f;                         // the run's summed dt
-    uint32_t at_B[kItems], at_C[kItems];
-    int m[kItems];
+  for (int32_t chunk = span.first; chunk < span.end; chunk += chunk_length, saved += saved ? 2 * N : 0) {
+    const int32_t first = chunk + (l.part * kWarpSize + l.lane) * I;
+    float* saved_middle = saved && middle && l.active && chunk + P.chunk_length < span.end ? saved + N : nullptr;
+    float dt[I], dtu[I], y[I];  // y: D u, then + C.h state by state
+    float run_dt = 0.f;         // the run's summed dt
+    uint32_t at_B[I], at_C[I];
+    int m[I];
 #pragma unroll
-    for (int i = 0; i < kItems; ++i) {
+    for (int i = 0; i < I; ++i) {
       const Position s = locate(routes, l, first + i, span.end);
       const float u = load_u(v, s);
       dt[i] = step_of(P, s, load_delta(v, s, bias));
@@ -465,14 +488,14 @@ XSCAN_KERNEL scan_forward_kernel(const ScanParams P, const Routes routes) {
 #pragma unroll 1
     for (int n = 0; n < N; ++n, Bn.next(), Cn.next()) {
       const float A_log2 = A[n] * kLog2e;
-      float a[kItems], b[kItems], Bv[kItems], Cv[kItems];
+      float a[I], b[I], Bv[I], Cv[I];
       Bn.gather(kRuns && P.token_runs, m, at_B, Bv);
       if (outputs) Cn.gather(kRuns && P.token_runs, m, at_C, Cv);
       // this lane's positions as one step: (decay of the run's summed dt, its increment)
       const float fold_a = decay_of(run_dt, A_log2);
       float fold_b = 0.f;
 #pragma unroll
-      for (int i = 0; i < kItems; ++i) {
+      for (int i = 0; i < I; ++i) {
         a[i] = decay_of(dt[i], A_log2);
         b[i] = dtu[i] * Bv[i];
         fold_b = a[i] * fold_b + b[i];
@@ -480,20 +503,21 @@ XSCAN_KERNEL scan_forward_kernel(const ScanParams P, const Routes routes) {
       float h = enter_lane(P, l, totals, n & 1, fold_a, fold_b, carry[n], false);
       if (outputs) {
 #pragma unroll
-        for (int i = 0; i < kItems; ++i) {
+        for (int i = 0; i < I; ++i) {
           h = a[i] * h + b[i];
           y[i] += Cv[i] * h;
         }
       } else {
 #pragma unroll
-        for (int i = 0; i < kItems; ++i) h = a[i] * h + b[i];
+        for (int i = 0; i < I; ++i) h = a[i] * h + b[i];
       }
+      if (saved_middle) saved_middle[n] = h;
       __syncwarp();
       if (l.part == P.warps_per_channel - 1 && l.lane == kWarpSize - 1) carry[n] = h;
     }
     if (outputs && l.active) {
 #pragma unroll
-      for (int i = 0; i < kItems; ++i) {
+      for (int i = 0; i < I; ++i) {
         const Position s = locate(routes, l, first + i, span.end);
         if (!s.valid || s.t.pad) continue;
         float out = y[i];
@@ -520,7 +544,7 @@ XSCAN_KERNEL scan_forward_kernel(const ScanParams P, const Routes routes) {
 // decay exp(A span_dt) times that, plus this), and the span's summed dt (so that the backward needs
 // nothing of the forward's summary pass when the forward saved its states).
 template <typename T, typename Routes>
-XSCAN_KERNEL span_adjoint_kernel(const ScanParams P, const Routes routes) {
+XSCAN_KERNEL(kBackwardBlocksPerSM) span_adjoint_kernel(const ScanParams P, const Routes routes) {
   float* shared = dynamic_shared();
   const SharedLayout layout = shared_layout(P, false);
   const Lane l = lane_of(P);
@@ -584,7 +608,7 @@ XSCAN_KERNEL span_adjoint_kernel(const ScanParams P, const Routes routes) {
 // kReverse) into what enters the span: h <- exp(A span_dt) h + summary, from the first span with
 // h = 0, or from the last with the gradient of the last state.
 template <bool kReverse>
-XSCAN_KERNEL span_carry_kernel(const ScanParams P) {
+XSCAN_KERNEL(kBackwardBlocksPerSM) span_carry_kernel(const ScanParams P) {
   const int32_t param = static_cast<int32_t>(blockIdx.x) * kThreadsPerBlock + threadIdx.x;  // k Dm + d
   if (param >= P.routes * P.channels) return;
   const int n = blockIdx.y;
@@ -602,7 +626,7 @@ XSCAN_KERNEL span_carry_kernel(const ScanParams P) {
 
 // The backward over the block's span (from the chunk start states a forward saved).
 template <typename T, typename Routes>
-XSCAN_KERNEL scan_backward_kernel(const ScanParams P, const Routes routes) {
+XSCAN_KERNEL(kBackwardBlocksPerSM) scan_backward_kernel(const ScanParams P, const Routes routes) {
   float* shared = dynamic_shared();
   const SharedLayout layout = shared_layout(P, true);
   const Lane l = lane_of(P);

@@ -99,13 +99,16 @@ def max_warps(monkeypatch):
     return cap
 
 
-@pytest.mark.parametrize("cap,L,W", [(1, 1, 1), (1, 7, 1), (1, 8, 1), (1, 9, 1), (1, 255, 1), (1, 256, 1),
-                                     (1, 257, 1), (1, 520, 1), (4, 256, 1), (4, 257, 2), (2, 511, 2), (4, 512, 2),
-                                     (4, 513, 4), (2, 1100, 2), (4, 1024, 4), (4, 1025, 4), (4, 2100, 4)])
+@pytest.mark.parametrize("cap,L,W", [(1, 1, 1), (1, 7, 1), (1, 8, 1), (1, 9, 1), (1, 15, 1), (1, 16, 1), (1, 17, 1),
+                                     (1, 255, 1), (1, 256, 1), (1, 257, 1), (1, 511, 1), (1, 512, 1), (1, 513, 1),
+                                     (1, 520, 1), (4, 256, 1), (4, 257, 2), (2, 511, 2), (4, 512, 2), (4, 513, 4),
+                                     (2, 1023, 2), (2, 1100, 2), (4, 1024, 4), (4, 1025, 4), (4, 2047, 4),
+                                     (4, 2049, 4), (4, 2100, 4)])
 def test_lengths_around_item_warp_and_chunk_boundaries(device, max_warps, cap, L, W):
     # a lane owns 8 consecutive positions, a warp 256, a chunk W * 256 (W warps per channel, combined
-    # through shared memory; a few channels take as many as the length fills, up to the cap): lengths
-    # on, before and after each boundary, one and several chunks
+    # through shared memory; a few channels take as many as the length fills, up to the cap); the
+    # forward's lane 16, its warp 512, its chunk W * 512: lengths on, before and after each boundary,
+    # one and several chunks
     layouts = max_warps(cap)
     assert_matches_reference("selective_scan", device, Bt=1, Dm=2, N=5, L=L, G=1)
     assert {layout[0] for layout in layouts} == {W}, layouts
