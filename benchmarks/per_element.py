@@ -227,7 +227,11 @@ def mamba_source(warp: int, kernels: list) -> str:
 # The kernels a forward or backward launches, without or with the sequence split, in order
 # (scan_kernel.cuh, forward_passes and backward_passes) under autograd: the forward saves the chunk
 # start states, the backward starts from them. The summary pass is the forward kernel with other outputs.
-KERNEL_ITEMS, FORWARD_ITEMS = 8, 16  # consecutive positions per lane (csrc/cuda/scan_params.h, kItems, kForwardItems)
+# Consecutive positions per lane: the backward's (csrc/cuda/scan_params.h, kItems) and the forward's
+# by route policy (scan_device.cuh, kForwardItems; each probe asserts it).
+KERNEL_ITEMS = 8
+FORWARD_ITEMS = dict(CrossPairRoutes=8)
+FORWARD_ITEMS_DEFAULT = 16
 FORWARD_KERNEL = dict(forward=dict(outputs=True, saving=True, summary=False),
                       summary=dict(outputs=False, saving=False, summary=True))
 PASSES = {(False, False): ["forward"], (False, True): ["summary", "carry", "forward"],
@@ -255,9 +259,15 @@ def probe_kernel(name: str, kernel: str, policy: str, split: bool, softplus: boo
     if kernel in FORWARD_KERNEL:
         body += [pointer("P.y.data[0]", flags["outputs"]), pointer("P.chunk_states", flags["saving"])]
     call = {"adjoint": "span_adjoint_kernel", "backward": "scan_backward_kernel"}.get(kernel, "scan_forward_kernel")
-    blocks = f"forward_blocks_per_sm<{routes}>()" if call == "scan_forward_kernel" else "kBackwardBlocksPerSM"
-    return (f'extern "C" __global__ void __launch_bounds__(kThreadsPerBlock, {blocks})\n{name}(ScanParams P, '
+    blocks = f"kForwardBlocksPerSM<{routes}>" if call == "scan_forward_kernel" else "kBackwardBlocksPerSM"
+    check = (f"static_assert(kForwardItems<{routes}> == {forward_items(policy)}, "
+             f'"benchmarks/per_element.py: FORWARD_ITEMS disagrees with kForwardItems");\n')
+    return (check + f'extern "C" __global__ void __launch_bounds__(kThreadsPerBlock, {blocks})\n{name}(ScanParams P, '
             f"const {routes} routes) {{\n" + "\n".join(body) + f"\n  {call}<float, {routes}>(P, routes);\n}}\n")
+
+
+def forward_items(policy: str) -> int:
+    return FORWARD_ITEMS.get(policy, FORWARD_ITEMS_DEFAULT)
 
 
 def xscan_source(warp: int, kernels: dict) -> str:
@@ -311,8 +321,8 @@ def xscan_count(case: dict, kernel: str, per_warp: list) -> float:
         return 128 * blocks * warp_mean(per_warp, case["segments"], 1)
     L, S = case["length"], case["segments"]
     span = case["span_length"] if S > 1 else L
-    # the forward kernel's chunks hold FORWARD_ITEMS positions per lane, the backward's KERNEL_ITEMS
-    chunk = case["chunk_length"] * (FORWARD_ITEMS // KERNEL_ITEMS if kernel in FORWARD_KERNEL else 1)
+    # the forward kernel's chunks hold forward_items positions per lane, the backward's KERNEL_ITEMS
+    chunk = case["chunk_length"] * (forward_items(case["policy"]) // KERNEL_ITEMS if kernel in FORWARD_KERNEL else 1)
     total = 0.0
     for s in range(S):  # the last span may be shorter
         total += warp_mean(per_warp, case["dstate"], math.ceil(min(span, L - s * span) / chunk))

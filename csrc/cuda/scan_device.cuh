@@ -4,15 +4,15 @@
 //
 // Layout (position-parallel, as the fastest selective-scan kernels): a sequence (batch b, route k,
 // channel d) is scanned by `warps_per_channel` (W) warps of a 128-thread block; each lane owns
-// kItems consecutive positions of a chunk of W * 32 * kItems positions (the forward, kForwardItems
-// of a chunk twice as long), so a position's route location, dt (and its softplus), u and z are
-// computed once per channel, not once per state. The
-// N states are looped with each state's (decay, increment) pairs in registers: a lane folds its own
-// positions, a warp scan (shuffles) and, for W > 1, a combine of the warps' totals in shared memory
-// give each lane the state entering its positions, from the chunk's start state, which is carried
-// from chunk to chunk in shared memory. A block holds 4 / W channels of one B and C group (a
-// "tile"); grid (batch x tiles, routes, spans). All accumulation is fp32; outputs and gradients are
-// fp32 (the caller casts them).
+// kItems consecutive positions of a chunk of W * 32 * kItems positions (the forward, mostly 2
+// kItems of a chunk twice as long: kForwardItems), so a position's route location, dt (and its
+// softplus), u and z are computed once per channel, not once per state. The N states are looped
+// with each state's (decay, increment) pairs in registers: a lane folds its own positions, a warp
+// scan (shuffles) and, for W > 1, a combine of the warps' totals in shared memory give each lane
+// the state entering its positions, from the chunk's start state, which is carried from chunk to
+// chunk in shared memory. A block holds 4 / W channels of one B and C group (a "tile"); grid
+// (batch x tiles, routes, spans). All accumulation is fp32; outputs and gradients are fp32 (the
+// caller casts them).
 //
 // Backward: from each chunk's start state, saved by the forward (or by a rerun of it first, when
 // the forward did not save them), the backward walks the chunks last to first and, per state,
@@ -37,7 +37,7 @@
 #include <cuda_fp16.h>
 #define XSCAN_DEVICE __device__ __forceinline__
 // A kernel and the resident blocks per SM it asks for (XSCAN_KERNEL(blocks)): the forward 3
-// (forward_blocks_per_sm), the backward 2, no more (held at 168 registers, it spilled).
+// (kForwardBlocksPerSM), the backward 2, no more (held at 168 registers, it spilled).
 // benchmarks/per_element.py defines XSCAN_KERNEL first to compile them as device functions inside
 // its own kernels.
 #ifndef XSCAN_KERNEL
@@ -53,13 +53,17 @@ namespace cuda {
 
 constexpr int kBackwardBlocksPerSM = 2;
 
-// The forward's resident blocks per SM: 3 (168 registers without spills; left free, ptxas takes
-// 180-195 at 16 positions per lane, 2 blocks), but 2 where each position picks its modality's rows
-// of dt, B and C (CROSS_PAIR: at 168 registers it spills).
+// The forward's positions per lane: 2 kItems, a chunk of two of the backward's (half the scan's and
+// the state loop's fixed work per position), but kItems where each position picks its modality's
+// rows of dt, B and C (CROSS_PAIR): at 16 it needs 2 blocks' registers per SM (at 168 registers it
+// spills), which halves the blocks in flight of S4Fusion's launches (288 blocks on 132 SMs).
 template <typename Routes>
-constexpr int forward_blocks_per_sm() {
-  return Routes::kTokenModalities == 2 && !Routes::kTokenRuns ? 2 : 3;
-}
+constexpr int kForwardItems = Routes::kTokenModalities == 2 && !Routes::kTokenRuns ? kItems : 2 * kItems;
+
+// The forward's resident blocks per SM: at 16 positions per lane 3 (168 registers, no spills; left
+// free, ptxas takes 180-195: 2 blocks); at 8, 2 (ptxas takes about 128: 4 blocks).
+template <typename Routes>
+constexpr int kForwardBlocksPerSM = kForwardItems<Routes> == kItems ? 2 : 3;
 
 constexpr unsigned kFullMask = 0xffffffffu;
 constexpr float kLog2e = 1.4426950408889634f;
@@ -430,7 +434,7 @@ XSCAN_DEVICE int32_t last_chunk_of(const ScanParams& P, const Span& span) {
 // no y) and a split sequence's summary pass (span_summary: no outputs but each span's end state and
 // summed dt).
 template <typename T, typename Routes>
-XSCAN_KERNEL(forward_blocks_per_sm<Routes>()) scan_forward_kernel(const ScanParams P, const Routes routes) {
+XSCAN_KERNEL(kForwardBlocksPerSM<Routes>) scan_forward_kernel(const ScanParams P, const Routes routes) {
   float* shared = dynamic_shared();
   const SharedLayout layout = shared_layout(P, false);
   const Lane l = lane_of(P);
@@ -452,14 +456,14 @@ XSCAN_KERNEL(forward_blocks_per_sm<Routes>()) scan_forward_kernel(const ScanPara
   float dt_sum = 0.f;  // the summary pass's: the span's decay is exp(A dt_sum)
   __syncthreads();
 
-  // The forward's chunks are two of the backward's (kForwardItems positions per lane): the chunk
-  // start states to save (one per backward chunk), from the span's first on; the second of each
-  // forward chunk is the state after the lane whose run ends half way (`middle`).
-  constexpr int I = kForwardItems;
-  const int32_t chunk_length = 2 * P.chunk_length;
-  const bool middle = (l.part * kWarpSize + l.lane + 1) * I == P.chunk_length;
+  // The forward's chunks are R of the backward's (I = R kItems positions per lane, R = 1 or 2): the
+  // chunk start states to save (one per backward chunk), from the span's first on; with R = 2 the
+  // second of each forward chunk is the state after the lane whose run ends half way (`middle`).
+  constexpr int I = kForwardItems<Routes>, R = I / kItems;
+  const int32_t chunk_length = R * P.chunk_length;
+  const bool middle = R == 2 && (l.part * kWarpSize + l.lane + 1) * I == P.chunk_length;
   float* saved = P.chunk_states ? P.chunk_states + (l.seq * P.chunks + span.first / P.chunk_length) * N : nullptr;
-  for (int32_t chunk = span.first; chunk < span.end; chunk += chunk_length, saved += saved ? 2 * N : 0) {
+  for (int32_t chunk = span.first; chunk < span.end; chunk += chunk_length, saved += saved ? R * N : 0) {
     const int32_t first = chunk + (l.part * kWarpSize + l.lane) * I;
     float* saved_middle = saved && middle && l.active && chunk + P.chunk_length < span.end ? saved + N : nullptr;
     float dt[I], dtu[I], y[I];  // y: D u, then + C.h state by state

@@ -53,9 +53,9 @@ struct ScanParams {
   int32_t modalities = 1;
 
   // Layout (scan_device.cuh): each channel's sequence is scanned by warps_per_channel (W = 1, 2 or
-  // 4) warps, chunk_length = W * 32 * kItems positions at a time (the forward: twice that, with
-  // kForwardItems positions per lane; the chunk start states are saved per chunk_length); a block (tile) holds 4 / W
-  // channels of one B and C group, so the in-block reduction of dB, dC is a plain sum.
+  // 4) warps, chunk_length = W * 32 * kItems positions at a time (the forward: mostly twice that,
+  // 2 kItems positions per lane; the chunk start states are saved per chunk_length); a block (tile)
+  // holds 4 / W channels of one B and C group, so the in-block reduction of dB, dC is a plain sum.
   // group_tiles = lcm(G_B, G_C); each group holds tiles_per_group tiles. plan_launch() sets these.
   int32_t group_tiles = 1, tiles_per_group = 1;
   int32_t groups_B = 1, groups_C = 1;
@@ -133,8 +133,7 @@ const char* launch_scan_backward(const ScanParams& params, DType dtype, void* st
 constexpr int kThreadsPerBlock = 128;
 constexpr int kWarpSize = 32;
 constexpr int kWarps = kThreadsPerBlock / kWarpSize;
-constexpr int kItems = 8;          // consecutive positions per lane (the backward's; a chunk is W * 32 * kItems)
-constexpr int kForwardItems = 16;  // the forward's: a lane holds two runs of kItems, its chunk two chunks
+constexpr int kItems = 8;  // consecutive positions per lane (the forward's: kForwardItems, scan_device.cuh)
 constexpr int kMaxDState = 256;
 
 XSCAN_PARAMS_HD int channels_per_tile(const ScanParams& P) { return kWarps / P.warps_per_channel; }
