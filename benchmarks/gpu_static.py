@@ -178,7 +178,7 @@ def demangle(names: list[str]) -> dict:
         full = out if len(out) == len(names) else names
     short = {}
     for mangled, name in zip(names, full):
-        name = name.removeprefix("void ").replace("xscan::cuda::", "").replace("xscan::", "").replace("<int, FastDivisor> >", ">")
+        name = re.sub(r"<int, FastDivisor>\s*", "", name.removeprefix("void ").replace("xscan::cuda::", "").replace("xscan::", ""))
         depth, end = 0, len(name)
         for i, ch in enumerate(name):  # the parameter list: the first '(' outside <...>
             depth += (ch == "<") - (ch == ">")
@@ -551,6 +551,8 @@ SHORT = {"chunk_summary": "summary", "chunk_carry": "carry", "scan_forward": "fw
 def ops_rows(ops: list[OpCall], cuda: dict, tri: dict) -> list[dict]:
     """Per op call: the CUDA launches (blocks, waves at the fp32 kernels' occupancy) and the Triton
     launches (kernel, grid) of its forward and backward."""
+    import per_element
+
     threads, _ = cuda_constants()
     by_name = {k["kernel"]: k for k in cuda.get("kernels", [])}
     rows = []
@@ -558,7 +560,10 @@ def ops_rows(ops: list[OpCall], cuda: dict, tri: dict) -> list[dict]:
         launches = {}
         for kind in ("forward", "backward"):
             launch = launches[kind] = cuda_launch(call.spec, kind == "backward")
-            k = by_name.get(f"scan_{kind}_kernel<float, {launch['policy']}>")
+            items = per_element.launch_forward_items(dict(
+                policy=launch["policy"], segments=launch["spans"], span_length=launch["span_length"],
+                length=call.spec.length(), chunk_length=launch["chunk_length"]))
+            k = by_name.get(f"scan_{kind}_kernel<float, {launch['policy']}" + (f", {items}>" if kind == "forward" else ">"))
             if k:
                 warps, _ = occupancy(k["regs"], k["smem"] + launch["smem"], threads // 32)
                 launch["waves"] = round(launch["blocks"] / (H100.sms * (warps // (threads // 32))), 3)

@@ -227,8 +227,9 @@ def mamba_source(warp: int, kernels: list) -> str:
 # The kernels a forward or backward launches, without or with the sequence split, in order
 # (scan_kernel.cuh, forward_passes and backward_passes) under autograd: the forward saves the chunk
 # start states, the backward starts from them. The summary pass is the forward kernel with other outputs.
-# Consecutive positions per lane: the backward's (csrc/cuda/scan_params.h, kItems) and the forward's
-# by route policy (scan_device.cuh, kForwardItems; each probe asserts it).
+# Consecutive positions per lane: the backward's (csrc/cuda/scan_params.h, kItems); the forward's
+# most by route policy (scan_device.cuh, kForwardItems; each probe asserts it), a launch's by
+# forward_items (mirrored in launch_forward_items).
 KERNEL_ITEMS = 8
 FORWARD_ITEMS = dict(CrossPairRoutes=8)
 FORWARD_ITEMS_DEFAULT = 16
@@ -239,7 +240,7 @@ PASSES = {(False, False): ["forward"], (False, True): ["summary", "carry", "forw
 
 
 def probe_kernel(name: str, kernel: str, policy: str, split: bool, softplus: bool, gated: bool,
-                 atomic_routes: bool, W: int, token_runs: bool) -> str:
+                 atomic_routes: bool, W: int, token_runs: bool, items: int) -> str:
     """One probe kernel: the launch-uniform parameters fixed, then the kernel's body."""
     if kernel.startswith("carry"):
         return (f'extern "C" __global__ void {name}(ScanParams P) {{\n'
@@ -259,15 +260,26 @@ def probe_kernel(name: str, kernel: str, policy: str, split: bool, softplus: boo
     if kernel in FORWARD_KERNEL:
         body += [pointer("P.y.data[0]", flags["outputs"]), pointer("P.chunk_states", flags["saving"])]
     call = {"adjoint": "span_adjoint_kernel", "backward": "scan_backward_kernel"}.get(kernel, "scan_forward_kernel")
-    blocks = f"kForwardBlocksPerSM<{routes}>" if call == "scan_forward_kernel" else "kBackwardBlocksPerSM"
+    forward = call == "scan_forward_kernel"
+    blocks = f"kForwardBlocksPerSM<{items}>" if forward else "kBackwardBlocksPerSM"
     check = (f"static_assert(kForwardItems<{routes}> == {forward_items(policy)}, "
              f'"benchmarks/per_element.py: FORWARD_ITEMS disagrees with kForwardItems");\n')
+    arguments = f"float, {routes}" + (f", {items}" if forward else "")
     return (check + f'extern "C" __global__ void __launch_bounds__(kThreadsPerBlock, {blocks})\n{name}(ScanParams P, '
-            f"const {routes} routes) {{\n" + "\n".join(body) + f"\n  {call}<float, {routes}>(P, routes);\n}}\n")
+            f"const {routes} routes) {{\n" + "\n".join(body) + f"\n  {call}<{arguments}>(P, routes);\n}}\n")
 
 
 def forward_items(policy: str) -> int:
+    """The most positions per lane of the policy's forward."""
     return FORWARD_ITEMS.get(policy, FORWARD_ITEMS_DEFAULT)
+
+
+def launch_forward_items(case: dict) -> int:
+    """A launch's forward positions per lane (scan_device.cuh, forward_items): the policy's most where
+    the blocks' spans hold a whole chunk of them."""
+    most = forward_items(case["policy"])
+    span = case["span_length"] if case["segments"] > 1 else case["length"]
+    return most if span >= most // KERNEL_ITEMS * case["chunk_length"] else KERNEL_ITEMS
 
 
 def xscan_source(warp: int, kernels: dict) -> str:
@@ -293,19 +305,21 @@ def xscan_kernels(case: dict, backward: bool) -> list[tuple]:
 
     def variant(kernel):
         if kernel.startswith("carry"):
-            return (kernel, "", True, False, False, False, 1, False)
+            return (kernel, "", True, False, False, False, 1, False, 0)
         return (kernel, case["policy"], split, case["softplus"],
                 case["gated"] and kernel in ("forward", "adjoint", "backward"),
                 case["atomic_routes"] and kernel in ("forward", "backward"), case["warps_per_channel"],
-                token_runs and kernel != "summary")
+                token_runs and kernel != "summary", launch_forward_items(case) if kernel in FORWARD_KERNEL else 0)
 
     return [variant(kernel) for kernel in PASSES[(backward, split)]]
 
 
 def variant_label(v: tuple) -> str:
-    kernel, policy, split, softplus, gated, atomic_routes, W, token_runs = v
+    kernel, policy, split, softplus, gated, atomic_routes, W, token_runs, items = v
     flags = [f for f, on in (("split", split), ("softplus", softplus), ("z", gated), ("atomic routes", atomic_routes),
                              ("token runs", token_runs)) if on]
+    if items:
+        flags.append(f"{items} per lane")
     return f"xscan {kernel}" + (f" {policy} W={W}" + "".join(f", {f}" for f in flags) if policy else "")
 
 
@@ -321,8 +335,8 @@ def xscan_count(case: dict, kernel: str, per_warp: list) -> float:
         return 128 * blocks * warp_mean(per_warp, case["segments"], 1)
     L, S = case["length"], case["segments"]
     span = case["span_length"] if S > 1 else L
-    # the forward kernel's chunks hold forward_items positions per lane, the backward's KERNEL_ITEMS
-    chunk = case["chunk_length"] * (forward_items(case["policy"]) // KERNEL_ITEMS if kernel in FORWARD_KERNEL else 1)
+    # the forward kernel's chunks hold launch_forward_items positions per lane, the backward's KERNEL_ITEMS
+    chunk = case["chunk_length"] * (launch_forward_items(case) // KERNEL_ITEMS if kernel in FORWARD_KERNEL else 1)
     total = 0.0
     for s in range(S):  # the last span may be shorter
         total += warp_mean(per_warp, case["dstate"], math.ceil(min(span, L - s * span) / chunk))

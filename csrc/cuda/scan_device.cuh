@@ -53,17 +53,27 @@ namespace cuda {
 
 constexpr int kBackwardBlocksPerSM = 2;
 
-// The forward's positions per lane: 2 kItems, a chunk of two of the backward's (half the scan's and
-// the state loop's fixed work per position), but kItems where each position picks its modality's
-// rows of dt, B and C (CROSS_PAIR): at 16 it needs 2 blocks' registers per SM (at 168 registers it
-// spills), which halves the blocks in flight of S4Fusion's launches (288 blocks on 132 SMs).
+// The most positions per lane of a route policy's forward: 2 kItems, a chunk of two of the
+// backward's (half the scan's and the state loop's fixed work per position), but kItems where each
+// position picks its modality's rows of dt, B and C (CROSS_PAIR): at 16 it needs 2 blocks'
+// registers per SM (at 168 registers it spills), which halves the blocks in flight of S4Fusion's
+// launches (288 blocks on 132 SMs). forward_items picks a launch's.
 template <typename Routes>
 constexpr int kForwardItems = Routes::kTokenModalities == 2 && !Routes::kTokenRuns ? kItems : 2 * kItems;
 
-// The forward's resident blocks per SM: at 16 positions per lane 3 (168 registers, no spills; left
-// free, ptxas takes 180-195: 2 blocks); at 8, 2 (ptxas takes about 128: 4 blocks).
+// The forward's resident blocks per SM at I positions per lane: at 16, 3 (168 registers, no spills;
+// left free, ptxas takes 180-195: 2 blocks); at 8, 2 (ptxas takes about 128: 4 blocks).
+template <int I>
+constexpr int kForwardBlocksPerSM = I == kItems ? 2 : 3;
+
+// A launch's forward positions per lane: the policy's most, where the blocks' spans hold at least one
+// whole chunk of them (else kItems: a short sequence, es2d's sub-lattices of small maps, would scan
+// a chunk twice as long, mostly past its end).
 template <typename Routes>
-constexpr int kForwardBlocksPerSM = kForwardItems<Routes> == kItems ? 2 : 3;
+int forward_items(const ScanParams& P) {
+  const int32_t span = P.segments > 1 ? P.span_length : P.length;
+  return span >= (kForwardItems<Routes> / kItems) * P.chunk_length ? kForwardItems<Routes> : kItems;
+}
 
 constexpr unsigned kFullMask = 0xffffffffu;
 constexpr float kLog2e = 1.4426950408889634f;
@@ -433,8 +443,8 @@ XSCAN_DEVICE int32_t last_chunk_of(const ScanParams& P, const Span& span) {
 // The forward over the block's span; also the state-saving rerun of the backward (chunk_states set,
 // no y) and a split sequence's summary pass (span_summary: no outputs but each span's end state and
 // summed dt).
-template <typename T, typename Routes>
-XSCAN_KERNEL(kForwardBlocksPerSM<Routes>) scan_forward_kernel(const ScanParams P, const Routes routes) {
+template <typename T, typename Routes, int I>
+XSCAN_KERNEL(kForwardBlocksPerSM<I>) scan_forward_kernel(const ScanParams P, const Routes routes) {
   float* shared = dynamic_shared();
   const SharedLayout layout = shared_layout(P, false);
   const Lane l = lane_of(P);
@@ -459,7 +469,8 @@ XSCAN_KERNEL(kForwardBlocksPerSM<Routes>) scan_forward_kernel(const ScanParams P
   // The forward's chunks are R of the backward's (I = R kItems positions per lane, R = 1 or 2): the
   // chunk start states to save (one per backward chunk), from the span's first on; with R = 2 the
   // second of each forward chunk is the state after the lane whose run ends half way (`middle`).
-  constexpr int I = kForwardItems<Routes>, R = I / kItems;
+  static_assert(I == kItems || I == 2 * kItems, "a forward lane holds one or two runs of kItems");
+  constexpr int R = I / kItems;
   const int32_t chunk_length = R * P.chunk_length;
   const bool middle = R == 2 && (l.part * kWarpSize + l.lane + 1) * I == P.chunk_length;
   float* saved = P.chunk_states ? P.chunk_states + (l.seq * P.chunks + span.first / P.chunk_length) * N : nullptr;
