@@ -152,22 +152,23 @@ struct Workspace {
   std::vector<acc_t> statesT, decayT;                         // (tile, N, block); decayT becomes the adjoint
   std::vector<acc_t> dhT, dAT;                                // (N, block)
   std::vector<acc_t> sumB, dD, dbias;                         // (block)
-  std::vector<acc_t> chunk_start;                             // (chunks - 1, N, block): see backward
+  std::vector<acc_t> chunk_start;                             // (chunks - 1, N, block) or none: see backward
 
-  // chunks: the backward's chunks per route (0 for the forward, which needs none of its buffers)
-  Workspace(int64_t N_, int64_t block, int64_t chunks, int64_t tile_)
+  // backward: with the backward's buffers (the forward needs none of them); chunk_starts: the chunk
+  // start states pass 1 keeps (0 where the forward saved them)
+  Workspace(int64_t N_, int64_t block, bool backward, int64_t chunk_starts, int64_t tile_)
       : N(N_), tile(tile_), tok(tile_), out_at(tile_), at_dt(tile_), at_u(tile_), at_z(tile_), at_y(tile_),
         Bc(tile_ * N_), Cc(tile_ * N_), dtT(tile_ * block), dtuT(tile_ * block), uT(tile_ * block),
         yT(tile_ * block), aT(N_ * block), hT(N_ * block), gT(block), Dc(block), dt(tile_), raw(tile_),
         dsp(tile_), u(tile_), out(tile_) {
-    if (chunks == 0) return;
+    if (!backward) return;
     for (auto* offsets : {&at_dy, &at_du, &at_dz, &at_ddt}) offsets->resize(tile_);
     for (auto* t : {&dBc, &dCc}) t->resize(tile_ * N_);
     for (auto* t : {&dspT, &gyT, &zT, &duT, &ddtT}) t->resize(tile_ * block);
     for (auto* t : {&statesT, &decayT}) t->resize(tile_ * N_ * block);
     for (auto* t : {&dhT, &dAT}) t->resize(N_ * block);
     for (auto* t : {&sumB, &dD, &dbias}) t->resize(block);
-    chunk_start.resize(chunks * N_ * block);
+    chunk_start.resize(chunk_starts * N_ * block);
   }
 };
 
@@ -732,7 +733,7 @@ void run_forward(const ScanViews<scalar_t, acc_t>& v, const Route& route) {
   const int64_t threads = threads_for(items, v.batch * v.channels * v.routes * route.length() * v.dstate);
 #pragma omp parallel num_threads(threads)
   {
-    Workspace<acc_t> ws(v.dstate, block, 0, kForwardTile);
+    Workspace<acc_t> ws(v.dstate, block, false, 0, kForwardTile);
     // Items are handed out one at a time: a thread that shares its core with another process takes
     // fewer of them instead of holding the whole call (items write disjoint outputs, so the results
     // do not depend on which thread runs which).
@@ -849,9 +850,10 @@ void run_backward(const ScanViews<scalar_t, acc_t>& v, const Route& route, const
   if (dD) sink(E::kdD, *dD, false);
   if (dbias) sink(E::kdBias, *dbias, false);
 
+  const int64_t chunk_starts = v.checkpoints ? 0 : std::max<int64_t>(chunks - 1, 0);  // pass 1's (backward)
 #pragma omp parallel num_threads(threads)
   {
-    Workspace<acc_t> ws(v.dstate, block, chunks, kChunk);
+    Workspace<acc_t> ws(v.dstate, block, true, chunk_starts, kChunk);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t r = 0; r < ranges; ++r) {
       typename E::Sinks sinks = shared;
