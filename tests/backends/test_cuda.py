@@ -342,8 +342,10 @@ def test_checkpoints_of_another_layout_are_refused(device):
     forward, full, _ = cuda_call("selective_scan", device)
     *outs, checkpoints = forward(*full, True)
     backward = torch.ops.xscan.selective_scan_backward
-    with pytest.raises(ValueError, match="checkpoints must be"):
-        backward([torch.ones_like(o) for o in outs], *full, checkpoints[..., :-1, :])
+    strided = checkpoints.transpose(3, 4).contiguous().transpose(3, 4)
+    for other in (checkpoints[..., :-1, :], checkpoints.double(), strided):
+        with pytest.raises(ValueError, match="checkpoints must be"):
+            backward([torch.ones_like(o) for o in outs], *full, other)
 
 
 def test_public_op_trains_from_checkpoints(device, monkeypatch):

@@ -121,14 +121,18 @@ def checkpoints(spec: ScanSpec) -> tuple:
     return (spec.batch, spec.routes, spec.channels, P.chunks, spec.dstate), torch.float32
 
 
-def _chunk_states(P, states: Optional[torch.Tensor]) -> Optional[int]:
-    """The address of the forward's checkpoints for launch P, checked against its layout; None if none."""
+def _chunk_states(run: "_Launch", states: Optional[torch.Tensor]) -> Optional[int]:
+    """The address of the forward's checkpoints for a launch, checked against its layout and device;
+    None if none."""
     if states is None or not states.numel():
         return None
+    P = run.P
     want = (P.batch, P.routes, P.channels, P.chunks, P.dstate)
-    if tuple(states.shape) != want or states.dtype != torch.float32 or not states.is_contiguous():
-        raise ValueError(f"xscan (cuda backend): checkpoints must be a contiguous float32 tensor of shape {want} (the "
-                         f"forward's, of the same launch layout), got {states.dtype} {tuple(states.shape)}")
+    if (tuple(states.shape) != want or states.dtype != torch.float32 or not states.is_contiguous()
+            or states.device != run.device):
+        raise ValueError(f"xscan (cuda backend): checkpoints must be a contiguous float32 tensor of shape {want} on "
+                         f"{run.device} (the forward's, of the same launch layout), got {states.dtype} "
+                         f"{tuple(states.shape)} on {states.device}")
     return states.data_ptr()
 
 
@@ -221,7 +225,7 @@ def forward(spec: ScanSpec, checkpoints: Optional[torch.Tensor] = None) -> list:
     """The op's outputs; fills ``checkpoints`` (of ``checkpoints(spec)``) when given."""
     run = _Launch(spec)
     P = run.P
-    saved = _chunk_states(P, checkpoints)
+    saved = _chunk_states(run, checkpoints)
     if saved is not None:
         P.chunk_states = saved
     y_outs = [o for o in spec.outputs if o.role == "y"]
@@ -256,7 +260,7 @@ def backward(spec: ScanSpec, grads: list, checkpoints: Optional[torch.Tensor] = 
     N, K, Bt, Dm = spec.dstate, spec.routes, spec.batch, spec.channels
     partial, atomic = _route_sum(spec)
     P.atomic_routes = atomic
-    saved = _chunk_states(P, checkpoints)
+    saved = _chunk_states(run, checkpoints)
     P.states_saved = saved is not None
     P.chunk_states = saved if P.states_saved else run._keep(torch.empty(Bt, K, Dm, P.chunks, N, **f32)).data_ptr()
     y_outs = [(o, g.float()) for o, g in zip(spec.outputs, grads) if o.role == "y"]
