@@ -160,9 +160,10 @@ def test_gradgradcheck_float64(op):
 @pytest.mark.parametrize("op", OPS)
 def test_opcheck_forward_and_backward(backend, op, save):
     """With save, the forward saves its checkpoints where the backend keeps any (the cpu engine's,
-    here over routes of 2-3 chunks) and the backward starts from them; other backends give none."""
+    here over routes of 2-3 chunks; the cuda kernels') and the backward starts from them; the other
+    backends give none."""
     name, device = backend
-    saving = save and name == "cpu"
+    saving = save and name in ("cpu", "cuda")
     args, kwargs = make_inputs(op, device=device, **dict(TINY, L=130, H=6, W=45) if saving else TINY)
     full = tuple(a.requires_grad_() if isinstance(a, torch.Tensor) else a
                  for a in custom_op_args(op, args, kwargs, name)) + (save,)
