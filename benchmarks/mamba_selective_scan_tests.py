@@ -10,6 +10,13 @@ installed version's tag, e.g. ``git show v2.3.2.post1:tests/ops/test_selective_s
 
 Prints one line per failing case (the assertion or error) and the pass/fail/skip counts per
 (wtype, itype, B, C) class.
+
+``--arbitrate`` settles each failing case against fp64: the same test runs twice more with its
+``selective_scan_ref`` replaced by an fp64 oracle (``xscan.reference`` on the same half or fp32
+values, widened to fp64, its results rounded to the dtypes mamba's reference returns): once with
+xscan under test, once with mamba's ``selective_scan_ref`` under test. Each case gets a verdict:
+``xscan closer`` (xscan meets the test's tolerances against fp64, mamba's reference does not),
+``both meet fp64``, ``neither meets fp64`` or ``xscan off`` (only mamba's reference meets them).
 """
 from __future__ import annotations
 
@@ -30,8 +37,25 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, 
 SEQLENS = (128, 256, 512, 1024, 2048, 4096)
 
 
+def fp64_oracle(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False):
+    """``selective_scan_ref``'s contract computed in fp64 by xscan's reference backend: the output in
+    u's dtype, the last state in fp32 (complex64 for a complex A), gradients back to each input's dtype."""
+    def wide(x):
+        return None if x is None else x.to(torch.complex128 if x.is_complex() else torch.float64)
+
+    with xscan.use_backend("reference"):
+        out, last = xscan.selective_scan(wide(u), wide(delta), wide(A), wide(B), wide(C), wide(D), z=wide(z),
+                                         delta_bias=wide(delta_bias), delta_softplus=delta_softplus,
+                                         return_last_state=True)
+    out = out.to(u.dtype)
+    if not return_last_state:
+        return out
+    return out, last.to(torch.complex64 if A.is_complex() else torch.float32)
+
+
 def load(path: str):
-    """The test module with its device on CPU, its selective_scan_fn on xscan."""
+    """The test module with its device on CPU, its selective_scan_fn on xscan, and a function that
+    runs it with ``selective_scan_fn``/``selective_scan_ref`` swapped for others."""
     xscan.install_mamba_shim()
     with open(path) as f:
         source = f.read()
@@ -39,7 +63,24 @@ def load(path: str):
         sys.exit(f"{path}: no `device = 'cuda'` line to move to CPU; is this mamba-ssm's test_selective_scan.py?")
     namespace = {"__name__": "mamba_test_selective_scan"}
     exec(compile(source.replace("device = 'cuda'", "device = 'cpu'"), path, "exec"), namespace)
-    return namespace["test_selective_scan"]
+    test, under_test, reference = (namespace[k] for k in ("test_selective_scan", "selective_scan_fn",
+                                                          "selective_scan_ref"))
+
+    def run(args, fn=under_test, ref=reference) -> str | None:
+        """None if the case passes, else why it failed; pytest's skip propagates."""
+        namespace["selective_scan_fn"], namespace["selective_scan_ref"] = fn, ref
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # the test prints its max differences
+                test(*args)
+        except pytest.skip.Exception:
+            raise
+        except Exception as e:  # AssertionError or an error the shim raised
+            return failure(e, path)
+        finally:
+            namespace["selective_scan_fn"], namespace["selective_scan_ref"] = under_test, reference
+        return None
+
+    return run, reference
 
 
 def failure(e: BaseException, path: str) -> str:
@@ -58,27 +99,35 @@ def main() -> None:
     p.add_argument("--itype", nargs="+", default=["fp16", "bf16"], choices=["fp32", "fp16", "bf16"])
     p.add_argument("--wtype", nargs="+", default=["fp32", "complex64"], choices=["fp32", "complex64"])
     p.add_argument("--seqlen", nargs="+", type=int, default=list(SEQLENS))
+    p.add_argument("--arbitrate", action="store_true", help="settle each failing case against an fp64 oracle")
     opts = p.parse_args()
-    test = load(opts.test_file)
+    run, mamba_reference = load(opts.test_file)
     counts = collections.defaultdict(collections.Counter)
     reasons = collections.Counter()
+    verdicts = collections.Counter()
     flags = list(itertools.product((False, True), repeat=4))
     with xscan.use_backend(opts.backend):
         for wtype, itype, seqlen, var_B, var_C, groups, (has_D, has_z, has_bias, softplus) in itertools.product(
                 opts.wtype, opts.itype, opts.seqlen, (False, True), (False, True), (1, 2), flags):
             key = (wtype, itype, "B var" if var_B else "B const", "C var" if var_C else "C const", f"G={groups}")
+            args = (var_B, var_C, groups, has_D, has_z, has_bias, softplus, True, seqlen, DTYPES[itype], DTYPES[wtype])
             try:
-                with contextlib.redirect_stdout(io.StringIO()):  # the test prints its max differences
-                        test(var_B, var_C, groups, has_D, has_z, has_bias, softplus, True, seqlen, DTYPES[itype],
-                         DTYPES[wtype])
+                why = run(args)
             except pytest.skip.Exception:
                 counts[key]["skip"] += 1
                 continue
-            except Exception as e:  # AssertionError or an error the shim raised
-                why = failure(e, opts.test_file)
+            if why is not None:
                 counts[key]["fail"] += 1
                 reasons[(key, why)] += 1
-                print(f"FAIL {key} L={seqlen} D={has_D} z={has_z} bias={has_bias} softplus={softplus}: {why}",
+                verdict = ""
+                if opts.arbitrate:
+                    xscan_ok = run(args, ref=fp64_oracle) is None
+                    mamba_ok = run(args, fn=mamba_reference, ref=fp64_oracle) is None
+                    verdict = {(True, False): "xscan closer", (True, True): "both meet fp64",
+                               (False, False): "neither meets fp64", (False, True): "xscan off"}[xscan_ok, mamba_ok]
+                    verdicts[verdict] += 1
+                    verdict = f" [{verdict}]"
+                print(f"FAIL {key} L={seqlen} D={has_D} z={has_z} bias={has_bias} softplus={softplus}: {why}{verdict}",
                       flush=True)
                 continue
             counts[key]["pass"] += 1
@@ -91,6 +140,8 @@ def main() -> None:
     print(f"  total: {total['pass']} pass, {total['fail']} fail ({total['skip']} skipped: groups > 1 with a constant)")
     for (key, why), n in sorted(reasons.items()):
         print(f"  {n:4d} x {' '.join(key)}: {why}")
+    if opts.arbitrate:
+        print("against fp64: " + ", ".join(f"{n} {v}" for v, n in sorted(verdicts.items())))
 
 
 if __name__ == "__main__":

@@ -218,3 +218,50 @@ def test_half_inputs_with_weight_dtype_constants():
         print(cases)
         """)
     assert out.strip() == "12"
+
+
+def test_half_inputs_with_z_against_fp64():
+    """mamba-ssm's gated scan at fp16/bf16 on the shim: selective_scan_fn with z (B and C each variable
+    in the input dtype or constant in the weight dtype, A real and complex) against xscan's reference
+    in fp64 on the same half values. As mamba-ssm's kernel, the shim gates the fp32 scan output and
+    takes the gate's derivatives in fp32: outputs and per-token gradients within two roundings to the
+    half dtype, weight gradients (fp32) within fp32 accumulation of the exact ones."""
+    out = run("""
+        import itertools, torch, xscan
+        xscan.install_mamba_shim()
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+        eps = {torch.float16: 2.0 ** -10, torch.bfloat16: 2.0 ** -7}
+        wide = lambda t: t.to(torch.complex128 if t.is_complex() else torch.float64)
+        cases = 0
+        for itype, wtype, var_B, var_C, softplus in itertools.product(eps, (torch.float32, torch.complex64),
+                                                                      (False, True), (False, True), (False, True)):
+            g = torch.Generator().manual_seed(cases)
+            Bt, Dm, N, L = 2, 4, 8, 96
+            L2 = 2 * L if wtype.is_complex else L
+            A = -0.5 * torch.rand(Dm, N, generator=g, dtype=wtype)
+            B, C = (torch.randn(Bt, N, L2, generator=g).to(itype) if var else torch.randn(Dm, N, generator=g,
+                    dtype=wtype) for var in (var_B, var_C))
+            u, z = (torch.randn(Bt, Dm, L, generator=g).to(itype) for _ in range(2))
+            delta = (0.5 * torch.rand(Bt, Dm, L, generator=g)).to(itype)
+            D, bias = torch.randn(Dm, generator=g), 0.5 * torch.rand(Dm, generator=g)
+            dy = torch.randn(Bt, Dm, L, generator=g).to(itype)
+            results = []
+            for exact in (False, True):
+                leaves = [(wide(t) if exact else t.clone()).requires_grad_() for t in (u, delta, A, B, C, D, z, bias)]
+                with xscan.use_backend("reference" if exact else xscan.selected_backend("selective_scan", u.device)):
+                    fn = xscan.selective_scan if exact else selective_scan_fn
+                    y, last = fn(*leaves[:6], z=leaves[6], delta_bias=leaves[7], delta_softplus=softplus, return_last_state=True)
+                y.backward(dy.to(y.dtype))
+                results.append([y, last] + [t.grad for t in leaves])
+            names = ["y", "last", "u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
+            half = {"y", "u", "delta", "z"} | ({"B"} if var_B else set()) | ({"C"} if var_C else set())
+            for name, got, want in zip(names, *results):
+                want = want.to(got.dtype).to(want.dtype)  # the exact value rounded as the result is
+                scale = want.abs().max().item()
+                rtol = 2 * eps[itype] if name in half else 1e-5
+                torch.testing.assert_close(wide(got), want, rtol=rtol, atol=rtol * scale,
+                                           msg=lambda m: f"{name} {itype} {wtype} B var {var_B} C var {var_C}: {m}")
+            cases += 1
+        print(cases)
+        """)
+    assert out.strip() == "32"

@@ -20,6 +20,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ._registry import fp32_output
 from .ops import selective_scan
 
 SHIM_NAME = "selective_scan_cuda"
@@ -35,12 +36,13 @@ def _last_state_carrier(last: torch.Tensor) -> torch.Tensor:
 
 def fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False) -> list:
     """``selective_scan_cuda.fwd``: [out, x] or, with z, [out, x, out_z], where out is the scan
-    before the gate (C . h + D u), out_z = out * silu(z), x carries the last state."""
-    with torch.no_grad():
+    before the gate (C . h + D u), out_z = out * silu(z), x carries the last state. As mamba-ssm's
+    kernel, the gate multiplies the fp32 scan output: out and out_z are each rounded once."""
+    with torch.no_grad(), fp32_output():
         out, last = selective_scan(u, delta, A, B, C, D, None, delta_bias, delta_softplus, return_last_state=True)
-    result = [out, _last_state_carrier(last)]
+    result = [out.to(u.dtype), _last_state_carrier(last)]
     if z is not None:
-        result.append((out.float() * F.silu(z.float())).to(out.dtype))
+        result.append((out * F.silu(z.float())).to(u.dtype))
     return result
 
 
@@ -48,26 +50,29 @@ def bwd(u, delta, A, B, C, D, z, delta_bias, dout, x=None, out=None, dz=None, de
         recompute_out_z=False) -> list:
     """``selective_scan_cuda.bwd``: [du, ddelta, dA, dB, dC, dD, ddelta_bias] (+ [dz] with z,
     + [out_z] with recompute_out_z). ``dout`` is the gradient of the gated output; the last state's
-    gradient is not taken (as mamba-ssm). ``dz`` may be a buffer to write dz into."""
+    gradient is not taken (as mamba-ssm). ``dz`` may be a buffer to write dz into. The scan output is
+    recomputed in fp32 and the gate's derivatives taken in fp32 (none of them rounded to half
+    precision on the way, as in mamba-ssm's kernel)."""
     inputs = dict(u=u, delta=delta, A=A, B=B, C=C, D=D, delta_bias=delta_bias)
-    with torch.enable_grad():
+    with torch.enable_grad(), fp32_output():
         leaves = {k: v.detach().requires_grad_() for k, v in inputs.items() if v is not None}
         a = dict(inputs, **leaves)
         y = selective_scan(a["u"], a["delta"], a["A"], a["B"], a["C"], a["D"], None, a["delta_bias"], delta_softplus)
-        g_y = dout
+        g_y = dout.to(y.dtype)
         extra = []
         if z is not None:
             zf = z.float()
             gate = F.silu(zf)
-            dz_value = (dout.float() * y.detach().float() * torch.sigmoid(zf) * (1 + zf * (1 - torch.sigmoid(zf))))
-            g_y = (dout.float() * gate).to(y.dtype)
+            sigmoid = torch.sigmoid(zf)
+            dz_value = dout.float() * y.detach() * sigmoid * (1 + zf * (1 - sigmoid))
+            g_y = dout.float() * gate
             if dz is not None:
                 dz.copy_(dz_value)
             else:
                 dz = dz_value.to(z.dtype)
             extra.append(dz)
             if recompute_out_z:
-                extra.append((y.detach().float() * gate).to(y.dtype))
+                extra.append((y.detach() * gate).to(u.dtype))
         grads = torch.autograd.grad(y, list(leaves.values()), g_y)
     g = dict(zip(leaves, grads))
     return [g["u"], g["delta"], g["A"], g["B"], g["C"], g.get("D"), g.get("delta_bias")] + extra
