@@ -167,6 +167,7 @@ struct Lane {
   int64_t seq;    // (b, k, d): row of the per-sequence buffers
   int64_t param;  // (k, d): row of A, D, delta_bias
   bool active;    // false past the tile's last channel: the warp computes on channel 0 and writes nothing
+  int live_slots;  // the tile's channels (the slots before the first inactive one)
 };
 
 XSCAN_DEVICE Lane lane_of(const ScanParams& P) {
@@ -183,6 +184,8 @@ XSCAN_DEVICE Lane lane_of(const ScanParams& P) {
   const int in_group = (l.tile % P.tiles_per_group) * channels_per_tile(P) + l.slot;
   const int channels_per_group_tile = P.channels / P.group_tiles;
   l.active = in_group < channels_per_group_tile;
+  l.live_slots = channels_per_group_tile - (in_group - l.slot);
+  if (l.live_slots > channels_per_tile(P)) l.live_slots = channels_per_tile(P);
   l.d = l.active ? group_tile * channels_per_group_tile + in_group : 0;
   l.group_B = l.d / (P.channels / P.groups_B);
   l.group_C = l.d / (P.channels / P.groups_C);
@@ -198,11 +201,20 @@ XSCAN_DEVICE int64_t span_row(const ScanParams& P, const Lane& l, const Span& sp
   return l.seq * P.segments + span.index;
 }
 
-// kItems consecutive tokens of one row of B or C, read as aligned 16-byte vectors.
+// kItems consecutive values, moved as aligned 16-byte vectors: tokens of one row of B or C, a
+// lane's terms of dB or dC in shared memory.
 template <typename T>
-struct alignas(16) TokenRun {
+struct alignas(16) VectorRun {
   T v[kItems];
 };
+
+// A lane's kItems values to 16-byte aligned shared memory, as vectors.
+XSCAN_DEVICE void store_run(float* at, const float (&values)[kItems]) {
+  VectorRun<float> run;
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) run.v[i] = values[i];
+  *reinterpret_cast<VectorRun<float>*>(at) = run;
+}
 
 // A per-token tensor (B or C) seen from the lane's channel: its (b, k, group) row in each modality.
 // A position's element of state n is row[m] + n stride_n + e stride_t, the last term kept per
@@ -237,8 +249,8 @@ struct StateRows {
       if (runs) {
 #pragma unroll
         for (int r = 0; r < kCount; r += kItems) {
-          const TokenRun<T> run =
-              *reinterpret_cast<const TokenRun<T>*>((kTwo && m[r] ? row[1] : row[0]) + offset[r]);
+          const VectorRun<T> run =
+              *reinterpret_cast<const VectorRun<T>*>((kTwo && m[r] ? row[1] : row[0]) + offset[r]);
 #pragma unroll
           for (int i = 0; i < kItems; ++i) out[r + i] = to_float(run.v[i]);
         }
@@ -648,11 +660,12 @@ XSCAN_KERNEL(kBackwardBlocksPerSM) scan_backward_kernel(const ScanParams P, cons
   const LaneViews<T> v = lane_views<T>(P, l);
   const Span span = span_of(P);
   const int N = P.dstate;
-  const int slots = channels_per_tile(P);
+  const int slots = channels_per_tile(P), row_floats = partial_row(P);
   float* carry = shared + layout.carry + l.slot * N;  // the adjoint entering the chunk from after it
   float* totals = shared + layout.totals;
   float* dA_sums = shared + layout.dA + l.warp * N;
   float* partials = shared + layout.partials;  // [parity][B or C][slot][chunk position]
+  uint32_t* tokens = reinterpret_cast<uint32_t*>(shared + layout.tokens);  // per chunk position: its column
   // dLoss/dh at the span's end: dLoss/dlast_state, or for a span of a split sequence what its
   // successors pass it (carried)
   const float* entering = P.segments > 1 ? P.span_adjoints + span_row(P, l, span) * N
@@ -669,6 +682,13 @@ XSCAN_KERNEL(kBackwardBlocksPerSM) scan_backward_kernel(const ScanParams P, cons
   const bool gated = P.z.data[0] != nullptr;
   const int64_t row = static_cast<int64_t>(l.b) * P.routes + l.k;
   const int64_t per_state = static_cast<int64_t>(P.modalities) * P.tokens;
+  // state 0's row of dB (Bt, K, G_B, N, M*T) and dC (Bt, K, G_C, N, M*T) for atomics, or of this
+  // tile's partials (Bt, K, tiles, N, M*T); the tile's groups, also for a warp past its last channel
+  const bool atomic = P.atomic_state_grads;
+  float* const dB_first = P.dB_part + (row * (atomic ? P.groups_B : scan_tiles(P)) +
+                                       (atomic ? l.tile_group_B : l.tile)) * N * per_state;
+  float* const dC_first = P.dC_part + (row * (atomic ? P.groups_C : scan_tiles(P)) +
+                                       (atomic ? l.tile_group_C : l.tile)) * N * per_state;
   float dskip = 0.f, dbias = 0.f;
   __syncthreads();
 
@@ -676,12 +696,12 @@ XSCAN_KERNEL(kBackwardBlocksPerSM) scan_backward_kernel(const ScanParams P, cons
   const float* saved = P.chunk_states + (l.seq * P.chunks + last_chunk_of(P, span) / P.chunk_length) * N;
   for (int32_t chunk = last_chunk_of(P, span); chunk >= span.first; chunk -= P.chunk_length, saved -= N) {
     const int32_t first = chunk + (l.part * kWarpSize + l.lane) * kItems;
-    const int place = partial_place((l.part * kWarpSize + l.lane) * kItems);  // this lane's run in a partials row
+    const int run = (l.part * kWarpSize + l.lane) * kItems;  // this lane's first position in the chunk
+    const int chunk_end = span.end - chunk < P.chunk_length ? span.end - chunk : P.chunk_length;  // in the span
     float dt[kItems], dtu[kItems], dy[kItems], run_dt = 0.f;
     float grad_B[kItems], grad_A[kItems], readout[kItems];  // sums over states: adjoint B, adjoint A a h_prev, C h
     uint32_t at_B[kItems], at_C[kItems];
     int m[kItems];
-    uint32_t token[kItems];  // modality * tokens + e: the position's column of dB and dC
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
       const Position s = locate(routes, l, first + i, span.end);
@@ -693,12 +713,13 @@ XSCAN_KERNEL(kBackwardBlocksPerSM) scan_backward_kernel(const ScanParams P, cons
       m[i] = s.token_m;
       at_B[i] = Brows.offset(s.t.e);
       at_C[i] = Crows.offset(s.t.e);
-      token[i] = s.token_m * P.tokens + s.t.e;
+      if (l.slot == 0) tokens[run + i] = s.token_m * P.tokens + s.t.e;  // the same for every slot
       grad_B[i] = grad_A[i] = readout[i] = 0.f;
     }
     auto Bn = Brows.first_state(), Cn = Crows.first_state();
+    float *dB_row = dB_first, *dC_row = dC_first;
 #pragma unroll 1
-    for (int n = 0; n < N; ++n, Bn.next(), Cn.next()) {
+    for (int n = 0; n < N; ++n, Bn.next(), Cn.next(), dB_row += per_state, dC_row += per_state) {
       const float A_n = A[n], A_log2 = A_n * kLog2e;
       float a[kItems], Bv[kItems], Cv[kItems];
       Bn.gather(kRuns && P.token_runs, m, at_B, Bv);
@@ -724,8 +745,7 @@ XSCAN_KERNEL(kBackwardBlocksPerSM) scan_backward_kernel(const ScanParams P, cons
       for (int i = kItems - 1; i >= 0; --i) rfold_b = a[i] * (Cv[i] * dy[i] + rfold_b);
       float q = enter_lane(P, l, totals, 1, fold_a, rfold_b, carry[n], true);
       float dA = 0.f;
-      float* row_B = partials + ((n & 1) * 2 * slots + l.slot) * partial_row(P) + place;
-      float* row_C = row_B + slots * partial_row(P);
+      float contribution_B[kItems], contribution_C[kItems];  // this channel's terms of dB, dC
 #pragma unroll
       for (int i = kItems - 1; i >= 0; --i) {
         const float h = i + 1 < kItems ? h_prev[i + 1 < kItems ? i + 1 : i] : h_last;
@@ -735,41 +755,36 @@ XSCAN_KERNEL(kBackwardBlocksPerSM) scan_backward_kernel(const ScanParams P, cons
         grad_A[i] += A_n * g_decayed;
         dA += dt[i] * g_decayed;
         readout[i] += Cv[i] * h;
-        row_B[i] = l.active ? g * dtu[i] : 0.f;
-        row_C[i] = l.active ? dy[i] * h : 0.f;
+        contribution_B[i] = g * dtu[i];  // an inactive slot's are not summed
+        contribution_C[i] = dy[i] * h;
         q = a[i] * g;
       }
+      float* parity_rows = partials + (n & 1) * 2 * slots * row_floats;  // this state's rows
+      store_run(parity_rows + l.slot * row_floats + partial_place(run), contribution_B);
+      store_run(parity_rows + (slots + l.slot) * row_floats + partial_place(run), contribution_C);
       dA = warp_sum(dA);
       __syncwarp();
       if (l.lane == 0) dA_sums[n] += dA;
       if (l.part == 0 && l.lane == 0) carry[n] = q;
-      // dB, dC of this state: the block's channels summed in slot order, each warp over its share of
-      // its lane's positions (item i goes to the warp of slot i % slots)
+      // dB, dC of this state: the tile's channels summed in slot order, the block's threads over
+      // consecutive positions of the chunk
       __syncthreads();
-      const float* sum_B = partials + (n & 1) * 2 * slots * partial_row(P) + place;
-      const float* sum_C = sum_B + slots * partial_row(P);
-      // state n's row of dB (Bt, K, G_B, N, M*T) and dC (Bt, K, G_C, N, M*T) for atomics, or of
-      // this tile's partials (Bt, K, tiles, N, M*T); the tile's groups, also for a warp past its
-      // last channel
-      const bool atomic = P.atomic_state_grads;
-      float* dB_row = P.dB_part +
-                      ((row * (atomic ? P.groups_B : scan_tiles(P)) + (atomic ? l.tile_group_B : l.tile)) * N + n) * per_state;
-      float* dC_row = P.dC_part +
-                      ((row * (atomic ? P.groups_C : scan_tiles(P)) + (atomic ? l.tile_group_C : l.tile)) * N + n) * per_state;
+      const float* sum_B = parity_rows + partial_place(threadIdx.x);
+#pragma unroll 1
+      for (int p = threadIdx.x; p < chunk_end; p += kThreadsPerBlock, sum_B += partial_place(kThreadsPerBlock)) {
+        const float* sum_C = sum_B + slots * row_floats;
+        float total_B = sum_B[0], total_C = sum_C[0];
 #pragma unroll
-      for (int i = 0; i < kItems; ++i) {
-        if (i % slots != l.slot || first + i >= span.end) continue;
-        float total_B = 0.f, total_C = 0.f;
-#pragma unroll
-        for (int c = 0; c < kWarps; ++c) {
-          if (c < slots) total_B += sum_B[c * partial_row(P) + i], total_C += sum_C[c * partial_row(P) + i];
+        for (int c = 1; c < kWarps; ++c) {
+          if (c < l.live_slots) total_B += sum_B[c * row_floats], total_C += sum_C[c * row_floats];
         }
+        const uint32_t token = tokens[p];
         if (atomic) {
-          atomicAdd(dB_row + token[i], total_B);
-          atomicAdd(dC_row + token[i], total_C);
+          atomicAdd(dB_row + token, total_B);
+          atomicAdd(dC_row + token, total_C);
         } else {
-          dB_row[token[i]] = total_B;
-          dC_row[token[i]] = total_C;
+          dB_row[token] = total_B;
+          dC_row[token] = total_C;
         }
       }
     }

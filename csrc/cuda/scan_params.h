@@ -139,13 +139,17 @@ constexpr int kMaxDState = 256;
 XSCAN_PARAMS_HD int channels_per_tile(const ScanParams& P) { return kWarps / P.warps_per_channel; }
 XSCAN_PARAMS_HD int scan_tiles(const ScanParams& P) { return P.group_tiles * P.tiles_per_group; }
 
-// A row of the backward's dB, dC contributions: a chunk's positions, one float of padding after
-// every 32 so that the lanes' runs of kItems positions fall on distinct banks.
-XSCAN_PARAMS_HD int partial_row(const ScanParams& P) { return P.chunk_length + P.chunk_length / kWarpSize; }
-XSCAN_PARAMS_HD int partial_place(int position) { return position + (position >> 5); }
+// A row of the backward's dB, dC contributions: a chunk's positions, 4 floats of padding after
+// every 32, so that the lanes' runs of kItems positions, written as 16-byte vectors, fall on
+// distinct banks (as do 32 consecutive positions, read by a warp).
+XSCAN_PARAMS_HD int partial_row(const ScanParams& P) { return P.chunk_length + P.chunk_length / 8; }
+XSCAN_PARAMS_HD int partial_place(int position) { return position + ((position >> 5) << 2); }
 
+// The backward's shared memory: per channel slot its adjoint carry and A; the warp totals of the
+// block scans; per warp its dA sums; the dB, dC partials ([parity][B or C][slot][chunk position]);
+// and the chunk's token columns (the positions' columns of dB and dC).
 struct SharedLayout {
-  int carry, A, totals, dA, partials, floats;
+  int carry, A, totals, dA, partials, tokens, floats;
 };
 
 XSCAN_PARAMS_HD SharedLayout shared_layout(const ScanParams& P, bool backward) {
@@ -155,7 +159,8 @@ XSCAN_PARAMS_HD SharedLayout shared_layout(const ScanParams& P, bool backward) {
   s.totals = s.A + kWarps * P.dstate;
   s.dA = s.totals + 2 * kWarps * 2;
   s.partials = s.dA + (backward ? kWarps * P.dstate : 0);
-  s.floats = s.partials + (backward ? 2 * 2 * channels_per_tile(P) * partial_row(P) : 0);
+  s.tokens = s.partials + (backward ? 2 * 2 * channels_per_tile(P) * partial_row(P) : 0);
+  s.floats = s.tokens + (backward ? P.chunk_length : 0);
   return s;
 }
 

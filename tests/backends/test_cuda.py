@@ -81,6 +81,21 @@ def test_groups_with_a_partly_filled_tile(device, deterministic_mode):
         assert_matches_reference("selective_scan", device, Bt=2, Dm=6, N=5, L=40, G=2)
 
 
+@pytest.mark.parametrize("deterministic_mode", [False, True])
+def test_a_partly_filled_tile_keeps_its_idle_warps_out_of_dB_dC(device, deterministic_mode):
+    # group 1's tile (channels 3-5) has a fourth warp with no channel, which computes on channel 0:
+    # an infinite u there must not reach group 1's dB/dC (nor anything of channels 3-5)
+    args, kwargs = make_inputs("selective_scan", Bt=2, Dm=6, N=5, L=40, G=2, device=device)
+    args[0][:, 0, 7] = float("inf")
+    with deterministic() if deterministic_mode else contextlib.nullcontext():
+        _, grads = run_with_grads("selective_scan", args, kwargs, "cuda")
+    _, ref_grads = run_with_grads("selective_scan", args, kwargs, None)
+    for key in (3, 4):  # B, C: (Bt, G, N, L)
+        assert torch.isfinite(grads[key][:, 1]).all(), key
+        torch.testing.assert_close(grads[key][:, 1], ref_grads[key][:, 1], rtol=FP32_TOL, atol=FP32_TOL)
+    torch.testing.assert_close(grads[0][:, 3:], ref_grads[0][:, 3:], rtol=FP32_TOL, atol=FP32_TOL)
+
+
 @pytest.fixture
 def max_warps(monkeypatch):
     """Caps the warps per channel (xscan.backends.cuda.MAX_WARPS) and records each launch's layout."""
