@@ -8,8 +8,10 @@ line that returns into a loop is in it; BRA.DIV, a diverged warp's way round a s
 taken). The state loop, the innermost loop holding MUFU.EX2 (every (position, state) element's decay
 exp(dt A) is computed there), runs N times per trip of the chunk loop around it, which runs once per
 chunk of the block's positions; any other loop counts once, and so does the code outside loops
-(per-block set-up). Per element = threads x blocks x a thread's count / (Bt K Dm L N), summed over
-the launches of a pass.
+(per-block set-up), but a row loop inside the state loop (a loop there that writes global memory:
+xscan's backward sums a state's dB/dC row with the block's 128 threads over the chunk's positions)
+runs once per 128 of the chunk's positions. Per element = threads x blocks x a thread's count /
+(Bt K Dm L N), summed over the launches of a pass.
   - mamba-ssm (2.3.2.post1, from its sdist, compiled here against gpusim/stubs/):
     selective_scan_{fwd,bwd}_kernel<traits> as selective_scan_{fwd,bwd}_cuda pick them for seqlen L
     (threads, items, even length, variable B and C, z; the backward's softplus); Bt K Dm blocks of
@@ -21,8 +23,7 @@ the launches of a pass.
     the kernels as device functions with the launch-uniform parameters fixed (warps per channel W,
     split or not, softplus, z, outputs, float atomics): nvcc drops the branches the launch never
     takes, as mamba's template parameters do.
-  - Warp-dependent branches (xscan: which dB/dC items a warp sums, the combine of a channel's W
-    warps; mamba: cub's raking block scan, run by the first warp only): each warp's code is compiled
+  - Warp-dependent branches (xscan: the combine of a channel's W warps; mamba: cub's raking block scan, run by the first warp only): each warp's code is compiled
     with threadIdx pinned to that warp's lanes and the counts are averaged over the warps (xscan: the
     W parts of a channel; the block's other channels take the same path within 1%).
 Known error, measured by the same method on PTX built as the simulator's (nvcc 13, sm_80, no fast
@@ -126,18 +127,30 @@ def loops(code: list) -> list:
     return list(bodies.values())
 
 
+GLOBAL_WRITES = ("STG", "RED", "ATOM")  # opcodes that write global memory (REDG, ATOMG on sm_90)
+
+
+def opcode(text: str) -> str:
+    """An instruction's opcode, its predicate left off."""
+    words = text.split()
+    return words[1] if words[0].startswith("@") else words[0]
+
+
 def loop_classes(code: list) -> dict:
     """How many instructions lie in state loops (innermost loops holding MUFU.EX2: every (position,
-    state) element's decay exp(dt A) is computed there) and in chunk loops (loops around a state
-    loop): {(in a state loop, in a chunk loop): count}."""
+    state) element's decay exp(dt A) is computed there), in chunk loops (loops around a state loop)
+    and in row loops (loops inside a state loop that write global memory: xscan's backward, each
+    thread's share of a state's dB/dC row): {(in a state loop, in a chunk loop, in a row loop): count}."""
     found = loops(code)
     holds_ex2 = [lp for lp in found if any("MUFU.EX2" in code[j][1] for j in lp)]
     state = [a for a in holds_ex2 if not any(b is not a and b < a for b in holds_ex2)]
     chunk = [a for a in found if all(a is not s for s in state) and any(s < a for s in state)]
-    in_state, in_chunk = set().union(*state), set().union(*chunk)
-    classes = {(s, c): 0 for s in (False, True) for c in (False, True)}
+    row = [a for a in found if any(a < s for s in state) and any(opcode(code[j][1]).startswith(GLOBAL_WRITES)
+                                                                 for j in a)]
+    in_state, in_chunk, in_row = set().union(*state), set().union(*chunk), set().union(*row)
+    classes = {(s, c, r): 0 for s in (False, True) for c in (False, True) for r in (False, True)}
     for j in range(len(code)):
-        classes[(j in in_state, j in in_chunk)] += 1
+        classes[(j in in_state, j in in_chunk, j in in_row)] += 1
     return classes
 
 
@@ -146,19 +159,21 @@ def cubin_classes(cubin: str, cuobjdump: str) -> dict:
     with open(__file__, "rb") as f:
         path = f"{cubin}.loops-{hashlib.sha256(f.read()).hexdigest()[:8]}.json"
     if not os.path.exists(path):
-        every = {name: [[s, c, n] for (s, c), n in loop_classes(code).items()]
+        every = {name: [[s, c, r, n] for (s, c, r), n in loop_classes(code).items()]
                  for name, code in sass(cubin, cuobjdump).items()}
         with open(path + ".tmp", "w") as f:
             json.dump(every, f)
         os.replace(path + ".tmp", path)
     with open(path) as f:
-        return {name: {(s, c): n for s, c, n in rows} for name, rows in json.load(f).items()}
+        return {name: {(s, c, r): n for s, c, r, n in rows} for name, rows in json.load(f).items()}
 
 
-def per_thread(classes: dict, state_trips: float, chunk_trips: float) -> float:
+def per_thread(classes: dict, state_trips: float, chunk_trips: float, row_trips: float = 1) -> float:
     """A thread's instructions: the state loops run state_trips times per trip of the chunk loop
-    around them, which runs chunk_trips times; any other loop counts once."""
-    return sum(n * (state_trips if s else 1) * (chunk_trips if c else 1) for (s, c), n in classes.items())
+    around them, which runs chunk_trips times, and the row loops in them row_trips times per state;
+    any other loop counts once."""
+    return sum(n * (state_trips if s else 1) * (chunk_trips if c else 1) * (row_trips if r else 1)
+               for (s, c, r), n in classes.items())
 
 
 def compile_cubin(name: str, source: str, includes: list, cache: str, nvcc: str) -> str:
@@ -323,9 +338,9 @@ def variant_label(v: tuple) -> str:
     return f"xscan {kernel}" + (f" {policy} W={W}" + "".join(f", {f}" for f in flags) if policy else "")
 
 
-def warp_mean(per_warp: list, state_trips: float, chunk_trips: float) -> float:
+def warp_mean(per_warp: list, state_trips: float, chunk_trips: float, row_trips: float = 1) -> float:
     """A thread's instructions averaged over warps (loop_classes of each warp's SASS)."""
-    return sum(per_thread(classes, state_trips, chunk_trips) for classes in per_warp) / len(per_warp)
+    return sum(per_thread(classes, state_trips, chunk_trips, row_trips) for classes in per_warp) / len(per_warp)
 
 
 def xscan_count(case: dict, kernel: str, per_warp: list) -> float:
@@ -338,8 +353,12 @@ def xscan_count(case: dict, kernel: str, per_warp: list) -> float:
     # the forward kernel's chunks hold launch_forward_items positions per lane, the backward's KERNEL_ITEMS
     chunk = case["chunk_length"] * (launch_forward_items(case) // KERNEL_ITEMS if kernel in FORWARD_KERNEL else 1)
     total = 0.0
-    for s in range(S):  # the last span may be shorter
-        total += warp_mean(per_warp, case["dstate"], math.ceil(min(span, L - s * span) / chunk))
+    for s in range(S):  # the last span may be shorter, and its last chunk
+        length = min(span, L - s * span)
+        chunks = math.ceil(length / chunk)
+        # a row loop: the block's 128 threads over a chunk's positions
+        rows = sum(math.ceil(min(chunk, length - i * chunk) / 128) for i in range(chunks)) / chunks
+        total += warp_mean(per_warp, case["dstate"], chunks, rows)
     return 128 * case["tiles"] * case["routes"] * case["batch"] * total
 
 
@@ -404,8 +423,10 @@ def report(cases: list, cache: str, mamba_dir: str, nvcc: str, cuobjdump: str, j
                 row.update(mamba=round(m / elements(c), 1), ratio=round(x * elements(c) / m, 2))
             figures[f"{c['op']} {label}@{c['shape']}"] = row
     out = dict(per_element=figures, mamba_version=MAMBA_VERSION,
-               loops={k: {"state": v[(True, True)] + v[(True, False)], "chunk": v[(False, True)],
-                          "other": v[(False, False)]} for k, v in sizes.items()})
+               loops={k: {"state": sum(n for (s, _, _), n in v.items() if s),
+                          "row": sum(n for (_, _, r), n in v.items() if r),
+                          "chunk": sum(n for (s, c, _), n in v.items() if c and not s),
+                          "other": v[(False, False, False)]} for k, v in sizes.items()})
     if missing:
         out["mamba_missing"] = missing
     return out

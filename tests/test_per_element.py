@@ -40,8 +40,36 @@ def test_loops_and_trips():
     classes = per_element.loop_classes(code())
     # state loop: 0x30-0x70 and the out-of-line 0xd0, 0xe0; chunk loop besides: 0x20, 0x80, 0x90;
     # the rest once: 0x00, 0x10, 0xb0, 0xc0 and the slow path 0xf0, 0x100
-    assert classes == {(True, True): 7, (False, True): 3, (False, False): 6, (True, False): 0}
+    assert {k: n for k, n in classes.items() if n} == {(True, True, False): 7, (False, True, False): 3,
+                                                       (False, False, False): 6}
     assert per_element.per_thread(classes, 16, 3) == 6 + 3 * (3 + 16 * 7)
+
+
+# A chunk loop (0x10-0x90) around a state loop (0x20-0x80) holding two loops: a row loop that
+# writes global memory (0x30-0x50, each thread's share of a row of positions) and one that does
+# not (0x60-0x70, counted once per state).
+ROW_KERNEL = """
+/*0000*/ MOV R1, c[0x0][0x28] ;
+/*0010*/ LDG.E R2, desc[UR4][R4.64] ;
+/*0020*/ MUFU.EX2 R3, R2 ;
+/*0030*/ LDS R5, [R6] ;
+/*0040*/ STG.E desc[UR4][R4.64], R5 ;
+/*0050*/ @P0 BRA 0x30 ;
+/*0060*/ LDS R7, [R8] ;
+/*0070*/ @P1 BRA 0x60 ;
+/*0080*/ @P2 BRA 0x20 ;
+/*0090*/ @P3 BRA 0x10 ;
+/*00a0*/ EXIT ;
+"""
+
+
+def test_row_loops_in_the_state_loop():
+    lines = [line.split("*/", 1) for line in ROW_KERNEL.strip().splitlines()]
+    classes = per_element.loop_classes([(int(a.strip("/*"), 16), t.strip().rstrip(" ;")) for a, t in lines])
+    assert {k: n for k, n in classes.items() if n} == {(False, False, False): 2, (False, True, False): 2,
+                                                       (True, True, False): 4, (True, True, True): 3}
+    # 16 states a chunk, 3 chunks, each state's row loop twice
+    assert per_element.per_thread(classes, 16, 3, 2) == 2 + 3 * (2 + 16 * (4 + 2 * 3))
 
 
 def test_mamba_kernel_choice():
