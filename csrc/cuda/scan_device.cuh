@@ -134,16 +134,6 @@ XSCAN_DEVICE float warp_sum(float x) {
   return x;
 }
 
-// Two sums over the 32 lanes of a warp in the shuffles of one: lanes 0-15 get x's, lanes 16-31 y's
-// (the first step swaps halves: each lane keeps the value of its half and sends the other).
-XSCAN_DEVICE float warp_sum_pair(float x, float y, int lane) {
-  const bool upper = lane & (kWarpSize / 2);
-  float total = (upper ? y : x) + __shfl_xor_sync(kFullMask, upper ? x : y, kWarpSize / 2);
-#pragma unroll
-  for (int offset = kWarpSize / 4; offset > 0; offset >>= 1) total += __shfl_xor_sync(kFullMask, total, offset);
-  return total;
-}
-
 // The launch grid: x = (batch b, channel tile), tiles fastest (x takes 2^31 - 1 blocks, y and z
 // only 65,535); y = route k; z = span of a split sequence.
 struct GridSize {
@@ -728,7 +718,6 @@ XSCAN_KERNEL(kBackwardBlocksPerSM) scan_backward_kernel(const ScanParams P, cons
     }
     auto Bn = Brows.first_state(), Cn = Crows.first_state();
     float *dB_row = dB_first, *dC_row = dC_first;
-    float dA_waiting = 0.f;
 #pragma unroll 1
     for (int n = 0; n < N; ++n, Bn.next(), Cn.next(), dB_row += per_state, dC_row += per_state) {
       const float A_n = A[n], A_log2 = A_n * kLog2e;
@@ -773,18 +762,9 @@ XSCAN_KERNEL(kBackwardBlocksPerSM) scan_backward_kernel(const ScanParams P, cons
       float* parity_rows = partials + (n & 1) * 2 * slots * row_floats;  // this state's rows
       store_run(parity_rows + l.slot * row_floats + partial_place(run), contribution_B);
       store_run(parity_rows + (slots + l.slot) * row_floats + partial_place(run), contribution_C);
-      // dA over the warp's lanes, two states at a time (an even state's waits for the next)
-      if (n & 1) {
-        const float total = warp_sum_pair(dA_waiting, dA, l.lane);
-        if (l.lane == 0) dA_sums[n - 1] += total;
-        if (l.lane == kWarpSize / 2) dA_sums[n] += total;
-      } else if (n + 1 == N) {
-        const float total = warp_sum(dA);
-        if (l.lane == 0) dA_sums[n] += total;
-      } else {
-        dA_waiting = dA;
-      }
+      dA = warp_sum(dA);
       __syncwarp();
+      if (l.lane == 0) dA_sums[n] += dA;
       if (l.part == 0 && l.lane == 0) carry[n] = q;
       // dB, dC of this state: the tile's channels summed in slot order, the block's threads over
       // consecutive positions of the chunk
