@@ -759,13 +759,23 @@ XSCAN_KERNEL(kBackwardBlocksPerSM) scan_backward_kernel(const ScanParams P, cons
         contribution_C[i] = dy[i] * h;
         q = a[i] * g;
       }
-      float* parity_rows = partials + (n & 1) * 2 * slots * row_floats;  // this state's rows
-      store_run(parity_rows + l.slot * row_floats + partial_place(run), contribution_B);
-      store_run(parity_rows + (slots + l.slot) * row_floats + partial_place(run), contribution_C);
       dA = warp_sum(dA);
       __syncwarp();
       if (l.lane == 0) dA_sums[n] += dA;
       if (l.part == 0 && l.lane == 0) carry[n] = q;
+      if (slots == 1) {  // a block of one channel (4 warps): its terms are the sums
+        const VectorRun<uint32_t> columns = *reinterpret_cast<const VectorRun<uint32_t>*>(tokens + run);
+#pragma unroll
+        for (int i = 0; i < kItems; ++i) {
+          if (run + i >= chunk_end) break;
+          store(atomic, dB_row + columns.v[i], contribution_B[i]);
+          store(atomic, dC_row + columns.v[i], contribution_C[i]);
+        }
+        continue;
+      }
+      float* parity_rows = partials + (n & 1) * 2 * slots * row_floats;  // this state's rows
+      store_run(parity_rows + l.slot * row_floats + partial_place(run), contribution_B);
+      store_run(parity_rows + (slots + l.slot) * row_floats + partial_place(run), contribution_C);
       // dB, dC of this state: the tile's channels summed in slot order, the block's threads over
       // consecutive positions of the chunk
       __syncthreads();
@@ -778,14 +788,8 @@ XSCAN_KERNEL(kBackwardBlocksPerSM) scan_backward_kernel(const ScanParams P, cons
         for (int c = 1; c < kWarps; ++c) {
           if (c < l.live_slots) total_B += sum_B[c * row_floats], total_C += sum_C[c * row_floats];
         }
-        const uint32_t token = tokens[p];
-        if (atomic) {
-          atomicAdd(dB_row + token, total_B);
-          atomicAdd(dC_row + token, total_C);
-        } else {
-          dB_row[token] = total_B;
-          dC_row[token] = total_C;
-        }
+        store(atomic, dB_row + tokens[p], total_B);
+        store(atomic, dC_row + tokens[p], total_C);
       }
     }
     // this chunk's per-position gradients

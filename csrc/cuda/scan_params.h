@@ -159,7 +159,8 @@ XSCAN_PARAMS_HD SharedLayout shared_layout(const ScanParams& P, bool backward) {
   s.totals = s.A + kWarps * P.dstate;
   s.dA = s.totals + 2 * kWarps * 2;
   s.partials = s.dA + (backward ? kWarps * P.dstate : 0);
-  s.tokens = s.partials + (backward ? 2 * 2 * channels_per_tile(P) * partial_row(P) : 0);
+  // (a block of one channel stores its terms of dB, dC directly: no partials)
+  s.tokens = s.partials + (backward && channels_per_tile(P) > 1 ? 2 * 2 * channels_per_tile(P) * partial_row(P) : 0);
   s.floats = s.tokens + (backward ? P.chunk_length : 0);
   return s;
 }

@@ -129,6 +129,17 @@ def test_lengths_around_item_warp_and_chunk_boundaries(device, max_warps, cap, L
     assert {layout[0] for layout in layouts} == {W}, layouts
 
 
+@pytest.mark.parametrize("deterministic_mode", [False, True])
+@pytest.mark.parametrize("W", [2, 4])
+def test_dB_dC_of_blocks_of_two_and_one_channels(device, max_warps, deterministic_mode, W):
+    # 4 / W channels per block: W = 2 sums two channels' terms through shared memory, W = 4 (one
+    # channel) stores its terms directly; two groups, a last chunk cut short, float atomics or partials
+    layouts = max_warps(W)
+    with deterministic() if deterministic_mode else contextlib.nullcontext():
+        assert_matches_reference("selective_scan", device, Bt=2, Dm=4, N=3, L=W * 256 + 37, G=2)
+    assert {layout[0] for layout in layouts} == {W}, layouts
+
+
 def _relaid(t, layout):
     """t with the same values: as it is, contiguous but one element past a 16-byte boundary, or
     strided along its last axis."""
