@@ -651,6 +651,27 @@ XSCAN_KERNEL(kBackwardBlocksPerSM) span_carry_kernel(const ScanParams P) {
   }
 }
 
+// One state's dB and dC rows of a block of kSlots channels (live of them: a tile's last may hold
+// fewer): its threads over consecutive positions of the chunk, each summing the channels' terms
+// (rows[B or C][slot][position], partial_place) in slot order and storing the sums at the
+// positions' columns.
+template <int kSlots>
+XSCAN_DEVICE void sum_row(const float* rows, int row_floats, int live, const uint32_t* tokens, int chunk_end,
+                          bool atomic, float* dB_row, float* dC_row) {
+  const float* sum_B = rows + partial_place(threadIdx.x);
+#pragma unroll 1
+  for (int p = threadIdx.x; p < chunk_end; p += kThreadsPerBlock, sum_B += partial_place(kThreadsPerBlock)) {
+    const float* sum_C = sum_B + kSlots * row_floats;
+    float total_B = sum_B[0], total_C = sum_C[0];
+#pragma unroll
+    for (int c = 1; c < kSlots; ++c) {
+      if (c < live) total_B += sum_B[c * row_floats], total_C += sum_C[c * row_floats];
+    }
+    store(atomic, dB_row + tokens[p], total_B);
+    store(atomic, dC_row + tokens[p], total_C);
+  }
+}
+
 // The backward over the block's span (from the chunk start states a forward saved).
 template <typename T, typename Routes>
 XSCAN_KERNEL(kBackwardBlocksPerSM) scan_backward_kernel(const ScanParams P, const Routes routes) {
@@ -779,17 +800,10 @@ XSCAN_KERNEL(kBackwardBlocksPerSM) scan_backward_kernel(const ScanParams P, cons
       // dB, dC of this state: the tile's channels summed in slot order, the block's threads over
       // consecutive positions of the chunk
       __syncthreads();
-      const float* sum_B = parity_rows + partial_place(threadIdx.x);
-#pragma unroll 1
-      for (int p = threadIdx.x; p < chunk_end; p += kThreadsPerBlock, sum_B += partial_place(kThreadsPerBlock)) {
-        const float* sum_C = sum_B + slots * row_floats;
-        float total_B = sum_B[0], total_C = sum_C[0];
-#pragma unroll
-        for (int c = 1; c < kWarps; ++c) {
-          if (c < l.live_slots) total_B += sum_B[c * row_floats], total_C += sum_C[c * row_floats];
-        }
-        store(atomic, dB_row + tokens[p], total_B);
-        store(atomic, dC_row + tokens[p], total_C);
+      if (slots == 2) {
+        sum_row<2>(parity_rows, row_floats, l.live_slots, tokens, chunk_end, atomic, dB_row, dC_row);
+      } else {
+        sum_row<kWarps>(parity_rows, row_floats, l.live_slots, tokens, chunk_end, atomic, dB_row, dC_row);
       }
     }
     // this chunk's per-position gradients
