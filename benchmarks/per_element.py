@@ -26,8 +26,8 @@ runs once per 128 of the chunk's positions. Per element = threads x blocks x a t
   - Warp-dependent branches (xscan: the combine of a channel's W warps; mamba: cub's raking block scan, run by the first warp only): each warp's code is compiled
     with threadIdx pinned to that warp's lanes and the counts are averaged over the warps (xscan: the
     W parts of a channel; the block's other channels take the same path within 1%).
-Known error, measured by the same method on PTX built as the simulator's (nvcc 13, sm_80, no fast
-math) against GPGPU-Sim's dynamic counts (benchmarks/RESULTS.md; selective_scan with z, Bt=1 Dm=16
+Known error (2026-12-03, the kernels of then), measured by the same method on PTX built as the
+simulator's (nvcc 13, sm_80, no fast math) against GPGPU-Sim's dynamic counts (benchmarks/RESULTS.md; selective_scan with z, Bt=1 Dm=16
 L=2048 N=16, one warp per channel): xscan forward +2%, backward (then with a forward rerun) -12%;
 mamba forward -15% (pinning a warp also folds cub's per-warp selects, which every warp issues),
 backward -12%; the xscan / mamba ratio +19% forward, +0.5% backward, +5% forward + backward.
