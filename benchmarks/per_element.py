@@ -23,13 +23,14 @@ runs once per 128 of the chunk's positions. Per element = threads x blocks x a t
     the kernels as device functions with the launch-uniform parameters fixed (warps per channel W,
     split or not, softplus, z, outputs, float atomics): nvcc drops the branches the launch never
     takes, as mamba's template parameters do.
-  - Warp-dependent branches (xscan: the combine of a channel's W warps; mamba: cub's raking block scan, run by the first warp only): each warp's code is compiled
-    with threadIdx pinned to that warp's lanes and the counts are averaged over the warps (xscan: the
-    W parts of a channel; the block's other channels take the same path within 1%).
+  - Warp-dependent branches (xscan: the combine of a channel's W warps; mamba: cub's raking block
+    scan, run by the first warp only): each warp's code is compiled with threadIdx pinned to that
+    warp's lanes and the counts are averaged over the warps (xscan: the W parts of a channel; the
+    block's other channels take the same path within 1%).
 Known error (2026-12-03, the kernels of then), measured by the same method on PTX built as the
-simulator's (nvcc 13, sm_80, no fast math) against GPGPU-Sim's dynamic counts (benchmarks/RESULTS.md; selective_scan with z, Bt=1 Dm=16
-L=2048 N=16, one warp per channel): xscan forward +2%, backward (then with a forward rerun) -12%;
-mamba forward -15% (pinning a warp also folds cub's per-warp selects, which every warp issues),
+simulator's (nvcc 13, sm_80, no fast math) against GPGPU-Sim's dynamic counts (benchmarks/RESULTS.md;
+selective_scan with z, Bt=1 Dm=16 L=2048 N=16, one warp per channel): xscan forward +2%, backward
+(then with a forward rerun) -12%; mamba forward -15% (pinning a warp also folds cub's per-warp selects, which every warp issues),
 backward -12%; the xscan / mamba ratio +19% forward, +0.5% backward, +5% forward + backward.
 Data-dependent branches in a loop body (lane 0's stores, positions past the end or at padding)
 count both sides. SASS counts are not PTX counts: fast math and SASS's fused operations make both
@@ -61,6 +62,11 @@ def default_cache() -> str:
 
 # ---- counting ---------------------------------------------------------------------------------------
 
+def unpredicated(text: str) -> str:
+    """An instruction's text, its predicate (@P0, @!UP1, ...) left off."""
+    return re.sub(r"^@!?U?P\w+\s+", "", text)
+
+
 def sass(cubin: str, cuobjdump: str) -> dict:
     """{function: [instruction text]} in address order, NOPs left out, predicates kept."""
     out = subprocess.run([cuobjdump, "-sass", cubin], capture_output=True, text=True, check=True).stdout
@@ -69,7 +75,7 @@ def sass(cubin: str, cuobjdump: str) -> dict:
         if m := re.match(r"\s+Function : (\S+)", line):
             code = functions[m[1]] = []
         elif code is not None and (m := re.match(r"\s+/\*([0-9a-f]+)\*/\s+(.*?)\s*;", line)):
-            if not re.sub(r"^@!?U?P\w+\s+", "", m[2]).startswith("NOP"):
+            if not unpredicated(m[2]).startswith("NOP"):
                 code.append((int(m[1], 16), m[2]))
     return functions
 
@@ -81,7 +87,7 @@ def successors(code: list) -> list:
     out = []
     for i, (_, text) in enumerate(code):
         conditional = bool(re.match(r"@!?U?P[0-6]", text))
-        op = re.sub(r"^@!?U?P\w+\s+", "", text)
+        op = unpredicated(text)
         after = [i + 1] if i + 1 < len(code) else []
         if op.startswith("BRA") and not op.startswith("BRA.DIV"):
             target = index.get(int(re.findall(r"0x[0-9a-f]+", op)[-1], 16))
@@ -130,12 +136,6 @@ def loops(code: list) -> list:
 GLOBAL_WRITES = ("STG", "RED", "ATOM")  # opcodes that write global memory (REDG, ATOMG on sm_90)
 
 
-def opcode(text: str) -> str:
-    """An instruction's opcode, its predicate left off."""
-    words = text.split()
-    return words[1] if words[0].startswith("@") else words[0]
-
-
 def loop_classes(code: list) -> dict:
     """How many instructions lie in state loops (innermost loops holding MUFU.EX2: every (position,
     state) element's decay exp(dt A) is computed there), in chunk loops (loops around a state loop)
@@ -145,8 +145,8 @@ def loop_classes(code: list) -> dict:
     holds_ex2 = [lp for lp in found if any("MUFU.EX2" in code[j][1] for j in lp)]
     state = [a for a in holds_ex2 if not any(b is not a and b < a for b in holds_ex2)]
     chunk = [a for a in found if all(a is not s for s in state) and any(s < a for s in state)]
-    row = [a for a in found if any(a < s for s in state) and any(opcode(code[j][1]).startswith(GLOBAL_WRITES)
-                                                                 for j in a)]
+    row = [a for a in found if any(a < s for s in state)
+           and any(unpredicated(code[j][1]).startswith(GLOBAL_WRITES) for j in a)]
     in_state, in_chunk, in_row = set().union(*state), set().union(*chunk), set().union(*row)
     classes = {(s, c, r): 0 for s in (False, True) for c in (False, True) for r in (False, True)}
     for j in range(len(code)):
