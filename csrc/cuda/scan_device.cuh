@@ -239,25 +239,34 @@ struct StateRows {
   struct State {
     const T* row[2];
     int64_t stride_n;
-    XSCAN_DEVICE float at(int m, uint32_t offset) const { return to_float((kTwo && m ? row[1] : row[0])[offset]); }
+    XSCAN_DEVICE const T* first_of(int m) const { return kTwo && m ? row[1] : row[0]; }
+    XSCAN_DEVICE float at(int m, uint32_t offset) const { return to_float(first_of(m)[offset]); }
     // The values at a lane's kCount positions (m, offset: each position's modality and offset):
-    // where the launch reads token runs (ScanParams::token_runs), runs of kItems tokens from the
-    // first position's of each on, in aligned vectors; else one load per position.
+    // where the launch reads token runs (`step`, the route's token_step where ScanParams::token_runs
+    // allows, else 0), runs of kItems tokens in aligned vectors, from each run's first position's
+    // token on (step 1) or back (-1); else one load per position.
     template <int kCount>
-    XSCAN_DEVICE void gather(bool runs, const int (&m)[kCount], const uint32_t (&offset)[kCount],
+    XSCAN_DEVICE void gather(int step, const int (&m)[kCount], const uint32_t (&offset)[kCount],
                              float (&out)[kCount]) const {
-      if (runs) {
+      if (step > 0) {
 #pragma unroll
         for (int r = 0; r < kCount; r += kItems) {
-          const VectorRun<T> run =
-              *reinterpret_cast<const VectorRun<T>*>((kTwo && m[r] ? row[1] : row[0]) + offset[r]);
+          const VectorRun<T> run = *reinterpret_cast<const VectorRun<T>*>(first_of(m[r]) + offset[r]);
 #pragma unroll
           for (int i = 0; i < kItems; ++i) out[r + i] = to_float(run.v[i]);
         }
-        return;
-      }
+      } else if (step < 0) {  // the run's last position reads its first token
 #pragma unroll
-      for (int i = 0; i < kCount; ++i) out[i] = at(m[i], offset[i]);
+        for (int r = 0; r < kCount; r += kItems) {
+          const VectorRun<T> run =
+              *reinterpret_cast<const VectorRun<T>*>(first_of(m[r]) + (offset[r] - (kItems - 1)));
+#pragma unroll
+          for (int i = 0; i < kItems; ++i) out[r + i] = to_float(run.v[kItems - 1 - i]);
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < kCount; ++i) out[i] = at(m[i], offset[i]);
+      }
     }
     XSCAN_DEVICE void next() {
       row[0] += stride_n;
@@ -266,6 +275,13 @@ struct StateRows {
   };
   XSCAN_DEVICE State first_state() const { return State{{row[0], row[1]}, stride_n}; }
 };
+
+// The lane's route's token_step where the launch reads token runs (ScanParams::token_runs), else 0:
+// StateRows::State::gather's `step`.
+template <typename Routes>
+XSCAN_DEVICE int token_run_step(const ScanParams& P, const Routes& routes, const Lane& l) {
+  return Routes::kTokenRuns && P.token_runs ? routes.token_step(l.k) : 0;
+}
 
 // A strided tensor seen from one lane: at(m, c, r, w) is modality m's element at pixel (r, w) of
 // channel c. base[m] holds the part of the offset fixed for the lane (batch, route, its channel d),
@@ -471,8 +487,9 @@ XSCAN_KERNEL(kForwardBlocksPerSM<I>) scan_forward_kernel(const ScanParams P, con
     for (int n = l.lane; n < N; n += kWarpSize) carry[n] = carried ? P.span_states[span_row(P, l, span) * N + n] : 0.f;
   const float bias = P.delta_bias ? P.delta_bias[l.param] : 0.f;
   const float skip = P.D ? P.D[l.param] : 0.f;
-  constexpr bool kTwo = Routes::kTokenModalities == 2, kRuns = Routes::kTokenRuns;
+  constexpr bool kTwo = Routes::kTokenModalities == 2;
   const StateRows<T, kTwo> Brows(P.B, l, l.group_B), Crows(P.C, l, l.group_C);
+  const int step = token_run_step(P, routes, l);
   const float* A = slot_A(P, l, shared + layout.A);
   const bool outputs = P.y.data[0] != nullptr;
   float dt_sum = 0.f;  // the summary pass's: the span's decay is exp(A dt_sum)
@@ -516,8 +533,8 @@ XSCAN_KERNEL(kForwardBlocksPerSM<I>) scan_forward_kernel(const ScanParams P, con
     for (int n = 0; n < N; ++n, Bn.next(), Cn.next()) {
       const float A_log2 = A[n] * kLog2e;
       float a[I], b[I], Bv[I], Cv[I];
-      Bn.gather(kRuns && P.token_runs, m, at_B, Bv);
-      if (outputs) Cn.gather(kRuns && P.token_runs, m, at_C, Cv);
+      Bn.gather(step, m, at_B, Bv);
+      if (outputs) Cn.gather(step, m, at_C, Cv);
       // this lane's positions as one step: (decay of the run's summed dt, its increment)
       const float fold_a = decay_of(run_dt, A_log2);
       float fold_b = 0.f;
@@ -583,8 +600,8 @@ XSCAN_KERNEL(kBackwardBlocksPerSM) span_adjoint_kernel(const ScanParams P, const
   if (l.part == 0)
     for (int n = l.lane; n < N; n += kWarpSize) carry[n] = 0.f;
   const float bias = P.delta_bias ? P.delta_bias[l.param] : 0.f;
-  constexpr bool kRuns = Routes::kTokenRuns;
   const StateRows<T, Routes::kTokenModalities == 2> Crows(P.C, l, l.group_C);
+  const int step = token_run_step(P, routes, l);
   const float* A = slot_A(P, l, shared + layout.A);
   float dt_sum = 0.f;
   __syncthreads();
@@ -610,7 +627,7 @@ XSCAN_KERNEL(kBackwardBlocksPerSM) span_adjoint_kernel(const ScanParams P, const
     for (int n = 0; n < N; ++n, Cn.next()) {
       const float A_log2 = A[n] * kLog2e;
       float Cv[kItems];
-      Cn.gather(kRuns && P.token_runs, m, at_C, Cv);
+      Cn.gather(step, m, at_C, Cv);
       float fold_a = decay_of(run_dt, A_log2), fold_b = 0.f;
 #pragma unroll
       for (int i = kItems - 1; i >= 0; --i) fold_b = decay_of(dt[i], A_log2) * (Cv[i] * dy[i] + fold_b);
@@ -697,8 +714,9 @@ XSCAN_KERNEL(kBackwardBlocksPerSM) scan_backward_kernel(const ScanParams P, cons
     for (int n = 0; n < N; ++n) dA_sums[n] = 0.f;
   const float bias = P.delta_bias ? P.delta_bias[l.param] : 0.f;
   const float skip = P.D ? P.D[l.param] : 0.f;
-  constexpr bool kTwo = Routes::kTokenModalities == 2, kRuns = Routes::kTokenRuns;
+  constexpr bool kTwo = Routes::kTokenModalities == 2;
   const StateRows<T, kTwo> Brows(P.B, l, l.group_B), Crows(P.C, l, l.group_C);
+  const int step = token_run_step(P, routes, l);
   const float* A = slot_A(P, l, shared + layout.A);
   const bool gated = P.z.data[0] != nullptr;
   const int64_t row = static_cast<int64_t>(l.b) * P.routes + l.k;
@@ -743,8 +761,8 @@ XSCAN_KERNEL(kBackwardBlocksPerSM) scan_backward_kernel(const ScanParams P, cons
     for (int n = 0; n < N; ++n, Bn.next(), Cn.next(), dB_row += per_state, dC_row += per_state) {
       const float A_n = A[n], A_log2 = A_n * kLog2e;
       float a[kItems], Bv[kItems], Cv[kItems];
-      Bn.gather(kRuns && P.token_runs, m, at_B, Bv);
-      Cn.gather(kRuns && P.token_runs, m, at_C, Cv);
+      Bn.gather(step, m, at_B, Bv);
+      Cn.gather(step, m, at_C, Cv);
       const float fold_a = decay_of(run_dt, A_log2);  // the run's decay, either way
       float fold_b = 0.f;
 #pragma unroll

@@ -62,8 +62,9 @@ struct ScanParams {
   int32_t warps_per_channel = 1, chunk_length = 0;
 
   bool delta_softplus = false;
-  // Each lane's kItems positions read kItems consecutive tokens of B and C, which the kernels load as
-  // aligned vectors (set by with_token_runs, scan_kernel.cuh, where the route and the layouts allow).
+  // The layouts of B and C let the kernels load a lane's kItems positions that read consecutive
+  // tokens (a route's token_step, routes.h) as aligned vectors (set by with_token_runs,
+  // scan_kernel.cuh).
   bool token_runs = false;
 
   // Inputs in the dtype the kernel is instantiated for; z on u's map (selective_scan only).

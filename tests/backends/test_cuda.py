@@ -150,21 +150,32 @@ def _relaid(t, layout):
     return t
 
 
+# Per op, the positions of its B and C among make_inputs' arguments, and whether they are
+# (Bt, L, G, N) (ssd_exchange's, made L-major as the others' for the test).
+TOKEN_RUN_OPS = {"selective_scan": ((3, 4), False), "ss2d": ((2, 3), False), "es2d": ((2, 3), False),
+                 "interleave_ss2d": ((3, 4), False), "ssd_exchange": ((5, 6, 7, 8), True)}
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("layout", ["aligned", "offset", "strided"])
-@pytest.mark.parametrize("op,L", [("selective_scan", 64), ("selective_scan", 61), ("ssd_exchange", 40),
-                                  ("ssd_exchange", 43)])
-def test_token_runs_and_their_fallback(device, op, L, layout, dtype):
-    # Routes whose positions read consecutive tokens (selective_scan, ssd_exchange) load a lane's 8
-    # positions of B and C as aligned vectors where the length is whole runs of 8 and B, C are
+@pytest.mark.parametrize("op,shape", [("selective_scan", dict(L=64)), ("selective_scan", dict(L=61)),
+                                      ("ssd_exchange", dict(L=40)), ("ssd_exchange", dict(L=43)),
+                                      ("ss2d", dict(H=6, W=12)), ("ss2d", dict(H=5, W=7)),
+                                      ("es2d", dict(H=8, W=7)), ("es2d", dict(H=6, W=6)),
+                                      ("interleave_ss2d", dict(H=6, W=4)), ("interleave_ss2d", dict(H=5, W=5))])
+def test_token_runs_and_their_fallback(device, op, shape, layout, dtype):
+    # Routes whose positions read consecutive tokens (selective_scan, ssd_exchange; the row routes
+    # of ss2d, interleave_ss2d forwards and backwards, of es2d forwards) load a lane's 8 positions
+    # of B and C as aligned vectors where the route length is whole runs of 8 and B, C are
     # unit-stride rows on 16-byte boundaries; any other length or layout, one load per position.
     # The ops are called directly: the public functions' autograd would copy B and C.
-    args, kwargs = make_inputs(op, device=device, Bt=2, Dm=3, N=5, L=L, G=1, dtype=dtype)
-    if op == "selective_scan":  # B, C (Bt, G, N, L)
-        relaid = args[:3] + (_relaid(args[3], layout), _relaid(args[4], layout))
-    else:  # B0, B1, C0, C1 (Bt, L, G, N), made L-major as selective_scan's
-        relaid = tuple(_relaid(a.transpose(1, -1).contiguous(), layout).transpose(1, -1) if 5 <= i <= 8 else a
+    args, kwargs = make_inputs(op, device=device, Bt=2, Dm=3, N=5, G=1, dtype=dtype, **shape)
+    at, token_last = TOKEN_RUN_OPS[op]
+    if token_last:
+        relaid = tuple(_relaid(a.transpose(1, -1).contiguous(), layout).transpose(1, -1) if i in at else a
                        for i, a in enumerate(args))
+    else:
+        relaid = tuple(_relaid(a, layout) if i in at else a for i, a in enumerate(args))
     forward, backward = getattr(torch.ops.xscan, op), getattr(torch.ops.xscan, f"{op}_backward")
     full, expected_full = (custom_op_args(op, a, kwargs, b) for a, b in ((relaid, "cuda"), (args, "reference")))
     outs, expected = forward(*full)[:-1], forward(*expected_full)[:-1]

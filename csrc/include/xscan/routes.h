@@ -18,8 +18,10 @@
 //   u_map(Dm), y_map(Dm) the (channels, rows, columns) of u's and y's pixel maps;
 //   modalities()         how many per-modality tensors it reads (1 or 2);
 //   kTokenModalities     how many modalities' per-token tensors (dt, B, C) at() reads (1 or 2);
-//   kTokenRuns           position j of every route reads token j of one modality (the CUDA
-//                        kernels then load a run of positions' B and C as vectors).
+//   token_step(k)        +1 where position j + 1 of route k reads the token after position j's,
+//                        -1 where it reads the one before, in the same modality; 0 otherwise (the
+//                        CUDA kernels load a run of such positions' B and C as vectors);
+//   kTokenRuns           whether token_step is ever nonzero.
 #pragma once
 
 #include <cstdint>
@@ -99,13 +101,13 @@ struct LineRoutes : OnMap<LineRoutes<I, D>, I> {
   XSCAN_HD int modalities() const { return 1; }
   XSCAN_HD Extent map(int64_t Dm) const { return {Dm, 1, L}; }
   XSCAN_HD TokenOf<I> at(I, I j) const { return pixel_token<I>(0, j, 0, j); }
+  XSCAN_HD int token_step(I) const { return 1; }
 };
 
 // Four routes that each visit every pixel of one H x W map once (Self supplies at(k, j)).
 template <typename Self, typename I, typename D>
 struct WholeMapRoutes : OnMap<Self, I> {
   static constexpr bool kScalarDecay = false;
-  static constexpr bool kTokenRuns = false;
   static constexpr int kTokenModalities = 1;
   D H, W;
   XSCAN_HD WholeMapRoutes(int64_t H_, int64_t W_) : H(static_cast<I>(H_)), W(static_cast<I>(W_)) {}
@@ -119,18 +121,22 @@ struct WholeMapRoutes : OnMap<Self, I> {
 // SS2D's four cross routes over an H x W map.
 template <typename I = int64_t, typename D = I>
 struct CrossRoutes : WholeMapRoutes<CrossRoutes<I, D>, I, D> {
+  static constexpr bool kTokenRuns = true;
   XSCAN_HD CrossRoutes(int64_t H_, int64_t W_) : WholeMapRoutes<CrossRoutes<I, D>, I, D>(H_, W_) {}
   XSCAN_HD TokenOf<I> at(I k, I j) const {
-    const I s = cross_route(k, j, this->H, this->W);
-    return pixel_token<I>(0, s, s / this->W, s % this->W);
+    I r, w;
+    cross_pixel(k, j, this->H, this->W, &r, &w);
+    return pixel_token<I>(0, r * this->W + w, r, w);
   }
+  // the row routes walk the tokens in order, forwards (0) or backwards (2)
+  XSCAN_HD int token_step(I k) const { return k & 1 ? 0 : k >= 2 ? -1 : 1; }
 };
 
 // ES2D: route k walks sub-lattice k of the map padded to even H, W.
 template <typename I = int64_t, typename D = I>
 struct AtrousRoutes : OnMap<AtrousRoutes<I, D>, I> {
   static constexpr bool kScalarDecay = false;
-  static constexpr bool kTokenRuns = false;
+  static constexpr bool kTokenRuns = true;
   static constexpr int kTokenModalities = 1;
   I H, W;
   D Hq, Wq;
@@ -142,13 +148,15 @@ struct AtrousRoutes : OnMap<AtrousRoutes<I, D>, I> {
   XSCAN_HD int modalities() const { return 1; }
   XSCAN_HD Extent map(int64_t Dm) const { return {Dm, H, W}; }
   XSCAN_HD TokenOf<I> at(I k, I j) const {
-    const I q = atrous_route(k, j, Hq, Wq);
-    I h, w;
-    TokenOf<I> t = pixel_token<I>(0, q, 0, 0);
-    t.pad = !atrous_pixel(k, q, H, W, Wq, &h, &w);
+    I q, h, w;
+    TokenOf<I> t = pixel_token<I>(0, 0, 0, 0);
+    t.pad = !atrous_pixel(k, j, H, W, Hq, Wq, &q, &h, &w);
+    t.e = q;
     if (!t.pad) t.ur = t.yr = h, t.uw = t.yw = w;
     return t;
   }
+  // the row-major routes' token is their position
+  XSCAN_HD int token_step(I k) const { return atrous_column_major(k) ? 0 : 1; }
 };
 
 // cross_ss2d: route k over 2L positions alternating the two modalities.
@@ -165,9 +173,11 @@ struct CrossPairRoutes : OnMap<CrossPairRoutes<I, D>, I> {
   XSCAN_HD int modalities() const { return 2; }
   XSCAN_HD Extent map(int64_t Dm) const { return {Dm, H, W}; }
   XSCAN_HD TokenOf<I> at(I k, I p) const {
-    const I s = cross_pair_spatial(k, p, H, W);
-    return pixel_token<I>(cross_pair_modality(p), s, s / W, s % W);
+    I r, w;
+    cross_pixel<I, D>(k, p >> 1, H, W, &r, &w);
+    return pixel_token<I>(cross_pair_modality(p), r * W + w, r, w);
   }
+  XSCAN_HD int token_step(I) const { return 0; }
 };
 
 // interleave_ss2d: cross routes over the realigned (Hr, Wr) map; u is read from the map, channel and
@@ -176,7 +186,7 @@ struct CrossPairRoutes : OnMap<CrossPairRoutes<I, D>, I> {
 template <typename I = int64_t, typename D = I>
 struct RealignRoutes {
   static constexpr bool kScalarDecay = false;
-  static constexpr bool kTokenRuns = false;
+  static constexpr bool kTokenRuns = CrossRoutes<I, D>::kTokenRuns;
   static constexpr int kTokenModalities = 1;  // the realigned map's tokens; only u reads two maps
   static constexpr bool kSameChannel = false;
   using Index = I;
@@ -200,6 +210,7 @@ struct RealignRoutes {
                        : (Dm == C && static_cast<int64_t>(cross.W) == 2 * static_cast<int64_t>(W));
   }
   XSCAN_HD TokenOf<I> at(I k, I j) const { return cross.at(k, j); }
+  XSCAN_HD int token_step(I k) const { return cross.token_step(k); }
   XSCAN_HD void source(I d, TokenOf<I>& t) const {
     const RealignSource<I> src = realign_source(on_channels, period, d, t.yw);
     t.m = src.m, t.uc = src.c, t.uw = src.w, t.yc = d;
@@ -222,25 +233,28 @@ struct HeadRoutes : OnMap<HeadRoutes<I, D>, I> {
   XSCAN_HD int modalities() const { return 2; }
   XSCAN_HD Extent map(int64_t nh) const { return {nh, P, L}; }
   XSCAN_HD TokenOf<I> at(I k, I t) const { return pixel_token<I>(static_cast<int>(k / P), t, k % P, t); }
+  XSCAN_HD int token_step(I) const { return 1; }
 };
 
 // ss2d(route="snake"): boustrophedon routes over an H x W map (xscan/routes.py, snake_route).
 template <typename I = int64_t, typename D = I>
 struct SnakeRoutes : WholeMapRoutes<SnakeRoutes<I, D>, I, D> {
+  static constexpr bool kTokenRuns = false;
   XSCAN_HD SnakeRoutes(int64_t H_, int64_t W_) : WholeMapRoutes<SnakeRoutes<I, D>, I, D>(H_, W_) {}
   XSCAN_HD TokenOf<I> at(I k, I j) const {
     const D H = this->H, W = this->W;
-    const I i = k >= 2 ? H * W - 1 - j : j;
+    const bool by_columns = k % 2 != 0;
     I h, w;
-    if (k % 2 == 0) {
-      h = i / W;
-      w = h % 2 == 0 ? i % W : W - 1 - i % W;
-    } else {
-      w = i / H;
-      h = w % 2 == 0 ? i % H : H - 1 - i % H;
+    grid_cell<I, D>(by_columns, k >= 2 ? H * W - 1 - j : j, H, W, &h, &w);
+    // every other line runs backwards
+    if (by_columns) {
+      if (w % 2) h = H - 1 - h;
+    } else if (h % 2) {
+      w = W - 1 - w;
     }
     return pixel_token<I>(0, h * W + w, h, w);
   }
+  XSCAN_HD int token_step(I) const { return 0; }
 };
 
 // The sizes each route kind's geometry holds (xscan.spec.Route), 4 with a realigning source.

@@ -194,12 +194,21 @@ XSCAN_HD int32_t operator/(int32_t n, FastDivisor q) {
 }
 XSCAN_HD int32_t operator%(int32_t n, FastDivisor q) { return n - (n / q) * q.d; }
 
-// SS2D route k in VMamba order (0 hf row-major, 1 vf column-major, 2 hb, 3 vb reversed): the
-// spatial index visited at route position j in [0, H*W). D: the divisors' type (I, or FastDivisor).
+// The cell (row r, column c) at index i of a rows x cols grid walked row by row (by_columns false)
+// or column by column: one division, by the length of a line of the walk (a select, no branch).
 template <typename I, typename D>
-XSCAN_HD I cross_route(I k, I j, D H, D W) {
-  const I i = k >= 2 ? H * W - 1 - j : j;
-  return (k & 1) ? (i % H) * W + i / H : i;
+XSCAN_HD void grid_cell(bool by_columns, I i, D rows, D cols, I* r, I* c) {
+  const D line = by_columns ? rows : cols;
+  const I outer = i / line, inner = i - outer * static_cast<I>(line);
+  *r = by_columns ? inner : outer;
+  *c = by_columns ? outer : inner;
+}
+
+// SS2D route k in VMamba order (0 hf row-major, 1 vf column-major, 2 hb, 3 vb reversed): the pixel
+// (r, w) visited at route position j in [0, H*W). D: the divisors' type (I, or FastDivisor).
+template <typename I, typename D>
+XSCAN_HD void cross_pixel(I k, I j, D H, D W, I* r, I* w) {
+  grid_cell<I, D>((k & 1) != 0, k >= 2 ? H * W - 1 - j : j, H, W, r, w);
 }
 
 // ES2D (atrous) sub-lattice size of an H x W map zero-padded to even H and W.
@@ -215,19 +224,17 @@ XSCAN_HD I atrous_w0(I k) { return k >> 1; }
 template <typename I>
 XSCAN_HD bool atrous_column_major(I k) { return (k & 1) != 0; }
 
-// ES2D route k at position j in [0, Hq*Wq): the token index q = i * Wq + w' inside the sub-lattice
-// (row-major, the order of es2d's per-token tensors).
+// ES2D route k at position j in [0, Hq*Wq): its token q (the cell's index in the sub-lattice
+// row-major, the order of es2d's per-token tensors) and its pixel (h, w) of the map padded to even
+// H, W. Returns false for padding (h >= H or w >= W): the scan reads u = 0 there and its output is
+// dropped.
 template <typename I, typename D>
-XSCAN_HD I atrous_route(I k, I j, D Hq, D Wq) {
-  return atrous_column_major(k) ? (j % Hq) * Wq + j / Hq : j;
-}
-
-// The padded-map pixel of sub-lattice token q of route k. Returns false for padding (h >= H or
-// w >= W): the scan reads u = 0 there and its output is dropped.
-template <typename I, typename D>
-XSCAN_HD bool atrous_pixel(I k, I q, I H, I W, D Wq, I* h, I* w) {
-  *h = 2 * (q / Wq) + atrous_h0(k);
-  *w = 2 * (q % Wq) + atrous_w0(k);
+XSCAN_HD bool atrous_pixel(I k, I j, I H, I W, D Hq, D Wq, I* q, I* h, I* w) {
+  I i, c;
+  grid_cell<I, D>(atrous_column_major(k), j, Hq, Wq, &i, &c);
+  *q = i * Wq + c;
+  *h = 2 * i + atrous_h0(k);
+  *w = 2 * c + atrous_w0(k);
   return *h < H && *w < W;
 }
 
@@ -235,10 +242,6 @@ XSCAN_HD bool atrous_pixel(I k, I q, I H, I W, D Wq, I* h, I* w) {
 // reads I_1, V_1, I_2, V_2, ... (modality 0 first in every pair, also on the reversed routes).
 template <typename I>
 XSCAN_HD int cross_pair_modality(I p) { return static_cast<int>(p & 1); }
-template <typename I, typename D>
-XSCAN_HD I cross_pair_spatial(I k, I p, D H, D W) {
-  return cross_route<I>(k, p >> 1, H, W);
-}
 
 // ---------------------------------------------------------------------------------------------
 // DIFF-MF realignment (docs/ops.md, "interleave_ss2d"): the realigned map R of two (C, H, W) maps
