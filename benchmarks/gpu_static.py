@@ -337,8 +337,27 @@ def element_cases(calls: list[OpCall]) -> list[dict]:
             length=s.length(), policy=launch["policy"], warps_per_channel=launch["warps_per_channel"],
             chunk_length=launch["chunk_length"], tiles=launch["tiles"], segments=launch["spans"],
             span_length=launch["span_length"], softplus=bool(s.softplus), gated=s.view("z") is not None,
-            atomic_routes=bool(s.route_sum and s.routes > 1)))
+            atomic_routes=bool(s.route_sum and s.routes > 1), token_runs=token_runs(s, launch["policy"]),
+            realigned_axis="" if s.source.name == "TOKEN" else s.source.name.split("_")[0].lower()))
     return list(cases.values())
+
+
+def token_runs(spec, policy: str) -> bool:
+    """Whether the fp32 CUDA launch of a spec reads B and C as vector runs (with_token_runs,
+    csrc/cuda/scan_kernel.cuh): a policy with runs, a route length of whole runs of 8 equal to the
+    token count, and every B and C row unit-stride on a 16-byte boundary (the allocation's own base
+    taken as aligned, as torch's CUDA allocations are)."""
+    import per_element
+
+    if policy not in per_element.TOKEN_RUN_POLICIES or spec.length() % per_element.KERNEL_ITEMS:
+        return False
+    for role in ("B", "C"):
+        for view in spec.tensors[role]:
+            *outer, stride_t = view.stride()
+            if (view.shape[-1] != spec.length() or stride_t != 1 or view.storage_offset() % 4
+                    or any(st % 4 for st in outer)):
+                return False
+    return True
 
 
 def per_element_report(calls: list[OpCall], cache: str, mamba_dir: str | None, jobs: int) -> dict:

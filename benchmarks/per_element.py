@@ -21,12 +21,17 @@ runs once per 128 of the chunk's positions. Per element = threads x blocks x a t
     backward, from those states) in
     plan_launch's layout for an H100 (gpu_static.py), compiled in a probe translation unit that calls
     the kernels as device functions with the launch-uniform parameters fixed (warps per channel W,
-    split or not, softplus, z, outputs, float atomics): nvcc drops the branches the launch never
-    takes, as mamba's template parameters do.
+    split or not, softplus, z, outputs, float atomics, B and C as vector runs, a realignment's
+    axis): nvcc drops the branches the launch never takes, as mamba's template parameters do.
   - Warp-dependent branches (xscan: the combine of a channel's W warps; mamba: cub's raking block
     scan, run by the first warp only): each warp's code is compiled with threadIdx pinned to that
     warp's lanes and the counts are averaged over the warps (xscan: the W parts of a channel; the
     block's other channels take the same path within 1%).
+  - Route-dependent branches (xscan's map policies, ROUTE_PINNED: rows or columns, forwards or
+    backwards, B and C read as vector runs or one by one): a block runs one route, so each route's
+    code is compiled with blockIdx.y pinned as well and the counts are averaged over the four routes.
+    nvcc may then fold what a block's code branches on at run time (the route is uniform there),
+    so these figures leave out those branches themselves (a few instructions per state).
 Known error (2026-12-03, the kernels of then), measured by the same method on PTX built as the
 simulator's (nvcc 13, sm_80, no fast math) against GPGPU-Sim's dynamic counts (benchmarks/RESULTS.md;
 selective_scan with z, Bt=1 Dm=16 L=2048 N=16, one warp per channel): xscan forward +2%, backward
@@ -222,6 +227,13 @@ PINNED = """__device__ __forceinline__ uint3 probe_thread() {{
 }}
 #define threadIdx probe_thread()"""
 
+# xscan's probes of a route policy whose code depends on the route (ROUTE_PINNED): blockIdx.y, the
+# block's route, fixed as well.
+PINNED_ROUTE = """__device__ __forceinline__ uint3 probe_block() {{
+  return make_uint3(blockIdx.x, {route}, blockIdx.z);
+}}
+#define blockIdx probe_block()"""
+
 
 def mamba_source(warp: int, kernels: list) -> str:
     """A translation unit instantiating mamba's kernels for the given traits, every thread a lane of
@@ -248,6 +260,14 @@ def mamba_source(warp: int, kernels: list) -> str:
 KERNEL_ITEMS = 8
 FORWARD_ITEMS = dict(CrossPairRoutes=8)
 FORWARD_ITEMS_DEFAULT = 16
+# The policies whose routes may read B and C as vector runs (routes.h, kTokenRuns; each probe asserts it).
+TOKEN_RUN_POLICIES = {"LineRoutes", "CrossRoutes", "AtrousRoutes", "RealignRoutes", "HeadRoutes"}
+# The policies whose four routes take different paths through the kernels (the route's direction,
+# rows or columns, token runs forwards, backwards or none: routes.h): a block runs one route, so
+# each route's code is compiled with blockIdx.y pinned to it and the counts are averaged over the
+# routes (each has the same blocks). HEADS' routes share one path.
+ROUTE_PINNED = {"CrossRoutes", "AtrousRoutes", "CrossPairRoutes", "RealignRoutes", "SnakeRoutes"}
+PINNED_ROUTES = 4
 FORWARD_KERNEL = dict(forward=dict(outputs=True, saving=True, summary=False),
                       summary=dict(outputs=False, saving=False, summary=True))
 PASSES = {(False, False): ["forward"], (False, True): ["summary", "carry", "forward"],
@@ -255,8 +275,10 @@ PASSES = {(False, False): ["forward"], (False, True): ["summary", "carry", "forw
 
 
 def probe_kernel(name: str, kernel: str, policy: str, split: bool, softplus: bool, gated: bool,
-                 atomic_routes: bool, W: int, token_runs: bool, items: int) -> str:
-    """One probe kernel: the launch-uniform parameters fixed, then the kernel's body."""
+                 atomic_routes: bool, W: int, token_runs: bool, items: int, realigned_axis: str) -> str:
+    """One probe kernel: the launch-uniform parameters fixed (also a realignment's axis, "channel"
+    or "width", a field of the RealignRoutes every block of the launch is given), then the kernel's
+    body."""
     if kernel.startswith("carry"):
         return (f'extern "C" __global__ void {name}(ScanParams P) {{\n'
                 f"  span_carry_kernel<{str(kernel == 'carry_reverse').lower()}>(P);\n}}\n")
@@ -271,17 +293,21 @@ def probe_kernel(name: str, kernel: str, policy: str, split: bool, softplus: boo
             f"  P.span_summary = {str(flags['summary']).lower()};",
             f"  P.delta_softplus = {str(softplus).lower()};", f"  P.atomic_routes = {str(atomic_routes).lower()};",
             f"  P.token_runs = {str(token_runs).lower()};",
-            "  P.atomic_state_grads = true;", pointer("P.z.data[0]", gated)]
+            "  P.atomic_state_grads = true;", pointer("P.z.data[0]", gated), f"  {routes} launched = routes;"]
+    if realigned_axis:
+        body.append(f"  launched.on_channels = {str(realigned_axis == 'channel').lower()};")
     if kernel in FORWARD_KERNEL:
         body += [pointer("P.y.data[0]", flags["outputs"]), pointer("P.chunk_states", flags["saving"])]
     call = {"adjoint": "span_adjoint_kernel", "backward": "scan_backward_kernel"}.get(kernel, "scan_forward_kernel")
     forward = call == "scan_forward_kernel"
     blocks = f"kForwardBlocksPerSM<{items}>" if forward else "kBackwardBlocksPerSM"
     check = (f"static_assert(kForwardItems<{routes}> == {forward_items(policy)}, "
-             f'"benchmarks/per_element.py: FORWARD_ITEMS disagrees with kForwardItems");\n')
+             f'"benchmarks/per_element.py: FORWARD_ITEMS disagrees with kForwardItems");\n'
+             f"static_assert({routes}::kTokenRuns == {str(policy in TOKEN_RUN_POLICIES).lower()}, "
+             f'"benchmarks/per_element.py: TOKEN_RUN_POLICIES disagrees with kTokenRuns");\n')
     arguments = f"float, {routes}" + (f", {items}" if forward else "")
     return (check + f'extern "C" __global__ void __launch_bounds__(kThreadsPerBlock, {blocks})\n{name}(ScanParams P, '
-            f"const {routes} routes) {{\n" + "\n".join(body) + f"\n  {call}<{arguments}>(P, routes);\n}}\n")
+            f"const {routes} routes) {{\n" + "\n".join(body) + f"\n  {call}<{arguments}>(P, launched);\n}}\n")
 
 
 def forward_items(policy: str) -> int:
@@ -297,42 +323,44 @@ def launch_forward_items(case: dict) -> int:
     return most if span >= most // KERNEL_ITEMS * case["chunk_length"] else KERNEL_ITEMS
 
 
-def xscan_source(warp: int, kernels: dict) -> str:
+def xscan_source(warp: int, route: int | None, kernels: dict) -> str:
     """A translation unit of probe kernels ({name: probe_kernel's text}), every thread a lane of warp
-    `warp` of its block."""
+    `warp` of its block, every block on route `route` (None: any)."""
+    pinned = [PINNED.format(warp=warp)] + ([PINNED_ROUTE.format(route=route)] if route is not None else [])
     return "\n".join([
         "// Generated by benchmarks/per_element.py: xscan's scan kernels as device functions, each called by a",
         "// kernel that fixes a launch's uniform parameters; every thread is a lane of one warp of the block.",
-        "#include <cuda_runtime.h>", "#include <cuda_bf16.h>", "#include <cuda_fp16.h>", PINNED.format(warp=warp),
+        "#include <cuda_runtime.h>", "#include <cuda_bf16.h>", "#include <cuda_fp16.h>", *pinned,
         "#define XSCAN_KERNEL(blocks) __device__ __forceinline__ void", '#include "scan_kernel.cuh"', "#undef threadIdx",
-        "using namespace xscan;", "using namespace xscan::cuda;", *kernels.values()])
+        "#undef blockIdx", "using namespace xscan;", "using namespace xscan::cuda;", *kernels.values()])
 
 
 def xscan_kernels(case: dict, backward: bool) -> list[tuple]:
     """The probe variants of a case's forward or backward passes, in launch order: (kernel, policy,
-    split, softplus, z, atomic routes, W, token runs), the flags a kernel never reads left off (the
+    split, softplus, z, atomic routes, W, token runs, forward items, realigned axis), the flags a
+    kernel never reads left off (the
     span carry reads none; only y and du are summed over routes; the summary pass has no y). Token
-    runs (B and C read as vectors, scan_kernel.cuh's with_token_runs): selective_scan at lengths of
-    whole runs, its B and C (Bt, G, N, L) being contiguous in the networks as in mamba-ssm's API;
-    never ssd_exchange, whose B and C (Bt, L, G, N) are not token-major."""
+    runs: the case's token_runs (B and C read as vectors where a route's tokens run, scan_kernel.cuh's
+    with_token_runs)."""
     split = case["segments"] > 1
-    token_runs = case["policy"] == "LineRoutes" and case["length"] % KERNEL_ITEMS == 0
+    token_runs = case["token_runs"]
 
     def variant(kernel):
         if kernel.startswith("carry"):
-            return (kernel, "", True, False, False, False, 1, False, 0)
+            return (kernel, "", True, False, False, False, 1, False, 0, "")
         return (kernel, case["policy"], split, case["softplus"],
                 case["gated"] and kernel in ("forward", "adjoint", "backward"),
                 case["atomic_routes"] and kernel in ("forward", "backward"), case["warps_per_channel"],
-                token_runs and kernel != "summary", launch_forward_items(case) if kernel in FORWARD_KERNEL else 0)
+                token_runs and kernel != "summary", launch_forward_items(case) if kernel in FORWARD_KERNEL else 0,
+                case["realigned_axis"])
 
     return [variant(kernel) for kernel in PASSES[(backward, split)]]
 
 
 def variant_label(v: tuple) -> str:
-    kernel, policy, split, softplus, gated, atomic_routes, W, token_runs, items = v
+    kernel, policy, split, softplus, gated, atomic_routes, W, token_runs, items, realigned_axis = v
     flags = [f for f, on in (("split", split), ("softplus", softplus), ("z", gated), ("atomic routes", atomic_routes),
-                             ("token runs", token_runs)) if on]
+                             ("token runs", token_runs), (f"{realigned_axis} axis", realigned_axis)) if on]
     if items:
         flags.append(f"{items} per lane")
     return f"xscan {kernel}" + (f" {policy} W={W}" + "".join(f", {f}" for f in flags) if policy else "")
@@ -375,7 +403,8 @@ def mangled_traits(traits: str) -> str:
 def report(cases: list, cache: str, mamba_dir: str, nvcc: str, cuobjdump: str, jobs: int = 1) -> dict:
     """Per case (dict: op, shape (a label), batch, routes, channels, dstate, length, the layout of
     xscan._C.cuda_layout as policy, warps_per_channel, chunk_length, tiles, segments, span_length, and
-    softplus, gated, atomic_routes): xscan's and mamba's forward and backward thread-instructions
+    softplus, gated, atomic_routes, token_runs (B and C read as vector runs), realigned_axis ("channel",
+    "width" or "" where u is not realigned)): xscan's and mamba's forward and backward thread-instructions
     per element. {"per_element": {"<op> fwd|bwd@<shape>": {xscan, mamba, ratio}}, "loops": each
     kernel's instructions in its state loop, in its chunk loop outside that, and elsewhere (warp 0),
     "mamba_missing": why, when mamba's source could not be had}. Up to `jobs` nvcc at a time."""
@@ -386,10 +415,16 @@ def report(cases: list, cache: str, mamba_dir: str, nvcc: str, cuobjdump: str, j
     def warps(v):  # the warps whose paths differ: the W parts of a channel (the span carry: one)
         return 1 if v[0].startswith("carry") else v[6]
 
+    def routes(v):  # the routes whose paths differ, or [None]: one probe for any route
+        return list(range(PINNED_ROUTES)) if v[1] in ROUTE_PINNED else [None]
+
+    paths = sorted({(w, r) for v in variants for w in range(warps(v)) for r in routes(v)},
+                   key=lambda p: (p[0], -1 if p[1] is None else p[1]))
     includes = [os.path.join(ROOT, "csrc", "cuda"), os.path.join(ROOT, "csrc", "include")]
-    units = [(f"xscan_probe_warp{w}", xscan_source(w, {names[v]: probe_kernel(names[v], *v)
-                                                      for v in variants if w < warps(v)}), includes)
-             for w in range(max(map(warps, variants)))]
+    units = [(f"xscan_probe_warp{w}" + ("" if r is None else f"_route{r}"),
+              xscan_source(w, r, {names[v]: probe_kernel(names[v], *v)
+                                  for v in variants if w < warps(v) and r in routes(v)}), includes)
+             for w, r in paths]
     first_mamba = len(units)
     theirs, missing, wanted = {}, None, []
     try:
@@ -402,7 +437,8 @@ def report(cases: list, cache: str, mamba_dir: str, nvcc: str, cuobjdump: str, j
         missing = str(e)
     with ThreadPoolExecutor(jobs) as pool:
         functions = list(pool.map(lambda u: cubin_classes(compile_cubin(*u, sass_dir, nvcc), cuobjdump), units))
-    ours = {v: [functions[w][names[v]] for w in range(warps(v))] for v in variants}
+    ours = {v: [functions[paths.index((w, r))][names[v]] for w in range(warps(v)) for r in routes(v)]
+            for v in variants}
     for traits, threads, _ in wanted:
         kind = "bwd" if "_bwd_" in traits else "fwd"
         theirs[traits] = [next(classes for f, classes in functions[first_mamba + w].items()

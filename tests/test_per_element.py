@@ -79,3 +79,25 @@ def test_mamba_kernel_choice():
     assert per_element.mamba_kernel(256, True, False, True)[0] == (
         "Selective_Scan_bwd_kernel_traits<32, 8, true, true, true, true, false, float, float>")
     assert per_element.mangled_traits("T<128, 16, 1, false, true>") == "Li128ELi16ELi1ELb0ELb1E"
+
+
+def test_token_runs_of_a_launch():
+    # gpu_static's reading of csrc/cuda/scan_kernel.cuh's with_token_runs for the probes: a policy
+    # with runs, a route length of whole runs of 8, B and C rows unit-stride on 16-byte boundaries
+    import torch
+
+    import gpu_static
+    from xscan.ops.ss2d import plan
+    from xscan.testing import make_inputs
+
+    def spec(H, W, relaid=lambda t: t):
+        (x, dt, B, C), p = make_inputs("ss2d", Bt=1, Dm=2, N=4, H=H, W=W)
+        return plan(x, dt, relaid(B), relaid(C), p["A"], p["D"], p["delta_bias"], True, "cross", torch.float32)
+
+    assert gpu_static.token_runs(spec(4, 6), "CrossRoutes")
+    assert not gpu_static.token_runs(spec(4, 6), "CrossPairRoutes")  # no route of it reads runs
+    assert not gpu_static.token_runs(spec(5, 5), "CrossRoutes")  # 25 positions: not whole runs
+    off_boundary = lambda t: torch.empty(t.numel() + 1)[1:].view(t.shape).copy_(t)  # noqa: E731
+    assert not gpu_static.token_runs(spec(4, 6, off_boundary), "CrossRoutes")
+    strided = lambda t: torch.empty(*t.shape, 2)[..., 0].copy_(t)  # noqa: E731
+    assert not gpu_static.token_runs(spec(4, 6, strided), "CrossRoutes")

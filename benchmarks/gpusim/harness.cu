@@ -8,7 +8,8 @@
 // Cases: ss_fwd, ss_fwd_noz, ss_fwdbwd, ss_fwdbwd_noz (selective_scan, (Bt, Dm, L), B/C (Bt, 1, N, L),
 // delta_bias + softplus, D, z or not); cross_fwd, cross_fwdbwd (cross_ss2d over two H x W maps:
 // xscan's CROSS_PAIR route vs the public networks' way, interleaved copies + mamba's kernel over 2L
-// + recover). --plan-sms: the SM count xscan's launch plan (sequence split) assumes; 0 = no split,
+// + recover); ss2d_fwd, ss2d_fwdbwd (ss2d over one H x W map: xscan's CROSS route, its four routes
+// summed into y; xscan only, to set beside selective_scan's counts per element). --plan-sms: the SM count xscan's launch plan (sequence split) assumes; 0 = no split,
 // default the device's.
 //
 // Output lines for run.py: "@@begin CASE IMPL" / "@@end CASE IMPL" around the launches of one
@@ -149,6 +150,7 @@ static Grads reference(const Problem& p, const HostInputs& in, bool backward) {
         const float* A = &in.A[(k * Dm + d) * N];
         auto loc = [&](int64_t pos, int64_t& m, int64_t& s) {
           if (p.op == 0) m = 0, s = pos;
+          else if (p.op == 2) m = 0, s = route_pixel(int(k), int(pos), p.H, p.W);
           else m = pos & 1, s = route_pixel(int(k), int(pos >> 1), p.H, p.W);
         };
         auto at_u = [&](int64_t m, int64_t s) { return ((m * Bt + b) * Dm + d) * T + s; };
@@ -439,7 +441,8 @@ int main(int argc, char** argv) {
   }
   const std::vector<Case> all = {{"ss_fwd", 0, true, false},       {"ss_fwd_noz", 0, false, false},
                                  {"ss_fwdbwd", 0, true, true},     {"ss_fwdbwd_noz", 0, false, true},
-                                 {"cross_fwd", 1, false, false},   {"cross_fwdbwd", 1, false, true}};
+                                 {"cross_fwd", 1, false, false},   {"cross_fwdbwd", 1, false, true},
+                                 {"ss2d_fwd", 2, false, false},    {"ss2d_fwdbwd", 2, false, true}};
   cudaDeviceProp prop;
   CHECK(cudaGetDeviceProperties(&prop, 0));
   if (plan_sms < 0) plan_sms = prop.multiProcessorCount;
@@ -450,7 +453,7 @@ int main(int argc, char** argv) {
     Problem p;
     p.op = c.op, p.Bt = Bt, p.Dm = Dm, p.N = N, p.has_z = c.z, p.softplus = true;
     if (c.op == 0) p.K = 1, p.M = 1, p.H = 1, p.W = L, p.T = L;
-    else p.K = 4, p.M = 2, p.H = H, p.W = W, p.T = H * W;
+    else p.K = 4, p.M = c.op == 1 ? 2 : 1, p.H = H, p.W = W, p.T = H * W;
     const HostInputs in = make_inputs(p, 26 + c.op);
     const int64_t elements = int64_t(p.Bt) * p.K * p.Dm * p.positions() * p.N;
     std::printf("@@elements %s %lld Bt=%d K=%d Dm=%d positions=%lld N=%d\n", c.name.c_str(), (long long)elements,
@@ -517,7 +520,7 @@ int main(int argc, char** argv) {
       check_outputs("xscan", &dA, &dD, &dbias);
     }
 
-    if (impl == "both" || impl == "mamba") {
+    if ((impl == "both" || impl == "mamba") && c.op != 2) {
       zero_outputs();
       float* dA = c.backward ? dalloc(n_a(p)) : nullptr;
       float* dD = c.backward ? dalloc(n_d(p)) : nullptr;

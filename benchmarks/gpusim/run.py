@@ -19,7 +19,9 @@
 
 Cases: ss_fwd, ss_fwd_noz, ss_fwdbwd, ss_fwdbwd_noz (selective_scan, N=16, B/C (Bt, 1, N, L),
 delta_bias + softplus, D, with/without z), cross_fwd, cross_fwdbwd (cross_ss2d over two H x W maps:
-xscan's CROSS_PAIR route vs interleaved copies + mamba over 2L + recover, the public networks' way).
+xscan's CROSS_PAIR route vs interleaved copies + mamba over 2L + recover, the public networks' way),
+ss2d_fwd, ss2d_fwdbwd (ss2d over one H x W map, xscan's CROSS route; xscan only: its instructions per
+element are to be set beside selective_scan's).
 --plan-sms: the SM count xscan's launch plan (sequence split) assumes: 0 = no split; default: the
 simulated GPU's. Start-up of the simulator (ptxas over every kernel of the binary) takes 2-3 minutes
 on a 2-core machine; all selected cases run in one simulator process.
@@ -44,7 +46,7 @@ import time
 from mamba_source import STUBS, fetch_mamba
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CASES = ("ss_fwd", "ss_fwd_noz", "ss_fwdbwd", "ss_fwdbwd_noz", "cross_fwd", "cross_fwdbwd")
+CASES = ("ss_fwd", "ss_fwd_noz", "ss_fwdbwd", "ss_fwdbwd_noz", "cross_fwd", "cross_fwdbwd", "ss2d_fwd", "ss2d_fwdbwd")
 NVCC_FLAGS = ["-O3", "-std=c++17", "-arch=sm_80", "--cudart", "shared", "-diag-suppress", "20012"]
 
 
@@ -227,8 +229,8 @@ def main(argv=None) -> int:
     ap.add_argument("--Bt", type=int, default=1)
     ap.add_argument("--Dm", type=int, default=32)
     ap.add_argument("--L", type=int, default=1024, help="selective_scan sequence length")
-    ap.add_argument("--H", type=int, default=16, help="cross_ss2d map height")
-    ap.add_argument("--W", type=int, default=16, help="cross_ss2d map width")
+    ap.add_argument("--H", type=int, default=16, help="cross_ss2d and ss2d map height")
+    ap.add_argument("--W", type=int, default=16, help="cross_ss2d and ss2d map width")
     ap.add_argument("--N", type=int, default=16)
     ap.add_argument("--plan-sms", type=int, default=None,
                     help="SMs xscan's launch plan assumes (sequence split); 0 = no split; default: the simulated GPU's")
@@ -274,7 +276,7 @@ def main(argv=None) -> int:
     cases = parse(simulate(exe, [str(x) for x in args], cfg, a.functional, env, work, logfile))
 
     mode = "functional" if a.functional else f"performance model, {a.sms or 46} SMs"
-    print(f"GPGPU-Sim ({mode}); Bt={a.Bt} Dm={a.Dm} N={a.N}, selective_scan L={a.L}, cross_ss2d {a.H}x{a.W}")
+    print(f"GPGPU-Sim ({mode}); Bt={a.Bt} Dm={a.Dm} N={a.N}, selective_scan L={a.L}, cross_ss2d and ss2d {a.H}x{a.W}")
     head = f"{'case':15s} {'impl':6s} {'kernels':>7s} {'cycles':>11s} {'thread insn':>13s} {'insn/elem':>9s} {'max rel err':>11s}  worst"
     print(head)
     print("-" * len(head))

@@ -1,6 +1,6 @@
 // Everything xscan-specific about filling ScanParams for the two ops the harness runs, in one place:
 // the C++ mirror of xscan/backends/cuda.py (_Launch, tiling, sequence_split, forward, backward) for
-// selective_scan (Route LINE) and cross_ss2d (Route CROSS_PAIR), with atomic sums (torch's default,
+// selective_scan (Route LINE), cross_ss2d (Route CROSS_PAIR) and ss2d (Route CROSS), with atomic sums (torch's default,
 // non-deterministic mode: atomic_routes where routes share a pixel, atomic_state_grads).
 //
 // When the kernels' layout fields change, only plan_layout() / describe_layout() below follow.
@@ -20,9 +20,10 @@
 //   u, y, du, dout: (M, Bt, Dm, T)     z, dz: (Bt, Dm, T)       dt, ddt: (M, Bt, K, Dm, T)
 //   B, C, dB, dC: (Bt, K, N, M*T)      A, dA: (K, Dm, N)        D, bias, dD, dbias: (K, Dm)
 // selective_scan: M = 1, K = 1, H = 1, W = T = L (mamba's own layouts). cross_ss2d: M = 2, K = 4,
-// T = H*W, spatial order (xscan.cross_ss2d's arguments, B_m = B[..., m*T:(m+1)*T]).
+// T = H*W, spatial order (xscan.cross_ss2d's arguments, B_m = B[..., m*T:(m+1)*T]); ss2d: the same
+// with M = 1.
 struct Problem {
-  int op = 0;  // 0 selective_scan, 1 cross_ss2d
+  int op = 0;  // 0 selective_scan, 1 cross_ss2d, 2 ss2d
   int Bt = 1, K = 1, Dm = 1, N = 16, H = 1, W = 1, T = 1, M = 1;
   bool softplus = true, has_z = false;
   int64_t positions() const { return int64_t(M) * T; }  // route length
@@ -78,10 +79,10 @@ inline xscan::cuda::ScanParams xscan_params(const Problem& pb, const DeviceTenso
   using namespace xscan::cuda;
   ScanParams P;
   const int64_t Bt = pb.Bt, K = pb.K, Dm = pb.Dm, N = pb.N, T = pb.T, M = pb.M;
-  const bool cross = pb.op == 1;
-  P.route = cross ? 3 : 0;  // Route::kCrossPair : Route::kLine
+  const bool on_map = pb.op != 0;
+  P.route = pb.op == 1 ? 3 : pb.op == 2 ? 1 : 0;  // Route::kCrossPair, kCross, kLine
   P.source = 0;
-  if (cross) P.geometry[0] = pb.H, P.geometry[1] = pb.W;
+  if (on_map) P.geometry[0] = pb.H, P.geometry[1] = pb.W;
   else P.geometry[0] = T;
   P.batch = pb.Bt, P.routes = pb.K, P.channels = pb.Dm, P.dstate = pb.N;
   P.length = int32_t(pb.positions()), P.tokens = int32_t(T), P.modalities = pb.M;
@@ -112,8 +113,8 @@ inline xscan::cuda::ScanParams xscan_params(const Problem& pb, const DeviceTenso
     for (int m = 0; m < 2; ++m) o.data[m] = base + (m < M ? m : 0) * Bt * Dm * T;
     o.stride_k = 0, o.stride_b = Dm * T, o.stride_c = T, o.stride_h = pb.W, o.stride_w = 1;
   };
-  // routes share pixels (cross_ss2d): atomics into zeroed y / du (the harness zeroes them)
-  const bool atomic = cross;
+  // routes share pixels (cross_ss2d, ss2d): atomics into zeroed y / du (the harness zeroes them)
+  const bool atomic = on_map;
   P.atomic_routes = atomic;
   if (P.segments > 1) {
     const size_t rows = size_t(Bt) * K * Dm * P.segments;
