@@ -344,17 +344,18 @@ def element_cases(calls: list[OpCall]) -> list[dict]:
 
 def token_runs(spec, policy: str) -> bool:
     """Whether the fp32 CUDA launch of a spec reads B and C as vector runs (with_token_runs,
-    csrc/cuda/scan_kernel.cuh): a policy with runs, a route length of whole runs of 8 equal to the
-    token count, and every B and C row unit-stride on a 16-byte boundary (the allocation's own base
-    taken as aligned, as torch's CUDA allocations are)."""
+    csrc/cuda/scan_kernel.cuh): a policy with runs, a route length of whole runs of 8 and as many
+    positions as tokens (CROSS_PAIR: two a token), and every B and C row unit-stride on a 16-byte
+    boundary (the allocation's own base taken as aligned, as torch's CUDA allocations are)."""
     import per_element
 
     if policy not in per_element.TOKEN_RUN_POLICIES or spec.length() % per_element.KERNEL_ITEMS:
         return False
+    per_token = 2 if policy == "CrossPairRoutes" else 1
     for role in ("B", "C"):
         for view in spec.tensors[role]:
             *outer, stride_t = view.stride()
-            if (view.shape[-1] != spec.length() or stride_t != 1 or view.storage_offset() % 4
+            if (view.shape[-1] * per_token != spec.length() or stride_t != 1 or view.storage_offset() % 4
                     or any(st % 4 for st in outer)):
                 return False
     return True

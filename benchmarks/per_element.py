@@ -261,7 +261,7 @@ KERNEL_ITEMS = 8
 FORWARD_ITEMS = dict(CrossPairRoutes=8)
 FORWARD_ITEMS_DEFAULT = 16
 # The policies whose routes may read B and C as vector runs (routes.h, kTokenRuns; each probe asserts it).
-TOKEN_RUN_POLICIES = {"LineRoutes", "CrossRoutes", "AtrousRoutes", "RealignRoutes", "HeadRoutes"}
+TOKEN_RUN_POLICIES = {"LineRoutes", "CrossRoutes", "AtrousRoutes", "CrossPairRoutes", "RealignRoutes", "HeadRoutes"}
 # The policies whose four routes take different paths through the kernels (the route's direction,
 # rows or columns, token runs forwards, backwards or none: routes.h): a block runs one route, so
 # each route's code is compiled with blockIdx.y pinned to it and the counts are averaged over the

@@ -95,7 +95,16 @@ def test_token_runs_of_a_launch():
         return plan(x, dt, relaid(B), relaid(C), p["A"], p["D"], p["delta_bias"], True, "cross", torch.float32)
 
     assert gpu_static.token_runs(spec(4, 6), "CrossRoutes")
-    assert not gpu_static.token_runs(spec(4, 6), "CrossPairRoutes")  # no route of it reads runs
+    assert not gpu_static.token_runs(spec(4, 6), "SnakeRoutes")  # no route of it reads runs
+    from xscan.ops.cross_ss2d import plan as pair_plan
+
+    def pair_spec(H, W):  # cross_ss2d: two positions a token
+        args, p = make_inputs("cross_ss2d", Bt=1, Dm=2, N=4, H=H, W=W)
+        return pair_plan(*args, p["A"], p["D"], p["delta_bias"], True, torch.float32)
+
+    assert gpu_static.token_runs(pair_spec(4, 6), "CrossPairRoutes")
+    assert not gpu_static.token_runs(pair_spec(3, 5), "CrossPairRoutes")  # 30 positions
+    assert not gpu_static.token_runs(spec(4, 6), "CrossPairRoutes")  # 24 tokens, 24 positions
     assert not gpu_static.token_runs(spec(5, 5), "CrossRoutes")  # 25 positions: not whole runs
     off_boundary = lambda t: torch.empty(t.numel() + 1)[1:].view(t.shape).copy_(t)  # noqa: E731
     assert not gpu_static.token_runs(spec(4, 6, off_boundary), "CrossRoutes")

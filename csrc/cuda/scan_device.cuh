@@ -54,12 +54,12 @@ namespace cuda {
 constexpr int kBackwardBlocksPerSM = 2;
 
 // The most positions per lane of a route policy's forward: 2 kItems, a chunk of two of the
-// backward's (half the scan's and the state loop's fixed work per position), but kItems where each
-// position picks its modality's rows of dt, B and C (CROSS_PAIR): at 16 it needs 2 blocks'
+// backward's (half the scan's and the state loop's fixed work per position), but kItems where the
+// positions alternate the modalities' rows of dt, B and C (CROSS_PAIR): at 16 it needs 2 blocks'
 // registers per SM (at 168 registers it spills), which halves the blocks in flight of S4Fusion's
 // launches (288 blocks on 132 SMs). forward_items picks a launch's.
 template <typename Routes>
-constexpr int kForwardItems = Routes::kTokenModalities == 2 && !Routes::kTokenRuns ? kItems : 2 * kItems;
+constexpr int kForwardItems = Routes::kPositionsPerToken == 2 ? kItems : 2 * kItems;
 
 // The forward's resident blocks per SM at I positions per lane: at 16, 3 (168 registers, no spills;
 // left free, ptxas takes 180-195: 2 blocks); at 8, 2 (ptxas takes about 128: 4 blocks).
@@ -201,12 +201,14 @@ XSCAN_DEVICE int64_t span_row(const ScanParams& P, const Lane& l, const Span& sp
   return l.seq * P.segments + span.index;
 }
 
-// kItems consecutive values, moved as aligned 16-byte vectors: tokens of one row of B or C, a
-// lane's terms of dB or dC in shared memory.
-template <typename T>
-struct alignas(16) VectorRun {
-  T v[kItems];
+// kCount consecutive values, moved as aligned vectors of up to 16 bytes: tokens of one row of B or
+// C, a lane's terms of dB or dC in shared memory (VectorRun: kItems of them).
+template <typename T, int kCount>
+struct alignas(sizeof(T) * kCount < 16 ? sizeof(T) * kCount : 16) Vector {
+  T v[kCount];
 };
+template <typename T>
+using VectorRun = Vector<T, kItems>;
 
 // A lane's kItems values to 16-byte aligned shared memory, as vectors.
 XSCAN_DEVICE void store_run(float* at, const float (&values)[kItems]) {
@@ -218,10 +220,12 @@ XSCAN_DEVICE void store_run(float* at, const float (&values)[kItems]) {
 
 // A per-token tensor (B or C) seen from the lane's channel: its (b, k, group) row in each modality.
 // A position's element of state n is row[m] + n stride_n + e stride_t, the last term kept per
-// position in 32 bits (the launcher keeps (T - 1) stride_t below 2^31); kTwo: the route policy reads
-// tokens of two modalities (else row[1] is never used).
-template <typename T, bool kTwo>
+// position in 32 bits (the launcher keeps (T - 1) stride_t below 2^31). Routes: the policy (its
+// token modalities: with one, row[1] is never used; its positions per token).
+template <typename T, typename Routes>
 struct StateRows {
+  static constexpr bool kTwo = Routes::kTokenModalities == 2;
+  static constexpr int kPerToken = Routes::kPositionsPerToken;
   const T* row[2];
   int64_t stride_n;
   int32_t stride_t;
@@ -241,31 +245,45 @@ struct StateRows {
     int64_t stride_n;
     XSCAN_DEVICE const T* first_of(int m) const { return kTwo && m ? row[1] : row[0]; }
     XSCAN_DEVICE float at(int m, uint32_t offset) const { return to_float(first_of(m)[offset]); }
+    // The modality of a lane's i-th position: m[i], or where the positions alternate the
+    // modalities, i % 2 (a lane's first position is even; past the span's end, where m[i] is 0,
+    // either row's value is ignored).
+    template <int kCount>
+    XSCAN_DEVICE static int modality(const int (&m)[kCount], int i) { return kPerToken == 2 ? i % 2 : m[i]; }
     // The values at a lane's kCount positions (m, offset: each position's modality and offset):
     // where the launch reads token runs (`step`, the route's token_step where ScanParams::token_runs
-    // allows, else 0), runs of kItems tokens in aligned vectors, from each run's first position's
-    // token on (step 1) or back (-1); else one load per position.
+    // allows, else 0), each run of kItems positions as kPerToken aligned vectors of kItems /
+    // kPerToken tokens (one per modality where the positions alternate them), from the tokens of
+    // the run's first positions on (step 1) or back (-1); else one load per position.
     template <int kCount>
     XSCAN_DEVICE void gather(int step, const int (&m)[kCount], const uint32_t (&offset)[kCount],
                              float (&out)[kCount]) const {
+      constexpr int kTokens = kItems / kPerToken;
+      using Run = Vector<T, kTokens>;
       if (step > 0) {
 #pragma unroll
         for (int r = 0; r < kCount; r += kItems) {
-          const VectorRun<T> run = *reinterpret_cast<const VectorRun<T>*>(first_of(m[r]) + offset[r]);
 #pragma unroll
-          for (int i = 0; i < kItems; ++i) out[r + i] = to_float(run.v[i]);
+          for (int q = 0; q < kPerToken; ++q) {
+            const Run run = *reinterpret_cast<const Run*>(first_of(modality(m, r + q)) + offset[r + q]);
+#pragma unroll
+            for (int i = 0; i < kTokens; ++i) out[r + kPerToken * i + q] = to_float(run.v[i]);
+          }
         }
-      } else if (step < 0) {  // the run's last position reads its first token
+      } else if (step < 0) {  // the run's last positions read its first tokens
 #pragma unroll
         for (int r = 0; r < kCount; r += kItems) {
-          const VectorRun<T> run =
-              *reinterpret_cast<const VectorRun<T>*>(first_of(m[r]) + (offset[r] - (kItems - 1)));
 #pragma unroll
-          for (int i = 0; i < kItems; ++i) out[r + i] = to_float(run.v[kItems - 1 - i]);
+          for (int q = 0; q < kPerToken; ++q) {
+            const Run run =
+                *reinterpret_cast<const Run*>(first_of(modality(m, r + q)) + (offset[r + q] - (kTokens - 1)));
+#pragma unroll
+            for (int i = 0; i < kTokens; ++i) out[r + kPerToken * i + q] = to_float(run.v[kTokens - 1 - i]);
+          }
         }
       } else {
 #pragma unroll
-        for (int i = 0; i < kCount; ++i) out[i] = at(m[i], offset[i]);
+        for (int i = 0; i < kCount; ++i) out[i] = at(modality(m, i), offset[i]);
       }
     }
     XSCAN_DEVICE void next() {
@@ -487,8 +505,7 @@ XSCAN_KERNEL(kForwardBlocksPerSM<I>) scan_forward_kernel(const ScanParams P, con
     for (int n = l.lane; n < N; n += kWarpSize) carry[n] = carried ? P.span_states[span_row(P, l, span) * N + n] : 0.f;
   const float bias = P.delta_bias ? P.delta_bias[l.param] : 0.f;
   const float skip = P.D ? P.D[l.param] : 0.f;
-  constexpr bool kTwo = Routes::kTokenModalities == 2;
-  const StateRows<T, kTwo> Brows(P.B, l, l.group_B), Crows(P.C, l, l.group_C);
+  const StateRows<T, Routes> Brows(P.B, l, l.group_B), Crows(P.C, l, l.group_C);
   const int step = token_run_step(P, routes, l);
   const float* A = slot_A(P, l, shared + layout.A);
   const bool outputs = P.y.data[0] != nullptr;
@@ -600,7 +617,7 @@ XSCAN_KERNEL(kBackwardBlocksPerSM) span_adjoint_kernel(const ScanParams P, const
   if (l.part == 0)
     for (int n = l.lane; n < N; n += kWarpSize) carry[n] = 0.f;
   const float bias = P.delta_bias ? P.delta_bias[l.param] : 0.f;
-  const StateRows<T, Routes::kTokenModalities == 2> Crows(P.C, l, l.group_C);
+  const StateRows<T, Routes> Crows(P.C, l, l.group_C);
   const int step = token_run_step(P, routes, l);
   const float* A = slot_A(P, l, shared + layout.A);
   float dt_sum = 0.f;
@@ -714,8 +731,7 @@ XSCAN_KERNEL(kBackwardBlocksPerSM) scan_backward_kernel(const ScanParams P, cons
     for (int n = 0; n < N; ++n) dA_sums[n] = 0.f;
   const float bias = P.delta_bias ? P.delta_bias[l.param] : 0.f;
   const float skip = P.D ? P.D[l.param] : 0.f;
-  constexpr bool kTwo = Routes::kTokenModalities == 2;
-  const StateRows<T, kTwo> Brows(P.B, l, l.group_B), Crows(P.C, l, l.group_C);
+  const StateRows<T, Routes> Brows(P.B, l, l.group_B), Crows(P.C, l, l.group_C);
   const int step = token_run_step(P, routes, l);
   const float* A = slot_A(P, l, shared + layout.A);
   const bool gated = P.z.data[0] != nullptr;

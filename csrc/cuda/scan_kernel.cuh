@@ -46,12 +46,13 @@ bool backward_passes(const ScanParams& P, const Routes& routes, Launch&& launch)
          launch(scan_backward_kernel<T, Routes>, grid, shared_bytes(P, true), P, routes);
 }
 
-// P with token_runs set where the kernels can read each lane's kItems positions' B and C as one run
-// of tokens in aligned 16-byte vectors: the route policy has routes whose positions read consecutive
-// tokens (kTokenRuns; the kernels ask token_step per route), the length (also the token count of
-// such policies) is whole runs (so a lane's run is all inside the sequence or all past its end, and
-// a run read backwards starts on a run's boundary too), and B's and C's rows are unit-stride along
-// tokens and start on 16-byte boundaries.
+// P with token_runs set where the kernels can read each lane's kItems positions' B and C as runs of
+// tokens in aligned vectors (one per modality where the positions alternate them): the route
+// policy has routes whose positions read consecutive tokens (kTokenRuns; the kernels ask token_step
+// per route), the length (kPositionsPerToken times the token count in such policies) is whole runs
+// (so a lane's run is all inside the sequence or all past its end, and a run read backwards starts
+// on a run's boundary too), and B's and C's rows are unit-stride along tokens and start on 16-byte
+// boundaries.
 template <typename T, typename Routes>
 ScanParams with_token_runs(const ScanParams& P, const Routes&) {
   constexpr int64_t kPerVector = 16 / sizeof(T);
@@ -62,8 +63,8 @@ ScanParams with_token_runs(const ScanParams& P, const Routes&) {
     return ok;
   };
   ScanParams runs = P;
-  runs.token_runs = Routes::kTokenRuns && P.length % kItems == 0 && P.tokens == P.length && aligned(P.B) &&
-                    aligned(P.C);
+  runs.token_runs = Routes::kTokenRuns && P.length % kItems == 0 &&
+                    int64_t{P.tokens} * Routes::kPositionsPerToken == P.length && aligned(P.B) && aligned(P.C);
   return runs;
 }
 

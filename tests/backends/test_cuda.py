@@ -153,7 +153,8 @@ def _relaid(t, layout):
 # Per op, the positions of its B and C among make_inputs' arguments, and whether they are
 # (Bt, L, G, N) (ssd_exchange's, made L-major as the others' for the test).
 TOKEN_RUN_OPS = {"selective_scan": ((3, 4), False), "ss2d": ((2, 3), False), "es2d": ((2, 3), False),
-                 "interleave_ss2d": ((3, 4), False), "ssd_exchange": ((5, 6, 7, 8), True)}
+                 "interleave_ss2d": ((3, 4), False), "cross_ss2d": ((4, 5, 6, 7), False),
+                 "ssd_exchange": ((5, 6, 7, 8), True)}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -162,12 +163,14 @@ TOKEN_RUN_OPS = {"selective_scan": ((3, 4), False), "ss2d": ((2, 3), False), "es
                                       ("ssd_exchange", dict(L=40)), ("ssd_exchange", dict(L=43)),
                                       ("ss2d", dict(H=6, W=12)), ("ss2d", dict(H=5, W=7)),
                                       ("es2d", dict(H=8, W=7)), ("es2d", dict(H=6, W=6)),
-                                      ("interleave_ss2d", dict(H=6, W=4)), ("interleave_ss2d", dict(H=5, W=5))])
+                                      ("interleave_ss2d", dict(H=6, W=4)), ("interleave_ss2d", dict(H=5, W=5)),
+                                      ("cross_ss2d", dict(H=4, W=6)), ("cross_ss2d", dict(H=3, W=5))])
 def test_token_runs_and_their_fallback(device, op, shape, layout, dtype):
     # Routes whose positions read consecutive tokens (selective_scan, ssd_exchange; the row routes
-    # of ss2d, interleave_ss2d forwards and backwards, of es2d forwards) load a lane's 8 positions
-    # of B and C as aligned vectors where the route length is whole runs of 8 and B, C are
-    # unit-stride rows on 16-byte boundaries; any other length or layout, one load per position.
+    # of ss2d, interleave_ss2d forwards and backwards, of es2d forwards; of cross_ss2d, each
+    # modality's every second position) load a lane's 8 positions of B and C as aligned vectors
+    # where the route length is whole runs of 8 and B, C are unit-stride rows on 16-byte
+    # boundaries; any other length or layout, one load per position.
     # The ops are called directly: the public functions' autograd would copy B and C.
     args, kwargs = make_inputs(op, device=device, Bt=2, Dm=3, N=5, G=1, dtype=dtype, **shape)
     at, token_last = TOKEN_RUN_OPS[op]

@@ -18,10 +18,14 @@
 //   u_map(Dm), y_map(Dm) the (channels, rows, columns) of u's and y's pixel maps;
 //   modalities()         how many per-modality tensors it reads (1 or 2);
 //   kTokenModalities     how many modalities' per-token tensors (dt, B, C) at() reads (1 or 2);
-//   token_step(k)        +1 where position j + 1 of route k reads the token after position j's,
-//                        -1 where it reads the one before, in the same modality; 0 otherwise (the
-//                        CUDA kernels load a run of such positions' B and C as vectors);
-//   kTokenRuns           whether token_step is ever nonzero.
+//   token_step(k)        +1 where position j + kPositionsPerToken of route k reads the token after
+//                        position j's, in the same modality, -1 where it reads the one before; 0
+//                        otherwise (the CUDA kernels load a run of such positions' B and C as
+//                        vectors);
+//   kTokenRuns           whether token_step is ever nonzero;
+//   kPositionsPerToken   2 where a route's positions alternate the two modalities' tokens (each
+//                        token is read by two consecutive positions, one per modality), else 1:
+//                        then the tokens of one modality step every second position.
 #pragma once
 
 #include <cstdint>
@@ -92,6 +96,7 @@ template <typename I = int64_t, typename D = I>
 struct LineRoutes : OnMap<LineRoutes<I, D>, I> {
   static constexpr bool kScalarDecay = false;
   static constexpr bool kTokenRuns = true;
+  static constexpr int kPositionsPerToken = 1;
   static constexpr int kTokenModalities = 1;
   I L;
   XSCAN_HD explicit LineRoutes(int64_t L_) : L(static_cast<I>(L_)) {}
@@ -108,6 +113,7 @@ struct LineRoutes : OnMap<LineRoutes<I, D>, I> {
 template <typename Self, typename I, typename D>
 struct WholeMapRoutes : OnMap<Self, I> {
   static constexpr bool kScalarDecay = false;
+  static constexpr int kPositionsPerToken = 1;
   static constexpr int kTokenModalities = 1;
   D H, W;
   XSCAN_HD WholeMapRoutes(int64_t H_, int64_t W_) : H(static_cast<I>(H_)), W(static_cast<I>(W_)) {}
@@ -128,8 +134,7 @@ struct CrossRoutes : WholeMapRoutes<CrossRoutes<I, D>, I, D> {
     cross_pixel(k, j, this->H, this->W, &r, &w);
     return pixel_token<I>(0, r * this->W + w, r, w);
   }
-  // the row routes walk the tokens in order, forwards (0) or backwards (2)
-  XSCAN_HD int token_step(I k) const { return k & 1 ? 0 : k >= 2 ? -1 : 1; }
+  XSCAN_HD int token_step(I k) const { return cross_token_step(k); }
 };
 
 // ES2D: route k walks sub-lattice k of the map padded to even H, W.
@@ -137,6 +142,7 @@ template <typename I = int64_t, typename D = I>
 struct AtrousRoutes : OnMap<AtrousRoutes<I, D>, I> {
   static constexpr bool kScalarDecay = false;
   static constexpr bool kTokenRuns = true;
+  static constexpr int kPositionsPerToken = 1;
   static constexpr int kTokenModalities = 1;
   I H, W;
   D Hq, Wq;
@@ -163,7 +169,8 @@ struct AtrousRoutes : OnMap<AtrousRoutes<I, D>, I> {
 template <typename I = int64_t, typename D = I>
 struct CrossPairRoutes : OnMap<CrossPairRoutes<I, D>, I> {
   static constexpr bool kScalarDecay = false;
-  static constexpr bool kTokenRuns = false;
+  static constexpr bool kTokenRuns = true;
+  static constexpr int kPositionsPerToken = 2;
   static constexpr int kTokenModalities = 2;
   D H, W;
   XSCAN_HD CrossPairRoutes(int64_t H_, int64_t W_) : H(static_cast<I>(H_)), W(static_cast<I>(W_)) {}
@@ -177,7 +184,7 @@ struct CrossPairRoutes : OnMap<CrossPairRoutes<I, D>, I> {
     cross_pixel<I, D>(k, p >> 1, H, W, &r, &w);
     return pixel_token<I>(cross_pair_modality(p), r * W + w, r, w);
   }
-  XSCAN_HD int token_step(I) const { return 0; }
+  XSCAN_HD int token_step(I k) const { return cross_token_step(k); }
 };
 
 // interleave_ss2d: cross routes over the realigned (Hr, Wr) map; u is read from the map, channel and
@@ -187,6 +194,7 @@ template <typename I = int64_t, typename D = I>
 struct RealignRoutes {
   static constexpr bool kScalarDecay = false;
   static constexpr bool kTokenRuns = CrossRoutes<I, D>::kTokenRuns;
+  static constexpr int kPositionsPerToken = 1;
   static constexpr int kTokenModalities = 1;  // the realigned map's tokens; only u reads two maps
   static constexpr bool kSameChannel = false;
   using Index = I;
@@ -223,6 +231,7 @@ template <typename I = int64_t, typename D = I>
 struct HeadRoutes : OnMap<HeadRoutes<I, D>, I> {
   static constexpr bool kScalarDecay = true;
   static constexpr bool kTokenRuns = true;
+  static constexpr int kPositionsPerToken = 1;
   static constexpr int kTokenModalities = 2;
   D P;
   I L;

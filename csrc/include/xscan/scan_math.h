@@ -211,6 +211,11 @@ XSCAN_HD void cross_pixel(I k, I j, D H, D W, I* r, I* w) {
   grid_cell<I, D>((k & 1) != 0, k >= 2 ? H * W - 1 - j : j, H, W, r, w);
 }
 
+// How route k's tokens follow its positions: the row routes walk them in order, forwards (k = 0: +1)
+// or backwards (k = 2: -1); the column routes jump (0).
+template <typename I>
+XSCAN_HD int cross_token_step(I k) { return k & 1 ? 0 : k >= 2 ? -1 : 1; }
+
 // ES2D (atrous) sub-lattice size of an H x W map zero-padded to even H and W.
 template <typename I>
 XSCAN_HD I atrous_extent(I n) { return (n + 1) / 2; }
