@@ -130,9 +130,8 @@ struct CrossRoutes : WholeMapRoutes<CrossRoutes<I, D>, I, D> {
   static constexpr bool kTokenRuns = true;
   XSCAN_HD CrossRoutes(int64_t H_, int64_t W_) : WholeMapRoutes<CrossRoutes<I, D>, I, D>(H_, W_) {}
   XSCAN_HD TokenOf<I> at(I k, I j) const {
-    I r, w;
-    cross_pixel(k, j, this->H, this->W, &r, &w);
-    return pixel_token<I>(0, r * this->W + w, r, w);
+    const I s = cross_route(k, j, this->H, this->W);
+    return pixel_token<I>(0, s, s / this->W, s % this->W);
   }
   XSCAN_HD int token_step(I k) const { return cross_token_step(k); }
 };
@@ -180,9 +179,8 @@ struct CrossPairRoutes : OnMap<CrossPairRoutes<I, D>, I> {
   XSCAN_HD int modalities() const { return 2; }
   XSCAN_HD Extent map(int64_t Dm) const { return {Dm, H, W}; }
   XSCAN_HD TokenOf<I> at(I k, I p) const {
-    I r, w;
-    cross_pixel<I, D>(k, p >> 1, H, W, &r, &w);
-    return pixel_token<I>(cross_pair_modality(p), r * W + w, r, w);
+    const I s = cross_route<I, D>(k, p >> 1, H, W);
+    return pixel_token<I>(cross_pair_modality(p), s, s / W, s % W);
   }
   XSCAN_HD int token_step(I k) const { return cross_token_step(k); }
 };

@@ -204,11 +204,14 @@ XSCAN_HD void grid_cell(bool by_columns, I i, D rows, D cols, I* r, I* c) {
   *c = by_columns ? outer : inner;
 }
 
-// SS2D route k in VMamba order (0 hf row-major, 1 vf column-major, 2 hb, 3 vb reversed): the pixel
-// (r, w) visited at route position j in [0, H*W). D: the divisors' type (I, or FastDivisor).
+// SS2D route k in VMamba order (0 hf row-major, 1 vf column-major, 2 hb, 3 vb reversed): the
+// spatial index visited at route position j in [0, H*W). D: the divisors' type (I, or FastDivisor).
+// (Two divisions where grid_cell would take one, but its select of the divisor costs registers
+// that put interleave_ss2d's kernels past sm_80's register file.)
 template <typename I, typename D>
-XSCAN_HD void cross_pixel(I k, I j, D H, D W, I* r, I* w) {
-  grid_cell<I, D>((k & 1) != 0, k >= 2 ? H * W - 1 - j : j, H, W, r, w);
+XSCAN_HD I cross_route(I k, I j, D H, D W) {
+  const I i = k >= 2 ? H * W - 1 - j : j;
+  return (k & 1) ? (i % H) * W + i / H : i;
 }
 
 // How route k's tokens follow its positions: the row routes walk them in order, forwards (k = 0: +1)
