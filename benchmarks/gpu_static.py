@@ -351,7 +351,7 @@ def token_runs(spec, policy: str) -> bool:
 
     if policy not in per_element.TOKEN_RUN_POLICIES or spec.length() % per_element.KERNEL_ITEMS:
         return False
-    per_token = 2 if policy == "CrossPairRoutes" else 1
+    per_token = per_element.POSITIONS_PER_TOKEN.get(policy, 1)
     for role in ("B", "C"):
         for view in spec.tensors[role]:
             *outer, stride_t = view.stride()

@@ -260,6 +260,8 @@ def mamba_source(warp: int, kernels: list) -> str:
 KERNEL_ITEMS = 8
 FORWARD_ITEMS = dict(CrossPairRoutes=8)
 FORWARD_ITEMS_DEFAULT = 16
+# Route positions per token of each modality (routes.h, kPositionsPerToken; each probe asserts it).
+POSITIONS_PER_TOKEN = dict(CrossPairRoutes=2)
 # The policies whose routes may read B and C as vector runs (routes.h, kTokenRuns; each probe asserts it).
 TOKEN_RUN_POLICIES = {"LineRoutes", "CrossRoutes", "AtrousRoutes", "CrossPairRoutes", "RealignRoutes", "HeadRoutes"}
 # The policies whose four routes take different paths through the kernels (the route's direction,
@@ -304,7 +306,9 @@ def probe_kernel(name: str, kernel: str, policy: str, split: bool, softplus: boo
     check = (f"static_assert(kForwardItems<{routes}> == {forward_items(policy)}, "
              f'"benchmarks/per_element.py: FORWARD_ITEMS disagrees with kForwardItems");\n'
              f"static_assert({routes}::kTokenRuns == {str(policy in TOKEN_RUN_POLICIES).lower()}, "
-             f'"benchmarks/per_element.py: TOKEN_RUN_POLICIES disagrees with kTokenRuns");\n')
+             f'"benchmarks/per_element.py: TOKEN_RUN_POLICIES disagrees with kTokenRuns");\n'
+             f"static_assert({routes}::kPositionsPerToken == {POSITIONS_PER_TOKEN.get(policy, 1)}, "
+             f'"benchmarks/per_element.py: POSITIONS_PER_TOKEN disagrees with kPositionsPerToken");\n')
     arguments = f"float, {routes}" + (f", {items}" if forward else "")
     return (check + f'extern "C" __global__ void __launch_bounds__(kThreadsPerBlock, {blocks})\n{name}(ScanParams P, '
             f"const {routes} routes) {{\n" + "\n".join(body) + f"\n  {call}<{arguments}>(P, launched);\n}}\n")
@@ -338,10 +342,9 @@ def xscan_source(warp: int, route: int | None, kernels: dict) -> str:
 def xscan_kernels(case: dict, backward: bool) -> list[tuple]:
     """The probe variants of a case's forward or backward passes, in launch order: (kernel, policy,
     split, softplus, z, atomic routes, W, token runs, forward items, realigned axis), the flags a
-    kernel never reads left off (the
-    span carry reads none; only y and du are summed over routes; the summary pass has no y). Token
-    runs: the case's token_runs (B and C read as vectors where a route's tokens run, scan_kernel.cuh's
-    with_token_runs)."""
+    kernel never reads left off (the span carry reads none; only y and du are summed over routes;
+    the summary pass has no y). Token runs: the case's token_runs (B and C read as vectors where a
+    route's tokens run, scan_kernel.cuh's with_token_runs)."""
     split = case["segments"] > 1
     token_runs = case["token_runs"]
 

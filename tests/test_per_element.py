@@ -87,6 +87,7 @@ def test_token_runs_of_a_launch():
     import torch
 
     import gpu_static
+    from xscan.ops.cross_ss2d import plan as pair_plan
     from xscan.ops.ss2d import plan
     from xscan.testing import make_inputs
 
@@ -96,7 +97,6 @@ def test_token_runs_of_a_launch():
 
     assert gpu_static.token_runs(spec(4, 6), "CrossRoutes")
     assert not gpu_static.token_runs(spec(4, 6), "SnakeRoutes")  # no route of it reads runs
-    from xscan.ops.cross_ss2d import plan as pair_plan
 
     def pair_spec(H, W):  # cross_ss2d: two positions a token
         args, p = make_inputs("cross_ss2d", Bt=1, Dm=2, N=4, H=H, W=W)

@@ -9,8 +9,8 @@
 // delta_bias + softplus, D, z or not); cross_fwd, cross_fwdbwd (cross_ss2d over two H x W maps:
 // xscan's CROSS_PAIR route vs the public networks' way, interleaved copies + mamba's kernel over 2L
 // + recover); ss2d_fwd, ss2d_fwdbwd (ss2d over one H x W map: xscan's CROSS route, its four routes
-// summed into y; xscan only, to set beside selective_scan's counts per element). --plan-sms: the SM count xscan's launch plan (sequence split) assumes; 0 = no split,
-// default the device's.
+// summed into y; xscan only, to set beside selective_scan's counts per element). --plan-sms: the SM
+// count xscan's launch plan (sequence split) assumes; 0 = no split, default the device's.
 //
 // Output lines for run.py: "@@begin CASE IMPL" / "@@end CASE IMPL" around the launches of one
 // implementation (the simulator prints its per-kernel statistics in between), "@@elements CASE n"

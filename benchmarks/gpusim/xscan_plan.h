@@ -1,7 +1,8 @@
-// Everything xscan-specific about filling ScanParams for the two ops the harness runs, in one place:
-// the C++ mirror of xscan/backends/cuda.py (_Launch, tiling, sequence_split, forward, backward) for
-// selective_scan (Route LINE), cross_ss2d (Route CROSS_PAIR) and ss2d (Route CROSS), with atomic sums (torch's default,
-// non-deterministic mode: atomic_routes where routes share a pixel, atomic_state_grads).
+// Everything xscan-specific about filling ScanParams for the three ops the harness runs, in one
+// place: the C++ mirror of xscan/backends/cuda.py (_Launch, tiling, sequence_split, forward,
+// backward) for selective_scan (Route LINE), cross_ss2d (Route CROSS_PAIR) and ss2d (Route CROSS),
+// with atomic sums (torch's default, non-deterministic mode: atomic_routes where routes share a
+// pixel, atomic_state_grads).
 //
 // When the kernels' layout fields change, only plan_layout() / describe_layout() below follow.
 #pragma once
