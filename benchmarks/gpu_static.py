@@ -15,8 +15,10 @@
    thread-instructions per (channel x position x state) of the CUDA forward and backward (every
    kernel they launch) beside mamba-ssm's selective_scan forward and backward kernels at the same
    shape, compiled from its source distribution (pip download into --mamba-sdist; without it the
-   mamba column says why it is missing): benchmarks/per_element.py. JSON: "per_element":
-   {"<op> fwd|bwd@<shape>": {"xscan": n, "mamba": n, "ratio": r}}. Compiled probes are cached.
+   mamba column says why it is missing), and beside xscan's own selective_scan over the same elements
+   (selective_scan_twin): benchmarks/per_element.py. JSON: "per_element": {"<op> fwd|bwd@<shape>":
+   {"xscan": n, "mamba": n, "ratio": r, "selective_scan": n, "vs_selective_scan": r}}. Compiled probes
+   are cached.
 
 The ops and their shapes come from running each network forward on the meta device and planning
 every xscan op it calls (no weights, no arithmetic). --quick (CI): the fp32 CUDA files only (Triton
@@ -153,6 +155,29 @@ def target_op() -> OpCall:
                              torch.empty(Dm, N, **meta), torch.empty(Bt, N, L, **meta), torch.empty(Bt, N, L, **meta),
                              D=torch.empty(Dm, **meta), z=torch.empty(Bt, Dm, L, **meta),
                              delta_bias=torch.empty(Dm, **meta), delta_softplus=True)
+    return next(iter(planner.calls.values()))
+
+
+def selective_scan_twin(call: OpCall) -> OpCall:
+    """xscan's selective_scan over as many elements as an op call, laid out as the call's routes:
+    Bt sequences of its route length, routes x channels channels, its N, B and C one group per route,
+    with the call's D, z, delta_bias and softplus. Issue #26's "every op <= 1.2x xscan's own
+    selective_scan at the same element count" divides by this."""
+    import xscan
+
+    s = call.spec
+    Bt, Dm, L, N, K = s.batch, s.routes * s.channels, s.length(), s.dstate, s.routes
+    meta = dict(device="meta")
+
+    def present(role, shape):
+        return None if s.view(role) is None else torch.empty(*shape, **meta)
+
+    planner = Planner(call.network)
+    with torch.no_grad(), planner:
+        xscan.selective_scan(torch.empty(Bt, Dm, L, **meta), torch.empty(Bt, Dm, L, **meta),
+                             torch.empty(Dm, N, **meta), torch.empty(Bt, K, N, L, **meta),
+                             torch.empty(Bt, K, N, L, **meta), D=present("D", (Dm,)), z=present("z", (Bt, Dm, L)),
+                             delta_bias=present("delta_bias", (Dm,)), delta_softplus=bool(s.softplus))
     return next(iter(planner.calls.values()))
 
 
@@ -330,8 +355,7 @@ def element_cases(calls: list[OpCall]) -> list[dict]:
     cases = {}
     for call in calls:
         s, launch = call.spec, cuda_launch(call.spec, False)
-        op, _, shape = call.label().partition(" ")
-        shape += f" Bt={s.batch}"
+        op, shape = element_name(call)
         cases.setdefault((op, shape), dict(
             op=op, shape=shape, batch=s.batch, routes=s.routes, channels=s.channels, dstate=s.dstate,
             length=s.length(), policy=launch["policy"], warps_per_channel=launch["warps_per_channel"],
@@ -340,6 +364,23 @@ def element_cases(calls: list[OpCall]) -> list[dict]:
             atomic_routes=bool(s.route_sum and s.routes > 1), token_runs=token_runs(s, launch["policy"]),
             realigned_axis="" if s.source.name == "TOKEN" else s.source.name.split("_")[0].lower()))
     return list(cases.values())
+
+
+def element_name(call: OpCall) -> tuple[str, str]:
+    """(op, shape) of a call's per_element cases; its rows are "<op> fwd|bwd@<shape>"."""
+    op, _, shape = call.label().partition(" ")
+    return op, f"{shape} Bt={call.spec.batch}"
+
+
+def beside_selective_scan(figures: dict, calls: list[OpCall], twins: list[OpCall]) -> None:
+    """Adds to each call's per_element rows xscan's count for its selective_scan twin (same element
+    count) and the ratio of the two."""
+    for call, twin in zip(calls, twins):
+        (op, shape), (twin_op, twin_shape) = element_name(call), element_name(twin)
+        for label in ("fwd", "bwd"):
+            row, base = figures.get(f"{op} {label}@{shape}"), figures.get(f"{twin_op} {label}@{twin_shape}")
+            if row and base:
+                row.update(selective_scan=base["xscan"], vs_selective_scan=round(row["xscan"] / base["xscan"], 2))
 
 
 def token_runs(spec, policy: str) -> bool:
@@ -598,14 +639,18 @@ def per_element_table(pe: dict) -> str:
     if "skipped" in pe or "failed" in pe:
         return f"Work per element: {'skipped: ' + pe['skipped'] if 'skipped' in pe else 'failed (below)'}"
     rows = [[*key.split("@"), f"{r['xscan']:.1f}", "-" if r["mamba"] is None else f"{r['mamba']:.1f}",
-             "-" if r["ratio"] is None else f"{r['ratio']:.2f}"] for key, r in pe["per_element"].items()]
+             "-" if r["ratio"] is None else f"{r['ratio']:.2f}",
+             f"{r['vs_selective_scan']:.2f}" if "vs_selective_scan" in r else "-"]
+            for key, r in pe["per_element"].items()]
     missing = (f"\n\nmamba-ssm column missing: {pe['mamba_missing']}" if "mamba_missing" in pe else "")
     return (f"Work per element: thread-instructions per (channel x position x state), sm_90 SASS of each kernel "
             f"instantiation a launch runs x its loop trip counts (benchmarks/per_element.py: method and known error), "
             f"fwd = the forward's passes (saving the chunk states, as under autograd), bwd = the backward's; "
             f"mamba-ssm {pe['mamba_version']}: selective_scan_fwd/bwd_kernel as its launchers pick them for the same "
-            f"sequence length, compiled here from its source distribution{missing}\n\n"
-            + table(["op", "shape", "xscan", "mamba-ssm", "xscan / mamba"], rows))
+            f"sequence length, compiled here from its source distribution; xscan / selective_scan: the op against "
+            f"xscan's selective_scan over the same elements (Bt, routes x channels, the route length, N, B and C one "
+            f"group per route; its rows are listed too){missing}\n\n"
+            + table(["op", "shape", "xscan", "mamba-ssm", "xscan / mamba", "xscan / selective_scan"], rows))
 
 
 def ops_table(rows: list[dict], batch: int) -> str:
@@ -715,11 +760,14 @@ def main(argv=None) -> int:
         if not opts.no_cuda:
             import per_element
 
-            pe = background.submit(timed, "per_element", per_element_report, ops + [target_op()],
+            twins = [selective_scan_twin(call) for call in ops]
+            pe = background.submit(timed, "per_element", per_element_report, ops + twins + [target_op()],
                                    opts.cache or per_element.default_cache(), opts.mamba_sdist, opts.jobs)
         tri = timed("triton", triton_report, ops) if not opts.no_triton else dict(skipped="--no-triton")
         cuda = cuda.result() if cuda else dict(skipped="--no-cuda")
         pe = pe.result() if pe else dict(skipped="--no-cuda")
+    if "per_element" in pe:
+        beside_selective_scan(pe["per_element"], ops, twins)
     rows = ops_rows(ops, cuda, tri)
     notes = findings(cuda, tri, rows, pe)
     seconds["total"] = round(time.time() - start, 1)

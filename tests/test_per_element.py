@@ -3,6 +3,8 @@ gpu_static.py's work per element), on a hand-written kernel."""
 import os
 import sys
 
+import pytest
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
 import per_element  # noqa: E402
@@ -110,3 +112,50 @@ def test_token_runs_of_a_launch():
     assert not gpu_static.token_runs(spec(4, 6, off_boundary), "CrossRoutes")
     strided = lambda t: torch.empty(*t.shape, 2)[..., 0].copy_(t)  # noqa: E731
     assert not gpu_static.token_runs(spec(4, 6, strided), "CrossRoutes")
+
+
+@pytest.mark.parametrize("op, H, W, routes, maps, positions", [  # maps: interleave_ss2d scans both maps' channels
+    ("ss2d", 3, 5, 4, 1, 15), ("es2d", 4, 6, 4, 1, 6), ("cross_ss2d", 3, 5, 4, 1, 30), ("interleave_ss2d", 3, 5, 4, 2, 15)])
+@pytest.mark.parametrize("options", [dict(), dict(D=False, delta_bias=False, softplus=False)])
+def test_selective_scan_twin(op, H, W, routes, maps, positions, options):
+    # the selective_scan an op's work per element is set beside: the same elements (Bt, routes x
+    # channels, the route length, N), B and C one group per route, the op's D, delta_bias, softplus
+    import torch
+
+    import gpu_static
+    import xscan
+    from xscan.testing import make_inputs
+
+    Bt, Dm, N = 2, 3, 4
+    args, kwargs = make_inputs(op, Bt=Bt, Dm=Dm, N=N, H=H, W=W, device="meta", **options)
+    planner = gpu_static.Planner("test")
+    with torch.no_grad(), planner:
+        getattr(xscan, op)(*args, **kwargs)
+    (call,) = planner.calls.values()
+    twin = gpu_static.selective_scan_twin(call).spec
+    assert twin.route.name == "LINE"
+    assert (twin.batch, twin.routes, twin.channels, twin.length(), twin.dstate) == (Bt, 1, routes * maps * Dm, positions, N)
+    assert twin.view("B").shape[2] == twin.view("C").shape[2] == routes
+    assert twin.view("z") is None
+    assert (twin.view("D") is None, twin.view("delta_bias") is None) == (not options.get("D", True),
+                                                                         not options.get("delta_bias", True))
+    assert twin.softplus == options.get("softplus", True)
+
+
+def test_beside_selective_scan():
+    import gpu_static
+
+    class Call:  # what element_name reads
+        def __init__(self, label):
+            self.text = label
+            self.spec = type("Spec", (), dict(batch=1))
+
+        def label(self):
+            return self.text
+
+    figures = {"ss2d fwd@8x8 Dm=2 N=4 Bt=1": dict(xscan=30.0), "ss2d bwd@8x8 Dm=2 N=4 Bt=1": dict(xscan=60.0),
+               "selective_scan fwd@L=64 Dm=8 N=4 Bt=1": dict(xscan=20.0),
+               "selective_scan bwd@L=64 Dm=8 N=4 Bt=1": dict(xscan=80.0)}
+    gpu_static.beside_selective_scan(figures, [Call("ss2d 8x8 Dm=2 N=4")], [Call("selective_scan L=64 Dm=8 N=4")])
+    assert figures["ss2d fwd@8x8 Dm=2 N=4 Bt=1"] == dict(xscan=30.0, selective_scan=20.0, vs_selective_scan=1.5)
+    assert figures["ss2d bwd@8x8 Dm=2 N=4 Bt=1"] == dict(xscan=60.0, selective_scan=80.0, vs_selective_scan=0.75)
