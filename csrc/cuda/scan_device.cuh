@@ -53,26 +53,21 @@ namespace cuda {
 
 constexpr int kBackwardBlocksPerSM = 2;
 
-// The most positions per lane of a route policy's forward: 2 kItems, a chunk of two of the
-// backward's (half the scan's and the state loop's fixed work per position), but kItems where the
-// positions alternate the modalities' rows of dt, B and C (CROSS_PAIR): at 16 it needs 2 blocks'
-// registers per SM (at 168 registers it spills), which halves the blocks in flight of S4Fusion's
-// launches (288 blocks on 132 SMs). forward_items picks a launch's.
-template <typename Routes>
-constexpr int kForwardItems = Routes::kPositionsPerToken == 2 ? kItems : 2 * kItems;
+// The most positions per lane of the forward: 2 kItems, a chunk of two of the backward's (half the
+// scan's and the state loop's fixed work per position). forward_items picks a launch's.
+constexpr int kForwardItems = 2 * kItems;
 
 // The forward's resident blocks per SM at I positions per lane: at 16, 3 (168 registers, no spills;
 // left free, ptxas takes 180-195: 2 blocks); at 8, 2 (ptxas takes about 128: 4 blocks).
 template <int I>
 constexpr int kForwardBlocksPerSM = I == kItems ? 2 : 3;
 
-// A launch's forward positions per lane: the policy's most, where the blocks' spans hold at least one
+// A launch's forward positions per lane: kForwardItems, where the blocks' spans hold at least one
 // whole chunk of them (else kItems: a short sequence, es2d's sub-lattices of small maps, would scan
 // a chunk twice as long, mostly past its end).
-template <typename Routes>
-int forward_items(const ScanParams& P) {
+inline int forward_items(const ScanParams& P) {
   const int32_t span = P.segments > 1 ? P.span_length : P.length;
-  return span >= (kForwardItems<Routes> / kItems) * P.chunk_length ? kForwardItems<Routes> : kItems;
+  return span >= (kForwardItems / kItems) * P.chunk_length ? kForwardItems : kItems;
 }
 
 constexpr unsigned kFullMask = 0xffffffffu;
@@ -236,6 +231,13 @@ struct StateRows {
       row[m] = static_cast<const T*>(t.data[m]) + l.b * t.stride_b + l.k * t.stride_k + group * t.stride_c;
   }
   XSCAN_DEVICE uint32_t offset(int32_t e) const { return static_cast<uint32_t>(e * stride_t); }
+  // A lane's positions' offsets are kept one per token: a lane's first position starts a token and
+  // a token's kPerToken positions are consecutive (CrossPairRoutes: position p reads token p / 2),
+  // so position i's offset is offsets[i / kPerToken]. note() sets it at the token's first position.
+  template <int kTokens>
+  XSCAN_DEVICE void note(uint32_t (&offsets)[kTokens], int i, int32_t e) const {
+    if (i % kPerToken == 0) offsets[i / kPerToken] = offset(e);
+  }
 
   // The rows of one state, from state 0 on (next() steps to the following state: a loop-carried
   // pointer, which keeps each load one multiply-add of its 32-bit offset); at(m, offset) is a
@@ -250,13 +252,14 @@ struct StateRows {
     // either row's value is ignored).
     template <int kCount>
     XSCAN_DEVICE static int modality(const int (&m)[kCount], int i) { return kPerToken == 2 ? i % 2 : m[i]; }
-    // The values at a lane's kCount positions (m, offset: each position's modality and offset):
+    // The values at a lane's kCount positions (m: each position's modality; offset: each token's,
+    // as note() keeps them):
     // where the launch reads token runs (`step`, the route's token_step where ScanParams::token_runs
     // allows, else 0), each run of kItems positions as kPerToken aligned vectors of kItems /
     // kPerToken tokens (one per modality where the positions alternate them), from the tokens of
     // the run's first positions on (step 1) or back (-1); else one load per position.
     template <int kCount>
-    XSCAN_DEVICE void gather(int step, const int (&m)[kCount], const uint32_t (&offset)[kCount],
+    XSCAN_DEVICE void gather(int step, const int (&m)[kCount], const uint32_t (&offset)[kCount / kPerToken],
                              float (&out)[kCount]) const {
       constexpr int kTokens = kItems / kPerToken;
       using Run = Vector<T, kTokens>;
@@ -265,7 +268,7 @@ struct StateRows {
         for (int r = 0; r < kCount; r += kItems) {
 #pragma unroll
           for (int q = 0; q < kPerToken; ++q) {
-            const Run run = *reinterpret_cast<const Run*>(first_of(modality(m, r + q)) + offset[r + q]);
+            const Run run = *reinterpret_cast<const Run*>(first_of(modality(m, r + q)) + offset[r / kPerToken]);
 #pragma unroll
             for (int i = 0; i < kTokens; ++i) out[r + kPerToken * i + q] = to_float(run.v[i]);
           }
@@ -276,19 +279,26 @@ struct StateRows {
 #pragma unroll
           for (int q = 0; q < kPerToken; ++q) {
             const Run run =
-                *reinterpret_cast<const Run*>(first_of(modality(m, r + q)) + (offset[r + q] - (kTokens - 1)));
+                *reinterpret_cast<const Run*>(first_of(modality(m, r + q)) + (offset[r / kPerToken] - (kTokens - 1)));
 #pragma unroll
             for (int i = 0; i < kTokens; ++i) out[r + kPerToken * i + q] = to_float(run.v[kTokens - 1 - i]);
           }
         }
       } else {
 #pragma unroll
-        for (int i = 0; i < kCount; ++i) out[i] = at(modality(m, i), offset[i]);
+        for (int i = 0; i < kCount; ++i) out[i] = at(modality(m, i), offset[i / kPerToken]);
       }
     }
     XSCAN_DEVICE void next() {
       row[0] += stride_n;
       if (kTwo) row[1] += stride_n;
+    }
+    // Back to state 0 after a loop over the N states: the forward keeps one State through its
+    // chunks, so that no register holds state 0's rows through the state loop (with them,
+    // CrossPairRoutes' forward at 16 positions a lane spilled at 168 registers).
+    XSCAN_DEVICE void rewind(int N) {
+      row[0] -= N * stride_n;
+      if (kTwo) row[1] -= N * stride_n;
     }
   };
   XSCAN_DEVICE State first_state() const { return State{{row[0], row[1]}, stride_n}; }
@@ -520,12 +530,13 @@ XSCAN_KERNEL(kForwardBlocksPerSM<I>) scan_forward_kernel(const ScanParams P, con
   const int32_t chunk_length = R * P.chunk_length;
   const bool middle = R == 2 && (l.part * kWarpSize + l.lane + 1) * I == P.chunk_length;
   float* saved = P.chunk_states ? P.chunk_states + (l.seq * P.chunks + span.first / P.chunk_length) * N : nullptr;
+  auto Bn = Brows.first_state(), Cn = Crows.first_state();
   for (int32_t chunk = span.first; chunk < span.end; chunk += chunk_length, saved += saved ? R * N : 0) {
     const int32_t first = chunk + (l.part * kWarpSize + l.lane) * I;
-    float* saved_middle = saved && middle && l.active && chunk + P.chunk_length < span.end ? saved + N : nullptr;
+    const bool save_middle = saved && middle && l.active && chunk + P.chunk_length < span.end;  // at saved + N
     float dt[I], dtu[I], y[I];  // y: D u, then + C.h state by state
     float run_dt = 0.f;         // the run's summed dt
-    uint32_t at_B[I], at_C[I];
+    uint32_t at_B[I / Routes::kPositionsPerToken], at_C[I / Routes::kPositionsPerToken];
     int m[I];
 #pragma unroll
     for (int i = 0; i < I; ++i) {
@@ -535,8 +546,8 @@ XSCAN_KERNEL(kForwardBlocksPerSM<I>) scan_forward_kernel(const ScanParams P, con
       dtu[i] = dt[i] * u;
       y[i] = skip * u;
       m[i] = s.token_m;
-      at_B[i] = Brows.offset(s.t.e);
-      at_C[i] = Crows.offset(s.t.e);
+      Brows.note(at_B, i, s.t.e);
+      Crows.note(at_C, i, s.t.e);
       run_dt += dt[i];
     }
     run_dt = computed_once(run_dt);
@@ -545,7 +556,6 @@ XSCAN_KERNEL(kForwardBlocksPerSM<I>) scan_forward_kernel(const ScanParams P, con
 #pragma unroll 1
       for (int n = l.lane; n < N; n += kWarpSize) saved[n] = carry[n];
     }
-    auto Bn = Brows.first_state(), Cn = Crows.first_state();
 #pragma unroll 1
     for (int n = 0; n < N; ++n, Bn.next(), Cn.next()) {
       const float A_log2 = A[n] * kLog2e;
@@ -572,10 +582,11 @@ XSCAN_KERNEL(kForwardBlocksPerSM<I>) scan_forward_kernel(const ScanParams P, con
 #pragma unroll
         for (int i = 0; i < I; ++i) h = a[i] * h + b[i];
       }
-      if (saved_middle) saved_middle[n] = h;
+      if (save_middle) saved[N + n] = h;
       __syncwarp();
       if (l.part == P.warps_per_channel - 1 && l.lane == kWarpSize - 1) carry[n] = h;
     }
+    Bn.rewind(N), Cn.rewind(N);
     if (outputs && l.active) {
 #pragma unroll
       for (int i = 0; i < I; ++i) {
@@ -625,7 +636,7 @@ XSCAN_KERNEL(kBackwardBlocksPerSM) span_adjoint_kernel(const ScanParams P, const
   for (int32_t chunk = last_chunk_of(P, span); chunk >= span.first; chunk -= P.chunk_length) {
     const int32_t first = chunk + (l.part * kWarpSize + l.lane) * kItems;
     float dt[kItems], dy[kItems], run_dt = 0.f;
-    uint32_t at_C[kItems];
+    uint32_t at_C[kItems / Routes::kPositionsPerToken];
     int m[kItems];
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
@@ -635,7 +646,7 @@ XSCAN_KERNEL(kBackwardBlocksPerSM) span_adjoint_kernel(const ScanParams P, const
       run_dt += dt[i];
       dy[i] = P.z.data[0] ? dout * silu(load_gate(P, v, s)) : dout;
       m[i] = s.token_m;
-      at_C[i] = Crows.offset(s.t.e);
+      Crows.note(at_C, i, s.t.e);
     }
     run_dt = computed_once(run_dt);
     dt_sum += run_dt;
@@ -755,7 +766,7 @@ XSCAN_KERNEL(kBackwardBlocksPerSM) scan_backward_kernel(const ScanParams P, cons
     const int chunk_end = span.end - chunk < P.chunk_length ? span.end - chunk : P.chunk_length;  // in the span
     float dt[kItems], dtu[kItems], dy[kItems], run_dt = 0.f;
     float grad_B[kItems], grad_A[kItems], readout[kItems];  // sums over states: adjoint B, adjoint A a h_prev, C h
-    uint32_t at_B[kItems], at_C[kItems];
+    uint32_t at_B[kItems / Routes::kPositionsPerToken], at_C[kItems / Routes::kPositionsPerToken];
     int m[kItems];
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
@@ -766,8 +777,8 @@ XSCAN_KERNEL(kBackwardBlocksPerSM) scan_backward_kernel(const ScanParams P, cons
       run_dt += dt[i];
       dy[i] = gated ? dout * silu(load_gate(P, v, s)) : dout;
       m[i] = s.token_m;
-      at_B[i] = Brows.offset(s.t.e);
-      at_C[i] = Crows.offset(s.t.e);
+      Brows.note(at_B, i, s.t.e);
+      Crows.note(at_C, i, s.t.e);
       if (l.slot == 0) tokens[run + i] = s.token_m * P.tokens + s.t.e;  // the same for every slot
       grad_B[i] = grad_A[i] = readout[i] = 0.f;
     }
