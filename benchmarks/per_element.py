@@ -255,10 +255,11 @@ def mamba_source(warp: int, kernels: list) -> str:
 # (scan_kernel.cuh, forward_passes and backward_passes) under autograd: the forward saves the chunk
 # start states, the backward starts from them. The summary pass is the forward kernel with other outputs.
 # Consecutive positions per lane: the backward's (csrc/cuda/scan_params.h, kItems); the forward's
-# most (scan_device.cuh, kForwardItems; each probe asserts it), a launch's by forward_items (mirrored
-# in launch_forward_items).
+# most by route policy (scan_device.cuh, kForwardItems; each probe asserts it), a launch's by
+# forward_items (mirrored in launch_forward_items).
 KERNEL_ITEMS = 8
-FORWARD_ITEMS = 16
+FORWARD_ITEMS = dict(CrossPairRoutes=8)
+FORWARD_ITEMS_DEFAULT = 16
 # Route positions per token of each modality (routes.h, kPositionsPerToken; each probe asserts it).
 POSITIONS_PER_TOKEN = dict(CrossPairRoutes=2)
 # The policies whose routes may read B and C as vector runs (routes.h, kTokenRuns; each probe asserts it).
@@ -302,7 +303,7 @@ def probe_kernel(name: str, kernel: str, policy: str, split: bool, softplus: boo
     call = {"adjoint": "span_adjoint_kernel", "backward": "scan_backward_kernel"}.get(kernel, "scan_forward_kernel")
     forward = call == "scan_forward_kernel"
     blocks = f"kForwardBlocksPerSM<{items}>" if forward else "kBackwardBlocksPerSM"
-    check = (f"static_assert(kForwardItems == {FORWARD_ITEMS}, "
+    check = (f"static_assert(kForwardItems<{routes}> == {forward_items(policy)}, "
              f'"benchmarks/per_element.py: FORWARD_ITEMS disagrees with kForwardItems");\n'
              f"static_assert({routes}::kTokenRuns == {str(policy in TOKEN_RUN_POLICIES).lower()}, "
              f'"benchmarks/per_element.py: TOKEN_RUN_POLICIES disagrees with kTokenRuns");\n'
@@ -313,11 +314,17 @@ def probe_kernel(name: str, kernel: str, policy: str, split: bool, softplus: boo
             f"const {routes} routes) {{\n" + "\n".join(body) + f"\n  {call}<{arguments}>(P, launched);\n}}\n")
 
 
+def forward_items(policy: str) -> int:
+    """The most positions per lane of the policy's forward."""
+    return FORWARD_ITEMS.get(policy, FORWARD_ITEMS_DEFAULT)
+
+
 def launch_forward_items(case: dict) -> int:
-    """A launch's forward positions per lane (scan_device.cuh, forward_items): FORWARD_ITEMS where
+    """A launch's forward positions per lane (scan_device.cuh, forward_items): the policy's most where
     the blocks' spans hold a whole chunk of them."""
+    most = forward_items(case["policy"])
     span = case["span_length"] if case["segments"] > 1 else case["length"]
-    return FORWARD_ITEMS if span >= FORWARD_ITEMS // KERNEL_ITEMS * case["chunk_length"] else KERNEL_ITEMS
+    return most if span >= most // KERNEL_ITEMS * case["chunk_length"] else KERNEL_ITEMS
 
 
 def xscan_source(warp: int, route: int | None, kernels: dict) -> str:

@@ -53,21 +53,28 @@ namespace cuda {
 
 constexpr int kBackwardBlocksPerSM = 2;
 
-// The most positions per lane of the forward: 2 kItems, a chunk of two of the backward's (half the
-// scan's and the state loop's fixed work per position). forward_items picks a launch's.
-constexpr int kForwardItems = 2 * kItems;
+// The most positions per lane of a route policy's forward: 2 kItems, a chunk of two of the
+// backward's (half the scan's and the state loop's fixed work per position), but kItems where the
+// positions alternate the modalities' rows of dt, B and C (CROSS_PAIR). At 16 that forward fits 3
+// blocks' registers without spills, and issues 11% fewer instructions, but on a simulated GPU at
+// S4Fusion's 2 blocks per SM it took 55% more cycles (benchmarks/RESULTS.md, 2026-12-04 night):
+// its lanes' runs lie 32 bytes apart, so each warp load touches twice the cache lines.
+// forward_items picks a launch's.
+template <typename Routes>
+constexpr int kForwardItems = Routes::kPositionsPerToken == 2 ? kItems : 2 * kItems;
 
 // The forward's resident blocks per SM at I positions per lane: at 16, 3 (168 registers, no spills;
 // left free, ptxas takes 180-195: 2 blocks); at 8, 2 (ptxas takes about 128: 4 blocks).
 template <int I>
 constexpr int kForwardBlocksPerSM = I == kItems ? 2 : 3;
 
-// A launch's forward positions per lane: kForwardItems, where the blocks' spans hold at least one
+// A launch's forward positions per lane: the policy's most, where the blocks' spans hold at least one
 // whole chunk of them (else kItems: a short sequence, es2d's sub-lattices of small maps, would scan
 // a chunk twice as long, mostly past its end).
-inline int forward_items(const ScanParams& P) {
+template <typename Routes>
+int forward_items(const ScanParams& P) {
   const int32_t span = P.segments > 1 ? P.span_length : P.length;
-  return span >= (kForwardItems / kItems) * P.chunk_length ? kForwardItems : kItems;
+  return span >= (kForwardItems<Routes> / kItems) * P.chunk_length ? kForwardItems<Routes> : kItems;
 }
 
 constexpr unsigned kFullMask = 0xffffffffu;
@@ -294,8 +301,7 @@ struct StateRows {
       if (kTwo) row[1] += stride_n;
     }
     // Back to state 0 after a loop over the N states: the forward keeps one State through its
-    // chunks, so that no register holds state 0's rows through the state loop (with them,
-    // CrossPairRoutes' forward at 16 positions a lane spilled at 168 registers).
+    // chunks, so that no register holds state 0's rows through the state loop.
     XSCAN_DEVICE void rewind(int N) {
       row[0] -= N * stride_n;
       if (kTwo) row[1] -= N * stride_n;

@@ -27,8 +27,9 @@ auto with_routes(const ScanParams& P, F&& f) {
 // The backward first reruns the forward to save the chunk start states, unless P.states_saved.
 template <typename T, typename Routes, typename Launch>
 bool forward_passes(const ScanParams& P, const Routes& routes, Launch&& launch) {
-  const auto forward = forward_items(P) == kForwardItems ? scan_forward_kernel<T, Routes, kForwardItems>
-                                                          : scan_forward_kernel<T, Routes, kItems>;
+  constexpr int kMost = kForwardItems<Routes>;
+  const auto forward = forward_items<Routes>(P) == kMost ? scan_forward_kernel<T, Routes, kMost>
+                                                         : scan_forward_kernel<T, Routes, kItems>;
   const GridSize grid = scan_grid_size(P);
   const size_t shared = shared_bytes(P, false);
   if (P.segments == 1) return launch(forward, grid, shared, P, routes);

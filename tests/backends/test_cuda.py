@@ -141,14 +141,13 @@ def test_dB_dC_of_blocks_of_two_and_one_channels(device, max_warps, deterministi
 
 
 @pytest.mark.parametrize("H,W", [(16, 16), (16, 17), (17, 17), (16, 32)])
-def test_cross_ss2d_forward_of_16_positions_a_lane(device, max_warps, H, W):
-    # where a route holds a whole forward chunk (one warp a channel: 512 positions), a forward lane
-    # holds 16 positions, 8 tokens of each modality (two runs of 8 positions); 2 H W = 512 (one
-    # chunk), 544 (a second chunk cut short, whole runs), 578 (not whole runs: one load a position),
-    # 1,024 (two chunks)
+def test_cross_ss2d_over_several_chunks(device, max_warps, H, W):
+    # one warp a channel (chunks of 256 positions, 128 tokens of each modality; the B and C offsets
+    # kept one per token): 2 H W = 512 (two chunks), 544 (a third cut short, whole runs of 8), 578
+    # (not whole runs: one load a position), 1,024 (four chunks)
     layouts = max_warps(1)
     assert_matches_reference("cross_ss2d", device, Bt=1, Dm=2, N=3, H=H, W=W)
-    assert {(W_, 2 * chunk <= 2 * H * W) for W_, chunk, _, _ in layouts} == {(1, True)}, layouts
+    assert {(W_, chunk) for W_, chunk, _, _ in layouts} == {(1, 256)}, layouts
 
 
 def _relaid(t, layout):
