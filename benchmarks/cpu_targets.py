@@ -139,7 +139,8 @@ def main(argv=None):
         slow_scan, slow_name = reference.selective_scan, "xscan.reference"
     else:
         slow_scan, slow_name = mamba.selective_scan_ref, "mamba selective_scan_ref"
-    print(f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
+    now = datetime.datetime.now(datetime.timezone.utc)
+    print(f"# {now:%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, xscan cpu backend: {xscan.backends()['cpu']}")
 
     # 1. selective_scan: the backward against the forward, and against mambapy

@@ -203,7 +203,8 @@ def demangle(names: list[str]) -> dict:
         full = out if len(out) == len(names) else names
     short = {}
     for mangled, name in zip(names, full):
-        name = re.sub(r"<int, FastDivisor>\s*", "", name.removeprefix("void ").replace("xscan::cuda::", "").replace("xscan::", ""))
+        name = name.removeprefix("void ").replace("xscan::cuda::", "").replace("xscan::", "")
+        name = re.sub(r"<int, FastDivisor>\s*", "", name)
         depth, end = 0, len(name)
         for i, ch in enumerate(name):  # the parameter list: the first '(' outside <...>
             depth += (ch == "<") - (ch == ">")
@@ -624,7 +625,8 @@ def ops_rows(ops: list[OpCall], cuda: dict, tri: dict) -> list[dict]:
             items = per_element.launch_forward_items(dict(
                 policy=launch["policy"], segments=launch["spans"], span_length=launch["span_length"],
                 length=call.spec.length(), chunk_length=launch["chunk_length"]))
-            k = by_name.get(f"scan_{kind}_kernel<float, {launch['policy']}" + (f", {items}>" if kind == "forward" else ">"))
+            items_arg = f", {items}" if kind == "forward" else ""
+            k = by_name.get(f"scan_{kind}_kernel<float, {launch['policy']}{items_arg}>")
             if k:
                 warps, _ = occupancy(k["regs"], k["smem"] + launch["smem"], threads // 32)
                 launch["waves"] = round(launch["blocks"] / (H100.sms * (warps // (threads // 32))), 3)

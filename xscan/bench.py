@@ -198,7 +198,7 @@ def plot(rows: list, path: str, device_text: str) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as e:
-        raise SystemExit(f"--plot needs matplotlib (pip install matplotlib): {e}")
+        raise SystemExit(f"--plot needs matplotlib (pip install matplotlib): {e}") from e
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     for impl in dict.fromkeys(r.impl for r in rows):
         pts = [(r.L, r.fwd_ms) for r in rows if r.impl == impl]
@@ -220,7 +220,8 @@ def main(argv=None) -> None:
     parser.add_argument("--backends", nargs="+", default=None, help="backends to time (default: all available)")
     parser.add_argument("--full", action="store_true", help="the long shapes (slow on the Python-loop baselines)")
     parser.add_argument("--json", metavar="FILE", help="write every row to FILE")
-    parser.add_argument("--plot", metavar="FILE.png", help="also sweep selective_scan's length and plot it (matplotlib)")
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help="also sweep selective_scan's length and plot it (matplotlib)")
     parser.add_argument("--models", action="store_true", help="also time the fusion networks (xscan.models)")
     opts = parser.parse_args(argv)
     device = torch.device("cuda" if opts.device == "auto" and torch.cuda.is_available() else

@@ -55,9 +55,11 @@ class SSMCore(nn.Module):
         """x must be a (Bt, d_inner, H, W) floating map: a clear error before any projection."""
         layer = type(self).__name__
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{layer}: {name} must be a tensor of shape (Bt, {self.d_inner}, H, W), got {type(x).__name__}")
+            raise TypeError(f"{layer}: {name} must be a tensor of shape (Bt, {self.d_inner}, H, W), "
+                            f"got {type(x).__name__}")
         if x.dim() != 4 or x.shape[1] != self.d_inner:
-            raise ValueError(f"{layer}: {name} must have shape (Bt, d_inner={self.d_inner}, H, W), got {tuple(x.shape)}")
+            raise ValueError(f"{layer}: {name} must have shape (Bt, d_inner={self.d_inner}, H, W), "
+                             f"got {tuple(x.shape)}")
         if not x.is_floating_point():
             raise TypeError(f"{layer}: {name} must be a floating tensor, got {x.dtype}")
 

@@ -10,7 +10,6 @@ import torch
 
 from .spec import Route
 
-CROSS_ROUTES = ("hf", "vf", "hb", "vb")
 # ES2D sub-lattice origin (h0, w0) and whether the route is column-major, per route k (docs/ops.md, es2d).
 ATROUS_ROUTES = (((0, 0), False), ((1, 0), True), ((0, 1), False), ((1, 1), True))
 

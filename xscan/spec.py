@@ -126,7 +126,6 @@ class Role:
 
 
 PER_TOKEN = ("u", "dt", "B", "C", "z")
-PARAMETERS = ("A", "D", "delta_bias")
 
 
 @dataclass(frozen=True)
@@ -158,7 +157,7 @@ class ScanSpec:
 
     def __post_init__(self):
         self.modalities = 1 + max(s for role, _ in self.arguments.values() if role is not None for s in role.slots)
-        for name, (role, value) in self.arguments.items():
+        for role, value in self.arguments.values():
             if role is None or value is None:
                 continue
             views = self.tensors.setdefault(role.name, [None] * self.modalities)

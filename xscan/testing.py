@@ -112,7 +112,8 @@ def long_line_spec(L: int, N: int = 2):
     for the backends' size limits."""
     def line(*shape):
         return torch.zeros(1).expand(*shape)
-    return spec_of("selective_scan", (line(1, 1, L), line(1, 1, L), -torch.ones(1, N), line(1, N, L), line(1, N, L)), {})
+    args = (line(1, 1, L), line(1, 1, L), -torch.ones(1, N), line(1, N, L), line(1, N, L))
+    return spec_of("selective_scan", args, {})
 
 
 def _outputs(out) -> tuple:

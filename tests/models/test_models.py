@@ -219,7 +219,7 @@ def test_reference_training_step_reaches_every_used_parameter(model):
     # built but unused by the public forward passes (finest-scale fusion, final_up.norm, lastconv, norm)
     unused = {"S4Fusion": r"fusion_layers\.0\.|final_up\.norm\.", "FusionMamba": r"Cross_block\.0\.|.*\.lastconv\.",
               "ISFM": r"norm\.", "DIFFMF": r"(?!)"}[model]
-    for name, p in net.named_parameters():
+    for name, _ in net.named_parameters():
         expect = re.match(unused, name) is None
         assert (name in grads) == expect, name
         if expect:

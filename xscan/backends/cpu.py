@@ -17,7 +17,7 @@ import torch
 
 from .. import _registry
 from ..reference.selective_scan import accumulate_dtype, state_dtype
-from ..spec import PER_TOKEN, ScanSpec, check_codes
+from ..spec import ScanSpec, check_codes
 
 MAP_ROLES = ("u", "dt", "B", "C")  # per modality slot
 

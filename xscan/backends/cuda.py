@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import importlib
 import sys
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import torch
 
@@ -79,7 +79,7 @@ MAX_WARPS = 4
 EMULATED_SMS = 132  # the host emulation plans as for an H100
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sm_count(device_index: Optional[int]) -> int:
     return torch.cuda.get_device_properties(device_index if device_index is not None else
                                             torch.cuda.current_device()).multi_processor_count
@@ -121,7 +121,7 @@ def checkpoints(spec: ScanSpec) -> tuple:
     return (spec.batch, spec.routes, spec.channels, P.chunks, spec.dstate), torch.float32
 
 
-def _chunk_states(run: "_Launch", states: Optional[torch.Tensor]) -> Optional[int]:
+def _chunk_states(run: _Launch, states: Optional[torch.Tensor]) -> Optional[int]:
     """The address of the forward's checkpoints for a launch, checked against its layout and device;
     None if none."""
     if states is None or not states.numel():

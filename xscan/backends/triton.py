@@ -1,9 +1,9 @@
 """The Triton backend: CUDA tensors, and CPU tensors under TRITON_INTERPRET=1 (Triton's interpreter).
 
-Kernels live in ``xscan.triton_kernels``; ``xscan.triton_kernels.executor`` runs the ops' ScanSpecs. Triton fixes interpreted vs compiled when a kernel is
-decorated, so the kernels are imported only once the backend is usable; ``refresh()`` re-reads the
-environment (for test set-ups that set TRITON_INTERPRET after importing xscan, before any kernel
-ran)."""
+Kernels live in ``xscan.triton_kernels``; ``xscan.triton_kernels.executor`` runs the ops' ScanSpecs.
+Triton fixes interpreted vs compiled when a kernel is decorated, so the kernels are imported only
+once the backend is usable; ``refresh()`` re-reads the environment (for test set-ups that set
+TRITON_INTERPRET after importing xscan, before any kernel ran)."""
 from __future__ import annotations
 
 import importlib

@@ -237,7 +237,7 @@ class FusionMamba(FusionNet):
         vmamba_init(self)
 
     @classmethod
-    def from_public_state_dict(cls, state_dict: dict) -> "FusionMamba":
+    def from_public_state_dict(cls, state_dict: dict) -> FusionMamba:
         """A model in the public configuration (``VSSM_Fusion()``, the public CMFM gate) with the
         weights of a ``millieXie/FusionMamba`` checkpoint (``fusion_model.pth``: a plain state dict,
         ``base_mask`` included)."""

@@ -208,7 +208,7 @@ class ISFM(FusionNet):
     """ISFM ``build_model`` with the released config (see the module docstring)."""
 
     @classmethod
-    def from_public_state_dict(cls, state_dict: dict) -> "ISFM":
+    def from_public_state_dict(cls, state_dict: dict) -> ISFM:
         """A model in the released configuration with the weights of a ``Namn23/ISFM`` checkpoint
         (``model.pth``, as its ``train.py`` saves it): its module names mapped to this package's, its
         stored Haar filters checked against the fixed ones and dropped."""

@@ -134,7 +134,7 @@ class S4Fusion(FusionNet):
         vmamba_init(self)
 
     @classmethod
-    def from_public_state_dict(cls, state_dict: dict) -> "S4Fusion":
+    def from_public_state_dict(cls, state_dict: dict) -> S4Fusion:
         """A model in the public configuration with the weights of a ``zipper112/S4Fusion`` checkpoint:
         the state dict of its ``MambaNet`` (keys under ``vmunet.``), or the checkpoint dict its
         ``test.py`` reads (``{"model": state_dict, ...}``)."""

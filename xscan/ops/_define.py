@@ -8,11 +8,11 @@ forward.
 
 Checkpoints: the forward op's last output is the state at every chunk start that a backend's forward
 saves for its backward (``CpuExecutor.checkpoints``, ``xscan.backends.cuda.checkpoints``), so that
-the backward does not rerun the forward's recurrence to find them. The forward's last argument ``save_checkpoints`` (default
-false; the public wrapper sets it when autograd will need a backward) asks for them; without it, or on
-a backend that keeps none, that output is empty. The backward op takes them as its last argument
-(``None`` or empty: the backend recomputes them), and its gradients are those of the op's other
-outputs only.
+the backward does not rerun the forward's recurrence to find them. The forward's last argument
+``save_checkpoints`` (default false; the public wrapper sets it when autograd will need a backward)
+asks for them; without it, or on a backend that keeps none, that output is empty. The backward op
+takes them as its last argument (``None`` or empty: the backend recomputes them), and its gradients
+are those of the op's other outputs only.
 
 A kernel backend gets the op's ``ScanSpec`` (the op module's ``plan``); the reference gets the
 arguments. Backends return gradients by argument name (``{"u": ..., "dt": ...}``); absent optional
@@ -22,7 +22,8 @@ differentiable PyTorch: correct on every backend, at the reference's speed.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
+from collections.abc import Sequence
 
 import torch
 
@@ -135,8 +136,8 @@ def define(name: str, args: Sequence[tuple[str, str]], outputs: int, fake: Calla
         out = fake(*(x.to("meta") if isinstance(x, torch.Tensor) else x for x in a))
         shapes = [o.shape for o in (out if outputs > 1 else (out,))]
         if [g.shape for g in grads] != shapes:
-            raise ValueError(f"xscan.{name}_backward: grads must have the outputs' shapes {[tuple(s) for s in shapes]}, "
-                             f"got {[tuple(g.shape) for g in grads]}")
+            raise ValueError(f"xscan.{name}_backward: grads must have the outputs' shapes "
+                             f"{[tuple(s) for s in shapes]}, got {[tuple(g.shape) for g in grads]}")
 
     def backward(grads, *a):
         a, fp32_output, backend, states = split(a, None)

@@ -1,6 +1,6 @@
 """The Triton backend's executor of ``ScanSpec``s.
 
-Map routes (LINE, CROSS with any source, ATROUS, CROSS_PAIR) run the chunked Mamba-1 scan
+Map routes (LINE, CROSS with any source, ATROUS, CROSS_PAIR, SNAKE) run the chunked Mamba-1 scan
 (``selective.ScanProblem``) on the spec's views where they lie; HEADS (ssd_exchange) runs the
 chunked Mamba-2 (SSD) kernels of ``ssd``. Only what several programs contribute to is reduced here:
 outputs and u's gradients summed over routes (per-route fp32 slabs, summed in a fixed order), dB

@@ -146,8 +146,8 @@ class ScanProblem:
         """gy: ((tensor, (b, d, h, w) strides) per output modality). u's gradient goes into g_u at
         k * s_guk + m * s_gum + (b, c, h, w) . s_gu; g_last: gradient of the last states
         (Bt*K, Dr, N), contiguous, in the accumulation dtype. Returns the other gradients:
-        dt (M, Bt, K, Dr, Ltok) in dt's dtype; B, C per program's channel block (blocks, M, Bt, K, N, Ltok); A (K, Dr, N);
-        D, delta_bias (K, Dr) (None where absent); accumulation dtype unless said."""
+        dt (M, Bt, K, Dr, Ltok) in dt's dtype; B, C per program's channel block (blocks, M, Bt, K, N,
+        Ltok); A (K, Dr, N); D, delta_bias (K, Dr) (None where absent); accumulation dtype unless said."""
         self._plan(backward=True)
         states, adjoints, _ = self._states(gy, g_last)
         M = 2 if self.two_tok else 1
@@ -176,10 +176,3 @@ class ScanProblem:
             D=None if g_D is None else g_D.view(shape).sum(0),
             bias=None if g_bias is None else g_bias.view(shape).sum(0))
 
-
-def group_sum(partial: torch.Tensor, problem: ScanProblem, per_group: int) -> torch.Tensor:
-    """Channel-block partials (n_blocks, Bt, N, L) -> per-group sums (Bt, G, N, L) for groups of
-    ``per_group`` channels (blocks are ordered by channel, none straddles a group)."""
-    n_blocks, Bt, N, L = partial.shape
-    G = problem.Dr // per_group
-    return partial.view(G, n_blocks // G, Bt, N, L).sum(1).transpose(0, 1)
