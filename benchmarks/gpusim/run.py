@@ -97,9 +97,10 @@ def build(cache: str, csrc: str, mamba_src: str, env: dict) -> str:
     os.makedirs(objdir, exist_ok=True)
     mamba_files = glob.glob(os.path.join(mamba_src, "*")) + glob.glob(os.path.join(stubs, "**", "*"), recursive=True)
     mamba_files = [f for f in mamba_files if os.path.isfile(f)] + [os.path.join(HERE, "mamba_kernels.cu")]
-    xscan_files = [f for f in glob.glob(os.path.join(csrc, "cuda", "*")) + glob.glob(os.path.join(csrc, "include", "xscan", "*"))
-                   if os.path.isfile(f)] + [os.path.join(HERE, "harness.cu"), os.path.join(HERE, "xscan_plan.h"),
-                                            os.path.join(mamba_src, "selective_scan.h")]
+    xscan_sources = glob.glob(os.path.join(csrc, "cuda", "*")) + glob.glob(os.path.join(csrc, "include", "xscan", "*"))
+    xscan_files = [f for f in xscan_sources if os.path.isfile(f)] + [
+        os.path.join(HERE, "harness.cu"), os.path.join(HERE, "xscan_plan.h"),
+        os.path.join(mamba_src, "selective_scan.h")]
     flags = " ".join(NVCC_FLAGS) + version
     units = {
         "mamba_kernels": (os.path.join(HERE, "mamba_kernels.cu"), ["-I" + stubs, "-I" + mamba_src], mamba_files),
@@ -277,7 +278,8 @@ def main(argv=None) -> int:
 
     mode = "functional" if a.functional else f"performance model, {a.sms or 46} SMs"
     print(f"GPGPU-Sim ({mode}); Bt={a.Bt} Dm={a.Dm} N={a.N}, selective_scan L={a.L}, cross_ss2d and ss2d {a.H}x{a.W}")
-    head = f"{'case':15s} {'impl':6s} {'kernels':>7s} {'cycles':>11s} {'thread insn':>13s} {'insn/elem':>9s} {'max rel err':>11s}  worst"
+    head = (f"{'case':15s} {'impl':6s} {'kernels':>7s} {'cycles':>11s} {'thread insn':>13s} {'insn/elem':>9s} "
+            f"{'max rel err':>11s}  worst")
     print(head)
     print("-" * len(head))
     result = {}
