@@ -56,10 +56,9 @@ constexpr int kBackwardBlocksPerSM = 2;
 // The most positions per lane of a route policy's forward: 2 kItems, a chunk of two of the
 // backward's (half the scan's and the state loop's fixed work per position), but kItems where the
 // positions alternate the modalities' rows of dt, B and C (CROSS_PAIR). At 16 that forward fits 3
-// blocks' registers without spills, and issues 11% fewer instructions, but on a simulated GPU at
-// S4Fusion's 2 blocks per SM it took 55% more cycles (benchmarks/RESULTS.md, 2026-12-04 night):
-// its lanes' runs lie 32 bytes apart, so each warp load touches twice the cache lines.
-// forward_items picks a launch's.
+// blocks' registers without spills and issues 11% fewer instructions, but on a simulated GPU at
+// S4Fusion's 2 blocks per SM it took 55% more cycles, with 54% more L1 accesses for the same data
+// (benchmarks/RESULTS.md, 2026-12-04 night). forward_items picks a launch's.
 template <typename Routes>
 constexpr int kForwardItems = Routes::kPositionsPerToken == 2 ? kItems : 2 * kItems;
 
