@@ -330,3 +330,30 @@ def test_autotuning_keys_on_size_buckets_and_can_be_pinned(monkeypatch):
     monkeypatch.setenv(tiles.WARPS_VARIABLE, "many")
     with pytest.raises(ValueError, match="XSCAN_TRITON_WARPS='many'"):
         kernel[(1,)](120, x=0, BLOCK=16)
+
+
+
+if REASON is True:
+    import triton
+    import triton.language as tl
+
+    from xscan.triton_kernels.routes import route_tokens
+
+    @triton.jit
+    def _route_tokens_probe(out, k, H, W, ROUTE: tl.constexpr):
+        tok, _, _, _ = route_tokens(tl.arange(0, 4), k, H, W, ROUTE)
+        tl.store(out + tl.arange(0, 4), tok)
+
+
+def test_route_tokens_refuse_a_route_kind_they_do_not_know():
+    # every route kind has its own branch; another (HEADS runs the SSD kernels) is an error, not the
+    # cross routes' maths
+    if not INTERPRETER:
+        pytest.skip("the Triton interpreter is not active (TRITON_INTERPRET=1 with no CUDA device)")
+    from xscan.spec import Route
+
+    out = torch.zeros(4, dtype=torch.int64)
+    _route_tokens_probe[(1,)](out, 1, 2, 2, Route.CROSS.value)  # the columns of a 2 x 2 map
+    assert out.tolist() == [0, 2, 1, 3]
+    with pytest.raises(Exception, match="a route kind it does not know"):
+        _route_tokens_probe[(1,)](out, 1, 2, 2, Route.HEADS.value)

@@ -51,6 +51,7 @@ def route_tokens(p, k, H, W, ROUTE: tl.constexpr):
         w = tok % W
         mt = zero
     else:
+        tl.static_assert((ROUTE == CROSS) or (ROUTE == CROSS_PAIR), "route_tokens: a route kind it does not know")
         if ROUTE == CROSS_PAIR:
             mt = p % 2
             j = p // 2
