@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 
 from . import fp32_output, ops, reference, use_backend
-from .reference.realign import realigned_shape
+from .shapes import realigned_shape
 from .routes import atrous_grid
 
 OPS = ("selective_scan", "ss2d", "es2d", "cross_ss2d", "interleave_ss2d", "ssd_exchange")

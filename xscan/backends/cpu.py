@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 
 from .. import _registry
-from ..reference.selective_scan import accumulate_dtype, state_dtype
+from ..shapes import accumulate_dtype, state_dtype
 from ..spec import ScanSpec, check_codes
 
 MAP_ROLES = ("u", "dt", "B", "C")  # per modality slot

@@ -40,11 +40,11 @@ from torch import nn
 from xscan import interleave_ss2d, realign, ssd_exchange
 from xscan.layers import SSMCore
 from xscan.routes import cross_route
+from xscan.shapes import REALIGN_MODES
 
 from .common import FusionNet, VSSBlock, depthwise_conv, pad_to, round_up, vmamba_init
 
 K = 4  # SS2D routes
-MODES = ("column", "row", "concat")
 
 
 class DiffGuidedLayer(nn.Module):
@@ -159,8 +159,8 @@ class RealignedVSS(SSMCore):
     Channels-last (Bt, H, W, dim) x2 -> (Bt, H, W, dim)."""
 
     def __init__(self, dim: int, mode: str, d_state: int = 16, expand: float = 2.0):
-        if mode not in MODES:
-            raise ValueError(f"RealignedVSS: mode must be one of {MODES}, got {mode!r}")
+        if mode not in REALIGN_MODES:
+            raise ValueError(f"RealignedVSS: mode must be one of {REALIGN_MODES}, got {mode!r}")
         d_inner = int(expand * dim)
         super().__init__(2 * d_inner, d_state, "auto", d_model=2 * dim)
         self.mode = mode
@@ -199,7 +199,7 @@ class ScaleExchange(nn.Module):
 
     def __init__(self, dim: int, d_state: int = 16, expand: float = 2.0):
         super().__init__()
-        self.blocks = nn.ModuleList(RealignedVSS(dim, mode, d_state, expand) for mode in MODES)
+        self.blocks = nn.ModuleList(RealignedVSS(dim, mode, d_state, expand) for mode in REALIGN_MODES)
         self.proj = nn.Linear(3 * dim, dim)
 
     def forward(self, m_ir: torch.Tensor, m_vi: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import Checker
-from ..reference.realign import AXES, MODES, realigned_shape
+from ..shapes import REALIGN_AXES, REALIGN_MODES, realigned_shape
 from ..spec import REALIGN_SOURCE, Output, Role, Route, ScanSpec
 from ._define import define, device_of
 from ._map import PARAMS, check_params, check_tokens, param_roles, token_roles
@@ -19,8 +19,8 @@ def _fake(u0, u1, dt, B, C, A, D, delta_bias, delta_softplus, mode, axis):
 
 def check(u0, u1, dt, B, C, A, D=None, delta_bias=None, delta_softplus=True, mode="column", axis="channel"):
     c = Checker("interleave_ss2d")
-    c.choice("mode", mode, MODES)
-    c.choice("axis", axis, AXES)
+    c.choice("mode", mode, REALIGN_MODES)
+    c.choice("axis", axis, REALIGN_AXES)
     c.tensor("u0", u0, "Bt C H W", token=True)
     c.tensor("u1", u1, "Bt C H W", token=True)
     _, Dr, Hr, Wr = realigned_shape(u0.shape, mode, axis)

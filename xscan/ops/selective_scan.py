@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import FLOATING, Checker
-from ..reference.selective_scan import state_dtype
+from ..shapes import state_dtype
 from ..spec import Output, Role, Route, ScanSpec, View
 from ._define import define, device_of
 

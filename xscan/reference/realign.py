@@ -4,10 +4,8 @@ from __future__ import annotations
 import torch
 
 from ..routes import cross_route
+from ..shapes import realigned_shape
 from .routed_scan import Routes, cached, routed_scan, routed_scan_backward
-
-MODES = ("column", "row", "concat")
-AXES = ("channel", "width")
 
 
 def realign(m0: torch.Tensor, m1: torch.Tensor, mode: str = "column", axis: str = "channel") -> torch.Tensor:
@@ -27,14 +25,6 @@ def realign(m0: torch.Tensor, m1: torch.Tensor, mode: str = "column", axis: str 
     if mode == "row":
         return torch.cat([m0, m1], dim=dim)
     return torch.stack([m0, m1], dim=dim + 1).flatten(dim, dim + 1)
-
-
-def realigned_shape(shape, mode: str, axis: str) -> tuple[int, int, int, int]:
-    """Shape of ``realign(m0, m1, mode, axis)`` for two maps of ``shape`` (Bt, C, H, W)."""
-    Bt, C, H, W = shape
-    if axis == "width" and mode != "concat":
-        return Bt, C, H, 2 * W
-    return Bt, 2 * C, H, W
 
 
 @cached

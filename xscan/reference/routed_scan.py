@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .selective_scan import accumulate_dtype, selective_scan, selective_scan_backward
+from ..shapes import accumulate_dtype
+from .selective_scan import selective_scan, selective_scan_backward
 
 
 @dataclass

@@ -20,18 +20,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-
-def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp32 accumulation for every input dtype; fp64 stays fp64 (gradcheck)."""
-    return torch.promote_types(dtype, torch.float32)
-
-
-def state_dtype(u_dtype: torch.dtype, A: torch.Tensor) -> torch.dtype:
-    """The dtype of the state (and of ``last_state``): the accumulation dtype, complex for a complex A."""
-    acc = accumulate_dtype(u_dtype)
-    if A.is_complex():
-        return torch.complex128 if acc == torch.float64 or A.dtype == torch.complex128 else torch.complex64
-    return acc
+from ..shapes import accumulate_dtype, state_dtype
 
 
 def expand_bc(X: torch.Tensor, Bt: int, Dm: int, L: int, complex_dtype=None) -> torch.Tensor:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .selective_scan import accumulate_dtype, selective_scan_backward
+from ..shapes import accumulate_dtype
+from .selective_scan import selective_scan_backward
 
 
 def ssd_scan(x, dt, A, B, C, D=None, dt_bias=None, dt_softplus=False, out_dtype=None):
