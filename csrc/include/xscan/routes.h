@@ -29,6 +29,8 @@
 #pragma once
 
 #include <cstdint>
+#include <stdexcept>
+#include <string>
 
 #include "xscan/scan_math.h"
 
@@ -283,9 +285,10 @@ auto visit_route(Route route, Source source, const int64_t* g, F&& f) {
     case Route::kCrossPair: return f(CrossPairRoutes<I, D>(g[0], g[1]));
     case Route::kHeads: return f(HeadRoutes<I, D>(g[0], g[1]));
     case Route::kSnake: return f(SnakeRoutes<I, D>(g[0], g[1]));
-    case Route::kLine:
-    default: return f(LineRoutes<I, D>(g[0]));
+    case Route::kLine: return f(LineRoutes<I, D>(g[0]));
   }
+  // a route kind with no case above (callers check the code's range first): never a silent default
+  throw std::invalid_argument("xscan: no route policy for route kind " + std::to_string(static_cast<int>(route)));
 }
 
 }  // namespace xscan
