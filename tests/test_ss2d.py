@@ -58,14 +58,25 @@ def test_non_contiguous_and_channels_last_inputs():
     torch.testing.assert_close(xscan.ss2d(*(non_contiguous(a) for a in args), **kwargs), expected)
 
 
-def test_ss2d_layer_runs_both_routes_and_backprops():
+@pytest.mark.parametrize("route", ["cross", "snake", "atrous"])
+def test_ss2d_layer_runs_every_route_and_backprops(route):
     x = torch.randn(1, 6, 5, 3)
-    for route in ("cross", "atrous"):
-        layer = xscan.SS2D(6, d_state=3, route=route)
-        y = layer(x)
-        assert y.shape == x.shape
-        y.square().mean().backward()
-        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.parameters())
+    layer = xscan.SS2D(6, d_state=3, route=route)
+    y = layer(x)
+    assert y.shape == x.shape
+    y.square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.parameters())
+    if route != "atrous":  # the layer scans the route it was given: its own projections through xscan.ss2d
+        A, D, delta_bias = layer.scan_params()
+        dt, B, C = layer.project(x.flatten(2), layer.x_proj_weight)
+        for other in ("cross", "snake"):
+            expected = xscan.ss2d(x, dt, B, C, A, D, delta_bias, True, route=other)
+            assert torch.allclose(y, expected, atol=1e-6) == (other == route), other
+
+
+def test_ss2d_layer_rejects_an_unknown_route():
+    with pytest.raises(ValueError, match="route must be one of"):
+        xscan.SS2D(6, route="diagonal")
 
 
 def test_unknown_route_is_rejected():

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .ops import es2d, ss2d
+from .ops.ss2d import ROUTES as SS2D_ROUTES
 from .routes import atrous_sublattices
 
 K = 4
@@ -71,12 +72,12 @@ class SSMCore(nn.Module):
 
 class SS2D(SSMCore):
     """VMamba's SS2D core on a (Bt, d_inner, H, W) map: per-route x_proj to (dt, B, C), the scan,
-    recover. ``route="cross"``: the four full routes (``xscan.ss2d``); ``route="atrous"``: ES2D
-    (``xscan.es2d``, FusionMamba)."""
+    recover. ``route``: any that ``xscan.ss2d`` takes: "cross", the four full routes; "snake", the
+    boustrophedon ones; "atrous": ES2D (``xscan.es2d``, FusionMamba)."""
 
     def __init__(self, d_inner: int, d_state: int = 16, dt_rank="auto", route: str = "cross", d_model=None):
-        if route not in ("cross", "atrous"):
-            raise ValueError(f"xscan.SS2D: route must be 'cross' or 'atrous', got {route!r}")
+        if route not in SS2D_ROUTES:
+            raise ValueError(f"xscan.SS2D: route must be one of {SS2D_ROUTES}, got {route!r}")
         super().__init__(d_inner, d_state, dt_rank, d_model)
         self.route = route
 
@@ -86,4 +87,4 @@ class SS2D(SSMCore):
         A, D, delta_bias = self.scan_params()
         if self.route == "atrous":
             return es2d(x, *self.project(atrous_sublattices(x), self.x_proj_weight), A, D, delta_bias, True)
-        return ss2d(x, *self.project(x.flatten(2), self.x_proj_weight), A, D, delta_bias, True)
+        return ss2d(x, *self.project(x.flatten(2), self.x_proj_weight), A, D, delta_bias, True, route=self.route)
