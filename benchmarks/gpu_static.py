@@ -142,20 +142,28 @@ def network_ops(size: int, batch: int) -> list[OpCall]:
     return ops
 
 
+def planned_selective_scan(network: str, Bt: int, Dm: int, L: int, N: int, groups: int | None, D: bool, z: bool,
+                           delta_bias: bool, softplus: bool) -> OpCall:
+    """An xscan.selective_scan call on meta tensors, planned: B and C (Bt, N, L), or (Bt, groups, N, L);
+    D, z, delta_bias present or not."""
+    import xscan
+
+    def empty(*shape):
+        return torch.empty(*shape, device="meta")
+
+    bc = (Bt, N, L) if groups is None else (Bt, groups, N, L)
+    planner = Planner(network)
+    with torch.no_grad(), planner:
+        xscan.selective_scan(empty(Bt, Dm, L), empty(Bt, Dm, L), empty(Dm, N), empty(*bc), empty(*bc),
+                             D=empty(Dm) if D else None, z=empty(Bt, Dm, L) if z else None,
+                             delta_bias=empty(Dm) if delta_bias else None, delta_softplus=softplus)
+    return next(iter(planner.calls.values()))
+
+
 def target_op() -> OpCall:
     """benchmarks/cuda_targets.py's selective_scan: Bt=32 Dm=192 L=3136 N=16, D, z, delta_bias, softplus,
     B and C (Bt, N, L)."""
-    import xscan
-
-    Bt, Dm, L, N = 32, 192, 3136, 16
-    meta = dict(device="meta")
-    planner = Planner("cuda_targets")
-    with torch.no_grad(), planner:
-        xscan.selective_scan(torch.empty(Bt, Dm, L, **meta), torch.empty(Bt, Dm, L, **meta),
-                             torch.empty(Dm, N, **meta), torch.empty(Bt, N, L, **meta), torch.empty(Bt, N, L, **meta),
-                             D=torch.empty(Dm, **meta), z=torch.empty(Bt, Dm, L, **meta),
-                             delta_bias=torch.empty(Dm, **meta), delta_softplus=True)
-    return next(iter(planner.calls.values()))
+    return planned_selective_scan("cuda_targets", 32, 192, 3136, 16, None, True, True, True, True)
 
 
 def selective_scan_twin(call: OpCall) -> OpCall:
@@ -163,22 +171,9 @@ def selective_scan_twin(call: OpCall) -> OpCall:
     Bt sequences of its route length, routes x channels channels, its N, B and C one group per route,
     with the call's D, z, delta_bias and softplus. Issue #26's "every op <= 1.2x xscan's own
     selective_scan at the same element count" divides by this."""
-    import xscan
-
     s = call.spec
-    Bt, Dm, L, N, K = s.batch, s.routes * s.channels, s.length(), s.dstate, s.routes
-    meta = dict(device="meta")
-
-    def present(role, shape):
-        return None if s.view(role) is None else torch.empty(*shape, **meta)
-
-    planner = Planner(call.network)
-    with torch.no_grad(), planner:
-        xscan.selective_scan(torch.empty(Bt, Dm, L, **meta), torch.empty(Bt, Dm, L, **meta),
-                             torch.empty(Dm, N, **meta), torch.empty(Bt, K, N, L, **meta),
-                             torch.empty(Bt, K, N, L, **meta), D=present("D", (Dm,)), z=present("z", (Bt, Dm, L)),
-                             delta_bias=present("delta_bias", (Dm,)), delta_softplus=bool(s.softplus))
-    return next(iter(planner.calls.values()))
+    return planned_selective_scan(call.network, s.batch, s.routes * s.channels, s.length(), s.dstate, s.routes,
+                                  *(s.view(role) is not None for role in ("D", "z", "delta_bias")), bool(s.softplus))
 
 
 # ---- binary tools ---------------------------------------------------------------------------------
@@ -756,13 +751,13 @@ def main(argv=None) -> int:
         seconds[part] = round(time.time() - t, 1)
         return result
 
+    twins = [selective_scan_twin(call) for call in ops]
     with ThreadPoolExecutor(1) as background:  # nvcc runs while triton compiles, one part after the other
         cuda = background.submit(timed, "cuda", cuda_report, files, opts.jobs) if not opts.no_cuda else None
         pe = None
         if not opts.no_cuda:
             import per_element
 
-            twins = [selective_scan_twin(call) for call in ops]
             pe = background.submit(timed, "per_element", per_element_report, ops + twins + [target_op()],
                                    opts.cache or per_element.default_cache(), opts.mamba_sdist, opts.jobs)
         tri = timed("triton", triton_report, ops) if not opts.no_triton else dict(skipped="--no-triton")

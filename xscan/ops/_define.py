@@ -22,8 +22,8 @@ differentiable PyTorch: correct on every backend, at the reference's speed.
 """
 from __future__ import annotations
 
-from typing import Callable
 from collections.abc import Sequence
+from typing import Callable
 
 import torch
 
