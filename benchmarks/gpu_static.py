@@ -326,16 +326,11 @@ def cuda_launch(spec, backward: bool) -> dict:
     dynamic shared memory."""
     from xscan import _C
     from xscan.backends.cuda import MAX_WARPS, MIN_SPAN, RESIDENT_BLOCKS
-    from xscan.spec import Route, Source
-
-    # the route policy of each kind (csrc/include/xscan/routes.h, visit_route)
-    ROUTE_POLICIES = {Route.LINE: "LineRoutes", Route.CROSS: "CrossRoutes", Route.ATROUS: "AtrousRoutes",
-                      Route.CROSS_PAIR: "CrossPairRoutes", Route.HEADS: "HeadRoutes", Route.SNAKE: "SnakeRoutes"}
 
     layout = _C.cuda_layout(spec.batch, spec.routes, spec.channels, spec.dstate, spec.length(),
                             spec.view("B").shape[2], spec.view("C").shape[2], RESIDENT_BLOCKS * H100.sms, MIN_SPAN,
                             MAX_WARPS)
-    policy = "RealignRoutes" if spec.source != Source.TOKEN else ROUTE_POLICIES[spec.route]
+    policy = spec.kind.policy_for(spec.source)
     blocks = layout["tiles"] * spec.routes * spec.batch
     return dict(policy=policy, blocks=blocks * layout["segments"], spans=layout["segments"],
                 span_length=layout["span_length"], warps_per_channel=layout["warps_per_channel"],
@@ -385,10 +380,12 @@ def token_runs(spec, policy: str) -> bool:
     positions as tokens (CROSS_PAIR: two a token), and every B and C row unit-stride on a 16-byte
     boundary (the allocation's own base taken as aligned, as torch's CUDA allocations are)."""
     import per_element
+    from xscan.spec import POLICIES
 
-    if policy not in per_element.TOKEN_RUN_POLICIES or spec.length() % per_element.KERNEL_ITEMS:
+    kind = POLICIES[policy]
+    if not kind.token_runs or spec.length() % per_element.KERNEL_ITEMS:
         return False
-    per_token = per_element.POSITIONS_PER_TOKEN.get(policy, 1)
+    per_token = kind.positions_per_token
     for role in ("B", "C"):
         for view in spec.tensors[role]:
             *outer, stride_t = view.stride()

@@ -58,6 +58,8 @@ sys.path.insert(0, os.path.join(HERE, "gpusim"))
 
 from mamba_source import MAMBA_VERSION, STUBS, fetch_mamba  # noqa: E402
 
+from xscan.spec import POLICIES  # noqa: E402
+
 NVCC_FLAGS = ["-std=c++17", "-O3", "--use_fast_math", "-cubin", "-arch=sm_90", "-diag-suppress", "20012"]
 
 
@@ -260,15 +262,11 @@ def mamba_source(warp: int, kernels: list) -> str:
 KERNEL_ITEMS = 8
 FORWARD_ITEMS = dict(CrossPairRoutes=8)
 FORWARD_ITEMS_DEFAULT = 16
-# Route positions per token of each modality (routes.h, kPositionsPerToken; each probe asserts it).
-POSITIONS_PER_TOKEN = dict(CrossPairRoutes=2)
-# The policies whose routes may read B and C as vector runs (routes.h, kTokenRuns; each probe asserts it).
-TOKEN_RUN_POLICIES = {"LineRoutes", "CrossRoutes", "AtrousRoutes", "CrossPairRoutes", "RealignRoutes", "HeadRoutes"}
-# The policies whose four routes take different paths through the kernels (the route's direction,
-# rows or columns, token runs forwards, backwards or none: routes.h): a block runs one route, so
-# each route's code is compiled with blockIdx.y pinned to it and the counts are averaged over the
-# routes (each has the same blocks). HEADS' routes share one path.
-ROUTE_PINNED = {"CrossRoutes", "AtrousRoutes", "CrossPairRoutes", "RealignRoutes", "SnakeRoutes"}
+# The policies whose four routes take different paths through the kernels (xscan.spec.RouteKind's
+# distinct_routes: the route's direction, rows or columns, token runs forwards, backwards or none):
+# a block runs one route, so each route's code is compiled with blockIdx.y pinned to it and the
+# counts are averaged over the routes (each has the same blocks). HEADS' routes share one path.
+ROUTE_PINNED = {policy for policy, kind in POLICIES.items() if kind.distinct_routes}
 PINNED_ROUTES = 4
 FORWARD_KERNEL = dict(forward=dict(outputs=True, saving=True, summary=False),
                       summary=dict(outputs=False, saving=False, summary=True))
@@ -304,11 +302,7 @@ def probe_kernel(name: str, kernel: str, policy: str, split: bool, softplus: boo
     forward = call == "scan_forward_kernel"
     blocks = f"kForwardBlocksPerSM<{items}>" if forward else "kBackwardBlocksPerSM"
     check = (f"static_assert(kForwardItems<{routes}> == {forward_items(policy)}, "
-             f'"benchmarks/per_element.py: FORWARD_ITEMS disagrees with kForwardItems");\n'
-             f"static_assert({routes}::kTokenRuns == {str(policy in TOKEN_RUN_POLICIES).lower()}, "
-             f'"benchmarks/per_element.py: TOKEN_RUN_POLICIES disagrees with kTokenRuns");\n'
-             f"static_assert({routes}::kPositionsPerToken == {POSITIONS_PER_TOKEN.get(policy, 1)}, "
-             f'"benchmarks/per_element.py: POSITIONS_PER_TOKEN disagrees with kPositionsPerToken");\n')
+             f'"benchmarks/per_element.py: FORWARD_ITEMS disagrees with kForwardItems");\n')
     arguments = f"float, {routes}" + (f", {items}" if forward else "")
     return (check + f'extern "C" __global__ void __launch_bounds__(kThreadsPerBlock, {blocks})\n{name}(ScanParams P, '
             f"const {routes} routes) {{\n" + "\n".join(body) + f"\n  {call}<{arguments}>(P, launched);\n}}\n")

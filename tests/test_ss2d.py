@@ -6,7 +6,8 @@ from hypothesis import strategies as st
 
 import xscan
 from xscan import reference
-from xscan.routes import cross_route, snake_route
+from xscan.ops.ss2d import ROUTES as SS2D_ROUTES
+from xscan.routes import MAP_ROUTES, cross_route, snake_route
 from xscan.testing import compare, make_inputs, non_contiguous
 
 
@@ -58,7 +59,7 @@ def test_non_contiguous_and_channels_last_inputs():
     torch.testing.assert_close(xscan.ss2d(*(non_contiguous(a) for a in args), **kwargs), expected)
 
 
-@pytest.mark.parametrize("route", ["cross", "snake", "atrous"])
+@pytest.mark.parametrize("route", SS2D_ROUTES)
 def test_ss2d_layer_runs_every_route_and_backprops(route):
     x = torch.randn(1, 6, 5, 3)
     layer = xscan.SS2D(6, d_state=3, route=route)
@@ -66,10 +67,10 @@ def test_ss2d_layer_runs_every_route_and_backprops(route):
     assert y.shape == x.shape
     y.square().mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.parameters())
-    if route != "atrous":  # the layer scans the route it was given: its own projections through xscan.ss2d
+    if route in MAP_ROUTES:  # the layer scans the route it was given: its own projections through xscan.ss2d
         A, D, delta_bias = layer.scan_params()
         dt, B, C = layer.project(x.flatten(2), layer.x_proj_weight)
-        for other in ("cross", "snake"):
+        for other in MAP_ROUTES:
             expected = xscan.ss2d(x, dt, B, C, A, D, delta_bias, True, route=other)
             assert torch.allclose(y, expected, atol=1e-6) == (other == route), other
 
@@ -93,19 +94,30 @@ def test_snake_routes_on_a_2x3_map():
     assert snake_route(3, 2, 3).tolist() == [5, 2, 1, 4, 3, 0]
 
 
+@pytest.mark.parametrize("route", MAP_ROUTES)
+def test_every_route_visits_every_pixel_once(route):
+    _, positions = MAP_ROUTES[route]
+    for H, W in [(1, 1), (1, 4), (4, 1), (2, 3), (3, 2), (5, 4)]:
+        for k in range(4):
+            assert sorted(positions(k, H, W).tolist()) == list(range(H * W)), (H, W, k)
+
+
+@pytest.mark.parametrize("route", MAP_ROUTES)
 @pytest.mark.parametrize("H,W", [(1, 1), (2, 3), (4, 5), (5, 2)])
-def test_snake_ss2d_on_every_backend(backend, H, W):
-    """The reference (gathering with snake_route) against the copies a materialising path would build,
-    then every backend against the reference, forward and every gradient."""
+def test_map_routes_on_every_backend(backend, route, H, W):
+    """For every route over the map (xscan.spec.ROUTE_KINDS): the reference (gathering with the
+    route's index maths) against the copies a materialising path would build, then every backend
+    against the reference, forward and every gradient."""
     name, device = backend
     dtype = torch.float32 if name == "cuda" else torch.float64
     args, kwargs = make_inputs("ss2d", Bt=2, Dm=3, N=2, H=H, W=W, dtype=dtype, device=device)
     u, dt, B, C = args
-    order = torch.stack([snake_route(k, H, W) for k in range(4)])  # route position -> spatial index
+    _, positions = MAP_ROUTES[route]
+    order = torch.stack([positions(k, H, W) for k in range(4)])  # route position -> spatial index
     ys = [reference.selective_scan(u.flatten(2)[..., order[k]], dt[:, k][..., order[k]], kwargs["A"][k],
                                    B[:, k][..., order[k]], C[:, k][..., order[k]], kwargs["D"][k], None,
                                    kwargs["delta_bias"][k], True) for k in range(4)]
     expected = sum(torch.zeros_like(y).index_copy_(-1, order[k].to(device), y) for k, y in enumerate(ys))
-    torch.testing.assert_close(reference.ss2d(*args, **kwargs, route="snake"), expected.view(u.shape))
-    errors = compare("ss2d", args, dict(kwargs, route="snake"), name)
+    torch.testing.assert_close(reference.ss2d(*args, **kwargs, route=route), expected.view(u.shape))
+    errors = compare("ss2d", args, dict(kwargs, route=route), name)
     assert all(err < (1e-4 if dtype == torch.float32 else 1e-9) for _, err in errors), errors

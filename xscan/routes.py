@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .spec import Route
+from .spec import ROUTE_KINDS, Route
 
 # ES2D sub-lattice origin (h0, w0) and whether the route is column-major, per route k (docs/ops.md, es2d).
 ATROUS_ROUTES = (((0, 0), False), ((1, 0), True), ((0, 1), False), ((1, 1), True))
@@ -40,9 +40,11 @@ def snake_route(k: int, H: int, W: int, device=None) -> torch.Tensor:
     return torch.where(col % 2 == 0, along, H - 1 - along) * W + col
 
 
-# ss2d's route kinds over the map with per-token tensors in spatial order: name -> (kind, positions),
-# positions(k, H, W, device) -> the spatial index at each position of route k.
-MAP_ROUTES = {"cross": (Route.CROSS, cross_route), "snake": (Route.SNAKE, snake_route)}
+# The index maths of ss2d's route kinds over the map in ss2d's layout (per-token tensors in spatial
+# order): positions(k, H, W, device) -> the spatial index at each position of route k.
+MAP_POSITIONS = {Route.CROSS: cross_route, Route.SNAKE: snake_route}
+# the same by the name ss2d takes them by (xscan.spec.ROUTE_KINDS): name -> (kind, positions)
+MAP_ROUTES = {ROUTE_KINDS[route].ss2d_name: (route, positions) for route, positions in MAP_POSITIONS.items()}
 
 
 def atrous_grid(H: int, W: int) -> tuple[int, int]:

@@ -12,9 +12,10 @@ Engine layouts (per modality where the role is per modality):
     u, z: (Bt, Cu, Hu, Wu) pixel maps        dt: (Bt, K, Dm, T)       B, C: (Bt, K, G, N, T)
     A: (K, Dm, N)    D, delta_bias: (K, Dm)   y: (Bt, Dy, Hy, Wy)      last_state: (Bt, K, Dm, N)
 
-``Route`` and ``Source`` are defined here once; the C++ engine and CUDA kernels
-(csrc/include/xscan/routes.h, the same numbers, checked when their extension loads) and the Triton
-kernels (which take these values) evaluate the routes as index maths. ``xscan.routes`` holds the
+``Route`` and ``Source`` are defined here once, and each route kind's properties in one table
+(``ROUTE_KINDS``); the C++ engine and CUDA kernels (csrc/include/xscan/routes.h, the same numbers and
+properties, checked when their extension loads) and the Triton kernels (which take these values)
+evaluate the routes as index maths. ``xscan.routes`` holds the
 same maths as torch index tensors for the reference. docs/ops.md walks through adding a route.
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ from __future__ import annotations
 import enum
 import functools
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -55,15 +56,105 @@ REALIGN_SOURCE = {("column", "channel"): Source.CHANNEL_COLUMN, ("row", "channel
                   ("column", "width"): Source.WIDTH_COLUMN, ("row", "width"): Source.WIDTH_HALVES}
 
 
+@dataclass(frozen=True)
+class RouteKind:
+    """What a route kind is, in one place: the ops, the executors, the tools and the tests read it
+    here, and the extensions' policies (``policy`` in csrc/include/xscan/routes.h) must say the same
+    (``check_codes``). Its index maths is apart: xscan/routes.py (the reference), routes.h and
+    xscan/triton_kernels/routes.py (the kernels).
+
+    sizes: what its ``geometry`` holds; length(*geometry): positions per route; routes(*geometry):
+    the routes K its tensors carry; ss2d_name: the name ``xscan.ss2d`` and ``xscan.SS2D`` take it by
+    (None: not an ss2d route); token_modalities: how many modalities' dt, B, C its positions read;
+    positions_per_token: 2 where a route's positions alternate the modalities' tokens (then a route
+    has positions_per_token x its tokens per modality); token_runs: whether a route may read
+    consecutive tokens (the CUDA kernels then read B and C as vectors); scalar_decay: one decay
+    exp(dt A) per (head, step) (Mamba-2: the Triton backend runs its SSD kernels); distinct_routes:
+    its routes take different paths through the kernels (directions, rows or columns);
+    realigned_policy: the policy that reads u through a realigning ``Source`` (None: the kind takes
+    none)."""
+    route: Route
+    policy: str
+    sizes: tuple
+    length: Callable[..., int]
+    routes: Callable[..., int] = lambda *geometry: 4
+    ss2d_name: Optional[str] = None
+    token_modalities: int = 1
+    positions_per_token: int = 1
+    token_runs: bool = True
+    scalar_decay: bool = False
+    distinct_routes: bool = True
+    realigned_policy: Optional[str] = None
+
+    def tokens(self, *geometry) -> int:
+        """Tokens per modality along the per-token tensors."""
+        return self.length(*geometry) // self.positions_per_token
+
+    def routes_read_one_modality(self) -> bool:
+        """Whether each route reads one modality's dt, B, C of the two the kind reads (HEADS: route k
+        is modality k // P's), rather than both in turn."""
+        return self.token_modalities > self.positions_per_token
+
+    def policy_for(self, source: Source) -> str:
+        """The routes.h policy that runs this kind with u read from ``source``."""
+        if source == Source.TOKEN:
+            return self.policy
+        if self.realigned_policy is None:
+            raise ValueError(f"route kind {self.route.name} takes no realigning source, got {source.name}")
+        return self.realigned_policy
+
+
+def _every_pixel(H: int, W: int) -> int:
+    """Positions per route of a route that visits every pixel of an H x W map once."""
+    return H * W
+
+
+ROUTE_KINDS = {kind.route: kind for kind in (
+    RouteKind(Route.LINE, "LineRoutes", ("L",), lambda L: L, routes=lambda L: 1, distinct_routes=False),
+    RouteKind(Route.CROSS, "CrossRoutes", ("H", "W"), _every_pixel, ss2d_name="cross",
+              realigned_policy="RealignRoutes"),
+    RouteKind(Route.ATROUS, "AtrousRoutes", ("H", "W"), lambda H, W: ((H + 1) // 2) * ((W + 1) // 2),
+              ss2d_name="atrous"),
+    RouteKind(Route.CROSS_PAIR, "CrossPairRoutes", ("H", "W"), lambda H, W: 2 * H * W, token_modalities=2,
+              positions_per_token=2),
+    RouteKind(Route.HEADS, "HeadRoutes", ("P", "L"), lambda P, L: L, routes=lambda P, L: 2 * P, token_modalities=2,
+              scalar_decay=True, distinct_routes=False),
+    RouteKind(Route.SNAKE, "SnakeRoutes", ("H", "W"), _every_pixel, ss2d_name="snake", token_runs=False),
+)}
+# every route's policy by name, the realigning ones too
+POLICIES = {**{k.policy: k for k in ROUTE_KINDS.values()},
+            **{k.realigned_policy: k for k in ROUTE_KINDS.values() if k.realigned_policy}}
+# sizes for check_codes' probe of each kind's policy: a route length, a map, heads
+_PROBE_SIZES = dict(L=7, H=3, W=5, P=3)
+
+
 def check_codes(module, what: str) -> None:
-    """Assert that an extension's route and source numbers (attributes ROUTE_<NAME>, SOURCE_<NAME>)
-    are the ones defined here."""
+    """Raise ImportError unless an extension's route and source numbers (attributes ROUTE_<NAME>,
+    SOURCE_<NAME>) are the ones defined here and its policies (``route_traits``) are what
+    ``ROUTE_KINDS`` says, each probed at one geometry (and the realigning ones at one realignment)."""
     for enum_type, prefix in ((Route, "ROUTE_"), (Source, "SOURCE_")):
         for member in enum_type:
             got = getattr(module, prefix + member.name, None)
             if got != member.value:
                 raise ImportError(f"{what}: {prefix}{member.name} is {got}, xscan.spec says {member.value}; "
                                   "rebuild the extension (pip install -e .)")
+    for kind in ROUTE_KINDS.values():
+        geometry = tuple(_PROBE_SIZES[s] for s in kind.sizes)
+        probes = [(Source.TOKEN, geometry)]
+        if kind.realigned_policy:  # two (C=2, W) maps realigned on the channel axis
+            probes.append((Source.CHANNEL_COLUMN, (*geometry, 2, geometry[1])))
+        for source, g in probes:
+            expected = dict(policy=kind.policy_for(source), geometry_sizes=len(g), length=kind.length(*geometry),
+                            tokens=kind.tokens(*geometry), routes=kind.routes(*geometry),
+                            token_modalities=kind.token_modalities, positions_per_token=kind.positions_per_token,
+                            token_runs=kind.token_runs, scalar_decay=kind.scalar_decay)
+            got = module.route_traits(int(kind.route), int(source), list(g))
+            wrong = {key: (got.get(key), value) for key, value in expected.items() if got.get(key) != value}
+            if wrong:
+                raise ImportError(f"{what}: route kind {kind.route.name} (source {source.name}) disagrees with "
+                                  "xscan.spec.ROUTE_KINDS: " + ", ".join(f"{key} is {g!r} there, {e!r} here"
+                                                                          for key, (g, e) in wrong.items())
+                                  + "; rebuild the extension (pip install -e .) or mend the table")
 
 
 @dataclass(frozen=True)
@@ -156,6 +247,7 @@ class ScanSpec:
     tensors: dict = field(default_factory=dict, init=False)  # role -> [view per modality slot]
 
     def __post_init__(self):
+        self.kind = ROUTE_KINDS[self.route]
         self.modalities = 1 + max(s for role, _ in self.arguments.values() if role is not None for s in role.slots)
         for role, value in self.arguments.values():
             if role is None or value is None:
@@ -185,18 +277,11 @@ class ScanSpec:
 
     def scanned_map(self) -> tuple:
         """(H, W) of the map the routes walk (a line: 1 x L; heads: P x L per head)."""
-        return (1, self.geometry[0]) if self.route == Route.LINE else (self.geometry[0], self.geometry[1])
+        return tuple(self.geometry[:2]) if len(self.kind.sizes) == 2 else (1, self.geometry[0])
 
     def length(self) -> int:
         """Positions per route."""
-        H, W = self.scanned_map()
-        if self.route == Route.ATROUS:
-            return ((H + 1) // 2) * ((W + 1) // 2)
-        if self.route == Route.CROSS_PAIR:
-            return 2 * H * W
-        if self.route == Route.HEADS:
-            return W
-        return H * W
+        return self.kind.length(*self.geometry[:len(self.kind.sizes)])
 
     def largest_index(self) -> int:
         """The largest route length, token count, map or output size: the CUDA and Triton kernels
@@ -205,7 +290,7 @@ class ScanSpec:
 
     def token_modalities(self) -> int:
         """How many modalities' per-token tensors the routes read (2 where positions alternate)."""
-        return 2 if self.route in (Route.CROSS_PAIR, Route.HEADS) else 1
+        return self.kind.token_modalities
 
     def view(self, role: str, slot: int = 0) -> Optional[torch.Tensor]:
         views = self.tensors.get(role)

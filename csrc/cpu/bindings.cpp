@@ -9,6 +9,7 @@
 
 #include "../cuda/scan_params.h"
 #include "scan_dispatch.h"
+#include "xscan/route_bindings.h"
 
 namespace xscan {
 namespace cpu {
@@ -93,9 +94,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       },
       "The CUDA kernels' launch layout (csrc/cuda/scan_params.h, plan_launch), for tools on machines without "
       "the CUDA extension.");
-  // xscan.spec's Route and Source numbers, checked by xscan/backends/cpu.py when it loads
-  for (const auto& r : xscan::kRouteNames) m.attr((std::string("ROUTE_") + r.name).c_str()) = static_cast<int>(r.value);
-  for (const auto& s : xscan::kSourceNames) m.attr((std::string("SOURCE_") + s.name).c_str()) = static_cast<int>(s.value);
+  xscan::export_routes(m);  // checked by xscan/backends/cpu.py when it loads
   m.attr("CHUNK") = xscan::cpu::kChunk;
   m.def("scan_forward", &scan_forward,
         "Forward of a scan: accumulates into the y views, writes last_state and, when given, the checkpoints: "

@@ -9,7 +9,7 @@
 #include <string>
 
 #include "scan_params.h"
-#include "xscan/routes.h"
+#include "xscan/route_bindings.h"
 
 namespace py = pybind11;
 using xscan::cuda::DType;
@@ -75,9 +75,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("ITEMS_PER_LANE") = xscan::cuda::kItems;
   m.attr("WARPS_PER_BLOCK") = xscan::cuda::kWarps;
   m.attr("THREADS_PER_BLOCK") = xscan::cuda::kThreadsPerBlock;
-  // xscan.spec's Route and Source numbers, checked by xscan/backends/cuda.py when it loads
-  for (const auto& r : xscan::kRouteNames) m.attr((std::string("ROUTE_") + r.name).c_str()) = static_cast<int>(r.value);
-  for (const auto& s : xscan::kSourceNames) m.attr((std::string("SOURCE_") + s.name).c_str()) = static_cast<int>(s.value);
+  xscan::export_routes(m);  // checked by xscan/backends/cuda.py when it loads
 
   py::class_<MapTensor>(m, "MapTensor")
       .def(py::init<>())

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import xscan
+from xscan.spec import ROUTE_KINDS, Route
 from xscan.testing import OPS, check_fp32_output, compare, deterministic, long_line_spec, make_inputs
 
 REASON = xscan.backends()["triton"]
@@ -341,8 +342,53 @@ if REASON is True:
 
     @triton.jit
     def _route_tokens_probe(out, k, H, W, ROUTE: tl.constexpr):
-        tok, _, _, _ = route_tokens(tl.arange(0, 4), k, H, W, ROUTE)
-        tl.store(out + tl.arange(0, 4), tok)
+        """Route k's first 64 positions -> out (4, 64): token, modality, h, w."""
+        p = tl.arange(0, 64)
+        tok, mt, h, w = route_tokens(p, k, H, W, ROUTE)
+        tl.store(out + p, tok)
+        tl.store(out + 64 + p, mt)
+        tl.store(out + 128 + p, h)
+        tl.store(out + 192 + p, w)
+
+
+def expected_route_tokens(route, k, H, W):
+    """(token, modality, h, w) at each position of route k of a kind, from the reference's index maths
+    (xscan/routes.py); h, w on the map (ATROUS: padded to even size)."""
+    from xscan.routes import ATROUS_ROUTES, MAP_ROUTES, atrous_grid, atrous_route, cross_route
+
+    if route == Route.LINE:
+        tok = torch.arange(W)
+        return tok, tok * 0, tok * 0, tok
+    if route == Route.ATROUS:
+        (h0, w0), _ = ATROUS_ROUTES[k]
+        tok = atrous_route(k, H, W)
+        Wq = atrous_grid(H, W)[1]
+        return tok, tok * 0, 2 * (tok // Wq) + h0, 2 * (tok % Wq) + w0
+    if route == Route.CROSS_PAIR:
+        p = torch.arange(2 * H * W)
+        tok = cross_route(k, H, W)[p // 2]
+        return tok, p % 2, tok // W, tok % W
+    # every other kind is over the map in ss2d's layout
+    tok = MAP_ROUTES[ROUTE_KINDS[route].ss2d_name][1](k, H, W)
+    return tok, tok * 0, tok // W, tok % W
+
+
+@pytest.mark.parametrize("route", [r for r, kind in ROUTE_KINDS.items() if not kind.scalar_decay],
+                         ids=lambda r: r.name)
+def test_route_tokens_agree_with_the_reference_index_maths(route):
+    """Every route kind the Mamba-1 kernels run (xscan.spec.ROUTE_KINDS), on maps of every size 1 to
+    odd and even ones, every route."""
+    if not INTERPRETER:
+        pytest.skip("the Triton interpreter is not active (TRITON_INTERPRET=1 with no CUDA device)")
+    kind = ROUTE_KINDS[route]
+    maps = [(1, 1), (1, 5), (2, 3), (3, 2), (4, 4), (5, 3)] if len(kind.sizes) == 2 else [(1, 1), (1, 9)]
+    for H, W in maps:
+        for k in range(kind.routes(*((H, W) if len(kind.sizes) == 2 else (W,)))):
+            out = torch.full((4, 64), -1, dtype=torch.int64)
+            _route_tokens_probe[(1,)](out, k, H, W, route.value)
+            expected = expected_route_tokens(route, k, H, W)
+            n = expected[0].numel()
+            assert torch.equal(out[:, :n], torch.stack(expected)), (H, W, k)
 
 
 def test_route_tokens_refuse_a_route_kind_they_do_not_know():
@@ -350,10 +396,8 @@ def test_route_tokens_refuse_a_route_kind_they_do_not_know():
     # cross routes' maths
     if not INTERPRETER:
         pytest.skip("the Triton interpreter is not active (TRITON_INTERPRET=1 with no CUDA device)")
-    from xscan.spec import Route
-
-    out = torch.zeros(4, dtype=torch.int64)
+    out = torch.zeros(4, 64, dtype=torch.int64)
     _route_tokens_probe[(1,)](out, 1, 2, 2, Route.CROSS.value)  # the columns of a 2 x 2 map
-    assert out.tolist() == [0, 2, 1, 3]
+    assert out[0, :4].tolist() == [0, 2, 1, 3]
     with pytest.raises(Exception, match="a route kind it does not know"):
         _route_tokens_probe[(1,)](out, 1, 2, 2, Route.HEADS.value)

@@ -25,7 +25,7 @@ from typing import Optional
 import torch
 
 from .. import _registry
-from ..spec import PER_TOKEN, Route, ScanSpec, check_codes
+from ..spec import PER_TOKEN, ScanSpec, check_codes
 
 try:
     _C = importlib.import_module("xscan._C_cuda")
@@ -275,8 +275,8 @@ def backward(spec: ScanSpec, grads: list, checkpoints: Optional[torch.Tensor] = 
     u_shape = spec.view("u").shape
     P.du, du = run.output_map(u_shape, partial, atomic, lambda buf, m: {m: buf[m]})
     M = spec.token_modalities()
-    # a HEADS route reads one modality's tokens: the other's rows of its dt, dB, dC gradients stay 0
-    fresh = torch.zeros if spec.route == Route.HEADS else torch.empty
+    # a route that reads one modality's tokens (HEADS) leaves the other's rows of dt, dB, dC at 0
+    fresh = torch.zeros if spec.kind.routes_read_one_modality() else torch.empty
     ddelta = fresh(M, Bt, K, Dm, spec.tokens, **f32)
     P.ddelta0, P.ddelta1 = ddelta[0].data_ptr(), ddelta[M - 1].data_ptr()
     P.ddelta_stride_b, P.ddelta_stride_k, P.ddelta_stride_c, P.ddelta_stride_t = ddelta[0].stride()

@@ -5,14 +5,16 @@ import torch
 
 from .._checks import Checker
 from ..routes import MAP_ROUTES
-from ..spec import Output, Role, ScanSpec
+from ..spec import ROUTE_KINDS, Output, Role, ScanSpec
 from ._define import define, device_of
 from ._map import PARAMS, check_params, check_tokens, param_roles, token_roles
 from .es2d import _op as _es2d_op
 from .es2d import check as _check_es2d
 
 ARGS = (("u", "Tensor"), ("dt", "Tensor"), ("B", "Tensor"), ("C", "Tensor")) + PARAMS + (("route", "str"),)
-ROUTES = (*MAP_ROUTES, "atrous")
+# every route ss2d takes (xscan.spec.ROUTE_KINDS): those over the map in ss2d's layout (MAP_ROUTES) and
+# "atrous", which runs es2d in es2d's layout
+ROUTES = tuple(kind.ss2d_name for kind in ROUTE_KINDS.values() if kind.ss2d_name)
 
 
 def check(u, dt, B, C, A, D=None, delta_bias=None, delta_softplus=True, route="cross"):
@@ -39,8 +41,8 @@ def ss2d(u, dt, B, C, A, D=None, delta_bias=None, delta_softplus=True, route="cr
     u: (Bt, Dm, H, W); dt: (Bt, 4, Dm, L); B, C: (Bt, 4, N, L), per-token tensors in spatial order
     (L = H*W); A: (4, Dm, N); D, delta_bias: (4, Dm). Returns y: (Bt, Dm, H, W) in u's dtype.
 
-    ``route``: "cross", VMamba's routes (hf, vf, hb, vb; ``xscan.routes.MAP_ROUTES`` lists every
-    route over the map), or "atrous", the ES2D scan (:func:`xscan.es2d`), which takes its own
+    ``route``: one of ``ROUTES``: "cross", VMamba's routes (hf, vf, hb, vb), "snake", the
+    boustrophedon ones (docs/ops.md), or "atrous", the ES2D scan (:func:`xscan.es2d`), which takes its own
     layout: dt, B, C over the four stride-2 sub-lattices, (Bt, 4, ., ceil(H/2) * ceil(W/2))."""
     Checker("ss2d").choice("route", route, ROUTES)
     device = device_of(u)

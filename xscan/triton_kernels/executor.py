@@ -1,8 +1,9 @@
 """The Triton backend's executor of ``ScanSpec``s.
 
-Map routes (LINE, CROSS with any source, ATROUS, CROSS_PAIR, SNAKE) run the chunked Mamba-1 scan
-(``selective.ScanProblem``) on the spec's views where they lie; HEADS (ssd_exchange) runs the
-chunked Mamba-2 (SSD) kernels of ``ssd``. Only what several programs contribute to is reduced here:
+Route kinds with a decay per channel and state (every kind but HEADS: ``RouteKind.scalar_decay``)
+run the chunked Mamba-1 scan (``selective.ScanProblem``) on the spec's views where they lie; those
+with one scalar decay per head and step (HEADS, ssd_exchange) run the chunked Mamba-2 (SSD) kernels
+of ``ssd``. Only what several programs contribute to is reduced here:
 outputs and u's gradients summed over routes (per-route fp32 slabs, summed in a fixed order), dB
 and dC over channel blocks, dA, dD and d(delta_bias) over batch and chunks; each gradient then goes
 back to its argument through the transpose of the argument's view.
@@ -14,7 +15,7 @@ import functools
 
 import torch
 
-from ..spec import Route, ScanSpec
+from ..spec import ScanSpec
 from . import ssd
 from .selective import ScanProblem
 from .tiles import MAX_D_STATE
@@ -26,7 +27,7 @@ def limits(spec: ScanSpec) -> None:
     if A.is_complex():
         raise ValueError("xscan.selective_scan: the triton backend takes a real A; complex A runs on the reference "
                          "and cpu backends (xscan.use_backend('reference') for CUDA tensors)")
-    if spec.route == Route.HEADS:
+    if spec.kind.scalar_decay:
         ssd.check_limits(spec.geometry[0], spec.dstate)
     elif spec.dstate > MAX_D_STATE:
         raise ValueError(f"xscan: the triton backend takes d_state N <= {MAX_D_STATE}, A has N={spec.dstate}")
@@ -49,7 +50,7 @@ def on_spec_device(run):
 @on_spec_device
 def forward(spec: ScanSpec) -> list:
     limits(spec)
-    if spec.route == Route.HEADS:
+    if spec.kind.scalar_decay:
         return list(ssd.SSDProblem(*_arguments(spec), spec.softplus, spec.outputs[0].dtype).forward())
     problem = ScanProblem(spec)
     outs = [o for o in spec.outputs if o.role == "y"]
@@ -71,7 +72,7 @@ def forward(spec: ScanSpec) -> list:
 @on_spec_device
 def backward(spec: ScanSpec, grads: list) -> dict:
     limits(spec)
-    if spec.route == Route.HEADS:
+    if spec.kind.scalar_decay:
         return _ssd_backward(spec, grads)
     problem = ScanProblem(spec)
     acc = problem.acc_torch

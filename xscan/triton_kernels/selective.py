@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 import triton
 
-from ..spec import Route, ScanSpec
+from ..spec import ScanSpec
 from . import scan
 from .tiles import Tiles, acc_dtype, autotuned, carry_launch, grid_launches, scan_tiles
 
@@ -36,7 +36,7 @@ class ScanProblem:
     def __init__(self, spec: ScanSpec):
         self.spec = spec
         self.route, self.source = int(spec.route), int(spec.source)
-        self.two_tok = spec.route == Route.CROSS_PAIR      # dt1, B1, C1 are read (positions of modality 1)
+        self.two_tok = spec.token_modalities() == 2  # dt1, B1, C1 are read (positions of modality 1)
         self.two_u = spec.view("u", spec.modalities - 1) is not spec.view("u", 0)  # u1 is read
         self.Bt, self.K, self.Dr, self.Ltok, self.N = spec.batch, spec.routes, spec.channels, spec.tokens, spec.dstate
         self.H, self.W = spec.scanned_map()

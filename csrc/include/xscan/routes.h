@@ -1,7 +1,8 @@
 // Route kinds and route policies, shared by the CPU engine (csrc/cpu) and the CUDA kernels
-// (csrc/cuda), host and device alike. The numbers of Route and Source are xscan/spec.py's (the
-// extensions export kRouteNames / kSourceNames and xscan checks them when it loads); the index maths
-// is xscan/routes.py's. docs/ops.md ("Adding a route") shows what a new route kind touches.
+// (csrc/cuda), host and device alike. The numbers of Route and Source and every policy's properties
+// are xscan/spec.py's (ROUTE_KINDS): the extensions export kRouteNames, kSourceNames and
+// route_traits (route_bindings.h) and xscan compares them when it loads; the index maths is
+// xscan/routes.py's. docs/ops.md ("Adding a route") shows what a new route kind touches.
 //
 // Every policy is a template on its index type I and the type D of the sizes it divides by:
 // int64_t for both on the CPU; int32_t and FastDivisor (scan_math.h) in the CUDA kernels, whose
@@ -9,6 +10,7 @@
 // position costs a multiply-high per division instead of a 64-bit division (a subroutine call).
 //
 // A policy describes one op's routes over its maps:
+//   kName                its name in xscan.spec.ROUTE_KINDS;
 //   route.at(k, j)       the token at position j of route k, what is the same for every channel
 //                        (modality, token index, pixel);
 //   route.source(d, t)   fills what depends on the channel d (u's and y's channel; for a
@@ -25,12 +27,15 @@
 //   kTokenRuns           whether token_step is ever nonzero;
 //   kPositionsPerToken   2 where a route's positions alternate the two modalities' tokens (each
 //                        token is read by two consecutive positions, one per modality), else 1:
-//                        then the tokens of one modality step every second position.
+//                        then the tokens of one modality step every second position;
+//   kScalarDecay         one scalar decay exp(dt A) per (channel, position), shared by the routes
+//                        (HEADS: channel d is a head, its routes the head's P channels).
 #pragma once
 
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "xscan/scan_math.h"
 
@@ -96,6 +101,7 @@ struct OnMap : SameChannel<I> {
 // selective_scan: one route along time over a 1 x L map.
 template <typename I = int64_t, typename D = I>
 struct LineRoutes : OnMap<LineRoutes<I, D>, I> {
+  static constexpr const char* kName = "LineRoutes";
   static constexpr bool kScalarDecay = false;
   static constexpr bool kTokenRuns = true;
   static constexpr int kPositionsPerToken = 1;
@@ -129,6 +135,7 @@ struct WholeMapRoutes : OnMap<Self, I> {
 // SS2D's four cross routes over an H x W map.
 template <typename I = int64_t, typename D = I>
 struct CrossRoutes : WholeMapRoutes<CrossRoutes<I, D>, I, D> {
+  static constexpr const char* kName = "CrossRoutes";
   static constexpr bool kTokenRuns = true;
   XSCAN_HD CrossRoutes(int64_t H_, int64_t W_) : WholeMapRoutes<CrossRoutes<I, D>, I, D>(H_, W_) {}
   XSCAN_HD TokenOf<I> at(I k, I j) const {
@@ -141,6 +148,7 @@ struct CrossRoutes : WholeMapRoutes<CrossRoutes<I, D>, I, D> {
 // ES2D: route k walks sub-lattice k of the map padded to even H, W.
 template <typename I = int64_t, typename D = I>
 struct AtrousRoutes : OnMap<AtrousRoutes<I, D>, I> {
+  static constexpr const char* kName = "AtrousRoutes";
   static constexpr bool kScalarDecay = false;
   static constexpr bool kTokenRuns = true;
   static constexpr int kPositionsPerToken = 1;
@@ -169,6 +177,7 @@ struct AtrousRoutes : OnMap<AtrousRoutes<I, D>, I> {
 // cross_ss2d: route k over 2L positions alternating the two modalities.
 template <typename I = int64_t, typename D = I>
 struct CrossPairRoutes : OnMap<CrossPairRoutes<I, D>, I> {
+  static constexpr const char* kName = "CrossPairRoutes";
   static constexpr bool kScalarDecay = false;
   static constexpr bool kTokenRuns = true;
   static constexpr int kPositionsPerToken = 2;
@@ -192,6 +201,7 @@ struct CrossPairRoutes : OnMap<CrossPairRoutes<I, D>, I> {
 // map's dt, B, C and y fill both modality slots, so only u depends on the source map.
 template <typename I = int64_t, typename D = I>
 struct RealignRoutes {
+  static constexpr const char* kName = "RealignRoutes";
   static constexpr bool kScalarDecay = false;
   static constexpr bool kTokenRuns = CrossRoutes<I, D>::kTokenRuns;
   static constexpr int kPositionsPerToken = 1;
@@ -229,6 +239,7 @@ struct RealignRoutes {
 // (k < P: modality 0), all over time, sharing dt and a scalar decay exp(dt A) per step.
 template <typename I = int64_t, typename D = I>
 struct HeadRoutes : OnMap<HeadRoutes<I, D>, I> {
+  static constexpr const char* kName = "HeadRoutes";
   static constexpr bool kScalarDecay = true;
   static constexpr bool kTokenRuns = true;
   static constexpr int kPositionsPerToken = 1;
@@ -248,6 +259,7 @@ struct HeadRoutes : OnMap<HeadRoutes<I, D>, I> {
 // ss2d(route="snake"): boustrophedon routes over an H x W map (xscan/routes.py, snake_route).
 template <typename I = int64_t, typename D = I>
 struct SnakeRoutes : WholeMapRoutes<SnakeRoutes<I, D>, I, D> {
+  static constexpr const char* kName = "SnakeRoutes";
   static constexpr bool kTokenRuns = false;
   XSCAN_HD SnakeRoutes(int64_t H_, int64_t W_) : WholeMapRoutes<SnakeRoutes<I, D>, I, D>(H_, W_) {}
   XSCAN_HD TokenOf<I> at(I k, I j) const {
@@ -277,6 +289,10 @@ XSCAN_HD int geometry_sizes(Route route, Source source) {
 // CUDA launchers alike (host code: a static switch, f is instantiated once per policy).
 template <typename I = int64_t, typename D = I, typename F>
 auto visit_route(Route route, Source source, const int64_t* g, F&& f) {
+  // only the cross routes read u through a realignment (xscan.spec.RouteKind.realigned_policy)
+  if (source != Source::kToken && route != Route::kCross)
+    throw std::invalid_argument("xscan: route kind " + std::to_string(static_cast<int>(route)) +
+                                " takes no realigning source");
   switch (route) {
     case Route::kCross:
       if (source != Source::kToken) return f(RealignRoutes<I, D>(g[0], g[1], g[2], g[3], source));
@@ -289,6 +305,27 @@ auto visit_route(Route route, Source source, const int64_t* g, F&& f) {
   }
   // a route kind with no case above (callers check the code's range first): never a silent default
   throw std::invalid_argument("xscan: no route policy for route kind " + std::to_string(static_cast<int>(route)));
+}
+
+// What xscan/spec.py's ROUTE_KINDS says of a route kind's policy, as the policy says it: the
+// extensions export route_traits and xscan compares the two when it loads them.
+struct RouteTraits {
+  const char* policy;
+  int geometry_sizes;
+  int64_t length, tokens, routes;
+  int modalities, token_modalities, positions_per_token;
+  bool token_runs, scalar_decay;
+};
+
+inline RouteTraits route_traits(Route route, Source source, const int64_t* g) {
+  return visit_route(route, source, g, [&](const auto& policy) {
+    using Policy = std::decay_t<decltype(policy)>;
+    return RouteTraits{Policy::kName,          geometry_sizes(route, source),
+                       policy.length(),        policy.tokens(),
+                       policy.routes(),        policy.modalities(),
+                       Policy::kTokenModalities, Policy::kPositionsPerToken,
+                       Policy::kTokenRuns,     Policy::kScalarDecay};
+  });
 }
 
 }  // namespace xscan

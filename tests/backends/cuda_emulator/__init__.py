@@ -1,6 +1,7 @@
 """Build the host emulation of the CUDA kernels (see emulator.cpp) as a drop-in for xscan._C_cuda."""
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 
@@ -11,8 +12,8 @@ INCLUDE_DIR = os.path.join(ROOT, "csrc", "include")
 SOURCES = [os.path.join(CUDA_DIR, "bindings.cpp"), os.path.join(HERE, "emulator.cpp")]
 # torch's extension cache keys on the listed sources only: name the build after the headers too, so
 # that a kernel change rebuilds it.
-HEADERS = [os.path.join(CUDA_DIR, name) for name in ("scan_device.cuh", "scan_kernel.cuh", "scan_params.h")] + [
-    os.path.join(INCLUDE_DIR, "xscan", name) for name in ("scan_math.h", "routes.h")]
+HEADERS = [os.path.join(CUDA_DIR, name) for name in ("scan_device.cuh", "scan_kernel.cuh", "scan_params.h")] + sorted(
+    glob.glob(os.path.join(INCLUDE_DIR, "xscan", "*.h")))
 
 
 def build():
