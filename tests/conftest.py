@@ -56,7 +56,7 @@ def emulated_cuda(emulator, monkeypatch) -> None:
     from xscan.backends import cuda as cuda_backend
     monkeypatch.setattr(cuda_backend, "_C", emulator)
     b = _registry.backend("cuda")
-    monkeypatch.setattr(b, "executor", cuda_backend)
+    monkeypatch.setattr(b, "executor", cuda_backend.CudaExecutor())
     monkeypatch.setattr(b, "devices", ("cpu",))
     monkeypatch.setattr(b, "reason", None)
 

@@ -1,20 +1,17 @@
 """Backends, their availability, and how each runs the ops.
 
-A kernel backend is an executor of ``xscan.spec.ScanSpec`` (``forward(spec)`` -> the op's outputs,
-``backward(spec, grads)`` -> {argument name: gradient}, both raising a clear error before any launch
-for what its kernels cannot take). An executor whose backward can start from states its forward saved
-(the cpu and cuda backends') also has ``checkpoints(spec)`` -> their (shape, dtype) or None,
-``forward(spec, checkpoints)`` filling such a buffer and ``backward(spec, grads, checkpoints)``. The
-reference backend runs each op's own pure-PyTorch functions instead (``ops``: op -> (forward,
-backward)), so that the oracle shares nothing with the kernels' description of the ops. The
-``torch.library`` custom ops in ``xscan.ops`` look a backend up by the name they were called with.
+A kernel backend (cpu, triton, cuda) is an ``Executor`` of ``xscan.spec.ScanSpec``s. The reference
+backend runs each op's own pure-PyTorch functions instead (``ops``: op -> (forward, backward)), so
+that the oracle shares nothing with the kernels' description of the ops. The ``torch.library``
+custom ops in ``xscan.ops`` look a backend up by the name they were called with.
 """
 from __future__ import annotations
 
+import abc
 import contextlib
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -23,12 +20,35 @@ BACKENDS = ("reference", "cpu", "triton", "cuda")
 PREFERENCE = {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")}
 
 
+class Executor(abc.ABC):
+    """What every kernel backend implements. Each method raises a clear error for what its kernels
+    cannot take (``limits``) before any launch.
+
+    limits(spec): that error, or nothing; checkpoints(spec): (shape, dtype) of the states its
+    forward can save for its backward (the state at chunk starts), or None where it keeps none (then
+    the ops never hand it any); forward(spec, checkpoints): the op's outputs, filling ``checkpoints``
+    (a buffer of that shape) when given; backward(spec, grads, checkpoints): {argument name:
+    gradient}, starting from the forward's checkpoints when given."""
+
+    @abc.abstractmethod
+    def limits(self, spec) -> None: ...
+
+    def checkpoints(self, spec) -> Optional[tuple]:
+        return None
+
+    @abc.abstractmethod
+    def forward(self, spec, checkpoints: Optional[torch.Tensor] = None) -> list: ...
+
+    @abc.abstractmethod
+    def backward(self, spec, grads: list, checkpoints: Optional[torch.Tensor] = None) -> dict: ...
+
+
 @dataclass
 class Backend:
     name: str
     devices: tuple[str, ...] = ()
     reason: Optional[str] = "not loaded"  # None when available
-    executor: Any = None                  # forward(spec), backward(spec, grads)
+    executor: Optional[Executor] = None
     ops: dict[str, tuple[Callable, Callable]] = field(default_factory=dict)  # per-op (the reference)
 
     def runs(self, op: str) -> bool:

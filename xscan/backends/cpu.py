@@ -22,9 +22,12 @@ from ..spec import ScanSpec, check_codes
 MAP_ROLES = ("u", "dt", "B", "C")  # per modality slot
 
 
-class CpuExecutor:
+class CpuExecutor(_registry.Executor):
     def __init__(self, ext):
         self.C = ext
+
+    def limits(self, spec: ScanSpec) -> None:
+        """None: the engine takes every spec (64-bit indices, any d_state, complex A)."""
 
     def _inputs(self, spec: ScanSpec, with_grads: bool = False):
         """The engine's inputs (and, with_grads, zeroed gradient buffers of each argument's shape in

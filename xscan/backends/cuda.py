@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import sys
 from typing import Optional
 
 import torch
@@ -316,12 +315,27 @@ def backward(spec: ScanSpec, grads: list, checkpoints: Optional[torch.Tensor] = 
                                    if role in tokens else params[role])
 
 
+class CudaExecutor(_registry.Executor):
+    """This module's limits, checkpoints, forward and backward."""
+
+    def limits(self, spec: ScanSpec) -> None:
+        limits(spec)
+
+    def checkpoints(self, spec: ScanSpec) -> tuple:
+        return checkpoints(spec)
+
+    def forward(self, spec: ScanSpec, checkpoints: Optional[torch.Tensor] = None) -> list:
+        return forward(spec, checkpoints)
+
+    def backward(self, spec: ScanSpec, grads: list, checkpoints: Optional[torch.Tensor] = None) -> dict:
+        return backward(spec, grads, checkpoints)
+
+
 def _load() -> Optional[str]:
     if _C is None:
         return None  # the reason is set above
     check_codes(_C, "xscan._C_cuda")
-    # checkpoints(spec), forward(spec, checkpoints), backward(spec, grads, checkpoints)
-    _registry.backend("cuda").executor = sys.modules[__name__]
+    _registry.backend("cuda").executor = CudaExecutor()
     if not torch.cuda.is_available():
         return "xscan._C_cuda is built but torch.cuda.is_available() is False"
     return None

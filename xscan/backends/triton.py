@@ -6,7 +6,6 @@ once the backend is usable; ``refresh()`` re-reads the environment (for test set
 TRITON_INTERPRET after importing xscan, before any kernel ran)."""
 from __future__ import annotations
 
-import importlib
 import os
 
 import torch
@@ -29,11 +28,11 @@ def refresh() -> None:
                                               "to run the kernels on CPU tensors in Triton's interpreter")
         return
     try:
-        executor = importlib.import_module("xscan.triton_kernels.executor")
+        from ..triton_kernels.executor import TritonExecutor
     except Exception as e:  # missing or broken triton must not break `import xscan`
         _registry.set_available("triton", (), f"the triton kernels cannot be loaded ({type(e).__name__}: {e})")
         return
-    _registry.backend("triton").executor = executor
+    _registry.backend("triton").executor = TritonExecutor()
     _registry.set_available("triton", devices, None)
 
 

@@ -85,9 +85,7 @@ def define(name: str, args: Sequence[tuple[str, str]], outputs: int, fake: Calla
     def checkpoints_for(b, a, spec: Callable, save: bool) -> torch.Tensor:
         """The buffer backend ``b``'s forward fills with its checkpoints (``executor.checkpoints(spec())``
         gives their shape and dtype), empty where it is not to save any or keeps none."""
-        layout = None
-        if save and b.executor is not None and hasattr(b.executor, "checkpoints"):
-            layout = b.executor.checkpoints(spec())
+        layout = b.executor.checkpoints(spec()) if save and b.executor is not None else None
         shape, dtype = layout or ((0,), torch.float32)
         return a[0].new_empty(shape, dtype=dtype)
 
@@ -100,7 +98,7 @@ def define(name: str, args: Sequence[tuple[str, str]], outputs: int, fake: Calla
             return (list(out) if outputs > 1 else [out]), checkpoints_for(b, a, None, False)
         spec = plan(*a, out_dtype)
         states = checkpoints_for(b, a, lambda: spec, save)
-        return (b.executor.forward(spec, states) if states.numel() else b.executor.forward(spec)), states
+        return b.executor.forward(spec, states if states.numel() else None), states
 
     def run_backward(a, fp32_output: bool, backend: str, grads: list, states) -> dict:
         """The backend's backward of the op on arguments ``a``, from the forward's checkpoints if any."""
@@ -108,9 +106,7 @@ def define(name: str, args: Sequence[tuple[str, str]], outputs: int, fake: Calla
         if b.executor is None:
             return b.ops[name][1](grads, *a)
         spec = plan(*a, output_dtype(a[0].dtype, fp32_output))
-        if states is not None and states.numel() and hasattr(b.executor, "checkpoints"):
-            return b.executor.backward(spec, grads, states)
-        return b.executor.backward(spec, grads)
+        return b.executor.backward(spec, grads, states if states is not None and states.numel() else None)
 
     def split(a, default):
         """(op arguments, fp32_output, backend, last): a kernel gets the last, defaulted argument

@@ -15,6 +15,7 @@ import functools
 
 import torch
 
+from .._registry import Executor
 from ..spec import ScanSpec
 from . import ssd
 from .selective import ScanProblem
@@ -47,11 +48,24 @@ def on_spec_device(run):
     return guarded
 
 
+class TritonExecutor(Executor):
+    """The Triton kernels' executor; it keeps no checkpoints (its backward recomputes the chunk states)."""
+
+    def limits(self, spec: ScanSpec) -> None:
+        limits(spec)
+
+    def forward(self, spec: ScanSpec, checkpoints=None) -> list:
+        return forward(spec)
+
+    def backward(self, spec: ScanSpec, grads: list, checkpoints=None) -> dict:
+        return backward(spec, grads)
+
+
 @on_spec_device
 def forward(spec: ScanSpec) -> list:
     limits(spec)
     if spec.kind.scalar_decay:
-        return list(ssd.SSDProblem(*_arguments(spec), spec.softplus, spec.outputs[0].dtype).forward())
+        return list(ssd.SSDProblem(**_ssd_arguments(spec)).forward())
     problem = ScanProblem(spec)
     outs = [o for o in spec.outputs if o.role == "y"]
     summed = spec.route_sum and spec.routes > 1
@@ -107,12 +121,13 @@ def _group_sum(partial: torch.Tensor, groups: int) -> torch.Tensor:
     return partial.view(groups, blocks // groups, *partial.shape[1:]).sum(1).permute(1, 2, 3, 0, 4, 5)
 
 
-def _arguments(spec: ScanSpec) -> list:
-    """ssd_exchange's own arguments (x0, x1, dt0, dt1, A, B0, B1, C0, C1, D, dt_bias)."""
-    return [value for _, value in spec.arguments.values()]
+def _ssd_arguments(spec: ScanSpec) -> dict:
+    """ssd_exchange's own arguments by name (x0, x1, dt0, dt1, A, B0, B1, C0, C1, D, dt_bias,
+    dt_softplus) and the output dtype: the SSD kernels take mamba-ssm's layouts, not the engine views."""
+    return dict({name: value for name, (_, value) in spec.arguments.items()}, dt_softplus=spec.softplus,
+                out_dtype=spec.outputs[0].dtype)
 
 
 def _ssd_backward(spec: ScanSpec, grads: list) -> dict:
-    problem = ssd.SSDProblem(*_arguments(spec), spec.softplus, spec.outputs[0].dtype, backward=True)
-    return dict(zip(spec.arguments, problem.backward(grads[0], grads[1])))
+    return ssd.SSDProblem(**_ssd_arguments(spec), backward=True).backward(grads[0], grads[1])
 

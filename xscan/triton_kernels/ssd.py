@@ -255,7 +255,7 @@ def check_limits(P: int, N: int) -> None:
 class SSDProblem:
     """Both directions of ssd_exchange: 2 * Bt * nh sequences of L steps."""
 
-    def __init__(self, x0, x1, dt0, dt1, A, B0, B1, C0, C1, D, dt_bias, dt_softplus, out_dtype, backward=False):
+    def __init__(self, *, x0, x1, dt0, dt1, A, B0, B1, C0, C1, D, dt_bias, dt_softplus, out_dtype, backward=False):
         self.out_dtype = out_dtype
         self.Bt, self.L, self.nh, self.P = x0.shape
         self.G, self.N = B0.shape[2:]
@@ -318,8 +318,8 @@ class SSDProblem:
             _forward[grid](**self.args, **self._d_args(), y=y, s_y=y.stride(), states=states, first_chunk=first)
         return y[0], y[1]
 
-    def backward(self, gy0, gy1) -> list:
-        """Gradients of every argument in ssd_exchange's order (None for an absent D, dt_bias)."""
+    def backward(self, gy0, gy1) -> dict:
+        """Gradients of every argument by ssd_exchange's names (None for an absent D, dt_bias)."""
         a = self.args
         states, adjoints = self._states((gy0, gy1))
         x0, dt0 = a["x0"], a["dt0"]
@@ -345,7 +345,8 @@ class SSDProblem:
         g_B, g_C = per_group(g_B), per_group(g_C)
         A, B0, B1, C0, C1 = a["A"], a["B0"], a["B1"], a["C0"], a["C1"]
         # direction 0 read modality 1's B and C
-        return [g_x[0], g_x[1].to(a["x1"].dtype), g_dt[0], g_dt[1].to(a["dt1"].dtype), per_head(g_A).to(A.dtype),
-                g_B[1].to(B0.dtype), g_B[0].to(B1.dtype), g_C[1].to(C0.dtype), g_C[0].to(C1.dtype),
-                None if self.D is None else per_head(g_D).to(self.D.dtype),
-                None if self.bias is None else per_head(g_bias).to(self.bias.dtype)]
+        return dict(x0=g_x[0], x1=g_x[1].to(a["x1"].dtype), dt0=g_dt[0], dt1=g_dt[1].to(a["dt1"].dtype),
+                    A=per_head(g_A).to(A.dtype), B0=g_B[1].to(B0.dtype), B1=g_B[0].to(B1.dtype),
+                    C0=g_C[1].to(C0.dtype), C1=g_C[0].to(C1.dtype),
+                    D=None if self.D is None else per_head(g_D).to(self.D.dtype),
+                    dt_bias=None if self.bias is None else per_head(g_bias).to(self.bias.dtype))

@@ -40,6 +40,6 @@ def install():
     from xscan.backends import cuda as cuda_backend
     cuda_backend._C = build()
     backend = _registry.backend("cuda")
-    backend.executor, backend.devices, backend.reason = cuda_backend, ("cpu",), None
+    backend.executor, backend.devices, backend.reason = cuda_backend.CudaExecutor(), ("cpu",), None
     return cuda_backend._C
 
