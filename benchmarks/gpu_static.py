@@ -427,43 +427,19 @@ def materialize(spec):
     return dataclasses.replace(spec, arguments={n: (role, real(v)) for n, (role, v) in spec.arguments.items()})
 
 
-@contextlib.contextmanager
-def intercepted_launches(on_launch):
-    """Inside the block Triton launches nothing: each launch calls on_launch(jit_function, args,
-    kwargs, grid), once per autotune config."""
-    from triton.runtime import autotuner, jit
-
-    saved = jit.JITFunction.run, autotuner.Autotuner.run
-
-    def run(self, *args, grid, warmup, **kwargs):
-        on_launch(self, args, kwargs, grid)
-
-    def autotuned(self, *args, **kwargs):
-        for config in self.configs:
-            self.fn.run(*args, **kwargs, **config.all_kwargs())
-
-    jit.JITFunction.run, autotuner.Autotuner.run = run, autotuned
-    try:
-        yield
-    finally:
-        jit.JITFunction.run, autotuner.Autotuner.run = saved
-
-
-def triton_compile(fn, args, kwargs, target, backend, cuobjdump) -> dict:
+def triton_compile(fn, args, kwargs, target, cuobjdump) -> dict:
     """Compile one launch's kernel as triton would for it; its resources from ptxas' log and the
     cubin's SASS."""
     from triton import knobs
-    from triton.compiler import ASTSource, compile
-    from triton.runtime import jit
 
-    binder = jit.create_function_from_signature(fn.signature, fn.params, backend)
-    bound, specialization, options = binder(*args, **kwargs)
-    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
+    from xscan.triton_kernels.offline import BoundLaunch
+
+    launch = BoundLaunch(fn, args, kwargs, target)
     start = time.time()
     log = io.StringIO()
     with contextlib.redirect_stdout(log), knobs.nvidia.scope():
         knobs.nvidia.dump_ptxas_log = True  # triton prints ptxas -v's log (when it runs ptxas)
-        kernel = compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__)
+        kernel = launch.compile()
     seconds = time.time() - start
     cached = "Used" not in log.getvalue()
     with tempfile.TemporaryDirectory() as workdir:
@@ -474,8 +450,7 @@ def triton_compile(fn, args, kwargs, target, backend, cuobjdump) -> dict:
             f.write(kernel.asm["cubin"])
         usage = next(iter(ptxas_usage(log.getvalue()).values()), {})
         sass = next(iter(sass_counts(cubin, cuobjdump).values()), {})
-    names = {fn.params[path[0]].name: v for path, v in constexprs.items()
-             if len(path) == 1 and fn.params[path[0]].is_constexpr}
+    names = launch.constexprs
     row = dict(kernel=fn.fn.__name__, variant=variant_name(names), num_warps=kernel.metadata.num_warps,
                launch_shared=kernel.metadata.shared, regs=usage.get("regs"), spill_stores=usage.get("spill_stores"),
                spill_loads=usage.get("spill_loads"), stack=usage.get("stack"), smem=usage.get("smem", 0), **sass,
@@ -512,14 +487,14 @@ def triton_report(ops: list[OpCall]) -> dict:
     try:
         import triton
         from triton.backends.compiler import GPUTarget
-        from triton.compiler import make_backend
+
+        from xscan.triton_kernels.offline import intercepted_launches
     except ImportError as e:
         return dict(skipped=f"triton is not importable ({e})")
     if os.environ.get("TRITON_INTERPRET") == "1":
         return dict(skipped="TRITON_INTERPRET=1 (the kernels are decorated for the interpreter)")
-    executor = importlib.import_module("xscan.triton_kernels.executor")
+    executor = importlib.import_module("xscan.triton_kernels.executor").TritonExecutor()
     target = GPUTarget("cuda", 90, 32)
-    backend = make_backend(target)
     cuobjdump = find_tool("cuobjdump")
     compiled, launches, failed = {}, {}, []
     where = {}  # the op and pass being run
@@ -530,7 +505,7 @@ def triton_report(ops: list[OpCall]) -> dict:
         key = (*variant, kwargs.get("num_warps", 4))  # one compile each, at the first launch's arguments
         if key not in compiled:
             try:
-                compiled[key] = triton_compile(fn, args, kwargs, target, backend, cuobjdump)
+                compiled[key] = triton_compile(fn, args, kwargs, target, cuobjdump)
             except Exception as e:  # report it, go on with the others
                 compiled[key] = None
                 failed.append(f"triton {fn.fn.__name__} {dict(variant[1])}: {type(e).__name__}: {e}")

@@ -6,7 +6,9 @@
 #include <cstdint>
 #include <initializer_list>
 
+// the order mamba's own launchers include them in
 #include "selective_scan_fwd_kernel.cuh"
+
 #include "selective_scan_bwd_kernel.cuh"
 
 template void selective_scan_fwd_cuda<float, float>(SSMParamsBase& params, cudaStream_t stream);

@@ -11,8 +11,8 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
-#include <string>
 #include <numeric>
+#include <string>
 #include <vector>
 
 #include "scan_params.h"
@@ -33,8 +33,8 @@ struct Problem {
 struct DeviceTensors {
   float *u = nullptr, *z = nullptr, *dt = nullptr, *B = nullptr, *C = nullptr, *A = nullptr, *D = nullptr,
         *bias = nullptr;
-  float *y = nullptr;                                                        // forward output
-  float *dout = nullptr;                                                     // backward input
+  float* y = nullptr;                                                                // forward output
+  float* dout = nullptr;                                                             // backward input
   float *du = nullptr, *dz = nullptr, *ddt = nullptr, *dB = nullptr, *dC = nullptr;  // backward outputs
 };
 
@@ -42,7 +42,7 @@ struct DeviceTensors {
 // which returns zeroed device memory).
 struct XscanScratch {
   float *dA_part = nullptr, *dD_part = nullptr, *dbias_part = nullptr;
-  int64_t partial_rows = 0;  // Bt * K * Dm * segments
+  int64_t partial_rows = 0;                        // Bt * K * Dm * segments
   float *dB_tiles = nullptr, *dC_tiles = nullptr;  // deterministic mode: (Bt, K, tiles, N, M*T)
   int64_t tiles = 0;
 };
@@ -57,9 +57,10 @@ inline void plan_layout(xscan::cuda::ScanParams& P, int sm_count) {
 }
 
 inline std::string describe_layout(const xscan::cuda::ScanParams& P) {
-  return "warps_per_channel=" + std::to_string(P.warps_per_channel) + " chunk_length=" +
-         std::to_string(P.chunk_length) + " tiles=" + std::to_string(P.group_tiles * P.tiles_per_group) +
-         " segments=" + std::to_string(P.segments) + " span=" + std::to_string(P.span_length);
+  return "warps_per_channel=" + std::to_string(P.warps_per_channel) +
+         " chunk_length=" + std::to_string(P.chunk_length) +
+         " tiles=" + std::to_string(P.group_tiles * P.tiles_per_group) + " segments=" + std::to_string(P.segments) +
+         " span=" + std::to_string(P.span_length);
 }
 
 // The forward Pf saves the chunk start states the backward Pb starts from (what a forward run for
@@ -75,16 +76,18 @@ void mark_states_saved(Params&, Params&, long) {}
 // Fills P for a forward (backward = false) or a backward of `pb` over `t`. `sm_count` plans the
 // sequence split (0: off). Allocates the scratch through `alloc`.
 inline xscan::cuda::ScanParams xscan_params(const Problem& pb, const DeviceTensors& t, bool backward, int sm_count,
-                                             const std::function<float*(size_t floats)>& alloc, XscanScratch* scratch,
-                                             bool deterministic = false) {
+                                            const std::function<float*(size_t floats)>& alloc, XscanScratch* scratch,
+                                            bool deterministic = false) {
   using namespace xscan::cuda;
   ScanParams P;
   const int64_t Bt = pb.Bt, K = pb.K, Dm = pb.Dm, N = pb.N, T = pb.T, M = pb.M;
   const bool on_map = pb.op != 0;
   P.route = pb.op == 1 ? 3 : pb.op == 2 ? 1 : 0;  // Route::kCrossPair, kCross, kLine
   P.source = 0;
-  if (on_map) P.geometry[0] = pb.H, P.geometry[1] = pb.W;
-  else P.geometry[0] = T;
+  if (on_map)
+    P.geometry[0] = pb.H, P.geometry[1] = pb.W;
+  else
+    P.geometry[0] = T;
   P.batch = pb.Bt, P.routes = pb.K, P.channels = pb.Dm, P.dstate = pb.N;
   P.length = int32_t(pb.positions()), P.tokens = int32_t(T), P.modalities = pb.M;
   P.groups_B = P.groups_C = 1;

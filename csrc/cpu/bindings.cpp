@@ -13,10 +13,10 @@
 
 namespace xscan {
 namespace cpu {
-void scan_forward(int64_t route, int64_t source, const std::vector<int64_t>& geometry, const ScanInputs& in, const Tensors& y,
-                  const OptTensor& last_state, const OptTensor& checkpoints);
-void scan_backward(int64_t route, int64_t source, const std::vector<int64_t>& geometry, const ScanInputs& in, const Tensors& dy,
-                   const OptTensor& dlast, const Tensors& du, const Tensors& ddt, const Tensors& dB,
+void scan_forward(int64_t route, int64_t source, const std::vector<int64_t>& geometry, const ScanInputs& in,
+                  const Tensors& y, const OptTensor& last_state, const OptTensor& checkpoints);
+void scan_backward(int64_t route, int64_t source, const std::vector<int64_t>& geometry, const ScanInputs& in,
+                   const Tensors& dy, const OptTensor& dlast, const Tensors& du, const Tensors& ddt, const Tensors& dB,
                    const Tensors& dC, const OptTensor& dz, const at::Tensor& dA, const OptTensor& dD,
                    const OptTensor& dbias, const OptTensor& checkpoints);
 void complex_scan_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
@@ -47,20 +47,20 @@ xscan::cpu::ScanInputs inputs(Tensors u, Tensors dt, Tensors B, Tensors C, OptTe
                               OptTensor bias, bool delta_softplus) {
   for (const auto* list : {&u, &dt, &B, &C})
     for (const auto& t : *list) TORCH_CHECK(t.device().is_cpu(), "xscan._C: CPU tensors only");
-  return {std::move(u), std::move(dt), std::move(B), std::move(C), std::move(z), std::move(A), std::move(D),
-          std::move(bias), delta_softplus};
+  return {std::move(u), std::move(dt), std::move(B),    std::move(C),  std::move(z),
+          std::move(A), std::move(D),  std::move(bias), delta_softplus};
 }
 
-void scan_forward(int64_t route, int64_t source, std::vector<int64_t> geometry, Tensors u, Tensors dt, Tensors B, Tensors C,
-                  OptTensor z, at::Tensor A, OptTensor D, OptTensor bias, bool delta_softplus, Tensors y,
+void scan_forward(int64_t route, int64_t source, std::vector<int64_t> geometry, Tensors u, Tensors dt, Tensors B,
+                  Tensors C, OptTensor z, at::Tensor A, OptTensor D, OptTensor bias, bool delta_softplus, Tensors y,
                   OptTensor last_state, OptTensor checkpoints) {
   const auto in = inputs(std::move(u), std::move(dt), std::move(B), std::move(C), std::move(z), std::move(A),
                          std::move(D), std::move(bias), delta_softplus);
   xscan::cpu::scan_forward(route, source, geometry, in, y, last_state, checkpoints);
 }
 
-void scan_backward(int64_t route, int64_t source, std::vector<int64_t> geometry, Tensors u, Tensors dt, Tensors B, Tensors C,
-                   OptTensor z, at::Tensor A, OptTensor D, OptTensor bias, bool delta_softplus, Tensors dy,
+void scan_backward(int64_t route, int64_t source, std::vector<int64_t> geometry, Tensors u, Tensors dt, Tensors B,
+                   Tensors C, OptTensor z, at::Tensor A, OptTensor D, OptTensor bias, bool delta_softplus, Tensors dy,
                    OptTensor dlast, Tensors du, Tensors ddt, Tensors dB, Tensors dC, OptTensor dz, at::Tensor dA,
                    OptTensor dD, OptTensor dbias, OptTensor checkpoints) {
   const auto in = inputs(std::move(u), std::move(dt), std::move(B), std::move(C), std::move(z), std::move(A),
@@ -83,7 +83,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::dict d;
         d["warps_per_channel"] = P.warps_per_channel;
         d["chunk_length"] = P.chunk_length;
-        d["tiles"] = xscan::cuda::scan_tiles(P);
+        d["tiles"] = xscan::cuda::channel_tiles(P);
         d["channels_per_tile"] = xscan::cuda::channels_per_tile(P);
         d["chunks"] = P.chunks;
         d["segments"] = P.segments;

@@ -39,15 +39,15 @@ struct ComplexViews {
   ComplexViews(const at::Tensor& u_, const at::Tensor& delta_, const at::Tensor& A_, const at::Tensor& B_,
                const at::Tensor& C_, const OptTensor& D_, const OptTensor& z_, const OptTensor& bias_, bool softplus_)
       : Bt(u_.size(0)), Dm(u_.size(1)), L(u_.size(2)), N(A_.size(1)), GB(B_.size(1)), GC(C_.size(1)),
-        u(u_.accessor<T, 3>()), delta(delta_.accessor<T, 3>()),
-        A(reinterpret_cast<const cplx*>(A_.data_ptr())), B(B_.accessor<cplx, 4>()),
-        C(C_.accessor<cplx, 4>()), D(D_ ? D_->data_ptr<T>() : nullptr),
+        u(u_.accessor<T, 3>()), delta(delta_.accessor<T, 3>()), A(reinterpret_cast<const cplx*>(A_.data_ptr())),
+        B(B_.accessor<cplx, 4>()), C(C_.accessor<cplx, 4>()), D(D_ ? D_->data_ptr<T>() : nullptr),
         bias(bias_ ? bias_->data_ptr<T>() : nullptr), softplus(softplus_) {
     const auto real = c10::CppTypeToScalarType<T>::value, complex = c10::toComplexType(real);
-    TORCH_CHECK(delta_.scalar_type() == real && A_.scalar_type() == complex && B_.scalar_type() == complex &&
-                    C_.scalar_type() == complex && (!D_ || D_->scalar_type() == real) &&
-                    (!bias_ || bias_->scalar_type() == real) && (!z_ || z_->scalar_type() == real),
-                "xscan._C: complex selective_scan takes real u, delta, z, D, delta_bias and complex A, B, C of one precision");
+    TORCH_CHECK(
+        delta_.scalar_type() == real && A_.scalar_type() == complex && B_.scalar_type() == complex &&
+            C_.scalar_type() == complex && (!D_ || D_->scalar_type() == real) &&
+            (!bias_ || bias_->scalar_type() == real) && (!z_ || z_->scalar_type() == real),
+        "xscan._C: complex selective_scan takes real u, delta, z, D, delta_bias and complex A, B, C of one precision");
     TORCH_CHECK(A_.is_contiguous() && (!D_ || D_->is_contiguous()) && (!bias_ || bias_->is_contiguous()),
                 "xscan._C: A, D, delta_bias must be contiguous");
     TORCH_CHECK(delta_.sizes() == u_.sizes() && A_.size(0) == Dm && B_.size(0) == Bt && C_.size(0) == Bt &&
@@ -136,7 +136,8 @@ void backward_impl(const ComplexViews<T>& v, const at::Tensor& dy_, const OptTen
         std::fill(h.begin(), h.end(), cplx(0));
         for (int64_t ch = 0; ch < chunks; ++ch) {
           std::copy(h.begin(), h.end(), starts.begin() + ch * N);
-          for (int64_t t = ch * kChunk; t < std::min(L, (ch + 1) * kChunk); ++t) v.advance(b, d, t, v.dt_at(b, d, t), h.data());
+          for (int64_t t = ch * kChunk; t < std::min(L, (ch + 1) * kChunk); ++t)
+            v.advance(b, d, t, v.dt_at(b, d, t), h.data());
         }
         for (int64_t n = 0; n < N; ++n) g[n] = dlast ? dlast[(b * v.Dm + d) * N + n] : cplx(0);
         T dD_sum = 0, dbias_sum = 0;

@@ -4,8 +4,8 @@
 namespace xscan {
 namespace cpu {
 
-void scan_backward(int64_t route, int64_t source, const std::vector<int64_t>& geometry, const ScanInputs& in, const Tensors& dy,
-                   const OptTensor& dlast, const Tensors& du, const Tensors& ddt, const Tensors& dB,
+void scan_backward(int64_t route, int64_t source, const std::vector<int64_t>& geometry, const ScanInputs& in,
+                   const Tensors& dy, const OptTensor& dlast, const Tensors& du, const Tensors& ddt, const Tensors& dB,
                    const Tensors& dC, const OptTensor& dz, const at::Tensor& dA, const OptTensor& dD,
                    const OptTensor& dbias, const OptTensor& checkpoints) {
   const ScanShape s = check_inputs(route, source, geometry, in);

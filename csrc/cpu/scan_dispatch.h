@@ -18,15 +18,13 @@ namespace cpu {
 using OptTensor = c10::optional<at::Tensor>;
 using Tensors = std::vector<at::Tensor>;
 
-// Calls f(policy) with the route policy of (route, source, geometry) (xscan/routes.h), after checking
+// Calls f(policy) with the route policy of (route, source, geometry) (csrc/include/xscan/routes.h), after checking
 // the numbers: geometry is the route kind's sizes (xscan.spec.Route), then for a realigning source
 // the input maps' C and W.
 template <typename F>
 void with_route(int64_t route, int64_t source, const std::vector<int64_t>& g, F&& f) {
   TORCH_CHECK(route >= 0 && route < kRouteKinds, "xscan._C: unknown route kind ", route);
   TORCH_CHECK(source >= 0 && source < kSources, "xscan._C: unknown source ", source);
-  TORCH_CHECK(source == 0 || route == static_cast<int64_t>(Route::kCross),
-              "xscan._C: a realigning source goes with the cross routes");
   const auto r = static_cast<Route>(route);
   const auto s = static_cast<Source>(source);
   TORCH_CHECK(static_cast<int>(g.size()) == geometry_sizes(r, s), "xscan._C: route ", route, " with source ", source,
@@ -68,8 +66,16 @@ inline ScanShape check_inputs(int64_t route, int64_t source, const std::vector<i
               "xscan._C: one or two modalities of u, dt, B, C");
   TORCH_CHECK(in.dt[0].dim() == 4 && in.A.dim() == 3 && in.B[0].dim() == 5 && in.C[0].dim() == 5,
               "xscan._C: dt must be (Bt, K, Dm, E), A (K, Dm, N), B and C (Bt, K, G, N, E)");
-  ScanShape s{in.dt[0].size(0), in.dt[0].size(1), in.dt[0].size(2), in.A.size(2), in.B[0].size(2), in.C[0].size(2),
-              0, 0, {}, {}};
+  ScanShape s{in.dt[0].size(0),
+              in.dt[0].size(1),
+              in.dt[0].size(2),
+              in.A.size(2),
+              in.B[0].size(2),
+              in.C[0].size(2),
+              0,
+              0,
+              {},
+              {}};
   TORCH_CHECK(s.groups_B > 0 && s.groups_C > 0 && s.channels % s.groups_B == 0 && s.channels % s.groups_C == 0,
               "xscan._C: B and C groups must divide the channels");
   with_route(route, source, g, [&](const auto& policy) {
@@ -117,15 +123,11 @@ inline void check_maps(const ScanShape& s, const Tensors& maps, const std::vecto
 }
 
 template <typename scalar_t, typename acc_t>
-ScanViews<scalar_t, acc_t> input_views(const ScanInputs& in) {
-  TORCH_CHECK(!in.u.empty() && in.u.size() <= 2 && in.dt.size() == in.u.size() && in.B.size() == in.u.size() &&
-                  in.C.size() == in.u.size(),
-              "xscan._C: one or two modalities of u, dt, B, C");
+ScanViews<scalar_t, acc_t> input_views(const ScanInputs& in) {  // after check_inputs: the shapes are right
   const auto acc = c10::CppTypeToScalarType<acc_t>::value;
-  TORCH_CHECK(in.A.scalar_type() == acc && in.A.dim() == 3, "xscan._C: A must be (K, Dm, N) ", acc);
+  TORCH_CHECK(in.A.scalar_type() == acc, "xscan._C: A must be ", acc);
   for (const OptTensor* p : {&in.D, &in.bias})
-    TORCH_CHECK(!p->has_value() || ((*p)->scalar_type() == acc && (*p)->dim() == 2), "xscan._C: D and delta_bias must be (K, Dm) ", acc);
-  TORCH_CHECK(!in.z.has_value() || in.z->dim() == 4, "xscan._C: z must be a 4-D pixel view");
+    TORCH_CHECK(!p->has_value() || (*p)->scalar_type() == acc, "xscan._C: D and delta_bias must be ", acc);
   ScanViews<scalar_t, acc_t> v;
   v.batch = in.u[0].size(0);
   v.routes = in.dt[0].size(1);
@@ -138,8 +140,6 @@ ScanViews<scalar_t, acc_t> input_views(const ScanInputs& in) {
     for (const at::Tensor* t : {&in.u[m], &in.dt[m], &in.B[m], &in.C[m]})
       TORCH_CHECK(t->scalar_type() == c10::CppTypeToScalarType<scalar_t>::value,
                   "xscan._C: per-token tensors must share one dtype");
-    TORCH_CHECK(in.u[m].dim() == 4 && in.dt[m].dim() == 4 && in.B[m].dim() == 5 && in.C[m].dim() == 5,
-                "xscan._C: u, dt must be 4-D and B, C 5-D views");
     v.u[m] = strided<const scalar_t>(in.u[m]);
     v.dt[m] = strided<const scalar_t>(in.dt[m]);
     v.B[m] = strided<const scalar_t>(in.B[m]);

@@ -1,6 +1,6 @@
 // The CPU scan engine: one templated forward and backward recurrence for every xscan op.
 //
-// Every op is a set of independent scans over route positions j. A route policy (xscan/routes.h)
+// Every op is a set of independent scans over route positions j. A route policy (csrc/include/xscan/routes.h)
 // turns (route k, channel d, position j) into the token read there: which modality, its index e in
 // the per-token tensors (dt, B, C) and its pixel in the input map u and in the output map y. The
 // engine reads through strided views, so nothing is flipped, transposed, interleaved or copied into
@@ -43,7 +43,7 @@ namespace xscan {
 namespace cpu {
 
 constexpr int64_t kRangesPerThread = 4;  // backward: ranges of items per thread (see run_backward)
-constexpr int64_t kChunk = 64;  // steps per checkpointed chunk of the backward
+constexpr int64_t kChunk = 64;           // steps per checkpointed chunk of the backward
 // Positions the forward loads at a time: long runs of each channel's plane keep the hardware
 // prefetchers streaming (64 gave ~30% stalls on the loads).
 constexpr int64_t kForwardTile = 256;
@@ -138,29 +138,28 @@ template <typename acc_t>
 struct Workspace {
   int64_t N, tile;  // d_state; positions per loaded tile
   std::vector<Token> tok;
-  std::vector<acc_t*> out_at;                                 // (tile): where a channel's outputs go
-  std::vector<int64_t> at_dt, at_u, at_z, at_y;               // (tile): token offsets in a channel's plane
-  std::vector<int64_t> at_dy, at_du, at_dz, at_ddt;           // (tile): the same in the gradients' planes
-  bool run = false, grad_run = false;                         // those offsets are consecutive (see load_tokens)
-  std::vector<acc_t> Bc, Cc, dBc, dCc;                        // (tile, N)
-  std::vector<acc_t> dtT, dtuT, uT, yT;                       // (tile, block)
-  std::vector<acc_t> aT, hT;                                  // (N, block)
-  std::vector<acc_t> gT, Dc;                                  // (block)
-  std::vector<acc_t> dt, raw, dsp, u, out;                    // one channel's tile
+  std::vector<acc_t*> out_at;                        // (tile): where a channel's outputs go
+  std::vector<int64_t> at_dt, at_u, at_z, at_y;      // (tile): token offsets in a channel's plane
+  std::vector<int64_t> at_dy, at_du, at_dz, at_ddt;  // (tile): the same in the gradients' planes
+  bool run = false, grad_run = false;                // those offsets are consecutive (see load_tokens)
+  std::vector<acc_t> Bc, Cc, dBc, dCc;               // (tile, N)
+  std::vector<acc_t> dtT, dtuT, uT, yT;              // (tile, block)
+  std::vector<acc_t> aT, hT;                         // (N, block)
+  std::vector<acc_t> gT, Dc;                         // (block)
+  std::vector<acc_t> dt, raw, dsp, u, out;           // one channel's tile
   // backward only
-  std::vector<acc_t> dspT, gyT, zT, duT, ddtT;                // (tile, block); zT becomes dz
-  std::vector<acc_t> statesT, decayT;                         // (tile, N, block); decayT becomes the adjoint
-  std::vector<acc_t> dhT, dAT;                                // (N, block)
-  std::vector<acc_t> sumB, dD, dbias;                         // (block)
-  std::vector<acc_t> chunk_start;                             // (chunks - 1, N, block) or none: see backward
+  std::vector<acc_t> dspT, gyT, zT, duT, ddtT;  // (tile, block); zT becomes dz
+  std::vector<acc_t> statesT, decayT;           // (tile, N, block); decayT becomes the adjoint
+  std::vector<acc_t> dhT, dAT;                  // (N, block)
+  std::vector<acc_t> sumB, dD, dbias;           // (block)
+  std::vector<acc_t> chunk_start;               // (chunks - 1, N, block) or none: see backward
 
   // backward: with the backward's buffers (the forward needs none of them); chunk_starts: the chunk
   // start states pass 1 keeps (0 where the forward saved them)
   Workspace(int64_t N_, int64_t block, bool backward, int64_t chunk_starts, int64_t tile_)
       : N(N_), tile(tile_), tok(tile_), out_at(tile_), at_dt(tile_), at_u(tile_), at_z(tile_), at_y(tile_),
-        Bc(tile_ * N_), Cc(tile_ * N_), dtT(tile_ * block), dtuT(tile_ * block), uT(tile_ * block),
-        yT(tile_ * block), aT(N_ * block), hT(N_ * block), gT(block), Dc(block), dt(tile_), raw(tile_),
-        dsp(tile_), u(tile_), out(tile_) {
+        Bc(tile_ * N_), Cc(tile_ * N_), dtT(tile_ * block), dtuT(tile_ * block), uT(tile_ * block), yT(tile_ * block),
+        aT(N_ * block), hT(N_ * block), gT(block), Dc(block), dt(tile_), raw(tile_), dsp(tile_), u(tile_), out(tile_) {
     if (!backward) return;
     for (auto* offsets : {&at_dy, &at_du, &at_dz, &at_ddt}) offsets->resize(tile_);
     for (auto* t : {&dBc, &dCc}) t->resize(tile_ * N_);
@@ -279,9 +278,7 @@ struct Engine {
       for (int64_t s = 0; s < N; ++s) ws.aT[s * block + c] = v.A(k, d0 + c, s, 0);
   }
 
-  acc_t param(const Strided<const acc_t>& p, int64_t k, int64_t d) const {
-    return p ? p(k, d, 0, 0) : acc_t(0);
-  }
+  acc_t param(const Strided<const acc_t>& p, int64_t k, int64_t d) const { return p ? p(k, d, 0, 0) : acc_t(0); }
 
   // The block's step sizes and inputs over the loaded tile of n positions, block-major (dtT, uT,
   // dtuT; with grad also dspT, d softplus / d raw).
@@ -816,7 +813,8 @@ void run_backward(const ScanViews<scalar_t, acc_t>& v, const Route& route, const
   using E = Engine<scalar_t, acc_t, Route>;
   const int64_t len = route.length(), chunks = (len + kChunk - 1) / kChunk;
   const int64_t work = 3 * v.batch * v.channels * v.routes * len * v.dstate;
-  const int64_t block = backward_block(v.channels, v.groups_B, v.groups_C, v.batch, threads_for(v.batch * v.channels, work));
+  const int64_t block =
+      backward_block(v.channels, v.groups_B, v.groups_C, v.batch, threads_for(v.batch * v.channels, work));
   const E engine{v, route, block};
   const int64_t blocks = v.channels / block, items = v.batch * blocks;
   const int64_t threads = threads_for(items, work);

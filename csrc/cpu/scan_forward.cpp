@@ -4,8 +4,8 @@
 namespace xscan {
 namespace cpu {
 
-void scan_forward(int64_t route, int64_t source, const std::vector<int64_t>& geometry, const ScanInputs& in, const Tensors& y,
-                  const OptTensor& last_state, const OptTensor& checkpoints) {
+void scan_forward(int64_t route, int64_t source, const std::vector<int64_t>& geometry, const ScanInputs& in,
+                  const Tensors& y, const OptTensor& last_state, const OptTensor& checkpoints) {
   const ScanShape s = check_inputs(route, source, geometry, in);
   check_maps(s, y, s.y_map, in.u.size(), "y");
   if (last_state) expect_sizes(*last_state, {s.batch, s.routes, s.channels, s.dstate}, "last_state");

@@ -38,7 +38,8 @@ void check_spec(const ScanParams& P) {
   if (P.route < 0 || P.route >= xscan::kRouteKinds || P.source < 0 || P.source >= xscan::kSources ||
       (P.source != 0 && P.route != static_cast<int32_t>(xscan::Route::kCross)))
     throw std::invalid_argument("xscan CUDA: unknown route or source");
-  for (int i = 0; i < xscan::geometry_sizes(static_cast<xscan::Route>(P.route), static_cast<xscan::Source>(P.source)); ++i)
+  for (int i = 0; i < xscan::geometry_sizes(static_cast<xscan::Route>(P.route), static_cast<xscan::Source>(P.source));
+       ++i)
     if (P.geometry[i] < 1) throw std::invalid_argument("xscan CUDA: route sizes must be positive");
   const int W = P.warps_per_channel;
   if (P.dstate < 1 || P.dstate > xscan::cuda::kMaxDState || P.batch < 1 || P.routes < 1 || P.channels < 1 ||
@@ -48,25 +49,24 @@ void check_spec(const ScanParams& P) {
   if (P.segments < 1 || P.segments > 65535 ||
       (P.segments > 1 && (P.span_length < 1 || P.span_length % P.chunk_length != 0 ||
                           static_cast<int64_t>(P.span_length) * (P.segments - 1) >= P.length ||
-                          static_cast<int64_t>(P.span_length) * P.segments < P.length || !P.span_states ||
-                          !P.span_dt || P.batch > 65535)))
+                          static_cast<int64_t>(P.span_length) * P.segments < P.length || !P.span_states || !P.span_dt ||
+                          P.batch > 65535)))
     throw std::invalid_argument("xscan CUDA: a sequence split must cover the length with whole chunks per span");
 }
 
 }  // namespace
 
 // A pointer field exposed as an integer property.
-#define XSCAN_POINTER(cls, field, type)                                                       \
-  def_property(                                                                               \
-      #field, [](const cls& s) { return address(s.field); },                                  \
-      [](cls& s, int64_t a) { s.field = pointer<type>(a); })
+#define XSCAN_POINTER(cls, field, type) \
+  def_property(                         \
+      #field, [](const cls& s) { return address(s.field); }, [](cls& s, int64_t a) { s.field = pointer<type>(a); })
 // A two-modality pointer field: `name0`, `name1`.
-#define XSCAN_POINTER_PAIR(cls, field, type)                                                  \
-  def_property(                                                                               \
-      #field "0", [](const cls& s) { return address(s.field[0]); },                           \
-      [](cls& s, int64_t a) { s.field[0] = pointer<type>(a); })                               \
-      .def_property(                                                                          \
-          #field "1", [](const cls& s) { return address(s.field[1]); },                       \
+#define XSCAN_POINTER_PAIR(cls, field, type)                            \
+  def_property(                                                         \
+      #field "0", [](const cls& s) { return address(s.field[0]); },     \
+      [](cls& s, int64_t a) { s.field[0] = pointer<type>(a); })         \
+      .def_property(                                                    \
+          #field "1", [](const cls& s) { return address(s.field[1]); }, \
           [](cls& s, int64_t a) { s.field[1] = pointer<type>(a); })
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -173,14 +173,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       },
       "Set the launch layout (warps per channel, chunk length, tiling, sequence split) from its sizes.");
   m.def(
-      "shared_bytes", [](const ScanParams& params, bool backward) { return xscan::cuda::shared_bytes(params, backward); },
+      "shared_bytes",
+      [](const ScanParams& params, bool backward) { return xscan::cuda::shared_bytes(params, backward); },
       "Dynamic shared memory per block of the forward or backward scan kernel.");
   m.def(
       "forward",
       [](const ScanParams& params, int dtype, int64_t stream) {
         check_spec(params);
-        check(xscan::cuda::launch_scan_forward(params, static_cast<DType>(dtype), pointer<void*>(stream)),
-              "forward");
+        check(xscan::cuda::launch_scan_forward(params, static_cast<DType>(dtype), pointer<void*>(stream)), "forward");
       },
       "Launch the forward scan described by params on the given cudaStream_t (as an integer).");
   m.def(
@@ -190,8 +190,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         if (params.segments > 1 && !params.span_adjoints)
           throw std::invalid_argument("xscan CUDA: a split backward needs span_adjoints");
         if (!params.chunk_states) throw std::invalid_argument("xscan CUDA: the backward needs chunk_states");
-        check(xscan::cuda::launch_scan_backward(params, static_cast<DType>(dtype), pointer<void*>(stream)),
-              "backward");
+        check(xscan::cuda::launch_scan_backward(params, static_cast<DType>(dtype), pointer<void*>(stream)), "backward");
       },
       "Launch the backward scan (after a rerun of the forward saving chunk states, unless params.states_saved) "
       "on the given stream.");

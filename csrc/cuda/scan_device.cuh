@@ -1,5 +1,5 @@
 // The scan kernels, templated on the per-token input type (float, __half, __nv_bfloat16) and the
-// route policy (xscan/routes.h, the CPU engine's own, with 32-bit indices: a position's route
+// route policy (csrc/include/xscan/routes.h, the CPU engine's own, with 32-bit indices: a position's route
 // location is inlined 32-bit arithmetic). Plain CUDA: no torch headers (the CPU torch wheel has none).
 //
 // Layout (position-parallel, as the fastest selective-scan kernels): a sequence (batch b, route k,
@@ -18,9 +18,9 @@
 // the forward did not save them), the backward walks the chunks last to first and, per state,
 // recomputes the chunk's states by the same scan, runs the adjoint recurrence as a reverse scan
 // (the adjoint a position passes to the one before it is q_t = a_t (C_t dy_t + q_{t+1}), carried
-// from chunk to chunk), and accumulates the gradients of every argument. dB and dC (shared by a group's channels) are summed over the block's channels in
-// shared memory in a fixed order, then written as per-tile partials that the caller sums
-// (deterministic), or added into one buffer with float atomics (atomic_state_grads).
+// from chunk to chunk), and accumulates the gradients of every argument. dB and dC (shared by a group's channels) are
+// summed over the block's channels in shared memory in a fixed order, then written as per-tile partials that the caller
+// sums (deterministic), or added into one buffer with float atomics (atomic_state_grads).
 //
 // Under nvcc this is plain CUDA. Without nvcc (the host emulation in tests/backends/cuda_emulator/)
 // the includer first defines threadIdx, blockIdx, __shfl_{xor,up,down}_sync, __syncwarp,
@@ -141,7 +141,7 @@ struct GridSize {
   unsigned x, y, z;
 };
 inline GridSize scan_grid_size(const ScanParams& P) {
-  return {static_cast<unsigned>(scan_tiles(P)) * static_cast<unsigned>(P.batch), static_cast<unsigned>(P.routes),
+  return {static_cast<unsigned>(channel_tiles(P)) * static_cast<unsigned>(P.batch), static_cast<unsigned>(P.routes),
           static_cast<unsigned>(P.segments)};
 }
 
@@ -162,18 +162,18 @@ XSCAN_DEVICE Span span_of(const ScanParams& P) {
 struct Lane {
   int b, k, tile, d, group_B, group_C;
   int tile_group_B, tile_group_C;  // the B and C groups of the whole tile (a tile never straddles one)
-  int slot;   // the block's channel this warp scans, 0 .. 4 / W - 1
-  int part;   // which of the channel's W warps, in position order
+  int slot;                        // the block's channel this warp scans, 0 .. 4 / W - 1
+  int part;                        // which of the channel's W warps, in position order
   int warp, lane;
-  int64_t seq;    // (b, k, d): row of the per-sequence buffers
-  int64_t param;  // (k, d): row of A, D, delta_bias
-  bool active;    // false past the tile's last channel: the warp computes on channel 0 and writes nothing
+  int64_t seq;     // (b, k, d): row of the per-sequence buffers
+  int64_t param;   // (k, d): row of A, D, delta_bias
+  bool active;     // false past the tile's last channel: the warp computes on channel 0 and writes nothing
   int live_slots;  // the tile's channels (the slots before the first inactive one)
 };
 
 XSCAN_DEVICE Lane lane_of(const ScanParams& P) {
   Lane l;
-  const int tiles = scan_tiles(P);
+  const int tiles = channel_tiles(P);
   l.tile = blockIdx.x % tiles;
   l.b = blockIdx.x / tiles;
   l.k = blockIdx.y;
@@ -231,8 +231,8 @@ struct StateRows {
   int64_t stride_n;
   int32_t stride_t;
 
-  XSCAN_DEVICE StateRows(const TokenTensor& t, const Lane& l, int group) : stride_n(t.stride_n),
-      stride_t(static_cast<int32_t>(t.stride_t)) {
+  XSCAN_DEVICE StateRows(const TokenTensor& t, const Lane& l, int group)
+      : stride_n(t.stride_n), stride_t(static_cast<int32_t>(t.stride_t)) {
     for (int m = 0; m < 2; ++m)
       row[m] = static_cast<const T*>(t.data[m]) + l.b * t.stride_b + l.k * t.stride_k + group * t.stride_c;
   }
@@ -257,7 +257,9 @@ struct StateRows {
     // modalities, i % 2 (a lane's first position is even; past the span's end, where m[i] is 0,
     // either row's value is ignored).
     template <int kCount>
-    XSCAN_DEVICE static int modality(const int (&m)[kCount], int i) { return kPerToken == 2 ? i % 2 : m[i]; }
+    XSCAN_DEVICE static int modality(const int (&m)[kCount], int i) {
+      return kPerToken == 2 ? i % 2 : m[i];
+    }
     // The values at a lane's kCount positions (m: each position's modality; offset: each token's,
     // as note() keeps them):
     // where the launch reads token runs (`step`, the route's token_step where ScanParams::token_runs
@@ -432,10 +434,10 @@ XSCAN_DEVICE float load_gate(const ScanParams& P, const LaneViews<T>& v, const P
 }
 
 // The shared memory of a block, in floats: per channel slot its carried state (forward) or adjoint
-// (backward) of each state, and its channel's row of A; the warps' scan totals per state parity (W > 1); the backward's dA per
-// warp and its dB, dC contributions per state parity (one row of a chunk's positions per slot).
-// The slot's row of A (read once per state), copied by its channel's first warp: every warp of the
-// block reads it after the block's next barrier.
+// (backward) of each state, and its channel's row of A; the warps' scan totals per state parity (W > 1); the backward's
+// dA per warp and its dB, dC contributions per state parity (one row of a chunk's positions per slot). The slot's row
+// of A (read once per state), copied by its channel's first warp: every warp of the block reads it after the block's
+// next barrier.
 XSCAN_DEVICE const float* slot_A(const ScanParams& P, const Lane& l, float* rows) {
   const int N = P.dstate;
   float* row = rows + l.slot * N;
@@ -469,8 +471,8 @@ XSCAN_DEVICE float enter_warp(const ScanParams& P, const Lane& l, float* totals,
 // `entering` (the chunk's start state, or the adjoint entering the chunk from after it) through the
 // channel's warps before this one (after it) and the lanes before (after) it in its warp. fold_a,
 // fold_b: the lane's run as one step. Every warp of the block calls it (enter_warp's barrier).
-XSCAN_DEVICE float enter_lane(const ScanParams& P, const Lane& l, float* totals, int parity, float fold_a,
-                              float fold_b, float entering, bool reverse) {
+XSCAN_DEVICE float enter_lane(const ScanParams& P, const Lane& l, float* totals, int parity, float fold_a, float fold_b,
+                              float entering, bool reverse) {
   float a = fold_a, b = fold_b;
   if (reverse) {
     warp_reverse_scan(a, b, l.lane);
@@ -505,7 +507,8 @@ XSCAN_DEVICE int32_t last_chunk_of(const ScanParams& P, const Span& span) {
 // no y) and a split sequence's summary pass (span_summary: no outputs but each span's end state and
 // summed dt).
 template <typename T, typename Routes, int I>
-XSCAN_KERNEL(kForwardBlocksPerSM<I>) scan_forward_kernel(const ScanParams P, const Routes routes) {
+XSCAN_KERNEL(kForwardBlocksPerSM<I>)
+scan_forward_kernel(const ScanParams P, const Routes routes) {
   float* shared = dynamic_shared();
   const SharedLayout layout = shared_layout(P, false);
   const Lane l = lane_of(P);
@@ -621,7 +624,8 @@ XSCAN_KERNEL(kForwardBlocksPerSM<I>) scan_forward_kernel(const ScanParams P, con
 // decay exp(A span_dt) times that, plus this), and the span's summed dt (so that the backward needs
 // nothing of the forward's summary pass when the forward saved its states).
 template <typename T, typename Routes>
-XSCAN_KERNEL(kBackwardBlocksPerSM) span_adjoint_kernel(const ScanParams P, const Routes routes) {
+XSCAN_KERNEL(kBackwardBlocksPerSM)
+span_adjoint_kernel(const ScanParams P, const Routes routes) {
   float* shared = dynamic_shared();
   const SharedLayout layout = shared_layout(P, false);
   const Lane l = lane_of(P);
@@ -685,7 +689,8 @@ XSCAN_KERNEL(kBackwardBlocksPerSM) span_adjoint_kernel(const ScanParams P, const
 // kReverse) into what enters the span: h <- exp(A span_dt) h + summary, from the first span with
 // h = 0, or from the last with the gradient of the last state.
 template <bool kReverse>
-XSCAN_KERNEL(kBackwardBlocksPerSM) span_carry_kernel(const ScanParams P) {
+XSCAN_KERNEL(kBackwardBlocksPerSM)
+span_carry_kernel(const ScanParams P) {
   const int32_t param = static_cast<int32_t>(blockIdx.x) * kThreadsPerBlock + threadIdx.x;  // k Dm + d
   if (param >= P.routes * P.channels) return;
   const int n = blockIdx.y;
@@ -724,7 +729,8 @@ XSCAN_DEVICE void sum_row(const float* rows, int row_floats, int live, const uin
 
 // The backward over the block's span (from the chunk start states a forward saved).
 template <typename T, typename Routes>
-XSCAN_KERNEL(kBackwardBlocksPerSM) scan_backward_kernel(const ScanParams P, const Routes routes) {
+XSCAN_KERNEL(kBackwardBlocksPerSM)
+scan_backward_kernel(const ScanParams P, const Routes routes) {
   float* shared = dynamic_shared();
   const SharedLayout layout = shared_layout(P, true);
   const Lane l = lane_of(P);
@@ -735,12 +741,13 @@ XSCAN_KERNEL(kBackwardBlocksPerSM) scan_backward_kernel(const ScanParams P, cons
   float* carry = shared + layout.carry + l.slot * N;  // the adjoint entering the chunk from after it
   float* totals = shared + layout.totals;
   float* dA_sums = shared + layout.dA + l.warp * N;
-  float* partials = shared + layout.partials;  // [parity][B or C][slot][chunk position]
+  float* partials = shared + layout.partials;                              // [parity][B or C][slot][chunk position]
   uint32_t* tokens = reinterpret_cast<uint32_t*>(shared + layout.tokens);  // per chunk position: its column
   // dLoss/dh at the span's end: dLoss/dlast_state, or for a span of a split sequence what its
   // successors pass it (carried)
-  const float* entering = P.segments > 1 ? P.span_adjoints + span_row(P, l, span) * N
-                          : P.dlast_state ? P.dlast_state + l.seq * N : nullptr;
+  const float* entering = P.segments > 1  ? P.span_adjoints + span_row(P, l, span) * N
+                          : P.dlast_state ? P.dlast_state + l.seq * N
+                                          : nullptr;
   if (l.part == 0)
     for (int n = l.lane; n < N; n += kWarpSize) carry[n] = entering ? entering[n] : 0.f;
   if (l.lane == 0)
@@ -756,10 +763,10 @@ XSCAN_KERNEL(kBackwardBlocksPerSM) scan_backward_kernel(const ScanParams P, cons
   // state 0's row of dB (Bt, K, G_B, N, M*T) and dC (Bt, K, G_C, N, M*T) for atomics, or of this
   // tile's partials (Bt, K, tiles, N, M*T); the tile's groups, also for a warp past its last channel
   const bool atomic = P.atomic_state_grads;
-  float* const dB_first = P.dB_part + (row * (atomic ? P.groups_B : scan_tiles(P)) +
-                                       (atomic ? l.tile_group_B : l.tile)) * N * per_state;
-  float* const dC_first = P.dC_part + (row * (atomic ? P.groups_C : scan_tiles(P)) +
-                                       (atomic ? l.tile_group_C : l.tile)) * N * per_state;
+  float* const dB_first =
+      P.dB_part + (row * (atomic ? P.groups_B : channel_tiles(P)) + (atomic ? l.tile_group_B : l.tile)) * N * per_state;
+  float* const dC_first =
+      P.dC_part + (row * (atomic ? P.groups_C : channel_tiles(P)) + (atomic ? l.tile_group_C : l.tile)) * N * per_state;
   float dskip = 0.f, dbias = 0.f;
   __syncthreads();
 
@@ -893,7 +900,8 @@ XSCAN_KERNEL(kBackwardBlocksPerSM) scan_backward_kernel(const ScanParams P, cons
     }
     if (l.lane == 0) {
       float total_skip = 0.f, total_bias = 0.f;
-      for (int w = 0; w < P.warps_per_channel; ++w) total_skip += sums[(l.warp + w) * 2], total_bias += sums[(l.warp + w) * 2 + 1];
+      for (int w = 0; w < P.warps_per_channel; ++w)
+        total_skip += sums[(l.warp + w) * 2], total_bias += sums[(l.warp + w) * 2 + 1];
       if (P.dD_part) P.dD_part[part] = total_skip;
       if (P.ddelta_bias_part) P.ddelta_bias_part[part] = total_bias;
     }

@@ -18,7 +18,7 @@ namespace cuda {
 template <typename F>
 auto with_routes(const ScanParams& P, F&& f) {
   return visit_route<int32_t, FastDivisor>(static_cast<Route>(P.route), static_cast<Source>(P.source), P.geometry,
-                              std::forward<F>(f));
+                                           std::forward<F>(f));
 }
 
 // The launches of one forward and of one backward, for any `launch(kernel, grid, shared bytes,
@@ -72,12 +72,14 @@ ScanParams with_token_runs(const ScanParams& P, const Routes&) {
 // the entry points of the CUDA launchers below and of the host emulation.
 template <typename T, typename Launch>
 bool run_forward(const ScanParams& P, Launch&& launch) {
-  return with_routes(P, [&](const auto& routes) { return forward_passes<T>(with_token_runs<T>(P, routes), routes, launch); });
+  return with_routes(
+      P, [&](const auto& routes) { return forward_passes<T>(with_token_runs<T>(P, routes), routes, launch); });
 }
 
 template <typename T, typename Launch>
 bool run_backward(const ScanParams& P, Launch&& launch) {
-  return with_routes(P, [&](const auto& routes) { return backward_passes<T>(with_token_runs<T>(P, routes), routes, launch); });
+  return with_routes(
+      P, [&](const auto& routes) { return backward_passes<T>(with_token_runs<T>(P, routes), routes, launch); });
 }
 
 #ifdef __CUDACC__

@@ -3,7 +3,7 @@
 //
 // One launch executes a ScanSpec (xscan/spec.py): independent scans ("sequences"), one per (batch
 // b, route k, channel d), each visiting `length` route positions p. The route policy of (route,
-// source, geometry) (xscan/routes.h) turns p into the token it reads and the pixel its output goes
+// source, geometry) (csrc/include/xscan/routes.h) turns p into the token it reads and the pixel its output goes
 // to; every tensor is read and written through its own strides, so nothing is copied into route
 // order. Element offsets and strides are 64-bit.
 #pragma once
@@ -138,7 +138,7 @@ constexpr int kItems = 8;  // consecutive positions per lane (the forward's: kFo
 constexpr int kMaxDState = 256;
 
 XSCAN_PARAMS_HD int channels_per_tile(const ScanParams& P) { return kWarps / P.warps_per_channel; }
-XSCAN_PARAMS_HD int scan_tiles(const ScanParams& P) { return P.group_tiles * P.tiles_per_group; }
+XSCAN_PARAMS_HD int channel_tiles(const ScanParams& P) { return P.group_tiles * P.tiles_per_group; }
 
 // A row of the backward's dB, dC contributions: a chunk's positions, 4 floats of padding after
 // every 32, so that the lanes' runs of kItems positions, written as 16-byte vectors, fall on

@@ -1,5 +1,5 @@
 """The C++/OpenMP CPU backend (``xscan._C``): executes ``ScanSpec``s with one engine
-(csrc/cpu/scan_engine.h) for every op; the route kind picks its route policy (xscan/routes.h).
+(csrc/cpu/scan_engine.h) for every op; the route kind picks its route policy (csrc/include/xscan/routes.h).
 
 The engine reads every argument through the spec's views and accumulates outputs and gradients
 into zeroed buffers seen through the same views, so it writes each gradient exactly where it read

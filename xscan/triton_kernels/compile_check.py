@@ -52,41 +52,40 @@ def main(argv=None) -> int:
         print("compile_check: unset TRITON_INTERPRET (the kernels must be decorated for compilation)")
         return 2
 
-    import torch
     from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource, compile, make_backend
-    from triton.runtime import jit
 
-    from . import tiles
-    tiles.autotuned = lambda key, sizes=(): (lambda kernel: kernel)  # no benchmarking without a GPU
+    from .offline import BoundLaunch, intercepted_launches
+
     targets = [GPUTarget("cuda", int(arch), 32) for arch in opts.arch.split(",")]
     seen = set()
 
-    def compile_instead_of_launch(self, *args, grid, warmup, **kwargs):
+    def compile_instead_of_launch(fn, args, kwargs, grid):
+        """Each autotune config's warps (chunk_carry sets its own), or --warps."""
+        if opts.warps:
+            kwargs = dict(kwargs, num_warps=opts.warps)
         for target in targets:
-            backend = make_backend(target)
-            for warps in [opts.warps] if opts.warps else [kwargs.get("num_warps")] if "num_warps" in kwargs \
-                    else tiles.WARPS:  # chunk_carry sets its own; the autotuned kernels take each
-                binder = jit.create_function_from_signature(self.signature, self.params, backend)
-                bound, specialization, options = binder(*args, **dict(kwargs, num_warps=warps))
-                options, signature, constexprs, attrs = self._pack_args(backend, dict(kwargs, num_warps=warps),
-                                                                        bound, specialization, options)
-                key = (self.fn.__name__, target.arch, warps, str(sorted(signature.items())),
-                       str(sorted(constexprs.items())), str(sorted(attrs.items())))
-                if key in seen:
-                    continue
-                seen.add(key)
-                start = time.time()
-                kernel = compile(ASTSource(self, signature, constexprs, attrs), target=target,
-                                 options=options.__dict__)
-                print(f"  {self.fn.__name__}: sm_{target.arch} ok, {kernel.metadata.num_warps} warps, "
-                      f"{resource_usage(kernel.asm['cubin'])}, {time.time() - start:.1f}s", flush=True)
-        return None
+            launch = BoundLaunch(fn, args, kwargs, target)
+            if launch.key in seen:
+                continue
+            seen.add(launch.key)
+            start = time.time()
+            kernel = launch.compile()
+            print(f"  {fn.fn.__name__}: sm_{target.arch} ok, {kernel.metadata.num_warps} warps, "
+                  f"{resource_usage(kernel.asm['cubin'])}, {time.time() - start:.1f}s", flush=True)
 
-    jit.JITFunction.run = compile_instead_of_launch
+    with intercepted_launches(compile_instead_of_launch):
+        return _compile_every_variant(opts, seen)
+
+
+def _compile_every_variant(opts, seen: set) -> int:
+    """Runs the ops (their launches compile instead, into ``seen``); 0, or 1 at the first failure."""
+    import torch
 
     from ..testing import make_inputs, spec_of
-    from . import executor, scan
+    from . import scan, tiles
+    from .executor import TritonExecutor
+
+    executor = TritonExecutor()
 
     cases = [("selective_scan", dict(Bt=1, Dm=4, N=16, L=8, G=2)), ("ss2d", dict(Bt=1, Dm=4, N=16, H=9, W=9)),
              ("es2d", dict(Bt=1, Dm=4, N=16, H=9, W=9)), ("cross_ss2d", dict(Bt=1, Dm=4, N=16, H=9, W=9)),

@@ -107,14 +107,14 @@ def backward(spec: ScanSpec, grads: list) -> dict:
     r = problem.backward([(g, g.stride()) for g in gy], slabs, slabs.stride()[2:], slabs.stride(0) if summed else 0,
                          slabs.stride(1), g_z, (0, 0, 0, 0) if g_z is None else g_z.stride(), g_last=g_last)
     g_u = slabs.sum(0)
-    per_group = {role: _group_sum(r[role], spec.view(role).shape[2]) for role in ("B", "C")}
+    per_group = {role: _sum_blocks_by_group(r[role], spec.view(role).shape[2]) for role in ("B", "C")}
     token_grads = dict(dt=r["dt"], **per_group)
     params = dict(A=r["A"], D=r["D"], delta_bias=r["bias"], z=g_z)
     return spec.argument_gradients(lambda role, slot: g_u[slot] if role == "u" else token_grads[role][slot]
                                    if role in token_grads else params[role])
 
 
-def _group_sum(partial: torch.Tensor, groups: int) -> torch.Tensor:
+def _sum_blocks_by_group(partial: torch.Tensor, groups: int) -> torch.Tensor:
     """Channel-block partials (blocks, M, Bt, K, N, T) -> (M, Bt, K, G, N, T): blocks are ordered
     by channel, every group has as many and none straddles two."""
     blocks = partial.shape[0]

@@ -26,11 +26,11 @@ from .routes import route_tokens, source_of
 
 
 
-# Sizes that change with the image (sequence length, map sizes, segments, chunk counts): passed
+# Sizes that change with the image (sequence length, map sizes, BC groups, chunk counts): passed
 # unspecialised, so that a new image size reuses the compiled kernels. The stride tuples stay
 # specialised (a unit stride is what makes a load contiguous; a stride's divisibility by 16 selects
 # one of at most two variants per stride, whatever the size).
-IMAGE_SIZES = ["Lseq", "H", "W", "Ws", "SEG", "BPS", "n_chunks", "first_chunk"]
+IMAGE_SIZES = ["Lseq", "H", "W", "Ws", "BC_GROUP", "BLOCKS_PER_BC_GROUP", "n_chunks", "first_chunk"]
 
 
 @triton.jit
@@ -83,33 +83,35 @@ def load_pair(ptr0, ptr1, off0, off1, m, mask, TWO: tl.constexpr, ACC: tl.conste
 
 
 @triton.jit
-def program_block(K, Lseq, SEG, BPS, first_chunk, WIDTH: tl.constexpr, CHUNK: tl.constexpr):
-    """Program ids -> (b, k, channel block index, its first channel, the end of its segment, chunk c
+def program_block(K, Lseq, BC_GROUP, BLOCKS_PER_BC_GROUP, first_chunk, WIDTH: tl.constexpr, CHUNK: tl.constexpr):
+    """Program ids -> (b, k, channel block index, its first channel, the end of its BC group, chunk c
     (first_chunk + program id 2: launches of at most 65,535 chunks), positions p (CHUNK,), their
-    mask). A block is WIDTH channels; blocks never straddle a segment of SEG channels, so a block
+    mask). A block is WIDTH channels; blocks never straddle a BC group (BC_GROUP channels that share
+    their B group and their C group: the gcd of B_GROUP and C_GROUP, the channels per group), so a block
     reads a single B group and a single C group."""
     seq = tl.program_id(0)  # 32-bit divisions here (inline); 64-bit results for offsets
     blk = tl.program_id(1)
     c = tl.program_id(2).to(tl.int64) + first_chunk
-    seg = (blk // BPS).to(tl.int64)
-    first = seg * SEG + (blk % BPS).to(tl.int64) * WIDTH
+    bc_group = (blk // BLOCKS_PER_BC_GROUP).to(tl.int64)
+    first = bc_group * BC_GROUP + (blk % BLOCKS_PER_BC_GROUP).to(tl.int64) * WIDTH
     p = c * CHUNK + tl.arange(0, CHUNK).to(tl.int64)
     b = (seq // K).to(tl.int64)
     k = (seq % K).to(tl.int64)
-    return b, k, blk.to(tl.int64), first, (seg + 1) * SEG, c, p, p < Lseq
+    return b, k, blk.to(tl.int64), first, (bc_group + 1) * BC_GROUP, c, p, p < Lseq
 
 
 @triton.jit
-def group_of(blk, BPS, SEG, G_SIZE):
-    """The B or C group (of G_SIZE channels) of channel block blk: its segment's first channel's."""
-    return (((blk.to(tl.int32) // BPS) * SEG) // G_SIZE).to(tl.int64)
+def groups_of(blk, BLOCKS_PER_BC_GROUP, BC_GROUP, B_GROUP, C_GROUP):
+    """The B group and the C group of channel block blk: those of its BC group's first channel."""
+    first = (blk.to(tl.int32) // BLOCKS_PER_BC_GROUP) * BC_GROUP
+    return (first // B_GROUP).to(tl.int64), (first // C_GROUP).to(tl.int64)
 
 
 @triton.jit
-def channels(first, seg_end, Dr, BLOCK_D: tl.constexpr):
+def channels(first, bc_group_end, Dr, BLOCK_D: tl.constexpr):
     """BLOCK_D channels from `first` and their mask."""
     d = first + tl.arange(0, BLOCK_D).to(tl.int64)
-    return d, (d < seg_end) & (d < Dr)
+    return d, (d < bc_group_end) & (d < Dr)
 
 
 @triton.jit
@@ -176,7 +178,7 @@ def chunk_summary(
         dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, C0, C1, s_C0, s_C1,
         A, s_A, bias, s_bias,
         states, adjoints, dt_sums,
-        K, Dr, N, Lseq, H, W, C, Ws, SEG, BPS, SB, SC, n_chunks, first_chunk,
+        K, Dr, N, Lseq, H, W, C, Ws, BC_GROUP, BLOCKS_PER_BC_GROUP, B_GROUP, C_GROUP, n_chunks, first_chunk,
         ROUTE: tl.constexpr, SOURCE: tl.constexpr, TWO_U: tl.constexpr, TWO_TOK: tl.constexpr,
         HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BACKWARD: tl.constexpr,
         BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, TAIL_N: tl.constexpr, CHUNK: tl.constexpr,
@@ -185,8 +187,9 @@ def chunk_summary(
     with BACKWARD, adjoints[seq, d, c, n] = sum_t exp(A cum_t) gy_t C_t, the adjoint the chunk
     passes to the state before it (cum_t: dt summed over the chunk up to t, inclusive). The states
     in two tiles (tiles.state_tiles): BLOCK_N from 0, then TAIL_N (none if 0)."""
-    b, k, blk, first_d, seg_end, c, p, pmask = program_block(K, Lseq, SEG, BPS, first_chunk, BLOCK_D, CHUNK)
-    d, dmask = channels(first_d, seg_end, Dr, BLOCK_D)
+    b, k, blk, first_d, bc_group_end, c, p, pmask = program_block(K, Lseq, BC_GROUP, BLOCKS_PER_BC_GROUP,
+                                                                  first_chunk, BLOCK_D, CHUNK)
+    d, dmask = channels(first_d, bc_group_end, Dr, BLOCK_D)
     tok, mt, h, w = route_tokens(p, k, H, W, ROUTE)
     in_map = pmask & (h < H) & (w < W)
     valid = dmask[:, None] & in_map[None, :]
@@ -204,7 +207,7 @@ def chunk_summary(
         if HAS_Z:
             zv = tl.load(z + map_offset(s_z, b, d, h, w), mask=valid, other=0.0).to(ACC)
             gy = gy * zv * sigmoid(zv)
-    group_B, group_C = group_of(blk, BPS, SEG, SB), group_of(blk, BPS, SEG, SC)
+    group_B, group_C = groups_of(blk, BLOCKS_PER_BC_GROUP, BC_GROUP, B_GROUP, C_GROUP)
     summary_tile(B0, B1, s_B0, s_B1, C0, C1, s_C0, s_C1, A, s_A, states, adjoints, b, k, group_B, group_C,
                  d, dmask, row, c, tok, mt, pmask, dt * u, gy, cum, total, N, n_chunks, 0, BLOCK_N,
                  TWO_TOK, BACKWARD, ACC)
@@ -284,7 +287,7 @@ def scan_forward(
         u0, u1, s_u0, s_u1, z, s_z, y, s_y, s_yk, s_ym,
         dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, C0, C1, s_C0, s_C1,
         A, s_A, Dp, s_D, bias, s_bias, states,
-        K, Dr, N, Lseq, H, W, C, Ws, SEG, BPS, SB, SC, n_chunks, first_chunk,
+        K, Dr, N, Lseq, H, W, C, Ws, BC_GROUP, BLOCKS_PER_BC_GROUP, B_GROUP, C_GROUP, n_chunks, first_chunk,
         ROUTE: tl.constexpr, SOURCE: tl.constexpr, TWO_U: tl.constexpr, TWO_TOK: tl.constexpr,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, TAIL_N: tl.constexpr, CHUNK: tl.constexpr,
@@ -292,15 +295,16 @@ def scan_forward(
     """Pass 3: y at the scanned map position of each token: y + k * s_yk + mt * s_ym + (b, d, h, w)
     with strides s_y (per-route slabs when the routes are summed afterwards). The states' parts of
     y add up over their two tiles (BLOCK_N, then TAIL_N if not 0)."""
-    b, k, blk, first_d, seg_end, c, p, pmask = program_block(K, Lseq, SEG, BPS, first_chunk, BLOCK_D, CHUNK)
-    d, dmask = channels(first_d, seg_end, Dr, BLOCK_D)
+    b, k, blk, first_d, bc_group_end, c, p, pmask = program_block(K, Lseq, BC_GROUP, BLOCKS_PER_BC_GROUP,
+                                                                  first_chunk, BLOCK_D, CHUNK)
+    d, dmask = channels(first_d, bc_group_end, Dr, BLOCK_D)
     tok, mt, h, w = route_tokens(p, k, H, W, ROUTE)
     in_map = pmask & (h < H) & (w < W)
     valid = dmask[:, None] & in_map[None, :]
     dt, raw = load_dt(dt0, dt1, s_dt0, s_dt1, bias, s_bias, b, k, d, dmask, p, pmask, H, W,
                       ROUTE, TWO_TOK, HAS_BIAS, SOFTPLUS, ACC)
     u, m, cs, hs, ws = load_u(u0, u1, s_u0, s_u1, b, d, h, w, mt, valid, C, Ws, SOURCE, TWO_U, ACC)
-    group_B, group_C = group_of(blk, BPS, SEG, SB), group_of(blk, BPS, SEG, SC)
+    group_B, group_C = groups_of(blk, BLOCKS_PER_BC_GROUP, BC_GROUP, B_GROUP, C_GROUP)
     row = (b * K + k) * Dr + d
     out = forward_tile(B0, B1, s_B0, s_B1, C0, C1, s_C0, s_C1, A, s_A, states, b, k, group_B, group_C, d, dmask,
                        row, c, tok, mt, pmask, dt, u, N, n_chunks, 0, BLOCK_N, TWO_TOK, ACC)
@@ -349,7 +353,7 @@ def scan_backward(
         dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, C0, C1, s_C0, s_C1,
         A, s_A, Dp, s_D, bias, s_bias, states, adjoints,
         g_u, s_gu, s_guk, s_gum, g_z, s_gz, g_dt, s_gdt, s_gdtm, g_B, g_C, s_gbc, g_A, g_D, g_bias,
-        K, Dr, N, Lseq, H, W, C, Ws, SEG, BPS, SB, SC, n_chunks, first_chunk,
+        K, Dr, N, Lseq, H, W, C, Ws, BC_GROUP, BLOCKS_PER_BC_GROUP, B_GROUP, C_GROUP, n_chunks, first_chunk,
         ROUTE: tl.constexpr, SOURCE: tl.constexpr, TWO_U: tl.constexpr, TWO_TOK: tl.constexpr,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         BLOCK_D: tl.constexpr, SUB: tl.constexpr, BLOCK_N: tl.constexpr, TAIL_N: tl.constexpr,
@@ -364,7 +368,8 @@ def scan_backward(
     g_z (b, d, h, w); g_dt[mt, b, k, d, tok] (strides s_gdt, s_gdtm); per-program partial g_B, g_C
     [blk, mt, b, k, n, tok] (strides s_gbc); partial g_A [b, c, k, d, n], g_D and g_bias [b, c, k, d]
     (contiguous)."""
-    b, k, blk, first_d, seg_end, c, p, pmask = program_block(K, Lseq, SEG, BPS, first_chunk, BLOCK_D * SUB, CHUNK)
+    b, k, blk, first_d, bc_group_end, c, p, pmask = program_block(K, Lseq, BC_GROUP, BLOCKS_PER_BC_GROUP,
+                                                                  first_chunk, BLOCK_D * SUB, CHUNK)
     # per chunk, shared by the channel sub-blocks: route, B and C (now and one step behind)
     tok, mt, h, w = route_tokens(p, k, H, W, ROUTE)
     in_map = pmask & (h < H) & (w < W)
@@ -372,7 +377,7 @@ def scan_backward(
     behind = (tl.arange(0, CHUNK) > 0) & pmask
     tok_prev, mt_prev, h_prev_map, w_prev_map = route_tokens(p - 1, k, H, W, ROUTE)
     in_map_prev = behind & (h_prev_map < H) & (w_prev_map < W)
-    group_B, group_C = group_of(blk, BPS, SEG, SB), group_of(blk, BPS, SEG, SC)
+    group_B, group_C = groups_of(blk, BLOCKS_PER_BC_GROUP, BC_GROUP, B_GROUP, C_GROUP)
     Bm, Cm, C_rev, B_prev = backward_inputs(B0, B1, s_B0, s_B1, C0, C1, s_C0, s_C1, b, k, group_B, group_C, tok,
                                             mt, pmask, tok_prev, mt_prev, behind, N, 0, BLOCK_N, TWO_TOK, ACC)
     g_B_acc = tl.zeros((CHUNK, BLOCK_N), dtype=ACC)
@@ -385,7 +390,7 @@ def scan_backward(
         g_C_tail = tl.zeros((CHUNK, TAIL_N), dtype=ACC)
     part = (b * n_chunks + c) * K + k  # one slot per (batch, chunk, route), reduced on the host
     for sub in range(SUB):
-        d, dmask = channels(first_d + sub * BLOCK_D, seg_end, Dr, BLOCK_D)
+        d, dmask = channels(first_d + sub * BLOCK_D, bc_group_end, Dr, BLOCK_D)
         valid = dmask[:, None] & in_map[None, :]
         dt, raw = load_dt(dt0, dt1, s_dt0, s_dt1, bias, s_bias, b, k, d, dmask, p, pmask, H, W,
                           ROUTE, TWO_TOK, HAS_BIAS, SOFTPLUS, ACC)

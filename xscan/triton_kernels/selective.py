@@ -30,8 +30,8 @@ class ScanProblem:
 
     Operands are the spec's views, read through their strides: u and z (b, c, h, w) maps (u on the
     input maps, ``map_channels`` channels of width ``map_width`` each); dt (b, k, d, token); B, C
-    (b, k, group, n, token); A (k, d, n); D, delta_bias (k, d). seg, sb, sc: channels per segment /
-    per B group / per C group (seg divides both)."""
+    (b, k, group, n, token); A (k, d, n); D, delta_bias (k, d). b_group, c_group, bc_group: channels
+    per B group, per C group, per BC group (the channels that share a B and a C group: divides both)."""
 
     def __init__(self, spec: ScanSpec):
         self.spec = spec
@@ -47,8 +47,8 @@ class ScanProblem:
         self.u, self.dt, self.B, self.C = pair("u"), pair("dt"), pair("B"), pair("C")
         self.A, self.D, self.bias, self.z = spec.view("A"), spec.view("D"), spec.view("delta_bias"), spec.view("z")
         self.softplus = spec.softplus
-        self.sb, self.sc = self.Dr // self.B[0].shape[2], self.Dr // self.C[0].shape[2]
-        self.seg = math.gcd(self.sb, self.sc)
+        self.b_group, self.c_group = self.Dr // self.B[0].shape[2], self.Dr // self.C[0].shape[2]
+        self.bc_group = math.gcd(self.b_group, self.c_group)
         self.acc, self.acc_torch = acc_dtype(u.dtype)
         self.device = u.device
 
@@ -57,12 +57,12 @@ class ScanProblem:
         programs loop over up to BACKWARD_SUB channel blocks, so that few partial dB/dC remain."""
         self.tiles: Tiles = scan_tiles(self.N, backward)
         self.n_chunks = max(1, triton.cdiv(self.Lseq, self.tiles.chunk))
-        self.sub = min(BACKWARD_SUB, triton.cdiv(self.seg, self.tiles.block_d)) if backward else 1
+        self.sub = min(BACKWARD_SUB, triton.cdiv(self.bc_group, self.tiles.block_d)) if backward else 1
 
     def _blocks(self, sub: int = 1):
-        """(blocks per segment, blocks) for programs of sub * block_d channels."""
-        per_seg = triton.cdiv(self.seg, self.tiles.block_d * sub)
-        return per_seg, (self.Dr // self.seg) * per_seg
+        """(blocks per BC group, blocks) for programs of sub * block_d channels."""
+        per_bc_group = triton.cdiv(self.bc_group, self.tiles.block_d * sub)
+        return per_bc_group, (self.Dr // self.bc_group) * per_bc_group
 
     # ---- launch helpers -------------------------------------------------------------------------
     def _s_D(self):
@@ -80,7 +80,8 @@ class ScanProblem:
             A=self.A, s_A=self.A.stride(), bias=placeholder if self.bias is None else self.bias,
             s_bias=(0, 0) if self.bias is None else self.bias.stride(),
             K=self.K, Dr=self.Dr, N=self.N, Lseq=self.Lseq, H=self.H, W=self.W, C=self.map_channels, Ws=self.map_width,
-            SEG=self.seg, BPS=self._blocks(sub)[0], SB=self.sb, SC=self.sc, n_chunks=self.n_chunks,
+            BC_GROUP=self.bc_group, BLOCKS_PER_BC_GROUP=self._blocks(sub)[0], B_GROUP=self.b_group,
+            C_GROUP=self.c_group, n_chunks=self.n_chunks,
             ROUTE=self.route, SOURCE=self.source, TWO_U=self.two_u,
             TWO_TOK=self.two_tok, HAS_Z=self.z is not None, HAS_BIAS=self.bias is not None,
             SOFTPLUS=self.softplus, BLOCK_D=t.block_d, BLOCK_N=t.block_n, TAIL_N=t.tail_n, CHUNK=t.chunk,

@@ -52,18 +52,18 @@ struct SourceName {
   const char* name;
   Source value;
 };
-constexpr RouteName kRouteNames[] = {{"LINE", Route::kLine},
-                                     {"CROSS", Route::kCross},
-                                     {"ATROUS", Route::kAtrous},
-                                     {"CROSS_PAIR", Route::kCrossPair},
-                                     {"HEADS", Route::kHeads},
-                                     {"SNAKE", Route::kSnake}};
+constexpr RouteName kRouteNames[] = {
+    {"LINE", Route::kLine},   {"CROSS", Route::kCross}, {"ATROUS", Route::kAtrous}, {"CROSS_PAIR", Route::kCrossPair},
+    {"HEADS", Route::kHeads}, {"SNAKE", Route::kSnake},
+};
 constexpr int kRouteKinds = sizeof(kRouteNames) / sizeof(kRouteNames[0]);
-constexpr SourceName kSourceNames[] = {{"TOKEN", Source::kToken},
-                                       {"CHANNEL_COLUMN", Source::kChannelColumn},
-                                       {"CHANNEL_HALVES", Source::kChannelHalves},
-                                       {"WIDTH_COLUMN", Source::kWidthColumn},
-                                       {"WIDTH_HALVES", Source::kWidthHalves}};
+constexpr SourceName kSourceNames[] = {
+    {"TOKEN", Source::kToken},
+    {"CHANNEL_COLUMN", Source::kChannelColumn},
+    {"CHANNEL_HALVES", Source::kChannelHalves},
+    {"WIDTH_COLUMN", Source::kWidthColumn},
+    {"WIDTH_HALVES", Source::kWidthHalves},
+};
 constexpr int kSources = sizeof(kSourceNames) / sizeof(kSourceNames[0]);
 
 template <typename I>
@@ -81,7 +81,9 @@ struct Extent {
 };
 
 template <typename I>
-XSCAN_HD TokenOf<I> pixel_token(int m, I e, I r, I w) { return TokenOf<I>{m, e, 0, r, w, 0, r, w, false}; }
+XSCAN_HD TokenOf<I> pixel_token(int m, I e, I r, I w) {
+  return TokenOf<I>{m, e, 0, r, w, 0, r, w, false};
+}
 
 // u's and y's channel is the scanned channel, and u is read from the token's own modality.
 template <typename I>
@@ -214,8 +216,8 @@ struct RealignRoutes {
   D period;  // realign_source's
   XSCAN_HD RealignRoutes(int64_t Hr, int64_t Wr, int64_t C_, int64_t W_, Source s)
       : cross(Hr, Wr), C(static_cast<I>(C_)), W(static_cast<I>(W_)),
-        on_channels(realigns_channels(static_cast<int32_t>(s))),
-        period(realign_period(static_cast<int32_t>(s), C, W)) {}
+        on_channels(realigns_channels(static_cast<int32_t>(s))), period(realign_period(static_cast<int32_t>(s), C, W)) {
+  }
   XSCAN_HD int64_t length() const { return cross.length(); }
   XSCAN_HD int64_t tokens() const { return cross.tokens(); }
   XSCAN_HD int64_t routes() const { return 4; }
@@ -320,11 +322,16 @@ struct RouteTraits {
 inline RouteTraits route_traits(Route route, Source source, const int64_t* g) {
   return visit_route(route, source, g, [&](const auto& policy) {
     using Policy = std::decay_t<decltype(policy)>;
-    return RouteTraits{Policy::kName,          geometry_sizes(route, source),
-                       policy.length(),        policy.tokens(),
-                       policy.routes(),        policy.modalities(),
-                       Policy::kTokenModalities, Policy::kPositionsPerToken,
-                       Policy::kTokenRuns,     Policy::kScalarDecay};
+    RouteTraits t;
+    t.policy = Policy::kName;
+    t.geometry_sizes = geometry_sizes(route, source);
+    t.length = policy.length(), t.tokens = policy.tokens(), t.routes = policy.routes();
+    t.modalities = policy.modalities();
+    t.token_modalities = Policy::kTokenModalities;
+    t.positions_per_token = Policy::kPositionsPerToken;
+    t.token_runs = Policy::kTokenRuns;
+    t.scalar_decay = Policy::kScalarDecay;
+    return t;
   });
 }
 

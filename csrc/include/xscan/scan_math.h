@@ -179,7 +179,8 @@ struct FastDivisor {
   XSCAN_HD FastDivisor(int32_t divisor = 1) : d(divisor), m(0), l(0) {
     while ((int64_t{1} << l) < divisor) ++l;
     m = static_cast<uint32_t>(((uint64_t{1} << 32) * ((uint64_t{1} << l) - static_cast<uint64_t>(divisor))) /
-                              static_cast<uint64_t>(divisor) + 1);
+                                  static_cast<uint64_t>(divisor) +
+                              1);
   }
   XSCAN_HD operator int32_t() const { return d; }
 };
@@ -217,20 +218,30 @@ XSCAN_HD I cross_route(I k, I j, D H, D W) {
 // How route k's tokens follow its positions: the row routes walk them in order, forwards (k = 0: +1)
 // or backwards (k = 2: -1); the column routes jump (0).
 template <typename I>
-XSCAN_HD int cross_token_step(I k) { return k & 1 ? 0 : k >= 2 ? -1 : 1; }
+XSCAN_HD int cross_token_step(I k) {
+  return k & 1 ? 0 : k >= 2 ? -1 : 1;
+}
 
 // ES2D (atrous) sub-lattice size of an H x W map zero-padded to even H and W.
 template <typename I>
-XSCAN_HD I atrous_extent(I n) { return (n + 1) / 2; }
+XSCAN_HD I atrous_extent(I n) {
+  return (n + 1) / 2;
+}
 
 // ES2D route k: origin (h0, w0) of its stride-2 sub-lattice and whether it walks column-major.
 // k = 0 (0,0) row-major, 1 (1,0) column-major, 2 (0,1) row-major, 3 (1,1) column-major.
 template <typename I>
-XSCAN_HD I atrous_h0(I k) { return k & 1; }
+XSCAN_HD I atrous_h0(I k) {
+  return k & 1;
+}
 template <typename I>
-XSCAN_HD I atrous_w0(I k) { return k >> 1; }
+XSCAN_HD I atrous_w0(I k) {
+  return k >> 1;
+}
 template <typename I>
-XSCAN_HD bool atrous_column_major(I k) { return (k & 1) != 0; }
+XSCAN_HD bool atrous_column_major(I k) {
+  return (k & 1) != 0;
+}
 
 // ES2D route k at position j in [0, Hq*Wq): its token q (the cell's index in the sub-lattice
 // row-major, the order of es2d's per-token tensors) and its pixel (h, w) of the map padded to even
@@ -249,7 +260,9 @@ XSCAN_HD bool atrous_pixel(I k, I j, I H, I W, D Hq, D Wq, I* q, I* h, I* w) {
 // cross_ss2d route position p in [0, 2L): modality p % 2 at the route's (p / 2)-th token, so route k
 // reads I_1, V_1, I_2, V_2, ... (modality 0 first in every pair, also on the reversed routes).
 template <typename I>
-XSCAN_HD int cross_pair_modality(I p) { return static_cast<int>(p & 1); }
+XSCAN_HD int cross_pair_modality(I p) {
+  return static_cast<int>(p & 1);
+}
 
 // ---------------------------------------------------------------------------------------------
 // DIFF-MF realignment (docs/ops.md, "interleave_ss2d"): the realigned map R of two (C, H, W) maps
@@ -263,8 +276,8 @@ XSCAN_HD int cross_pair_modality(I p) { return static_cast<int>(p & 1); }
 // (period C or W: x = m * period + i). One division, no branch on the kind.
 template <typename I>
 struct RealignSource {
-  int m;    // which map, 0 or 1
-  I c, w;   // its channel and column (the row is the realigned row)
+  int m;   // which map, 0 or 1
+  I c, w;  // its channel and column (the row is the realigned row)
 };
 
 XSCAN_HD bool realigns_channels(int32_t source) { return source == 1 || source == 2; }

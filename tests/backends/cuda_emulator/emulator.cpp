@@ -240,8 +240,8 @@ class Block {
   }
 
   static std::string where(uint64_t id) {
-    return " (block " + std::to_string(id) + " = (" + std::to_string(blockIdx.x) + ", " +
-           std::to_string(blockIdx.y) + ", " + std::to_string(blockIdx.z) + "))";
+    return " (block " + std::to_string(id) + " = (" + std::to_string(blockIdx.x) + ", " + std::to_string(blockIdx.y) +
+           ", " + std::to_string(blockIdx.z) + "))";
   }
 
   const std::function<void()>* body_ = nullptr;
@@ -312,7 +312,7 @@ float bits_to_float(uint32_t bits) {
 
 float __half2float(__half h) {
   const uint32_t sign = static_cast<uint32_t>(h.bits & 0x8000u) << 16, magnitude = h.bits & 0x7fffu;
-  if (magnitude >= 0x7c00u) return bits_to_float(sign | 0x7f800000u | (magnitude & 0x3ffu) << 13);  // inf, NaN
+  if (magnitude >= 0x7c00u) return bits_to_float(sign | 0x7f800000u | (magnitude & 0x3ffu) << 13);    // inf, NaN
   if (magnitude >= 0x0400u) return bits_to_float(sign | ((magnitude << 13) + ((127u - 15u) << 23)));  // normal
   const float subnormal = static_cast<float>(magnitude) * 0x1p-24f;  // mantissa * 2^-24, exact
   return sign ? -subnormal : subnormal;
@@ -455,7 +455,7 @@ void divergent_shuffle_kernel(const float* in, float* out, bool) {
 // Runs the test kernel `name` with or without its barrier; returns the launch's error, empty on
 // success.
 extern "C" __attribute__((visibility("default"))) const char* xscan_emulator_probe(const char* name, int barrier,
-                                                                                  const float* in, float* out) {
+                                                                                   const float* in, float* out) {
   using Kernel = void (*)(const float*, float*, bool);
   const std::string n = name;
   const Kernel kernel = n == "neighbour"           ? neighbour_kernel
@@ -472,8 +472,8 @@ extern "C" __attribute__((visibility("default"))) const char* xscan_emulator_pro
 // n / d and n % d by the route policies' FastDivisor (csrc/include/xscan/scan_math.h), element by
 // element, for the tests: the same maths as on the GPU, whose __umulhi is here a 64-bit product.
 extern "C" __attribute__((visibility("default"))) void xscan_fast_divide(const int32_t* n, const int32_t* d,
-                                                                        int32_t* quotient, int32_t* remainder,
-                                                                        int64_t count) {
+                                                                         int32_t* quotient, int32_t* remainder,
+                                                                         int64_t count) {
   for (int64_t i = 0; i < count; ++i) {
     const xscan::FastDivisor divisor(d[i]);
     quotient[i] = n[i] / divisor;
