@@ -42,11 +42,11 @@ import xscan
 from xscan import peers, reference
 from xscan.testing import load_mamba_selective_scan, make_inputs
 
-CHUNK, FORWARD_TILE = 64, 256  # csrc/cpu/scan_engine.h kChunk, kForwardTile
+CHUNK, FORWARD_TILE = 64, 256  # csrc/cpu/scan_views.h kChunk, kForwardTile
 
 
 def workspace_bytes(N: int, block: int, tile: int, chunks: int) -> int:
-    """One thread's scratch of the CPU engine (csrc/cpu/scan_engine.h Workspace), in bytes; chunks = 0
+    """One thread's scratch of the CPU engine (csrc/cpu/scan_views.h Workspace), in bytes; chunks = 0
     for the forward, which allocates none of the backward's buffers."""
     floats = 2 * tile * N + 4 * tile * block + 2 * N * block + 2 * block + 5 * tile
     offsets = 4 * tile
@@ -197,7 +197,7 @@ def main(argv=None):
     tb_mat_slow = seconds(forward_backward(mat_slow, args, kwargs), opts.slow_repeats)
     mem_fused, mem_mat = peak_bytes(fb_fused), peak_bytes(fb_mat_fast)
     L2 = 2 * shape["H"] * shape["W"]
-    # blocks are at most 16 channels in the forward, 32 in the backward (scan_engine.h)
+    # blocks are at most 16 channels in the forward, 32 in the backward (scan_views.h: channel_block, backward_block)
     scratch = torch.get_num_threads() * max(
         workspace_bytes(shape["N"], min(shape["Dm"], 16), FORWARD_TILE, 0),
         workspace_bytes(shape["N"], min(shape["Dm"], 32), CHUNK, -(-L2 // CHUNK)))

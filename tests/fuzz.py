@@ -3,8 +3,8 @@
     python tests/fuzz.py --cases 2000 --seed 0      # prints a summary line per 100 cases and at the end
     python tests/fuzz.py --cases 500 --emulated-cuda # the cuda backend among them, on its host emulation
 
-A case is a random op, shape (odd sizes, size 1), dtype, set of optional inputs, memory layout
-(non-contiguous, channels-last) and backend; one case in three is made invalid (a dimension off by
+A case is a random op, shape (odd sizes, size 1), route (ss2d: any over the map), dtype, set of
+optional inputs, memory layout (non-contiguous, channels-last) and backend; one case in three is made invalid (a dimension off by
 one, a per-token dtype mixture, a tensor on the meta device, a non-tensor) and must be refused with
 a ``ValueError``/``TypeError`` naming the argument. Valid cases compare outputs and every gradient
 with the reference. Cases run in child processes of at most ``--batch`` cases, so a crash (a
@@ -25,7 +25,9 @@ import sys
 
 import torch
 
-OPS = ("selective_scan", "ss2d", "es2d", "cross_ss2d", "interleave_ss2d", "ssd_exchange")
+from xscan.routes import MAP_ROUTES
+from xscan.testing import OPS
+
 TOL = {torch.float64: 1e-8, torch.float32: 5e-4, torch.float16: 3e-2, torch.bfloat16: 8e-2}
 
 
@@ -45,10 +47,14 @@ def draw(seed: int) -> dict:
     flags = dict(D=r.random() < 0.7, delta_bias=r.random() < 0.7, softplus=r.random() < 0.8)
     if op == "selective_scan":
         flags["z"] = r.random() < 0.6
-    return dict(seed=seed, op=op, shape=shape, flags=flags, dtype=r.choice(["float32", "float32", "float64", "bfloat16"]),
+    case = dict(seed=seed, op=op, shape=shape, flags=flags, dtype=r.choice(["float32", "float32", "float64", "bfloat16"]),
                 layout=r.choice(["contiguous", "non_contiguous", "channels_last"]),
                 mutation=r.choice([None, None, "dim", "dtype", "device", "type"]), backend_pick=r.random(),
                 pick=r.random(), min_span=r.choice([16, 32, 512]))
+    route = r.choice(sorted(MAP_ROUTES))  # every route over the map (xscan.spec.ROUTE_KINDS)
+    if op == "ss2d":
+        shape["route"] = route
+    return case
 
 
 def run_case(case: dict) -> dict:

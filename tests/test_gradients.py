@@ -15,11 +15,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import xscan
 from xscan import reference
-from xscan.testing import OPS, custom_op_args, make_inputs, public_op
+from xscan.testing import OPS, custom_op_args, make_inputs, public_op, tolerance
 
 TINY = dict(Bt=1, Dm=2, N=2, L=4, H=2, W=3, G=1, nh=2, P=2)
 OPTIONALS = {"selective_scan": ("D", "z", "delta_bias"), "ssd_exchange": ("D", "delta_bias")}
-TOL = {torch.float64: 1e-9, torch.float32: 2e-4}
 
 
 def optional_flags(op):
@@ -69,10 +68,10 @@ def test_every_optional_combination_routes_every_gradient(backend, op):
         with xscan.use_backend(name):
             out, got = grads_of(public_op(op), args, kwargs, wrt)
         for a, b in zip(out, expected_out):
-            assert rel(a, b) < TOL[dtype], (flags, "output")
+            assert rel(a, b) < tolerance(name, dtype), (flags, "output")
         for key, g in expected.items():
             assert got[key] is not None, (flags, key, "no gradient")
-            assert rel(got[key], g) < TOL[dtype], (flags, key, rel(got[key], g))
+            assert rel(got[key], g) < tolerance(name, dtype), (flags, key, rel(got[key], g))
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -134,7 +133,7 @@ def test_second_derivatives_match_autograd_through_reference(backend, op):
             assert got[key] is None or got[key].abs().max() == 0, key
             continue
         assert got[key] is not None, (key, "missing second derivative")
-        assert rel(got[key], e) < TOL[dtype], (key, rel(got[key], e))
+        assert rel(got[key], e) < tolerance(name, dtype), (key, rel(got[key], e))
 
 
 @pytest.mark.parametrize("op", OPS)

@@ -17,11 +17,10 @@ import torch
 import xscan
 from xscan import reference
 from xscan.testing import (OPS, compare, deterministic, make_inputs, non_contiguous, public_op, run_both,
-                           run_with_grads)
+                           run_with_grads, tolerance)
 
 MAP_OPS = ("ss2d", "es2d", "cross_ss2d", "interleave_ss2d")
 NO_OPTIONS = dict(D=False, z=False, delta_bias=False, softplus=False)
-FP32_TOL = {"reference": 1e-6, "cpu": 3e-5, "cuda": 5e-5, "triton": 2e-4}
 
 
 @pytest.fixture
@@ -32,7 +31,7 @@ def on(backend):
     if interpreted(name, device):
         pin = __import__("xscan.triton_kernels.tiles", fromlist=["override"]).override(chunk=4, block_d=2)
     with pin:
-        yield name, device, FP32_TOL[name]
+        yield name, device, tolerance(name)
 
 
 def interpreted(name, device) -> bool:
@@ -59,7 +58,7 @@ def check(on, op, tol=None, **shape):
     name, device, default = on
     args, kwargs = inputs(on, op, **shape)
     errors = compare(op, args, kwargs, name)
-    tol = 1e-9 if shape.get("dtype") == torch.float64 else max(tol or 0, default)
+    tol = tolerance(name, torch.float64) if shape.get("dtype") == torch.float64 else max(tol or 0, default)
     bad = [(what, err) for what, err in errors if not err < tol]
     assert not bad, f"{op} {shape} on {name}: {bad}"
 

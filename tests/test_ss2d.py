@@ -8,7 +8,7 @@ import xscan
 from xscan import reference
 from xscan.ops.ss2d import ROUTES as SS2D_ROUTES
 from xscan.routes import MAP_ROUTES, cross_route, snake_route
-from xscan.testing import compare, make_inputs, non_contiguous
+from xscan.testing import compare, make_inputs, non_contiguous, tolerance
 
 
 def test_routes_on_a_2x3_map():
@@ -120,4 +120,4 @@ def test_map_routes_on_every_backend(backend, route, H, W):
     expected = sum(torch.zeros_like(y).index_copy_(-1, order[k].to(device), y) for k, y in enumerate(ys))
     torch.testing.assert_close(reference.ss2d(*args, **kwargs, route=route), expected.view(u.shape))
     errors = compare("ss2d", args, dict(kwargs, route=route), name)
-    assert all(err < (1e-4 if dtype == torch.float32 else 1e-9) for _, err in errors), errors
+    assert all(err < tolerance(name, dtype) for _, err in errors), errors

@@ -30,7 +30,7 @@ from typing import Callable, Optional
 import torch
 
 from . import backends, peers, use_backend
-from .testing import OPS, make_inputs, public_op
+from .inputs import OPS, make_inputs, public_op
 
 # (CPU shape, GPU / --full shape)
 SHAPES = {

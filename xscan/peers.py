@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
+import types
 from typing import Callable, Optional
 
 import torch
@@ -20,7 +22,28 @@ import torch.nn.functional as F
 from . import reference
 from .reference.realign import realign
 from .routes import atrous_sublattice
-from .testing import load_mamba_selective_scan
+
+
+def load_mamba_selective_scan():
+    """``mamba_ssm.ops.selective_scan_interface`` (``selective_scan_fn``, ``selective_scan_ref``), or
+    None when mamba-ssm is not installed. Where its CUDA extension is missing (a CPU install), the
+    package ``__init__`` would fail on it, so the module is loaded with the package body skipped and
+    ``selective_scan_cuda`` stubbed: ``selective_scan_ref`` works, ``selective_scan_fn`` does not."""
+    try:
+        return importlib.import_module("mamba_ssm.ops.selective_scan_interface")
+    except ImportError:
+        pass
+    spec = importlib.util.find_spec("mamba_ssm") if "mamba_ssm" not in sys.modules else None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    package = types.ModuleType("mamba_ssm")
+    package.__path__ = list(spec.submodule_search_locations)
+    sys.modules["mamba_ssm"] = package
+    sys.modules.setdefault("selective_scan_cuda", types.ModuleType("selective_scan_cuda"))
+    try:
+        return importlib.import_module("mamba_ssm.ops.selective_scan_interface")
+    except ImportError:
+        return None
 
 
 def _cross_routes(x: torch.Tensor) -> torch.Tensor:

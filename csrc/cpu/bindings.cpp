@@ -1,5 +1,5 @@
 // Python bindings of the CPU scan kernels (xscan._C). xscan/backends/cpu.py builds the strided views
-// (see scan_engine.h for their layouts) and the zeroed fp32/fp64 output and gradient buffers.
+// (see scan_views.h for their layouts) and the zeroed fp32/fp64 output and gradient buffers.
 #include <torch/extension.h>
 #ifdef _OPENMP
 #include <omp.h>

@@ -9,7 +9,7 @@
 #include <utility>
 #include <vector>
 
-#include "scan_engine.h"
+#include "scan_run.h"
 #include "xscan/routes.h"
 
 namespace xscan {

@@ -8,19 +8,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import xscan
-from xscan.testing import OPS, compare, make_inputs, run_both
+from xscan.testing import OPS, assert_matches_reference, make_inputs, run_both
 
 pytestmark = pytest.mark.skipif(xscan.backends()["cpu"] is not True, reason=f"cpu backend: {xscan.backends()['cpu']}")
 
-FP32_TOL = 2e-5
 MAP_OPS = ("ss2d", "es2d", "cross_ss2d", "interleave_ss2d")
-
-
-def assert_matches_reference(op, tol=FP32_TOL, **shape):
-    args, kwargs = make_inputs(op, **shape)
-    errors = compare(op, args, kwargs, "cpu")
-    bad = [(name, err) for name, err in errors if not err < tol]
-    assert not bad, f"{op} {shape}: {bad}"
 
 
 def test_cpu_is_the_default_for_cpu_tensors():
@@ -37,16 +29,16 @@ def test_cpu_is_the_default_for_cpu_tensors():
 @pytest.mark.parametrize("Dm", [8, 12, 16, 24])
 @pytest.mark.parametrize("op", ["selective_scan", "ss2d", "es2d", "cross_ss2d", "interleave_ss2d"])
 def test_channel_blocks_and_forward_tiles(op, Dm):
-    assert_matches_reference(op, tol=5e-5, Bt=1, Dm=Dm, N=3, L=300, H=13, W=23)
+    assert_matches_reference(op, "cpu", tol=5e-5, Bt=1, Dm=Dm, N=3, L=300, H=13, W=23)
 
 
 @pytest.mark.parametrize("G,Dm", [(2, 32), (4, 32), (1, 64)])
 def test_channel_blocks_within_groups(G, Dm):
-    assert_matches_reference("selective_scan", tol=5e-5, Bt=2, Dm=Dm, N=3, L=270, G=G)
+    assert_matches_reference("selective_scan", "cpu", tol=5e-5, Bt=2, Dm=Dm, N=3, L=270, G=G)
 
 
 def test_channel_blocks_of_heads():
-    assert_matches_reference("ssd_exchange", tol=5e-5, Bt=1, L=300, nh=16, P=2, N=3, G=1)
+    assert_matches_reference("ssd_exchange", "cpu", tol=5e-5, Bt=1, L=300, nh=16, P=2, N=3, G=1)
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -62,4 +54,4 @@ def test_backward_is_deterministic(op):
        N=st.integers(1, 9), H=st.integers(1, 6), W=st.integers(1, 6), L=st.integers(1, 80),
        G=st.sampled_from([None, 1]), softplus=st.booleans(), seed=st.integers(0, 2**16))
 def test_random_shapes(op, Bt, Dm, N, H, W, L, G, softplus, seed):
-    assert_matches_reference(op, tol=5e-5, Bt=Bt, Dm=Dm, N=N, H=H, W=W, L=L, G=G, softplus=softplus, seed=seed)
+    assert_matches_reference(op, "cpu", tol=5e-5, Bt=Bt, Dm=Dm, N=N, H=H, W=W, L=L, G=G, softplus=softplus, seed=seed)

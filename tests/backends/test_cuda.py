@@ -22,11 +22,11 @@ import torch
 import xscan
 from xscan import reference
 from xscan.backends import cuda as cuda_backend
-from xscan.testing import (OPS, check_fp32_output, compare, custom_op_args, deterministic, long_line_spec,
-                           make_inputs, public_op, run_with_grads, spec_of)
+from xscan.testing import (OPS, assert_matches_reference, check_fp32_output, compare, custom_op_args, deterministic,
+                           long_line_spec, make_inputs, public_op, run_with_grads, spec_of, tolerance)
 
-FP32_TOL = 3e-5
-HALF_TOL = 2e-2
+FP32_TOL = tolerance("cuda")
+HALF_TOL = tolerance("cuda", torch.float16)
 MAP_OPS = ("ss2d", "es2d", "cross_ss2d", "interleave_ss2d")
 
 GPU_REASON = ("no CUDA device" if not torch.cuda.is_available()
@@ -46,13 +46,6 @@ def device(request):
     return "cpu"
 
 
-def assert_matches_reference(op, device, tol=FP32_TOL, **shape):
-    args, kwargs = make_inputs(op, device=device, **shape)
-    errors = compare(op, args, kwargs, "cuda")
-    bad = [(name, err) for name, err in errors if not err < tol]
-    assert not bad, f"{op} {shape}: {bad}"
-
-
 @needs_gpu
 def test_cuda_is_the_default_for_cuda_tensors():
     for op in OPS:
@@ -65,12 +58,12 @@ def test_cuda_is_the_default_for_cuda_tensors():
 @pytest.mark.parametrize("N", [1, 2, 3, 12, 16, 18, 31, 33, 64, 65, 256])
 def test_selective_scan_dstate(device, N):
     # the states are looped, each with its chunk carry in shared memory: any N up to MAX_DSTATE
-    assert_matches_reference("selective_scan", device, Bt=1, Dm=3, N=N, L=37, G=1)
+    assert_matches_reference("selective_scan", "cuda", device=device, Bt=1, Dm=3, N=N, L=37, G=1)
 
 
 def test_selective_scan_several_channel_tiles(device):
     # one warp per channel, 4 channels per block: 48 channels in 2 groups give 6 tiles per group
-    assert_matches_reference("selective_scan", device, Bt=2, Dm=48, N=16, L=40, G=2)
+    assert_matches_reference("selective_scan", "cuda", device=device, Bt=2, Dm=48, N=16, L=40, G=2)
 
 
 @pytest.mark.parametrize("deterministic_mode", [False, True])
@@ -78,7 +71,7 @@ def test_groups_with_a_partly_filled_tile(device, deterministic_mode):
     # 3 channels per group on blocks of 4: each tile's last warp holds no channel, yet sums its share
     # of the block's dB/dC into the tile's group (atomics) or partial (deterministic mode)
     with deterministic() if deterministic_mode else contextlib.nullcontext():
-        assert_matches_reference("selective_scan", device, Bt=2, Dm=6, N=5, L=40, G=2)
+        assert_matches_reference("selective_scan", "cuda", device=device, Bt=2, Dm=6, N=5, L=40, G=2)
 
 
 @pytest.mark.parametrize("deterministic_mode", [False, True])
@@ -125,7 +118,7 @@ def test_lengths_around_item_warp_and_chunk_boundaries(device, max_warps, cap, L
     # forward's lane 16, its warp 512, its chunk W * 512: lengths on, before and after each boundary,
     # one and several chunks
     layouts = max_warps(cap)
-    assert_matches_reference("selective_scan", device, Bt=1, Dm=2, N=5, L=L, G=1)
+    assert_matches_reference("selective_scan", "cuda", device=device, Bt=1, Dm=2, N=5, L=L, G=1)
     assert {layout[0] for layout in layouts} == {W}, layouts
 
 
@@ -136,7 +129,7 @@ def test_dB_dC_of_blocks_of_two_and_one_channels(device, max_warps, deterministi
     # channel) stores its terms directly; two groups, a last chunk cut short, float atomics or partials
     layouts = max_warps(W)
     with deterministic() if deterministic_mode else contextlib.nullcontext():
-        assert_matches_reference("selective_scan", device, Bt=2, Dm=4, N=3, L=W * 256 + 37, G=2)
+        assert_matches_reference("selective_scan", "cuda", device=device, Bt=2, Dm=4, N=3, L=W * 256 + 37, G=2)
     assert {layout[0] for layout in layouts} == {W}, layouts
 
 
@@ -146,7 +139,7 @@ def test_cross_ss2d_over_several_chunks(device, max_warps, H, W):
     # kept one per token): 2 H W = 512 (two chunks), 544 (a third cut short, whole runs of 8), 578
     # (not whole runs: one load a position), 1,024 (four chunks)
     layouts = max_warps(1)
-    assert_matches_reference("cross_ss2d", device, Bt=1, Dm=2, N=3, H=H, W=W)
+    assert_matches_reference("cross_ss2d", "cuda", device=device, Bt=1, Dm=2, N=3, H=H, W=W)
     assert {(W_, chunk) for W_, chunk, _, _ in layouts} == {(1, 256)}, layouts
 
 
@@ -205,7 +198,7 @@ def test_token_runs_and_their_fallback(device, op, shape, layout, dtype):
 def test_network_tilings(device, op, N):
     # The networks' d_state (S4Fusion 18 and 12; DIFF-MF, FusionMamba 16) with several channel tiles
     # and batches: the grid's x decodes (batch, tile), tiles fastest.
-    assert_matches_reference(op, device, Bt=3, Dm=20, N=N, H=5, W=7)
+    assert_matches_reference(op, "cuda", device=device, Bt=3, Dm=20, N=N, H=5, W=7)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,7 +222,7 @@ SPLIT_MAPS = {"ss2d": (20, 26), "cross_ss2d": (16, 17), "es2d": (46, 46), "inter
 @pytest.mark.parametrize("op", OPS)
 def test_split_sequences_match_reference(device, split_sequences, op, N):
     H, W = SPLIT_MAPS.get(op, (1, 1))
-    assert_matches_reference(op, device, **SPLIT, H=H, W=W, N=N)
+    assert_matches_reference(op, "cuda", device=device, **SPLIT, H=H, W=W, N=N)
     segments = [layout[2] for layout in split_sequences]
     # forward, its checkpoints' shape and backward: all split
     assert len(segments) == 3 and min(segments) > 1, split_sequences
@@ -274,7 +267,7 @@ def test_plan_fills_the_gpu_with_warps_then_spans():
 @pytest.mark.parametrize("op", MAP_OPS)
 def test_map_ops_many_channels_and_wide_state(device, op):
     # N = 40 states looped; 9 channels on blocks of 4 (3 tiles, the last one holding one channel)
-    assert_matches_reference(op, device, Bt=1, Dm=9, N=40, H=3, W=3)
+    assert_matches_reference(op, "cuda", device=device, Bt=1, Dm=9, N=40, H=3, W=3)
 
 
 # Several channel tiles per group (4 channels per block) and two groups.
@@ -283,7 +276,7 @@ TILED = dict(Bt=2, Dm=40, N=8, L=40, H=4, W=5, G=2, nh=8, P=5)
 
 @pytest.mark.parametrize("op", OPS)
 def test_tiled_channels_match_reference(device, op):
-    assert_matches_reference(op, device, **TILED)
+    assert_matches_reference(op, "cuda", device=device, **TILED)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,7 +285,7 @@ def test_tiled_channels_match_reference(device, op):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("N", [8, 40, 64])
 def test_half_inputs(device, dtype, N):
-    assert_matches_reference("selective_scan", device, tol=HALF_TOL, dtype=dtype, Bt=2, Dm=9, N=N, L=40, G=1)
+    assert_matches_reference("selective_scan", "cuda", device=device, dtype=dtype, Bt=2, Dm=9, N=N, L=40, G=1)
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -422,7 +415,7 @@ def test_public_op_trains_from_checkpoints(device, monkeypatch):
 @needs_gpu
 def test_cross_ss2d_route_of_65536_positions():
     # H * W = 32768, so each route runs 2L = 65536 positions through one hidden state
-    assert_matches_reference("cross_ss2d", "cuda", tol=1e-3, Bt=1, Dm=1, N=2, H=128, W=256)
+    assert_matches_reference("cross_ss2d", "cuda", tol=1e-3, device="cuda", Bt=1, Dm=1, N=2, H=128, W=256)
 
 
 @pytest.mark.slow

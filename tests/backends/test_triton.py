@@ -11,7 +11,7 @@ import torch
 
 import xscan
 from xscan.spec import ROUTE_KINDS, Route
-from xscan.testing import OPS, check_fp32_output, compare, deterministic, long_line_spec, make_inputs
+from xscan.testing import OPS, check_fp32_output, compare, deterministic, long_line_spec, make_inputs, tolerance
 
 REASON = xscan.backends()["triton"]
 pytestmark = pytest.mark.skipif(REASON is not True, reason=f"triton backend unavailable: {REASON}")
@@ -19,7 +19,6 @@ pytestmark = pytest.mark.skipif(REASON is not True, reason=f"triton backend unav
 tiles = pytest.importorskip("xscan.triton_kernels.tiles") if REASON is True else None
 CUDA = torch.cuda.is_available()
 INTERPRETER = "cpu" in (xscan._registry.backend("triton").devices or ())
-TOLERANCE = {torch.float64: 1e-9, torch.float32: 2e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 
 def check(op, *, device="cpu", dtype=torch.float32, chunk=4, block_d=2, layout=None, extra=None, **shape):
@@ -35,8 +34,8 @@ def check(op, *, device="cpu", dtype=torch.float32, chunk=4, block_d=2, layout=N
     kwargs.update(extra or {})
     with tiles.override(chunk=chunk, block_d=block_d):
         errors = compare(op, args, kwargs, "triton")
-    bad = [(name, err) for name, err in errors if not err <= TOLERANCE[dtype]]
-    assert not bad, f"{op} {shape}: errors above {TOLERANCE[dtype]}: {bad}"
+    bad = [(name, err) for name, err in errors if not err <= tolerance("triton", dtype)]
+    assert not bad, f"{op} {shape}: errors above {tolerance('triton', dtype)}: {bad}"
 
 
 # ---- interpreter (CPU) cases ---------------------------------------------------------------------

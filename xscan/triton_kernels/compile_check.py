@@ -54,24 +54,26 @@ def main(argv=None) -> int:
 
     from triton.backends.compiler import GPUTarget
 
+    from . import tiles
     from .offline import BoundLaunch, intercepted_launches
 
     targets = [GPUTarget("cuda", int(arch), 32) for arch in opts.arch.split(",")]
     seen = set()
 
     def compile_instead_of_launch(fn, args, kwargs, grid):
-        """Each autotune config's warps (chunk_carry sets its own), or --warps."""
-        if opts.warps:
-            kwargs = dict(kwargs, num_warps=opts.warps)
+        """At --warps, else the launch's own (an autotune config's; chunk_carry's), else every
+        autotuned warp count (the reverse scan alone, as the backward runs it)."""
+        warps = [opts.warps] if opts.warps else [kwargs["num_warps"]] if "num_warps" in kwargs else tiles.WARPS
         for target in targets:
-            launch = BoundLaunch(fn, args, kwargs, target)
-            if launch.key in seen:
-                continue
-            seen.add(launch.key)
-            start = time.time()
-            kernel = launch.compile()
-            print(f"  {fn.fn.__name__}: sm_{target.arch} ok, {kernel.metadata.num_warps} warps, "
-                  f"{resource_usage(kernel.asm['cubin'])}, {time.time() - start:.1f}s", flush=True)
+            for w in warps:
+                launch = BoundLaunch(fn, args, dict(kwargs, num_warps=w), target)
+                if launch.key in seen:
+                    continue
+                seen.add(launch.key)
+                start = time.time()
+                kernel = launch.compile()
+                print(f"  {fn.fn.__name__}: sm_{target.arch} ok, {kernel.metadata.num_warps} warps, "
+                      f"{resource_usage(kernel.asm['cubin'])}, {time.time() - start:.1f}s", flush=True)
 
     with intercepted_launches(compile_instead_of_launch):
         return _compile_every_variant(opts, seen)
@@ -81,7 +83,7 @@ def _compile_every_variant(opts, seen: set) -> int:
     """Runs the ops (their launches compile instead, into ``seen``); 0, or 1 at the first failure."""
     import torch
 
-    from ..testing import make_inputs, spec_of
+    from ..inputs import make_inputs, spec_of
     from . import scan, tiles
     from .executor import TritonExecutor
 
