@@ -478,7 +478,9 @@ def variant_name(c: dict) -> str:
 
     parts = [kind(c[key]).name.lower() for key, kind in (("ROUTE", Route), ("SOURCE", Source)) if key in c]
     parts += [f"{k}={c[k]}" for k in ("BLOCK_D", "SUB", "BLOCK_P", "BLOCK_N", "BLOCK_R", "CHUNK") if k in c]
-    parts += [k for k in ("BACKWARD", "REVERSE", "HAS_LAST", "HAS_INIT", "TWO_U", "TWO_TOK") if c.get(k) is True]
+    parts += [k for k in ("BACKWARD", "REVERSE", "HAS_LAST", "HAS_INIT") if c.get(k) is True]
+    if "FLAGS" in c and "ROUTE" in c:  # the Mamba-1 scans' (xscan/triton_kernels/scan.py): which modality-1 inputs
+        parts += [k for k, on in zip(("TWO_U", "TWO_TOK"), c["FLAGS"]) if on]
     return " ".join(parts)
 
 

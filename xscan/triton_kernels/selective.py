@@ -15,12 +15,11 @@ from .tiles import Tiles, acc_dtype, autotuned, carry_launch, grid_launches, sca
 
 # what the best warp count depends on (each kernel keys on those it takes; the autotuner adds the dtypes):
 # the tiles, and the route length and channels in powers of 2
-_KEY = ["ROUTE", "SOURCE", "TWO_U", "TWO_TOK", "HAS_Z", "BACKWARD", "BLOCK_D", "BLOCK_N", "TAIL_N", "CHUNK"]
+_KEY = ["ROUTE", "SOURCE", "FLAGS", "BACKWARD", "BLOCK_D", "BLOCK_N", "TAIL_N", "CHUNK"]
 _SIZES = ["Lseq", "Dr"]
 _summary = autotuned(_KEY, _SIZES)(scan.chunk_summary)
 _forward = autotuned(_KEY, _SIZES)(scan.scan_forward)
 _backward = autotuned(_KEY, _SIZES)(scan.scan_backward)
-NO_STRIDES = (0, 0, 0, 0)
 BACKWARD_SUB = 8  # channel blocks per backward program
 
 
@@ -65,27 +64,29 @@ class ScanProblem:
         return per_bc_group, (self.Dr // self.bc_group) * per_bc_group
 
     # ---- launch helpers -------------------------------------------------------------------------
-    def _s_D(self):
-        return (0, 0) if self.D is None else self.D.stride()
-
-    def _common(self, sub: int = 1):
+    def _common(self, sub: int = 1) -> dict:
+        """The arguments every scan kernel takes (scan.py): the inputs as tuples (a pair: both
+        modalities' tensors and strides; a single: a tensor and its strides; a placeholder where
+        absent), the sizes, the image sizes, the route, the flags and the tiles."""
         t = self.tiles
         placeholder = self.u[0]
+
+        def pair(views):
+            return views[0], views[1], views[0].stride(), views[1].stride()
+
+        def single(x, rank):
+            return (placeholder, (0,) * rank) if x is None else (x, x.stride())
+
+        ins = (pair(self.u), single(self.z, 4), pair(self.dt), pair(self.B), pair(self.C), single(self.A, 3),
+               single(self.D, 2), single(self.bias, 2))
         return dict(
-            u0=self.u[0], u1=self.u[1], s_u0=self.u[0].stride(), s_u1=self.u[1].stride(),
-            z=placeholder if self.z is None else self.z, s_z=NO_STRIDES if self.z is None else self.z.stride(),
-            dt0=self.dt[0], dt1=self.dt[1], s_dt0=self.dt[0].stride(), s_dt1=self.dt[1].stride(),
-            B0=self.B[0], B1=self.B[1], s_B0=self.B[0].stride(), s_B1=self.B[1].stride(),
-            C0=self.C[0], C1=self.C[1], s_C0=self.C[0].stride(), s_C1=self.C[1].stride(),
-            A=self.A, s_A=self.A.stride(), bias=placeholder if self.bias is None else self.bias,
-            s_bias=(0, 0) if self.bias is None else self.bias.stride(),
-            K=self.K, Dr=self.Dr, N=self.N, Lseq=self.Lseq, H=self.H, W=self.W, C=self.map_channels, Ws=self.map_width,
-            BC_GROUP=self.bc_group, BLOCKS_PER_BC_GROUP=self._blocks(sub)[0], B_GROUP=self.b_group,
-            C_GROUP=self.c_group, n_chunks=self.n_chunks,
-            ROUTE=self.route, SOURCE=self.source, TWO_U=self.two_u,
-            TWO_TOK=self.two_tok, HAS_Z=self.z is not None, HAS_BIAS=self.bias is not None,
-            SOFTPLUS=self.softplus, BLOCK_D=t.block_d, BLOCK_N=t.block_n, TAIL_N=t.tail_n, CHUNK=t.chunk,
-            ACC=self.acc)
+            ins=ins, Dr=self.Dr, sizes=(self.K, self.N, self.map_channels, self.b_group, self.c_group),
+            Lseq=self.Lseq, H=self.H, W=self.W, Ws=self.map_width, BC_GROUP=self.bc_group,
+            BLOCKS_PER_BC_GROUP=self._blocks(sub)[0], n_chunks=self.n_chunks,
+            ROUTE=self.route, SOURCE=self.source,
+            FLAGS=(self.two_u, self.two_tok, self.D is not None, self.z is not None, self.bias is not None,
+                   bool(self.softplus)),
+            BLOCK_D=t.block_d, BLOCK_N=t.block_n, TAIL_N=t.tail_n, CHUNK=t.chunk, ACC=self.acc)
 
     def _launches(self, kernel: str, sub: int = 1) -> list:
         """[(grid, first chunk)]: programs (sequence, channel block, chunk), the chunks in launches of
@@ -121,8 +122,8 @@ class ScanProblem:
         args = self._common()
         gy = gy or ((self.u[0], (0, 0, 0, 0)),) * 2
         for grid, first in self._launches("chunk_summary"):
-            _summary[grid](**args, gy0=gy[0][0], gy1=gy[1][0], s_gy0=gy[0][1], s_gy1=gy[1][1], states=states,
-                           adjoints=adjoints, dt_sums=dt_sums, first_chunk=first, BACKWARD=adjoints is not states)
+            _summary[grid](**args, gy=_pair_of(gy), states=states, adjoints=adjoints, dt_sums=dt_sums,
+                           first_chunk=first, BACKWARD=adjoints is not states)
         last = torch.empty(self.Bt * self.K, self.Dr, self.N, device=self.device, dtype=self.acc_torch)
         self._carry(states, dt_sums, reverse=False, last=last)
         if adjoints is not states:
@@ -136,9 +137,7 @@ class ScanProblem:
         self._plan(backward=False)
         states, _, last = self._states()
         for grid, first in self._launches("scan_forward"):
-            _forward[grid](**self._common(), y=y, s_y=s_y, s_yk=s_yk, s_ym=s_ym,
-                           Dp=self.u[0] if self.D is None else self.D, s_D=self._s_D(),
-                           states=states, first_chunk=first, HAS_D=self.D is not None)
+            _forward[grid](**self._common(), y=(y, s_y, s_yk, s_ym), states=states, first_chunk=first)
         return last
 
     def backward(self, gy: tuple, g_u: torch.Tensor, s_gu: tuple, s_guk: int, s_gum: int,
@@ -162,18 +161,19 @@ class ScanProblem:
         g_D = new(parts, self.Dr) if self.D is not None else None
         g_bias = new(parts, self.Dr) if self.bias is not None else None
         placeholder = g_A
+        grads = ((g_u, s_gu, s_guk, s_gum), (placeholder if g_z is None else g_z, s_gz),
+                 (g_dt, g_dt.stride()[1:], g_dt.stride(0)), (g_B, g_C, g_B.stride()),
+                 (g_A, placeholder if g_D is None else g_D, placeholder if g_bias is None else g_bias))
         for grid, first in self._launches("scan_backward", self.sub):
-            _backward[grid](
-                **self._common(self.sub), SUB=self.sub, gy0=gy[0][0], gy1=gy[1][0], s_gy0=gy[0][1], s_gy1=gy[1][1],
-                Dp=self.u[0] if self.D is None else self.D, s_D=self._s_D(), states=states, adjoints=adjoints,
-                g_u=g_u, s_gu=s_gu, s_guk=s_guk, s_gum=s_gum,
-                g_z=placeholder if g_z is None else g_z, s_gz=s_gz,
-                g_dt=g_dt, s_gdt=g_dt.stride()[1:], s_gdtm=g_dt.stride(0), g_B=g_B, g_C=g_C, s_gbc=g_B.stride(),
-                g_A=g_A, g_D=placeholder if g_D is None else g_D, g_bias=placeholder if g_bias is None else g_bias,
-                first_chunk=first, HAS_D=self.D is not None)
+            _backward[grid](**self._common(self.sub), SUB=self.sub, gy=_pair_of(gy), states=states,
+                            adjoints=adjoints, grads=grads, first_chunk=first)
         shape = (self.Bt * self.n_chunks, self.K, self.Dr)
         return dict(
             dt=g_dt, B=g_B, C=g_C, A=g_A.view(*shape, self.N).sum(0),
             D=None if g_D is None else g_D.view(shape).sum(0),
             bias=None if g_bias is None else g_bias.view(shape).sum(0))
 
+
+def _pair_of(gy: tuple) -> tuple:
+    """((tensor, strides) per output modality) -> the kernels' pair (gy0, gy1, s_gy0, s_gy1)."""
+    return gy[0][0], gy[1][0], gy[0][1], gy[1][1]

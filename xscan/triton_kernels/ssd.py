@@ -10,7 +10,10 @@ decay exp(dt A). Within a chunk of T steps everything is matmuls (cs = A * cumsu
 and the start states S0 pass between chunks with ``scan.chunk_carry`` (a row per channel p). The
 backward runs the same structure on the adjoint of the state, dL/dS, in reverse.
 
-Strides: x (b, t, head, p); dt (b, t, head); B, C (b, t, group, n).
+The kernels take their operands as tuples: ``ins = (x, dt, B, C, A, D, dt_bias)``, x, dt, B, C
+pairs (modality 0's tensor, modality 1's, their strides), A, D, dt_bias singles (tensor, strides; a
+placeholder where absent); ``sizes = (G, P, N)``; ``FLAGS = (HAS_D, HAS_BIAS, SOFTPLUS)``. Strides:
+x (b, t, head, p); dt (b, t, head); B, C (b, t, group, n).
 """
 from __future__ import annotations
 
@@ -36,37 +39,62 @@ def ssd_program(Bt, nh, L, first_chunk, CHUNK: tl.constexpr):
 
 
 @triton.jit
-def ssd_tiles(x0, x1, s_x0, s_x1, dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, C0, C1, s_C0, s_C1,
-              bias, s_bias, direction, b, head, t, tmask, nh, G, P, N,
-              HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-              ACC: tl.constexpr):
+def ssd_tiles(ins, direction, b, head, t, tmask, nh, sizes, FLAGS: tl.constexpr, BLOCK_P: tl.constexpr,
+              BLOCK_N: tl.constexpr, ACC: tl.constexpr):
     """x (T, BLOCK_P), dt and its pre-softplus value (T,), B and C (T, BLOCK_N) of one direction:
     x, dt of modality `direction`, B, C of the other one. dt = 0 past the end."""
+    x, dt, B, C, _, _, bias = ins
+    _, _, s_x0, s_x1 = x
+    _, _, s_dt0, s_dt1 = dt
+    B0, B1, s_B0, s_B1 = B
+    C0, C1, s_C0, s_C1 = C
+    bias_ptr, s_bias = bias
+    G, P, N = sizes
+    HAS_BIAS: tl.constexpr = FLAGS[1]
+    SOFTPLUS: tl.constexpr = FLAGS[2]
     direction = direction + t * 0  # a vector: masks need tensors on both sides
     p = tl.arange(0, BLOCK_P).to(tl.int64)
     n = tl.arange(0, BLOCK_N).to(tl.int64)
     xmask = tmask[:, None] & (p < P)[None, :]
-    x = load_pair(x0, x1, b * s_x0[0] + t[:, None] * s_x0[1] + head * s_x0[2] + p[None, :] * s_x0[3],
-                  b * s_x1[0] + t[:, None] * s_x1[1] + head * s_x1[2] + p[None, :] * s_x1[3],
-                  direction[:, None], xmask, True, ACC)
-    raw = load_pair(dt0, dt1, b * s_dt0[0] + t * s_dt0[1] + head * s_dt0[2],
+    x_t = load_pair(x, b * s_x0[0] + t[:, None] * s_x0[1] + head * s_x0[2] + p[None, :] * s_x0[3],
+                    b * s_x1[0] + t[:, None] * s_x1[1] + head * s_x1[2] + p[None, :] * s_x1[3],
+                    direction[:, None], xmask, True, ACC)
+    raw = load_pair(dt, b * s_dt0[0] + t * s_dt0[1] + head * s_dt0[2],
                     b * s_dt1[0] + t * s_dt1[1] + head * s_dt1[2], direction, tmask, True, ACC)
     if HAS_BIAS:
-        raw += tl.load(bias + head * s_bias).to(ACC)
-    dt = raw
+        raw += tl.load(bias_ptr + head * s_bias[0]).to(ACC)
+    dt_t = raw
     if SOFTPLUS:
-        dt = softplus(raw)
-    dt = tl.where(tmask, dt, 0.0)
+        dt_t = softplus(raw)
+    dt_t = tl.where(tmask, dt_t, 0.0)
     g = head // (nh // G)
     nmask = tmask[:, None] & (n < N)[None, :]
-    # direction 0 reads modality 1's B and C: swap the roles in load_pair
-    Bm = load_pair(B1, B0, b * s_B1[0] + t[:, None] * s_B1[1] + g * s_B1[2] + n[None, :] * s_B1[3],
+    # direction 0 reads modality 1's B and C: the pairs swapped
+    Bm = load_pair((B1, B0, s_B1, s_B0), b * s_B1[0] + t[:, None] * s_B1[1] + g * s_B1[2] + n[None, :] * s_B1[3],
                    b * s_B0[0] + t[:, None] * s_B0[1] + g * s_B0[2] + n[None, :] * s_B0[3],
                    direction[:, None], nmask, True, ACC)
-    Cm = load_pair(C1, C0, b * s_C1[0] + t[:, None] * s_C1[1] + g * s_C1[2] + n[None, :] * s_C1[3],
+    Cm = load_pair((C1, C0, s_C1, s_C0), b * s_C1[0] + t[:, None] * s_C1[1] + g * s_C1[2] + n[None, :] * s_C1[3],
                    b * s_C0[0] + t[:, None] * s_C0[1] + g * s_C0[2] + n[None, :] * s_C0[3],
                    direction[:, None], nmask, True, ACC)
-    return x, dt, raw, Bm, Cm
+    return x_t, dt_t, raw, Bm, Cm
+
+
+@triton.jit
+def load_gy(gy, direction, b, head, t, tmask, P, BLOCK_P: tl.constexpr, ACC: tl.constexpr):
+    """The output gradient (a pair) of one direction: (T, BLOCK_P)."""
+    _, _, s_gy0, s_gy1 = gy
+    p = tl.arange(0, BLOCK_P).to(tl.int64)
+    mask = tmask[:, None] & (p < P)[None, :]
+    return load_pair(gy, b * s_gy0[0] + t[:, None] * s_gy0[1] + head * s_gy0[2] + p[None, :] * s_gy0[3],
+                     b * s_gy1[0] + t[:, None] * s_gy1[1] + head * s_gy1[2] + p[None, :] * s_gy1[3],
+                     (direction + t * 0)[:, None], mask, True, ACC)
+
+
+@triton.jit
+def load_head(single, head, ACC: tl.constexpr):
+    """A per-head parameter (tensor, strides) at one head."""
+    ptr, s = single
+    return tl.load(ptr + head * s[0]).to(ACC)
 
 
 @triton.jit
@@ -91,19 +119,16 @@ def ssd_state_offsets(seq, c, n_chunks, P, N, BLOCK_P: tl.constexpr, BLOCK_N: tl
 
 
 @triton.jit(do_not_specialize=["Bt", "L", "n_chunks", "first_chunk"])  # batch and length: no recompiles
-def ssd_summary(x0, x1, s_x0, s_x1, dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, C0, C1, s_C0, s_C1,
-                A, s_A, bias, s_bias, gy0, gy1, s_gy0, s_gy1, states, adjoints, dt_sums,
-                Bt, nh, G, L, P, N, n_chunks, first_chunk,
-                HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BACKWARD: tl.constexpr,
-                CHUNK: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr,
-                DOT: tl.constexpr):
+def ssd_summary(ins, gy, states, adjoints, dt_sums, nh, sizes, Bt, L, n_chunks, first_chunk,
+                FLAGS: tl.constexpr, BACKWARD: tl.constexpr, CHUNK: tl.constexpr, BLOCK_P: tl.constexpr,
+                BLOCK_N: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr):
     """Pass 1: the chunk's end state from a zero start, (x o w)^T B; its summed dt; with BACKWARD
     the adjoint it sends to its start state, (gy o exp(cs))^T C."""
+    _, _, _, _, A, _, _ = ins
+    _, P, N = sizes
     seq, direction, b, head, c, t, tmask = ssd_program(Bt, nh, L, first_chunk, CHUNK)
-    x, dt, raw, Bm, Cm = ssd_tiles(x0, x1, s_x0, s_x1, dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, C0, C1,
-                                   s_C0, s_C1, bias, s_bias, direction, b, head, t, tmask, nh, G, P, N,
-                                   HAS_BIAS, SOFTPLUS, BLOCK_P, BLOCK_N, ACC)
-    a = tl.load(A + head * s_A).to(ACC)
+    x, dt, raw, Bm, Cm = ssd_tiles(ins, direction, b, head, t, tmask, nh, sizes, FLAGS, BLOCK_P, BLOCK_N, ACC)
+    a = load_head(A, head, ACC)
     cs = a * tl.cumsum(dt, axis=0)
     total = tl.sum(dt, axis=0)
     w = tl.exp(a * total - cs) * dt
@@ -111,62 +136,55 @@ def ssd_summary(x0, x1, s_x0, s_x1, dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, 
     tl.store(states + off, dot(tl.trans(x * w[:, None]), Bm, DOT), mask=mask)
     tl.store(dt_sums + seq * n_chunks + c, total)
     if BACKWARD:
-        p = tl.arange(0, BLOCK_P).to(tl.int64)
-        gmask = tmask[:, None] & (p < P)[None, :]
-        gy = load_pair(gy0, gy1, b * s_gy0[0] + t[:, None] * s_gy0[1] + head * s_gy0[2] + p[None, :] * s_gy0[3],
-                       b * s_gy1[0] + t[:, None] * s_gy1[1] + head * s_gy1[2] + p[None, :] * s_gy1[3],
-                       (direction + t * 0)[:, None], gmask, True, ACC)
-        tl.store(adjoints + off, dot(tl.trans(gy * tl.exp(cs)[:, None]), Cm, DOT), mask=mask)
+        gy_t = load_gy(gy, direction, b, head, t, tmask, P, BLOCK_P, ACC)
+        tl.store(adjoints + off, dot(tl.trans(gy_t * tl.exp(cs)[:, None]), Cm, DOT), mask=mask)
 
 
 @triton.jit(do_not_specialize=["Bt", "L", "n_chunks", "first_chunk"])  # batch and length: no recompiles
-def ssd_forward(x0, x1, s_x0, s_x1, dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, C0, C1, s_C0, s_C1,
-                A, s_A, bias, s_bias, Dp, s_D, y, s_y, states,
-                Bt, nh, G, L, P, N, n_chunks, first_chunk,
-                HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                CHUNK: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr,
-                DOT: tl.constexpr):
-    """Pass 3: y[direction, b, t, head, p] (strides s_y over those five)."""
+def ssd_forward(ins, y, states, nh, sizes, Bt, L, n_chunks, first_chunk, FLAGS: tl.constexpr, CHUNK: tl.constexpr,
+                BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr):
+    """Pass 3: y = (y, strides): y[direction, b, t, head, p]."""
+    _, _, _, _, A, D, _ = ins
+    y_ptr, s_y = y
+    _, P, N = sizes
+    HAS_D: tl.constexpr = FLAGS[0]
     seq, direction, b, head, c, t, tmask = ssd_program(Bt, nh, L, first_chunk, CHUNK)
-    x, dt, raw, Bm, Cm = ssd_tiles(x0, x1, s_x0, s_x1, dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, C0, C1,
-                                   s_C0, s_C1, bias, s_bias, direction, b, head, t, tmask, nh, G, P, N,
-                                   HAS_BIAS, SOFTPLUS, BLOCK_P, BLOCK_N, ACC)
-    a = tl.load(A + head * s_A).to(ACC)
+    x, dt, raw, Bm, Cm = ssd_tiles(ins, direction, b, head, t, tmask, nh, sizes, FLAGS, BLOCK_P, BLOCK_N, ACC)
+    a = load_head(A, head, ACC)
     cs = a * tl.cumsum(dt, axis=0)
     off, mask = ssd_state_offsets(seq, c, n_chunks, P, N, BLOCK_P, BLOCK_N)
     start = tl.load(states + off, mask=mask, other=0.0)
     mixing = dot(Cm, tl.trans(Bm), DOT) * causal_decay(cs, CHUNK)
     out = dot(mixing, x * dt[:, None], DOT) + tl.exp(cs)[:, None] * dot(Cm, tl.trans(start), DOT)
     if HAS_D:
-        out += tl.load(Dp + head * s_D).to(ACC) * x
+        out += load_head(D, head, ACC) * x
     p = tl.arange(0, BLOCK_P).to(tl.int64)
     y_off = direction * s_y[0] + b * s_y[1] + t[:, None] * s_y[2] + head * s_y[3] + p[None, :] * s_y[4]
-    tl.store(y + y_off, out.to(y.dtype.element_ty), mask=tmask[:, None] & (p < P)[None, :])
+    tl.store(y_ptr + y_off, out.to(y_ptr.dtype.element_ty), mask=tmask[:, None] & (p < P)[None, :])
 
 
 @triton.jit(do_not_specialize=["Bt", "L", "n_chunks", "first_chunk"])  # batch and length: no recompiles
-def ssd_backward(x0, x1, s_x0, s_x1, dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, C0, C1, s_C0, s_C1,
-                 A, s_A, bias, s_bias, Dp, s_D, gy0, gy1, s_gy0, s_gy1, states, adjoints,
-                 g_x, s_gx, g_dt, s_gdt, g_B, g_C, s_gbc, g_A, g_D, g_bias,
-                 Bt, nh, G, L, P, N, n_chunks, first_chunk,
-                 HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+def ssd_backward(ins, gy, states, adjoints, grads, nh, sizes, Bt, L, n_chunks, first_chunk, FLAGS: tl.constexpr,
                  CHUNK: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr,
-                DOT: tl.constexpr):
+                 DOT: tl.constexpr):
     """Pass 3 of the backward, with S0 the chunk's start state and Gs = dL/d(end state) from the
-    chunks after it. Writes g_x[direction, b, t, head, p], g_dt[direction, b, t, head], per-head
-    g_B, g_C[direction, b, t, head, n] (summed over a group's heads on the host) and per-program
-    g_A, g_D, g_bias[(direction, b, c), head]."""
+    chunks after it. grads = ((g_x, s_gx), (g_dt, s_gdt), (g_B, g_C, s_gbc), (g_A, g_D, g_bias)).
+    Writes g_x[direction, b, t, head, p], g_dt[direction, b, t, head], per-head g_B, g_C[direction,
+    b, t, head, n] (summed over a group's heads on the host) and per-program g_A, g_D,
+    g_bias[(direction, b, c), head]."""
+    _, _, _, _, A, D, _ = ins
+    (g_x, s_gx), (g_dt, s_gdt), (g_B, g_C, s_gbc), (g_A, g_D, g_bias) = grads
+    _, P, N = sizes
+    HAS_D: tl.constexpr = FLAGS[0]
+    HAS_BIAS: tl.constexpr = FLAGS[1]
+    SOFTPLUS: tl.constexpr = FLAGS[2]
     seq, direction, b, head, c, t, tmask = ssd_program(Bt, nh, L, first_chunk, CHUNK)
-    x, dt, raw, Bm, Cm = ssd_tiles(x0, x1, s_x0, s_x1, dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1, C0, C1,
-                                   s_C0, s_C1, bias, s_bias, direction, b, head, t, tmask, nh, G, P, N,
-                                   HAS_BIAS, SOFTPLUS, BLOCK_P, BLOCK_N, ACC)
+    x, dt, raw, Bm, Cm = ssd_tiles(ins, direction, b, head, t, tmask, nh, sizes, FLAGS, BLOCK_P, BLOCK_N, ACC)
     p = tl.arange(0, BLOCK_P).to(tl.int64)
     n = tl.arange(0, BLOCK_N).to(tl.int64)
     xmask = tmask[:, None] & (p < P)[None, :]
-    gy = load_pair(gy0, gy1, b * s_gy0[0] + t[:, None] * s_gy0[1] + head * s_gy0[2] + p[None, :] * s_gy0[3],
-                   b * s_gy1[0] + t[:, None] * s_gy1[1] + head * s_gy1[2] + p[None, :] * s_gy1[3],
-                   (direction + t * 0)[:, None], xmask, True, ACC)
-    a = tl.load(A + head * s_A).to(ACC)
+    gy_t = load_gy(gy, direction, b, head, t, tmask, P, BLOCK_P, ACC)
+    a = load_head(A, head, ACC)
     cs = a * tl.cumsum(dt, axis=0)
     cs_end = a * tl.sum(dt, axis=0)
     off, mask = ssd_state_offsets(seq, c, n_chunks, P, N, BLOCK_P, BLOCK_N)
@@ -175,24 +193,24 @@ def ssd_backward(x0, x1, s_x0, s_x1, dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1,
 
     decay = causal_decay(cs, CHUNK)
     mixing = dot(Cm, tl.trans(Bm), DOT) * decay             # [t, s]
-    gy_x = dot(gy, tl.trans(x), DOT)                         # [t, s] = gy_t . x_s
+    gy_x = dot(gy_t, tl.trans(x), DOT)                         # [t, s] = gy_t . x_s
     weighted = gy_x * decay
     to_end = tl.exp(cs_end - cs)                        # [s]
     x_after = dot(x, after, DOT)                             # [s, n] = (x_s^T Gs)_n
-    g_x_t = dt[:, None] * (dot(tl.trans(mixing), gy, DOT)
+    g_x_t = dt[:, None] * (dot(tl.trans(mixing), gy_t, DOT)
                            + to_end[:, None] * dot(Bm, tl.trans(after), DOT))
     if HAS_D:
-        Dv = tl.load(Dp + head * s_D).to(ACC)
-        g_x_t += Dv * gy
+        Dv = load_head(D, head, ACC)
+        g_x_t += Dv * gy_t
     g_B_t = dt[:, None] * (dot(tl.trans(weighted), Cm, DOT) + to_end[:, None] * x_after)
     from_start = tl.exp(cs)[:, None] * dot(Cm, tl.trans(start), DOT)  # y's part from the start state
-    g_C_t = dot(weighted * dt[None, :], Bm, DOT) + tl.exp(cs)[:, None] * dot(gy, start, DOT)
+    g_C_t = dot(weighted * dt[None, :], Bm, DOT) + tl.exp(cs)[:, None] * dot(gy_t, start, DOT)
 
     # gradient w.r.t. the log-decays cs, then w.r.t. each step's increment a dt_s (reverse cumsum)
     pair = mixing * gy_x
     terms = pair * dt[None, :]
     into_end = to_end * tl.sum(x_after * Bm, axis=1)   # d<Gs, end state>/d dt_s, direct
-    g_cs = tl.sum(terms, axis=1) - tl.sum(terms, axis=0) + tl.sum(gy * from_start, axis=1) - dt * into_end
+    g_cs = tl.sum(terms, axis=1) - tl.sum(terms, axis=0) + tl.sum(gy_t * from_start, axis=1) - dt * into_end
     i = tl.arange(0, CHUNK)
     g_cs += tl.where(i == CHUNK - 1, tl.exp(cs_end) * tl.sum(after * start) + tl.sum(dt * into_end), 0.0)
     g_increment = tl.sum(g_cs, axis=0) - tl.cumsum(g_cs, axis=0) + g_cs
@@ -212,7 +230,7 @@ def ssd_backward(x0, x1, s_x0, s_x1, dt0, dt1, s_dt0, s_dt1, B0, B1, s_B0, s_B1,
     part = ((direction * Bt + b) * n_chunks + c) * nh + head
     tl.store(g_A + part, tl.sum(dt * g_increment, axis=0))
     if HAS_D:
-        tl.store(g_D + part, tl.sum(tl.sum(gy * x, axis=1), axis=0))
+        tl.store(g_D + part, tl.sum(tl.sum(gy_t * x, axis=1), axis=0))
     if HAS_BIAS:
         tl.store(g_bias + part, tl.sum(g_dt_t, axis=0))
 
@@ -264,13 +282,19 @@ class SSDProblem:
         self.acc, self.acc_torch = acc_dtype(x0.dtype)
         self.device = x0.device
         self.D, self.bias = D, dt_bias
+        self.inputs = dict(x0=x0, x1=x1, dt0=dt0, dt1=dt1, A=A, B0=B0, B1=B1, C0=C0, C1=C1)
+
+        def pair(a, b):
+            return a, b, a.stride(), b.stride()
+
+        def single(t):  # a placeholder where absent
+            return (x0, (0,)) if t is None else (t, t.stride())
+
+        # the kernels' arguments (ssd_summary, ssd_forward, ssd_backward): the inputs as tuples
         self.args = dict(
-            x0=x0, x1=x1, s_x0=x0.stride(), s_x1=x1.stride(), dt0=dt0, dt1=dt1, s_dt0=dt0.stride(),
-            s_dt1=dt1.stride(), B0=B0, B1=B1, s_B0=B0.stride(), s_B1=B1.stride(), C0=C0, C1=C1,
-            s_C0=C0.stride(), s_C1=C1.stride(), A=A, s_A=A.stride(0),
-            bias=x0 if dt_bias is None else dt_bias, s_bias=0 if dt_bias is None else dt_bias.stride(0),
-            Bt=self.Bt, nh=self.nh, G=self.G, L=self.L, P=self.P, N=self.N, n_chunks=self.n_chunks,
-            HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, CHUNK=self.chunk,
+            ins=(pair(x0, x1), pair(dt0, dt1), pair(B0, B1), pair(C0, C1), single(A), single(D), single(dt_bias)),
+            nh=self.nh, sizes=(self.G, self.P, self.N), Bt=self.Bt, L=self.L, n_chunks=self.n_chunks,
+            FLAGS=(D is not None, dt_bias is not None, bool(dt_softplus)), CHUNK=self.chunk,
             BLOCK_P=max(16, triton.next_power_of_2(self.P)), BLOCK_N=max(16, triton.next_power_of_2(self.N)),
             ACC=self.acc, DOT=dot_precision(x0.dtype))
         self.A = A
@@ -280,10 +304,6 @@ class SSDProblem:
         """[(grid, first chunk)]: programs (direction x batch x head, chunk), the chunks in launches of
         at most 65,535 (grid y)."""
         return grid_launches(kernel, self.grid, ("2 x batch x heads", "chunks"), split=1)
-
-    def _d_args(self):
-        return dict(Dp=self.args["x0"] if self.D is None else self.D, s_D=0 if self.D is None else self.D.stride(0),
-                    HAS_D=self.D is not None)
 
     def _carry(self, io, dt_sums, reverse):
         grid, rows, warps, block_n = carry_launch(2 * self.Bt * self.nh, self.P, self.N)
@@ -300,9 +320,10 @@ class SSDProblem:
         states = new(seqs, self.P, self.n_chunks, self.N)
         adjoints = new(seqs, self.P, self.n_chunks, self.N) if gy is not None else states
         dt_sums = new(seqs, self.n_chunks)
-        gy = gy or (self.args["x0"], self.args["x0"])
+        x0 = self.inputs["x0"]
+        gy = gy or (x0, x0)
         for grid, first in self._launches("ssd_summary"):
-            _summary[grid](**self.args, gy0=gy[0], gy1=gy[1], s_gy0=gy[0].stride(), s_gy1=gy[1].stride(),
+            _summary[grid](**self.args, gy=(gy[0], gy[1], gy[0].stride(), gy[1].stride()),
                            states=states, adjoints=adjoints, dt_sums=dt_sums, first_chunk=first,
                            BACKWARD=adjoints is not states)
         self._carry(states, dt_sums, reverse=False)
@@ -313,14 +334,14 @@ class SSDProblem:
     def forward(self):
         """(y0, y1) in the output dtype."""
         states, _ = self._states()
-        y = torch.empty(2, *self.args["x0"].shape, device=self.device, dtype=self.out_dtype)
+        y = torch.empty(2, *self.inputs["x0"].shape, device=self.device, dtype=self.out_dtype)
         for grid, first in self._launches("ssd_forward"):
-            _forward[grid](**self.args, **self._d_args(), y=y, s_y=y.stride(), states=states, first_chunk=first)
+            _forward[grid](**self.args, y=(y, y.stride()), states=states, first_chunk=first)
         return y[0], y[1]
 
     def backward(self, gy0, gy1) -> dict:
         """Gradients of every argument by ssd_exchange's names (None for an absent D, dt_bias)."""
-        a = self.args
+        a = self.inputs
         states, adjoints = self._states((gy0, gy1))
         x0, dt0 = a["x0"], a["dt0"]
         new = lambda *s, dtype=self.acc_torch: torch.empty(*s, device=self.device, dtype=dtype)  # noqa: E731
@@ -331,10 +352,10 @@ class SSDProblem:
         parts = 2 * self.Bt * self.n_chunks * self.nh
         g_A, g_D, g_bias = new(parts), new(parts), new(parts)
         for grid, first in self._launches("ssd_backward"):
-            _backward[grid](**a, **self._d_args(), gy0=gy0, gy1=gy1, s_gy0=gy0.stride(),
-                            s_gy1=gy1.stride(), states=states, adjoints=adjoints, g_x=g_x, s_gx=g_x.stride(),
-                            g_dt=g_dt, s_gdt=g_dt.stride(), g_B=g_B, g_C=g_C, s_gbc=g_B.stride(), g_A=g_A,
-                            g_D=g_D, g_bias=g_bias, first_chunk=first)
+            _backward[grid](**self.args, gy=(gy0, gy1, gy0.stride(), gy1.stride()), states=states,
+                            adjoints=adjoints, grads=((g_x, g_x.stride()), (g_dt, g_dt.stride()),
+                                                      (g_B, g_C, g_B.stride()), (g_A, g_D, g_bias)),
+                            first_chunk=first)
 
         def per_group(g):  # heads of a group share B and C
             return g.view(2, self.Bt, self.L, self.G, self.nh // self.G, self.N).sum(4)

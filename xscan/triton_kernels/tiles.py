@@ -142,6 +142,15 @@ def size_bucket(size: int) -> int:
     return triton.next_power_of_2(max(1, int(size)))
 
 
+def _tensors(values):
+    """The tensors among kernel arguments, those inside tuples too."""
+    for v in values:
+        if isinstance(v, torch.Tensor):
+            yield v
+        elif isinstance(v, tuple):
+            yield from _tensors(v)
+
+
 class _Autotuned:
     """A kernel launched through Triton's autotuner, once per bucket of sizes (powers of 2 of the
     size arguments ``sizes``: the best warp count of a short sequence need not be that of a long
@@ -164,7 +173,7 @@ class _Autotuned:
 
     def _tuning_key(self, args, kwargs) -> tuple:
         named = dict(zip(self.kernel.arg_names, args), **kwargs)
-        dtypes = tuple(str(v.dtype) for v in named.values() if isinstance(v, torch.Tensor))
+        dtypes = tuple(str(t.dtype) for t in _tensors(named.values()))
         return (tuple(size_bucket(named[name]) for name in self.sizes),
                 tuple(str(named.get(name)) for name in self.key), dtypes)
 
