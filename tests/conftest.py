@@ -6,6 +6,7 @@ backend re-reads it to list "cpu" among its devices. The CUDA kernels run on CPU
 their host emulation (tests/backends/cuda_emulator: each CUDA thread a fiber)."""
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -34,18 +35,24 @@ settings.load_profile("xscan")
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+@functools.cache
+def _cuda_emulator():
+    """tests/backends/cuda_emulator, loaded by path (tests/ is not a package)."""
+    path = os.path.join(HERE, "backends", "cuda_emulator", "__init__.py")
+    spec = importlib.util.spec_from_file_location("xscan_tests_cuda_emulator", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="session")
 def emulator():
     """The host emulation of the CUDA kernels as a drop-in for ``xscan._C_cuda`` (built once, cached
     by torch's extension builder; XSCAN_SKIP_CUDA_EMULATION=1 skips it)."""
     if os.environ.get("XSCAN_SKIP_CUDA_EMULATION") == "1":
         pytest.skip("XSCAN_SKIP_CUDA_EMULATION=1")
-    path = os.path.join(HERE, "backends", "cuda_emulator", "__init__.py")
-    spec = importlib.util.spec_from_file_location("xscan_tests_cuda_emulator", path)
-    cuda_emulator = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cuda_emulator)
     try:
-        return cuda_emulator.build()
+        return _cuda_emulator().build()
     except Exception as e:  # no host compiler: say so instead of failing every test
         pytest.skip(f"host emulation of the CUDA kernels could not be built: {type(e).__name__}: {e}")
 
@@ -53,12 +60,7 @@ def emulator():
 @pytest.fixture
 def emulated_cuda(emulator, monkeypatch) -> None:
     """The cuda backend running its kernels through the host emulation, on CPU tensors."""
-    from xscan.backends import cuda as cuda_backend
-    monkeypatch.setattr(cuda_backend, "_C", emulator)
-    b = _registry.backend("cuda")
-    monkeypatch.setattr(b, "executor", cuda_backend.CudaExecutor())
-    monkeypatch.setattr(b, "devices", ("cpu",))
-    monkeypatch.setattr(b, "reason", None)
+    _cuda_emulator().install(emulator, monkeypatch.setattr)
 
 
 BACKEND_TARGETS = ("reference", "cpu", "triton", "cuda", "cuda-emulated")

@@ -32,14 +32,17 @@ def build():
                       "-DXSCAN_HOST_EXP2F=xscan_emulated_exp2f"], verbose=False)
 
 
-def install():
-    """Build the emulation and make xscan's cuda backend run on CPU tensors through it, for the rest
-    of the process (scripts: benchmarks/gpu_run.py --rehearse, tests/fuzz.py --emulated-cuda; the
-    tests' ``emulated_cuda`` fixture sets the same fields undoably). Returns the built module."""
+def install(module=None, set_field=setattr):
+    """Make xscan's cuda backend run on CPU tensors through the emulation (``module``, or built now):
+    for the rest of the process (benchmarks/gpu_run.py --rehearse, tests/fuzz.py --emulated-cuda), or
+    undoably where ``set_field`` undoes what it sets (the tests' ``emulated_cuda`` fixture passes
+    ``monkeypatch.setattr``). Returns the module."""
     from xscan import _registry
     from xscan.backends import cuda as cuda_backend
-    cuda_backend._C = build()
+    module = module or build()
     backend = _registry.backend("cuda")
-    backend.executor, backend.devices, backend.reason = cuda_backend.CudaExecutor(), ("cpu",), None
-    return cuda_backend._C
+    for target, field, value in ((cuda_backend, "_C", module), (backend, "executor", cuda_backend.CudaExecutor()),
+                                 (backend, "devices", ("cpu",)), (backend, "reason", None)):
+        set_field(target, field, value)
+    return module
 
