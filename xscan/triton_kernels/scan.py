@@ -388,7 +388,11 @@ def scan_backward(ins, gy, states, adjoints, grads, Dr, sizes,
     partial g_B, g_C [blk, mt, b, k, n, tok] (strides s_gbc); partial g_A [b, c, k, d, n], g_D and
     g_bias [b, c, k, d] (contiguous)."""
     u, z, dt, B, C, A, D, bias = ins
-    (g_u, s_gu, s_guk, s_gum), (g_z, s_gz), (g_dt, s_gdt, s_gdtm), g_BC, (g_A, g_D, g_bias) = grads
+    u_grad, z_grad, dt_grad, g_BC, param_grads = grads  # one level at a time: Triton 3.6 unpacks no nesting
+    g_u, s_gu, s_guk, s_gum = u_grad
+    g_z, s_gz = z_grad
+    g_dt, s_gdt, s_gdtm = dt_grad
+    g_A, g_D, g_bias = param_grads
     _, _, s_gy0, s_gy1 = gy
     K, N, Cs, _, _ = sizes
     TWO_U: tl.constexpr = FLAGS[0]

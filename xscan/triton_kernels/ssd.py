@@ -173,7 +173,11 @@ def ssd_backward(ins, gy, states, adjoints, grads, nh, sizes, Bt, L, n_chunks, f
     b, t, head, n] (summed over a group's heads on the host) and per-program g_A, g_D,
     g_bias[(direction, b, c), head]."""
     _, _, _, _, A, D, _ = ins
-    (g_x, s_gx), (g_dt, s_gdt), (g_B, g_C, s_gbc), (g_A, g_D, g_bias) = grads
+    x_grad, dt_grad, bc_grads, param_grads = grads  # one level at a time: Triton 3.6 unpacks no nesting
+    g_x, s_gx = x_grad
+    g_dt, s_gdt = dt_grad
+    g_B, g_C, s_gbc = bc_grads
+    g_A, g_D, g_bias = param_grads
     _, P, N = sizes
     HAS_D: tl.constexpr = FLAGS[0]
     HAS_BIAS: tl.constexpr = FLAGS[1]
