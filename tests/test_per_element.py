@@ -1,5 +1,5 @@
 """benchmarks/per_element.py's reading of SASS control flow (the loops and their trip counts behind
-gpu_static.py's work per element), on a hand-written kernel."""
+benchmarks/gpu/'s work per element), on a hand-written kernel."""
 import os
 import sys
 
@@ -84,11 +84,11 @@ def test_mamba_kernel_choice():
 
 
 def test_token_runs_of_a_launch():
-    # gpu_static's reading of csrc/cuda/scan_kernel.cuh's with_token_runs for the probes: a policy
-    # with runs, a route length of whole runs of 8, B and C rows unit-stride on 16-byte boundaries
+    # gpu_static's reading (benchmarks/gpu/elements.py) of csrc/cuda/scan_kernel.cuh's with_token_runs
+    # for the probes: a policy with runs, a route length of whole runs of 8, B and C rows unit-stride on 16-byte boundaries
     import torch
 
-    import gpu_static
+    from gpu.elements import token_runs
     from xscan.ops.cross_ss2d import plan as pair_plan
     from xscan.ops.ss2d import plan
     from xscan.testing import make_inputs
@@ -97,21 +97,21 @@ def test_token_runs_of_a_launch():
         (x, dt, B, C), p = make_inputs("ss2d", Bt=1, Dm=2, N=4, H=H, W=W)
         return plan(x, dt, relaid(B), relaid(C), p["A"], p["D"], p["delta_bias"], True, "cross", torch.float32)
 
-    assert gpu_static.token_runs(spec(4, 6), "CrossRoutes")
-    assert not gpu_static.token_runs(spec(4, 6), "SnakeRoutes")  # no route of it reads runs
+    assert token_runs(spec(4, 6), "CrossRoutes")
+    assert not token_runs(spec(4, 6), "SnakeRoutes")  # no route of it reads runs
 
     def pair_spec(H, W):  # cross_ss2d: two positions a token
         args, p = make_inputs("cross_ss2d", Bt=1, Dm=2, N=4, H=H, W=W)
         return pair_plan(*args, p["A"], p["D"], p["delta_bias"], True, torch.float32)
 
-    assert gpu_static.token_runs(pair_spec(4, 6), "CrossPairRoutes")
-    assert not gpu_static.token_runs(pair_spec(3, 5), "CrossPairRoutes")  # 30 positions
-    assert not gpu_static.token_runs(spec(4, 6), "CrossPairRoutes")  # 24 tokens, 24 positions
-    assert not gpu_static.token_runs(spec(5, 5), "CrossRoutes")  # 25 positions: not whole runs
+    assert token_runs(pair_spec(4, 6), "CrossPairRoutes")
+    assert not token_runs(pair_spec(3, 5), "CrossPairRoutes")  # 30 positions
+    assert not token_runs(spec(4, 6), "CrossPairRoutes")  # 24 tokens, 24 positions
+    assert not token_runs(spec(5, 5), "CrossRoutes")  # 25 positions: not whole runs
     off_boundary = lambda t: torch.empty(t.numel() + 1)[1:].view(t.shape).copy_(t)  # noqa: E731
-    assert not gpu_static.token_runs(spec(4, 6, off_boundary), "CrossRoutes")
+    assert not token_runs(spec(4, 6, off_boundary), "CrossRoutes")
     strided = lambda t: torch.empty(*t.shape, 2)[..., 0].copy_(t)  # noqa: E731
-    assert not gpu_static.token_runs(spec(4, 6, strided), "CrossRoutes")
+    assert not token_runs(spec(4, 6, strided), "CrossRoutes")
 
 
 @pytest.mark.parametrize("op, H, W, routes, maps, positions", [  # maps: interleave_ss2d scans both maps' channels
@@ -122,17 +122,17 @@ def test_selective_scan_twin(op, H, W, routes, maps, positions, options):
     # channels, the route length, N), B and C one group per route, the op's D, delta_bias, softplus
     import torch
 
-    import gpu_static
     import xscan
+    from gpu.network import Planner, selective_scan_twin
     from xscan.testing import make_inputs
 
     Bt, Dm, N = 2, 3, 4
     args, kwargs = make_inputs(op, Bt=Bt, Dm=Dm, N=N, H=H, W=W, device="meta", **options)
-    planner = gpu_static.Planner("test")
+    planner = Planner("test")
     with torch.no_grad(), planner:
         getattr(xscan, op)(*args, **kwargs)
     (call,) = planner.calls.values()
-    twin = gpu_static.selective_scan_twin(call).spec
+    twin = selective_scan_twin(call).spec
     assert twin.route.name == "LINE"
     assert (twin.batch, twin.routes, twin.channels, twin.length(), twin.dstate) == (Bt, 1, routes * maps * Dm, positions, N)
     assert twin.view("B").shape[2] == twin.view("C").shape[2] == routes
@@ -143,7 +143,7 @@ def test_selective_scan_twin(op, H, W, routes, maps, positions, options):
 
 
 def test_beside_selective_scan():
-    import gpu_static
+    from gpu.elements import beside_selective_scan
 
     class Call:  # what element_name reads
         def __init__(self, label):
@@ -156,6 +156,6 @@ def test_beside_selective_scan():
     figures = {"ss2d fwd@8x8 Dm=2 N=4 Bt=1": dict(xscan=30.0), "ss2d bwd@8x8 Dm=2 N=4 Bt=1": dict(xscan=60.0),
                "selective_scan fwd@L=64 Dm=8 N=4 Bt=1": dict(xscan=20.0),
                "selective_scan bwd@L=64 Dm=8 N=4 Bt=1": dict(xscan=80.0)}
-    gpu_static.beside_selective_scan(figures, [Call("ss2d 8x8 Dm=2 N=4")], [Call("selective_scan L=64 Dm=8 N=4")])
+    beside_selective_scan(figures, [Call("ss2d 8x8 Dm=2 N=4")], [Call("selective_scan L=64 Dm=8 N=4")])
     assert figures["ss2d fwd@8x8 Dm=2 N=4 Bt=1"] == dict(xscan=30.0, selective_scan=20.0, vs_selective_scan=1.5)
     assert figures["ss2d bwd@8x8 Dm=2 N=4 Bt=1"] == dict(xscan=60.0, selective_scan=80.0, vs_selective_scan=0.75)
