@@ -62,6 +62,17 @@ def test_only_a_kind_with_a_realigned_policy_takes_a_realigning_source(route):
         C.route_traits(int(route), int(Source.WIDTH_HALVES), realigned)
 
 
+def test_an_extension_without_route_traits_is_refused():
+    class OldBuild:  # the numbers right, no route_traits
+        pass
+
+    for enum_type, prefix in ((Route, "ROUTE_"), (Source, "SOURCE_")):
+        for member in enum_type:
+            setattr(OldBuild, prefix + member.name, member.value)
+    with pytest.raises(ImportError, match="old build"):
+        spec.check_codes(OldBuild, "xscan._C")
+
+
 def test_an_unknown_route_kind_or_source_is_refused():
     with pytest.raises(ValueError, match="no route kind"):
         C.route_traits(len(Route), 0, [3, 4])

@@ -138,6 +138,8 @@ def check_codes(module, what: str) -> None:
             if got != member.value:
                 raise ImportError(f"{what}: {prefix}{member.name} is {got}, xscan.spec says {member.value}; "
                                   "rebuild the extension (pip install -e .)")
+    if not hasattr(module, "route_traits"):
+        raise ImportError(f"{what} is an old build (no route_traits); rebuild the extension (pip install -e .)")
     for kind in ROUTE_KINDS.values():
         geometry = tuple(_PROBE_SIZES[s] for s in kind.sizes)
         probes = [(Source.TOKEN, geometry)]
