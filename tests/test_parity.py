@@ -16,10 +16,9 @@ import torch
 
 import xscan
 from xscan import reference
-from xscan.testing import (OPS, compare, deterministic, make_inputs, non_contiguous, public_op, run_both,
-                           run_with_grads, tolerance)
+from xscan.testing import (MAP_CASES, OPS, compare, deterministic, make_inputs, non_contiguous, public_op,
+                           run_both, run_with_grads, tolerance)
 
-MAP_OPS = ("ss2d", "es2d", "cross_ss2d", "interleave_ss2d")
 NO_OPTIONS = dict(D=False, z=False, delta_bias=False, softplus=False)
 
 
@@ -122,16 +121,16 @@ def test_selective_scan_last_state_and_its_gradient(on):
 
 # ---- the map ops ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("op", MAP_OPS)
+@pytest.mark.parametrize("op,route", MAP_CASES)
 @pytest.mark.parametrize("H,W", [(1, 1), (3, 5), (4, 4), (5, 2), (1, 7)])
-def test_map_ops_shapes(on, op, H, W):
-    check(on, op, Bt=1, Dm=3, N=4, H=H, W=W)
+def test_map_ops_shapes(on, op, route, H, W):
+    check(on, op, Bt=1, Dm=3, N=4, H=H, W=W, route=route)
 
 
-@pytest.mark.parametrize("op", MAP_OPS)
+@pytest.mark.parametrize("op,route", MAP_CASES)
 @pytest.mark.parametrize("options", [NO_OPTIONS, dict(D=False), dict(delta_bias=False)], ids=["none", "no_D", "no_bias"])
-def test_map_ops_options(on, op, options):
-    check(on, op, Bt=2, Dm=2, N=3, H=3, W=4, **options)
+def test_map_ops_options(on, op, route, options):
+    check(on, op, Bt=2, Dm=2, N=3, H=3, W=4, route=route, **options)
 
 
 @pytest.mark.parametrize("mode", ["column", "row", "concat"])

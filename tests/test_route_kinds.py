@@ -8,6 +8,7 @@ from xscan import spec
 from xscan.ops.ss2d import ROUTES as SS2D_ROUTES
 from xscan.routes import MAP_ROUTES
 from xscan.spec import ROUTE_KINDS, Route, Source
+from xscan.testing import make_inputs, route_cases, spec_of
 
 C = pytest.importorskip("xscan._C")
 # every size 1, sizes off by one around small even and odd ones
@@ -60,6 +61,12 @@ def test_only_a_kind_with_a_realigned_policy_takes_a_realigning_source(route):
         kind.policy_for(Source.WIDTH_HALVES)
     with pytest.raises(ValueError, match="takes no realigning source"):
         C.route_traits(int(route), int(Source.WIDTH_HALVES), realigned)
+
+
+def test_every_route_kind_is_reached_by_an_op():
+    # the tests' route-kind axis (xscan.testing.route_cases) covers the whole table
+    reached = {spec_of(op, *make_inputs(op, route=route)).route for op, route in route_cases()}
+    assert reached == set(ROUTE_KINDS)
 
 
 def test_an_extension_without_route_traits_is_refused():

@@ -15,6 +15,19 @@ import torch
 from . import fp32_output, reference, use_backend
 from .inputs import OPS, custom_op_args, long_line_spec, make_inputs, public_op, spec_of  # noqa: F401 (re-exported)
 from .peers import load_mamba_selective_scan  # noqa: F401 (re-exported)
+from .routes import MAP_ROUTES
+
+
+def route_cases() -> list:
+    """(op, route) for every route an op can scan, the route-kind axis of the tests: each op with its
+    own route kind, ss2d once per route over the map (``xscan.routes.MAP_ROUTES``); route None where
+    the op takes no route argument. Every kind of ``xscan.spec.ROUTE_KINDS`` is reached
+    (tests/test_route_kinds.py checks it)."""
+    return [(op, route) for op in OPS for route in (sorted(MAP_ROUTES) if op == "ss2d" else [None])]
+
+
+# the ops over a map, ss2d with each of its routes
+MAP_CASES = [(op, route) for op, route in route_cases() if op not in ("selective_scan", "ssd_exchange")]
 
 def _outputs(out) -> tuple:
     return out if isinstance(out, tuple) else (out,)

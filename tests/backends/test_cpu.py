@@ -8,11 +8,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import xscan
-from xscan.testing import OPS, assert_matches_reference, make_inputs, run_both
+from xscan.testing import MAP_CASES, OPS, assert_matches_reference, make_inputs, run_both
 
 pytestmark = pytest.mark.skipif(xscan.backends()["cpu"] is not True, reason=f"cpu backend: {xscan.backends()['cpu']}")
 
-MAP_OPS = ("ss2d", "es2d", "cross_ss2d", "interleave_ss2d")
 
 
 def test_cpu_is_the_default_for_cpu_tensors():
@@ -50,8 +49,10 @@ def test_backward_is_deterministic(op):
         assert torch.equal(a, b)
 
 
-@given(op=st.sampled_from(MAP_OPS + ("selective_scan",)), Bt=st.integers(1, 2), Dm=st.integers(1, 4),
+@given(case=st.sampled_from(MAP_CASES + [("selective_scan", None)]), Bt=st.integers(1, 2), Dm=st.integers(1, 4),
        N=st.integers(1, 9), H=st.integers(1, 6), W=st.integers(1, 6), L=st.integers(1, 80),
        G=st.sampled_from([None, 1]), softplus=st.booleans(), seed=st.integers(0, 2**16))
-def test_random_shapes(op, Bt, Dm, N, H, W, L, G, softplus, seed):
-    assert_matches_reference(op, "cpu", tol=5e-5, Bt=Bt, Dm=Dm, N=N, H=H, W=W, L=L, G=G, softplus=softplus, seed=seed)
+def test_random_shapes(case, Bt, Dm, N, H, W, L, G, softplus, seed):
+    op, route = case
+    assert_matches_reference(op, "cpu", tol=5e-5, Bt=Bt, Dm=Dm, N=N, H=H, W=W, L=L, G=G, softplus=softplus, seed=seed,
+                             route=route)

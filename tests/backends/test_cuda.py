@@ -22,12 +22,12 @@ import torch
 import xscan
 from xscan import reference
 from xscan.backends import cuda as cuda_backend
-from xscan.testing import (OPS, assert_matches_reference, check_fp32_output, compare, custom_op_args, deterministic,
-                           long_line_spec, make_inputs, public_op, run_with_grads, spec_of, tolerance)
+from xscan.testing import (MAP_CASES, OPS, assert_matches_reference, check_fp32_output, compare, custom_op_args,
+                           deterministic, long_line_spec, make_inputs, public_op, run_with_grads, spec_of,
+                           tolerance)
 
 FP32_TOL = tolerance("cuda")
 HALF_TOL = tolerance("cuda", torch.float16)
-MAP_OPS = ("ss2d", "es2d", "cross_ss2d", "interleave_ss2d")
 
 GPU_REASON = ("no CUDA device" if not torch.cuda.is_available()
               else None if xscan.backends()["cuda"] is True else f"cuda backend: {xscan.backends()['cuda']}")
@@ -264,10 +264,10 @@ def test_plan_fills_the_gpu_with_warps_then_spans():
 # ---------------------------------------------------------------------------------------------
 # 2-D map ops
 
-@pytest.mark.parametrize("op", MAP_OPS)
-def test_map_ops_many_channels_and_wide_state(device, op):
+@pytest.mark.parametrize("op,route", MAP_CASES)
+def test_map_ops_many_channels_and_wide_state(device, op, route):
     # N = 40 states looped; 9 channels on blocks of 4 (3 tiles, the last one holding one channel)
-    assert_matches_reference(op, "cuda", device=device, Bt=1, Dm=9, N=40, H=3, W=3)
+    assert_matches_reference(op, "cuda", device=device, Bt=1, Dm=9, N=40, H=3, W=3, route=route)
 
 
 # Several channel tiles per group (4 channels per block) and two groups.
