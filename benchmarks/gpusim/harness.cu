@@ -149,12 +149,9 @@ static Grads reference(const Problem& p, const HostInputs& in, bool backward) {
         const double Dd = in.D[k * Dm + d], bias = in.bias[k * Dm + d];
         const float* A = &in.A[(k * Dm + d) * N];
         auto loc = [&](int64_t pos, int64_t& m, int64_t& s) {
-          if (p.op == 0)
-            m = 0, s = pos;
-          else if (p.op == 2)
-            m = 0, s = route_pixel(int(k), int(pos), p.H, p.W);
-          else
-            m = pos & 1, s = route_pixel(int(k), int(pos >> 1), p.H, p.W);
+          if (p.op == 0) m = 0, s = pos;
+          else if (p.op == 2) m = 0, s = route_pixel(int(k), int(pos), p.H, p.W);
+          else m = pos & 1, s = route_pixel(int(k), int(pos >> 1), p.H, p.W);
         };
         auto at_u = [&](int64_t m, int64_t s) { return ((m * Bt + b) * Dm + d) * T + s; };
         auto at_dt = [&](int64_t m, int64_t s) { return (((m * Bt + b) * K + k) * Dm + d) * T + s; };
@@ -424,31 +421,19 @@ int main(int argc, char** argv) {
       }
       return argv[++i];
     };
-    if (a == "--case")
-      wanted.push_back(next());
-    else if (a == "--Bt")
-      Bt = std::atoi(next());
-    else if (a == "--Dm")
-      Dm = std::atoi(next());
-    else if (a == "--L")
-      L = std::atoi(next());
-    else if (a == "--H")
-      H = std::atoi(next());
-    else if (a == "--W")
-      W = std::atoi(next());
-    else if (a == "--N")
-      N = std::atoi(next());
-    else if (a == "--plan-sms")
-      plan_sms = std::atoi(next());
-    else if (a == "--impl")
-      impl = next();
-    else if (a == "--no-check")
-      check = false;
-    else if (a == "--deterministic")
-      deterministic = true;  // xscan: per-tile dB, dC partials, no atomics
+    if (a == "--case") wanted.push_back(next());
+    else if (a == "--Bt") Bt = std::atoi(next());
+    else if (a == "--Dm") Dm = std::atoi(next());
+    else if (a == "--L") L = std::atoi(next());
+    else if (a == "--H") H = std::atoi(next());
+    else if (a == "--W") W = std::atoi(next());
+    else if (a == "--N") N = std::atoi(next());
+    else if (a == "--plan-sms") plan_sms = std::atoi(next());
+    else if (a == "--impl") impl = next();
+    else if (a == "--no-check") check = false;
+    else if (a == "--deterministic") deterministic = true;  // xscan: per-tile dB, dC partials, no atomics
     // xscan: the backward reruns the forward to save the chunk states (a backward without checkpoints)
-    else if (a == "--recompute-states")
-      recompute_states = true;
+    else if (a == "--recompute-states") recompute_states = true;
     else {
       std::fprintf(stderr, "unknown argument %s\n", a.c_str());
       return 1;
@@ -467,10 +452,8 @@ int main(int argc, char** argv) {
     if (!wanted.empty() && std::find(wanted.begin(), wanted.end(), c.name) == wanted.end()) continue;
     Problem p;
     p.op = c.op, p.Bt = Bt, p.Dm = Dm, p.N = N, p.has_z = c.z, p.softplus = true;
-    if (c.op == 0)
-      p.K = 1, p.M = 1, p.H = 1, p.W = L, p.T = L;
-    else
-      p.K = 4, p.M = c.op == 1 ? 2 : 1, p.H = H, p.W = W, p.T = H * W;
+    if (c.op == 0) p.K = 1, p.M = 1, p.H = 1, p.W = L, p.T = L;
+    else p.K = 4, p.M = c.op == 1 ? 2 : 1, p.H = H, p.W = W, p.T = H * W;
     const HostInputs in = make_inputs(p, 26 + c.op);
     const int64_t elements = int64_t(p.Bt) * p.K * p.Dm * p.positions() * p.N;
     std::printf("@@elements %s %lld Bt=%d K=%d Dm=%d positions=%lld N=%d\n", c.name.c_str(), (long long)elements, p.Bt,

@@ -84,10 +84,8 @@ inline xscan::cuda::ScanParams xscan_params(const Problem& pb, const DeviceTenso
   const bool on_map = pb.op != 0;
   P.route = pb.op == 1 ? 3 : pb.op == 2 ? 1 : 0;  // Route::kCrossPair, kCross, kLine
   P.source = 0;
-  if (on_map)
-    P.geometry[0] = pb.H, P.geometry[1] = pb.W;
-  else
-    P.geometry[0] = T;
+  if (on_map) P.geometry[0] = pb.H, P.geometry[1] = pb.W;
+  else P.geometry[0] = T;
   P.batch = pb.Bt, P.routes = pb.K, P.channels = pb.Dm, P.dstate = pb.N;
   P.length = int32_t(pb.positions()), P.tokens = int32_t(T), P.modalities = pb.M;
   P.groups_B = P.groups_C = 1;
