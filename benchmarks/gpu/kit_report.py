@@ -6,13 +6,7 @@ import shlex
 import sys
 
 from .kit_config import one_line
-
-
-def table(header, rows) -> list:
-    def cell(v):
-        return str(v).replace("|", "\\|")
-    return ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|",
-            *("| " + " | ".join(cell(v) for v in row) + " |" for row in rows)]
+from .markdown import table
 
 
 def render_report(run) -> str:

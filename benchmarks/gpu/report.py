@@ -5,14 +5,10 @@ import math
 
 
 from .cuda_static import cuda_constants, cuda_launch
+from .markdown import table
 from .network import OpCall
 from .occupancy import H100, occupancy
 
-
-
-def table(headers: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
 
 
 def num(n) -> str:
@@ -37,8 +33,8 @@ def cuda_table(cuda: dict) -> str:
     times = ", ".join(f"{c['file']} {c['seconds']} s" for c in cuda["compiles"])
     return (f"CUDA kernels for sm_90, {cuda['threads_per_block']} threads per block (nvcc: {times})"
             + (f"; {cuda['note']}" if "note" in cuda else "") + "\n\n"
-            + table(["kernel", "compiled in", "regs", "spill B st/ld", "static smem B", "SASS instr",
-                     "CALL.REL (targets)", "warps/SM (limit)"], rows))
+            + "\n".join(table(["kernel", "compiled in", "regs", "spill B st/ld", "static smem B", "SASS instr",
+                               "CALL.REL (targets)", "warps/SM (limit)"], rows)))
 
 
 def triton_table(tri: dict) -> str:
@@ -49,8 +45,8 @@ def triton_table(tri: dict) -> str:
              num(k.get("instructions")), calls(k), f"{k['warps_per_sm']} ({k['limit']})",
              f"{k['compile_seconds']}" + (" (cache)" if k["cached"] else "")] for k in tri["kernels"]]
     return (f"Triton {tri['version']} kernels for sm_90, fp32 inputs (the networks' dtype)\n\n"
-            + table(["kernel", "variant", "warps", "regs", "spill B st/ld", "launch smem B", "SASS instr",
-                     "CALL.REL (targets)", "warps/SM (limit)", "compile s"], rows))
+            + "\n".join(table(["kernel", "variant", "warps", "regs", "spill B st/ld", "launch smem B", "SASS instr",
+                               "CALL.REL (targets)", "warps/SM (limit)", "compile s"], rows)))
 
 
 SHORT = {"chunk_summary": "summary", "chunk_carry": "carry", "scan_forward": "fwd", "scan_backward": "bwd",
@@ -99,7 +95,7 @@ def per_element_table(pe: dict) -> str:
             f"sequence length, compiled here from its source distribution; xscan / selective_scan: the op against "
             f"xscan's selective_scan over the same elements (Bt, routes x channels, the route length, N, B and C one "
             f"group per route; its rows are listed too){missing}\n\n"
-            + table(["op", "shape", "xscan", "mamba-ssm", "xscan / mamba", "xscan / selective_scan"], rows))
+            + "\n".join(table(["op", "shape", "xscan", "mamba-ssm", "xscan / mamba", "xscan / selective_scan"], rows)))
 
 
 def ops_table(rows: list[dict], batch: int) -> str:
@@ -123,8 +119,8 @@ def ops_table(rows: list[dict], batch: int) -> str:
             "and backward share the layout); dynamic shared memory in bytes; waves: blocks / (SMs x resident "
             "blocks per SM) for the fp32 kernels with their dynamic shared memory. Triton: programs per launch. "
             "calls: per network forward.\n\n"
-            + table(["network", "op", "calls", "CUDA blocks", "warps/channel", "CUDA smem B", "CUDA waves",
-                     "Triton forward programs", "Triton backward programs"], cells))
+            + "\n".join(table(["network", "op", "calls", "CUDA blocks", "warps/channel", "CUDA smem B", "CUDA waves",
+                               "Triton forward programs", "Triton backward programs"], cells)))
 
 
 # (what, does kernel k have it, how bad, how it reads)
